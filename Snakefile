@@ -1,0 +1,24 @@
+# rationale-bench: does SFT on LLM-written rationales help or hurt ADRD prediction?
+# The methods section, stage by stage, is in rules/*.smk; the logic is in src/rationale_bench.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/cohort.smk"
+include: "rules/serialize.smk"
+include: "rules/rationales.smk"
+include: "rules/finetune.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

@@ -1,0 +1,57 @@
+# Data and cohort: MEDS events in, one row per subject out (index time, five-year label, split).
+
+
+if config["data"]["source"] == "synthetic":
+
+    rule synthesize_events:
+        """A seeded synthetic population with risk-factor-driven ADRD incidence, as MEDS events."""
+        output:
+            "results/data/events.parquet",
+        params:
+            synthetic=config["data"]["synthetic"],
+        log:
+            "results/logs/synthesize_events.log",
+        script:
+            "../workflow_scripts/synthesize_events.py"
+
+else:
+
+    rule ingest_meds:
+        """A user's MEDS dataset, checked and gathered into one events file."""
+        input:
+            config["data"]["meds"]["path"] or "MISSING: set data.meds.path",
+        output:
+            "results/data/events.parquet",
+        log:
+            "results/logs/ingest_meds.log",
+        script:
+            "../workflow_scripts/ingest_meds.py"
+
+
+rule build_cohort:
+    """Index at the first eligible visit; exclude prior ADRD or anti-dementia drugs; label the
+    five-year window; drop non-cases without full follow-up; split patients by hash."""
+    input:
+        events="results/data/events.parquet",
+    output:
+        cohort="results/cohort/cohort.parquet",
+        attrition="results/cohort/attrition.csv",
+    params:
+        cohort=config["cohort"],
+    log:
+        "results/logs/build_cohort.log",
+    script:
+        "../workflow_scripts/build_cohort.py"
+
+
+rule table_one:
+    """Table 1: demographics, follow-up and risk-factor prevalence by split and label."""
+    input:
+        cohort="results/cohort/cohort.parquet",
+        histories=f"results/histories/{config['serialization']['variant']}.parquet",
+    output:
+        "results/cohort/table1.csv",
+    log:
+        "results/logs/table_one.log",
+    script:
+        "../workflow_scripts/table_one.py"

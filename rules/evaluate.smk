@@ -1,0 +1,22 @@
+# Evaluation: held-out P(Yes) at the answer slot (after the model's own rationale where it
+# writes one), AUROC with confidence intervals; tuning split for calibration and thresholds.
+
+
+rule evaluate:
+    """Score held-out subjects without any teacher text; metrics with 95% CIs."""
+    input:
+        adapter=f"{RUN_DIR}/adapter",
+        run=f"{RUN_DIR}/run.json",
+        prompts=get_prompts,
+        cohort="results/cohort/cohort.parquet",
+        model=get_model_source,
+    output:
+        predictions=f"{RUN_DIR}/predictions.parquet",
+        metrics=f"{RUN_DIR}/metrics.json",
+    params:
+        evaluation=config["evaluation"],
+        model_path=lambda wildcards: get_model_path(wildcards.model),
+    log:
+        f"results/logs/evaluate/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}.log",
+    script:
+        "../workflow_scripts/evaluate.py"

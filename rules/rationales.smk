@@ -1,0 +1,19 @@
+# Rationales: a label-aware teacher explains each training and tuning subject's outcome.
+# Held-out subjects never reach the teacher.
+
+
+rule generate_rationales:
+    """One rationale per training/tuning subject in the given style."""
+    input:
+        histories=f"results/histories/{config['serialization']['variant']}.parquet",
+    output:
+        "results/rationales/{teacher}/{style}.parquet",
+    params:
+        teacher=get_teacher_settings,
+        cache="results/rationales/{teacher}/cache/{style}.jsonl",
+    resources:
+        teacher_jobs=1,
+    log:
+        "results/logs/generate_rationales/{teacher}/{style}.log",
+    script:
+        "../workflow_scripts/generate_rationales.py"

@@ -1,0 +1,38 @@
+# Serialization: each subject's history before index as text, then fitted to each model's budget.
+
+
+rule build_histories:
+    """Input events strictly before index, grouped by visit, newest first, with readable names."""
+    input:
+        events="results/data/events.parquet",
+        cohort="results/cohort/cohort.parquet",
+    output:
+        "results/histories/{serialization}.parquet",
+    params:
+        serialization=lambda wildcards: {
+            k: v for k, v in config["serialization"].items() if k != "question"
+        },
+    log:
+        "results/logs/build_histories/{serialization}.log",
+    script:
+        "../workflow_scripts/build_histories.py"
+
+
+rule build_prompts:
+    """Drop the oldest history lines until header, history and question fit the model's
+    prompt budget, measured with the model's own tokenizer."""
+    input:
+        histories="results/histories/{serialization}.parquet",
+        model=get_model_source,
+    output:
+        "results/prompts/{model}/{serialization}.parquet",
+    params:
+        model_path=lambda wildcards: get_model_path(wildcards.model),
+        max_prompt_tokens=lambda wildcards: config["models"][wildcards.model][
+            "max_prompt_tokens"
+        ],
+        question=config["serialization"]["question"],
+    log:
+        "results/logs/build_prompts/{model}/{serialization}.log",
+    script:
+        "../workflow_scripts/build_prompts.py"

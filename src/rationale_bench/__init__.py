@@ -1,0 +1,1 @@
+# rationale_bench

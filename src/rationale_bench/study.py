@@ -1,0 +1,118 @@
+"""The study grid: configurations, their ids, and the slice of config each job sees.
+
+Snakemake passes each job only the part of config it depends on (its ``params``), so that
+editing one setting reruns exactly the jobs it affects. These functions compute those slices
+from the validated config dictionary; ``rules/common.smk`` only calls them.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# The order of the grid axes is the order of the parts of a config_id path.
+GRID_AXES: tuple[str, ...] = ("model", "format", "n_train", "seed")
+
+# Formats whose training target contains a teacher rationale, and the rationale style they use.
+RATIONALE_STYLE_OF_FORMAT: dict[str, str | None] = {
+    "label_only": None,
+    "free_form": "free_form",
+    "step_by_step": "step_by_step",
+}
+
+# Model sources that a rule of ours builds; anything else is a Hugging Face id or a local path.
+BUILT_MODEL_SOURCES = ("build_tiny",)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One point of the study grid."""
+
+    model: str
+    format: str
+    n_train: int
+    seed: int
+
+    @property
+    def config_id(self) -> str:
+        """A readable, path-safe id: ``model=tiny/format=free_form/n_train=200/seed=1``."""
+        return "/".join(f"{axis}={getattr(self, axis)}" for axis in GRID_AXES)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {axis: getattr(self, axis) for axis in GRID_AXES}
+
+
+def iter_configurations(config: Mapping[str, Any]) -> Iterator[Configuration]:
+    """All configurations of the grid, in a stable order."""
+    grid = config["grid"]
+    for model, fmt, n_train, seed in itertools.product(
+        grid["model"], grid["format"], grid["n_train"], grid["seed"]
+    ):
+        yield Configuration(model=model, format=fmt, n_train=int(n_train), seed=int(seed))
+
+
+def check_grid(config: Mapping[str, Any]) -> None:
+    """Cross-key checks that JSON Schema cannot express; raise ValueError naming the key."""
+    grid = config["grid"]
+    for model in grid["model"]:
+        if model not in config["models"]:
+            known = ", ".join(sorted(config["models"])) or "none"
+            raise ValueError(
+                f"config grid.model lists '{model}', but models has no entry '{model}' "
+                f"(known models: {known}). Add models.{model} or remove it from grid.model."
+            )
+    styles = set(config["teacher"]["styles"])
+    for fmt in grid["format"]:
+        style = RATIONALE_STYLE_OF_FORMAT.get(fmt)
+        if fmt not in RATIONALE_STYLE_OF_FORMAT:
+            raise ValueError(
+                f"config grid.format lists unknown format '{fmt}'; "
+                f"known formats: {', '.join(RATIONALE_STYLE_OF_FORMAT)}."
+            )
+        if style is not None and style not in styles:
+            raise ValueError(
+                f"config grid.format lists '{fmt}', which trains on '{style}' rationales, "
+                f"but teacher.styles does not include '{style}'. Add it to teacher.styles."
+            )
+    for size in grid["n_train"]:
+        if int(size) <= 0:
+            raise ValueError(f"config grid.n_train must be positive, got {size}.")
+    for name in grid["model"]:
+        source = config["models"][name]["source"]
+        if source not in BUILT_MODEL_SOURCES and not source:
+            raise ValueError(f"config models.{name}.source is empty; give a path or HF id.")
+
+
+def rationale_style(fmt: str) -> str | None:
+    """The rationale style a training format needs, or None for label-only formats."""
+    return RATIONALE_STYLE_OF_FORMAT[fmt]
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (override wins)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def training_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """Training hyperparameters of one model: the study defaults with the model's overrides."""
+    return deep_merge(config["training"], config["models"][model].get("training", {}))
+
+
+def model_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """What a job needs to load a model (training overrides excluded: they have their own slice)."""
+    settings = {k: v for k, v in config["models"][model].items() if k != "training"}
+    settings["name"] = model
+    return settings
+
+
+def is_built_model(config: Mapping[str, Any], model: str) -> bool:
+    return config["models"][model]["source"] in BUILT_MODEL_SOURCES

@@ -1,0 +1,890 @@
+"""Seeded synthetic longitudinal health records in MEDS event form.
+
+The generator simulates, per subject: sex, birth date, three latent health factors
+(cardiometabolic, mental health, frailty) that induce correlated comorbidity, condition onsets
+with age- and sex-dependent timing, an observation period (first visit, loss to follow-up,
+death as a competing risk), visits whose rate rises with comorbidity, ICD-10 diagnosis codes
+recorded at visits (with detection delay, under-coding and recurrence), drugs that follow
+diagnoses, labs/vitals whose values follow the latent state, ~170 real "noise" ICD-10 codes,
+and ADRD onset from an age-doubling hazard multiplied by risk-factor hazard ratios and
+unobserved frailty. Prodromal codes (memory complaint, MCI, falls) cluster 0.5-4 years before
+ADRD onset without being deterministic.
+
+Everything is vectorised numpy per chunk of subjects; each chunk's RNG is derived from
+``(seed, chunk index)`` so ``write_events`` can stream a million subjects in bounded memory.
+The clinical constants live in module-level tables below (sources: /work/shared/REFERENCES.md
+section 2.3 and the Lancet Commission 2024); they were tuned so that a 5-year prediction task
+built on the data is realistically hard (logistic-regression AUROC ~0.7-0.8).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "ACUTE_NOISE_CODES",
+    "ADRD_DIAGNOSIS_CODES",
+    "ADRD_HAZARD_RATIOS",
+    "ANTI_DEMENTIA_DRUGS",
+    "CHRONIC_NOISE_CONDITIONS",
+    "EVENT_SCHEMA",
+    "PRODROMAL_LINK",
+    "RISK_CONDITIONS",
+    "VOCAB",
+    "generate_events",
+    "write_events",
+]
+
+YEAR = 365.25  # days
+_EPOCH = date(1900, 1, 1)  # internal day/minute origin (all births are after it)
+_MIN_PER_DAY = 1440
+_US_PER_MIN = 60_000_000
+_EPOCH_TO_UNIX_MIN = (date(1970, 1, 1) - _EPOCH).days * _MIN_PER_DAY
+
+EVENT_SCHEMA: dict[str, Any] = {
+    "subject_id": pl.Int64,
+    "time": pl.Datetime("us"),
+    "code": pl.String,
+    "numeric_value": pl.Float32,
+}
+_ARROW_SCHEMA = pa.schema(
+    [
+        ("subject_id", pa.int64()),
+        ("time", pa.timestamp("us")),
+        ("code", pa.large_string()),
+        ("numeric_value", pa.float32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class _Cond:
+    """A chronic/acute condition: onset model, how it is coded, what it triggers."""
+
+    name: str
+    codes: tuple[tuple[str, float], ...]  # ICD-10 codes at first diagnosis, with weights
+    p_ever: float  # probability of onset by old age (before latent-factor shifts)
+    onset: tuple[float, float]  # mean, sd of onset age (years)
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)  # cardiometabolic, mental, frailty
+    male_or: float = 1.0  # odds ratio for men; 0 = women only, inf = men only
+    p_coded: float = 0.8  # probability the condition is ever coded
+    delay: float = 1.0  # mean years from onset (or entry) to first code
+    p_recur: float = 0.15  # per later visit probability the code recurs
+    followup: tuple[tuple[str, float], ...] = ()  # codes at later visits (e.g. sequelae)
+    drugs: tuple[tuple[str, float], ...] = ()  # ATC codes started after diagnosis
+    p_treat: float = 0.0
+    acute: bool = False  # onset is an event that brings the patient in (inpatient)
+    death_hr: float = 1.0
+
+
+_CM, _MH, _FR = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
+
+# --- Risk-factor conditions (REFERENCES.md 2.3 EHR proxies; prevalences are rough population
+# figures for people reaching old age, onset ages from typical epidemiology).
+RISK_CONDITIONS: tuple[_Cond, ...] = (
+    _Cond("hypertension", (("I10", 0.9), ("I11.9", 0.05), ("I12.9", 0.05)), 0.55, (58, 12),
+          (0.8, 0.0, 0.2), 1.2, 0.9, 0.5, 0.4,
+          drugs=(("C09AA05", 0.35), ("C08CA01", 0.35), ("C03AA03", 0.15), ("C09CA01", 0.15)),
+          p_treat=0.8, death_hr=1.1),
+    _Cond("type2_diabetes", (("E11.9", 0.8), ("E11.2", 0.1), ("E11.4", 0.1)), 0.22, (60, 11),
+          (1.0, 0.0, 0.2), 1.3, 0.9, 0.5, 0.45,
+          drugs=(("A10BA02", 0.75), ("A10BB12", 0.15), ("A10AE04", 0.1)), p_treat=0.85,
+          death_hr=1.4),
+    _Cond("hyperlipidaemia", (("E78.5", 0.7), ("E78.0", 0.2), ("E78.2", 0.1)), 0.45, (57, 11),
+          (0.7, 0.0, 0.0), 1.1, 0.8, 1.0, 0.3,
+          drugs=(("C10AA05", 0.7), ("C10AA01", 0.3)), p_treat=0.7),
+    _Cond("obesity", (("E66.9", 0.8), ("E66.0", 0.2)), 0.3, (50, 14), (0.9, 0.2, 0.0), 1.0,
+          0.6, 1.0, 0.25, death_hr=1.1),
+    _Cond("depression", (("F32.9", 0.6), ("F33.9", 0.2), ("F32.1", 0.2)), 0.2, (50, 16),
+          (0.0, 1.0, 0.2), 0.55, 0.8, 1.0, 0.3,
+          drugs=(("N06AB06", 0.5), ("N06AB10", 0.35), ("N06AX11", 0.15)), p_treat=0.7,
+          death_hr=1.2),
+    _Cond("hearing_loss", (("H90.3", 0.4), ("H91.9", 0.35), ("H91.1", 0.25)), 0.3, (72, 9),
+          (0.0, 0.0, 0.5), 1.4, 0.5, 1.5, 0.15),
+    _Cond("vision_loss", (("H54.2", 0.7), ("H54.4", 0.3)), 0.1, (76, 9), (0.2, 0.0, 0.6), 1.0,
+          0.6, 1.0, 0.15, death_hr=1.1),
+    _Cond("stroke", (("I63.9", 0.7), ("I64", 0.3)), 0.12, (75, 10), (0.8, 0.0, 0.4), 1.3,
+          0.95, 0.5, 0.25, followup=(("I69.3", 0.6), ("I69.4", 0.4)),
+          drugs=(("B01AC06", 0.6), ("B01AC04", 0.4)), p_treat=0.85, acute=True, death_hr=1.8),
+    _Cond("tbi", (("S06.0", 0.7), ("S06.9", 0.3)), 0.06, (60, 22), (0.0, 0.3, 0.5), 1.6, 0.9,
+          0.5, 0.05, acute=True, death_hr=1.2),
+    _Cond("smoking", (("F17.2", 0.5), ("Z72.0", 0.5)), 0.25, (22, 5), (0.3, 0.5, 0.0), 1.5,
+          0.6, 2.0, 0.2, drugs=(("N07BA01", 1.0),), p_treat=0.15, death_hr=1.6),
+    _Cond("alcohol", (("F10.2", 0.5), ("F10.1", 0.5)), 0.07, (40, 12), (0.0, 0.8, 0.2), 2.5,
+          0.6, 2.0, 0.2, death_hr=1.6),
+    _Cond("atrial_fibrillation", (("I48.9", 0.7), ("I48.0", 0.3)), 0.14, (75, 9),
+          (0.6, 0.0, 0.3), 1.5, 0.9, 0.5, 0.35,
+          drugs=(("B01AF01", 0.4), ("B01AF02", 0.3), ("B01AA03", 0.3)), p_treat=0.75,
+          death_hr=1.4),
+    _Cond("ckd", (("N18.3", 0.6), ("N18.4", 0.1), ("N18.9", 0.3)), 0.15, (74, 9),
+          (0.8, 0.0, 0.4), 1.1, 0.7, 1.0, 0.3, death_hr=1.6),
+    _Cond("sleep_apnoea", (("G47.3", 1.0),), 0.08, (55, 12), (0.8, 0.0, 0.0), 2.2, 0.7, 1.0,
+          0.2),
+    _Cond("social_isolation", (("Z60.2", 0.7), ("Z60.4", 0.3)), 0.1, (72, 10), (0.0, 0.7, 0.4),
+          1.0, 0.35, 1.0, 0.1, death_hr=1.2),
+    _Cond("physical_inactivity", (("Z72.3", 1.0),), 0.15, (60, 15), (0.5, 0.3, 0.3), 1.0, 0.3,
+          1.0, 0.1, death_hr=1.2),
+)  # fmt: skip
+
+# ADRD hazard ratios while a risk factor is present (coded or not). Lancet Commission 2024
+# (Livingston et al.) meta-analytic RRs / REFERENCES.md 2.3; AF, CKD, sleep apnoea from the
+# wider cohort literature [memory].
+ADRD_HAZARD_RATIOS: dict[str, float] = {
+    "hypertension": 1.4,
+    "type2_diabetes": 1.5,
+    "hyperlipidaemia": 1.3,
+    "obesity": 1.3,
+    "depression": 1.9,
+    "hearing_loss": 1.4,
+    "vision_loss": 1.5,
+    "stroke": 2.0,
+    "tbi": 1.7,
+    "smoking": 1.3,
+    "alcohol": 1.4,
+    "atrial_fibrillation": 1.4,
+    "ckd": 1.2,
+    "sleep_apnoea": 1.2,
+    "social_isolation": 1.6,
+    "physical_inactivity": 1.4,
+}
+
+# ADRD incidence for a person aged 80 with none of the risk factors above; the hazard doubles
+# every 5 years of age (incidence ~1-2 %/year at 75-84 in the general population).
+ADRD_BASE_HAZARD_AT_80 = 0.018
+ADRD_AGE_DOUBLING_YEARS = 5.0
+ADRD_FEMALE_HR = 1.15
+ADRD_FRAILTY_SD = 1.15  # unobserved heterogeneity (APOE, education, family history...)
+
+# ADRD diagnosis codes (ICD-10-CM) and their mix; anti-dementia drugs (REFERENCES.md 2.2).
+ADRD_DIAGNOSIS_CODES: tuple[tuple[str, float], ...] = (
+    ("F03.90", 0.38),
+    ("G30.9", 0.25),
+    ("F01.50", 0.12),
+    ("F02.80", 0.08),
+    ("G31.83", 0.07),
+    ("G30.1", 0.10),
+)
+ANTI_DEMENTIA_DRUGS: tuple[tuple[str, float], ...] = (
+    ("N06DA02", 0.55),
+    ("N06DA03", 0.13),
+    ("N06DA04", 0.12),
+    ("N06DX01", 0.20),
+)
+_ADRD = _Cond("adrd", ADRD_DIAGNOSIS_CODES, 0.0, (0.0, 0.0), p_coded=0.9, delay=1.0,
+              p_recur=0.5, drugs=ANTI_DEMENTIA_DRUGS, p_treat=0.55, death_hr=2.2)  # fmt: skip
+
+# Prodromal signals (REFERENCES.md 2.3): a background onset for everybody plus a "linked"
+# onset 0.5-4 years before ADRD onset with the given probability.
+_PRODROMAL: tuple[_Cond, ...] = (
+    _Cond("memory_complaint", (("R41.3", 1.0),), 0.06, (76, 8), _FR, 1.0, 0.8, 0.3, 0.2),
+    _Cond("cognitive_symptoms", (("R41.0", 0.4), ("R41.82", 0.4), ("R41.8", 0.2)), 0.04,
+          (78, 8), _FR, 1.0, 0.8, 0.3, 0.15),
+    _Cond("mci", (("G31.84", 0.6), ("F06.7", 0.4)), 0.02, (75, 7), _FR, 1.0, 0.8, 0.3, 0.25),
+    _Cond("falls", (("R29.6", 0.4), ("W19", 0.6)), 0.15, (78, 8), (0.0, 0.0, 0.8), 0.8, 0.7,
+          0.3, 0.15),
+)  # fmt: skip
+PRODROMAL_LINK: dict[str, float] = {
+    "memory_complaint": 0.35,
+    "cognitive_symptoms": 0.2,
+    "mci": 0.2,
+    "falls": 0.15,
+}
+PRODROMAL_WINDOW_YEARS = (0.5, 4.0)
+
+# Common chronic conditions as background "noise" (real WHO ICD-10 3-character codes):
+# code, p_ever, onset mean, onset sd, male OR (0 women only, inf men only), latent factor, drug.
+_INF = math.inf
+CHRONIC_NOISE_CONDITIONS: tuple[tuple[str, float, float, float, float, str, str], ...] = (
+    ("I25", 0.15, 68, 10, 2.0, "cm", "B01AC06"), ("I20", 0.06, 65, 10, 1.8, "cm", "C01DA02"),
+    ("I50", 0.10, 76, 9, 1.3, "cm", "C03CA01"), ("I70", 0.07, 72, 9, 1.5, "cm", ""),
+    ("I73", 0.05, 70, 9, 1.5, "cm", ""), ("I83", 0.08, 55, 15, 0.6, "", ""),
+    ("I35", 0.04, 75, 8, 1.2, "fr", ""), ("I34", 0.03, 70, 10, 0.9, "", ""),
+    ("I95", 0.04, 75, 10, 1.0, "fr", ""), ("E03", 0.10, 55, 15, 0.3, "", "H03AA01"),
+    ("E04", 0.03, 50, 15, 0.3, "", ""), ("E55", 0.08, 60, 15, 0.8, "fr", ""),
+    ("E53", 0.05, 70, 12, 1.0, "fr", ""), ("E79", 0.05, 60, 12, 3.0, "cm", "M04AA01"),
+    ("E87", 0.08, 75, 10, 1.0, "fr", ""), ("D50", 0.08, 65, 15, 0.5, "", ""),
+    ("D64", 0.10, 75, 10, 1.0, "fr", ""), ("D69", 0.02, 65, 15, 1.0, "", ""),
+    ("M10", 0.05, 62, 12, 3.0, "cm", "M04AA01"), ("M17", 0.20, 65, 10, 0.7, "cm", "M01AE01"),
+    ("M16", 0.10, 68, 10, 0.8, "", "N02BE01"), ("M19", 0.12, 65, 10, 0.8, "", ""),
+    ("M15", 0.06, 68, 10, 0.7, "", ""), ("M54", 0.30, 50, 15, 1.0, "", "N02BE01"),
+    ("M47", 0.10, 65, 10, 1.0, "", ""), ("M48", 0.06, 70, 10, 1.0, "fr", ""),
+    ("M51", 0.06, 50, 12, 1.2, "", "N03AX16"), ("M75", 0.08, 55, 12, 1.0, "", ""),
+    ("M79", 0.10, 55, 15, 0.7, "mh", ""), ("M81", 0.12, 70, 10, 0.2, "fr", "M05BA04"),
+    ("M06", 0.02, 55, 15, 0.4, "", ""), ("L40", 0.03, 45, 15, 1.0, "", "D07AC01"),
+    ("L30", 0.10, 55, 20, 1.0, "", "D07AC01"), ("L57", 0.08, 70, 10, 1.8, "", ""),
+    ("L82", 0.10, 65, 12, 1.0, "", ""), ("L89", 0.02, 82, 7, 1.0, "fr", ""),
+    ("K21", 0.18, 55, 15, 1.0, "cm", "A02BC01"), ("K29", 0.06, 55, 15, 1.0, "", "A02BC01"),
+    ("K57", 0.10, 68, 10, 1.0, "", ""), ("K58", 0.05, 45, 15, 0.5, "mh", ""),
+    ("K59", 0.12, 70, 15, 0.8, "fr", ""), ("K80", 0.08, 58, 15, 0.5, "cm", ""),
+    ("K76", 0.06, 55, 12, 1.2, "cm", ""), ("K44", 0.05, 65, 10, 1.0, "", ""),
+    ("K64", 0.06, 55, 15, 1.0, "", ""), ("J44", 0.08, 67, 10, 1.4, "fr", "R03AK06"),
+    ("J45", 0.07, 45, 20, 0.7, "", "R03AC02"), ("J30", 0.08, 40, 15, 1.0, "", "R06AE07"),
+    ("J32", 0.04, 50, 15, 1.0, "", ""), ("N40", 0.30, 68, 8, _INF, "", "G04CA02"),
+    ("R32", 0.06, 76, 8, 0.6, "fr", ""), ("N95", 0.15, 50, 4, 0.0, "", ""),
+    ("N81", 0.05, 65, 10, 0.0, "", ""), ("N20", 0.04, 50, 15, 1.8, "", ""),
+    ("H25", 0.30, 72, 8, 1.0, "", ""), ("H26", 0.05, 70, 10, 1.0, "", ""),
+    ("H40", 0.07, 70, 10, 1.0, "", "S01ED01"), ("H35", 0.08, 76, 8, 1.0, "", ""),
+    ("H52", 0.20, 50, 20, 1.0, "", ""), ("H61", 0.10, 65, 15, 1.2, "", ""),
+    ("H81", 0.06, 62, 12, 0.7, "", ""), ("H93", 0.05, 62, 12, 1.2, "", ""),
+    ("G43", 0.06, 40, 12, 0.4, "mh", ""), ("G40", 0.015, 50, 20, 1.2, "", ""),
+    ("G56", 0.04, 55, 12, 0.5, "", ""), ("G62", 0.05, 70, 10, 1.3, "cm", "N03AX16"),
+    ("G25", 0.03, 60, 12, 0.8, "", ""), ("F51", 0.06, 60, 15, 0.8, "mh", "N05CF01"),
+    ("F41", 0.10, 45, 15, 0.5, "mh", "N06AB10"), ("F43", 0.05, 45, 15, 0.6, "mh", ""),
+    ("Z92", 0.10, 65, 10, 1.0, "", ""), ("Z95", 0.04, 72, 9, 1.8, "cm", ""),
+    ("Z96", 0.08, 70, 10, 0.8, "", ""), ("Z88", 0.10, 50, 20, 0.7, "", ""),
+    ("Z86", 0.08, 60, 15, 1.0, "", ""), ("C61", 0.04, 70, 8, _INF, "", ""),
+    ("C50", 0.04, 62, 12, 0.0, "", ""), ("C18", 0.015, 70, 10, 1.2, "", ""),
+    ("C44", 0.08, 72, 10, 1.5, "", ""), ("C34", 0.015, 70, 8, 1.5, "", ""),
+    ("D12", 0.10, 62, 10, 1.2, "", ""), ("D22", 0.05, 45, 15, 1.0, "", ""),
+    ("B35", 0.06, 65, 15, 1.2, "", ""), ("I49", 0.06, 70, 10, 1.0, "", ""),
+    ("I44", 0.03, 75, 8, 1.3, "", ""), ("I80", 0.02, 65, 15, 1.0, "", ""),
+    ("R73", 0.06, 60, 10, 1.1, "cm", ""), ("R60", 0.05, 76, 8, 0.8, "cm", "C03CA01"),
+    ("R26", 0.06, 78, 8, 1.0, "fr", ""),
+)  # fmt: skip
+_NOISE_LOAD = {"": (0.0, 0.0, 0.0), "cm": (0.6, 0.0, 0.0), "mh": (0.0, 0.6, 0.0),
+               "fr": (0.0, 0.0, 0.6)}  # fmt: skip
+
+# Acute / administrative codes drawn per visit: code, relative weight, log-weight change per
+# decade of age, drug sometimes prescribed at the same visit.
+ACUTE_NOISE_CODES: tuple[tuple[str, float, float, str], ...] = (
+    ("J06", 8.0, -0.2, ""), ("J20", 3.0, 0.0, "J01CA04"), ("J18", 1.5, 0.4, "J01CA04"),
+    ("J01", 2.0, -0.2, "J01CA04"), ("J02", 2.0, -0.3, ""), ("J03", 0.5, -0.4, "J01CA04"),
+    ("J11", 1.0, 0.0, ""), ("J40", 1.0, 0.1, ""), ("J22", 1.5, 0.2, "J01CA04"),
+    ("N39", 3.0, 0.4, "J01XE01"), ("N30", 2.0, 0.2, "J01XE01"), ("A09", 2.0, 0.0, ""),
+    ("K52", 1.0, 0.0, ""), ("K30", 1.5, 0.0, "A02BC01"), ("K92", 0.5, 0.3, ""),
+    ("R10", 3.0, 0.0, ""), ("R07", 3.0, 0.1, ""), ("R05", 4.0, 0.0, ""), ("R06", 2.0, 0.3, ""),
+    ("R51", 2.0, -0.3, "N02BE01"), ("R42", 2.5, 0.3, ""), ("R55", 1.0, 0.4, ""),
+    ("R50", 1.0, 0.0, ""), ("R53", 2.0, 0.3, ""), ("R63", 1.0, 0.4, ""), ("R11", 1.0, 0.0, ""),
+    ("R19", 1.0, 0.0, ""), ("R31", 0.6, 0.2, ""), ("R39", 1.0, 0.3, ""),
+    ("R52", 1.0, 0.0, "N02AX02"), ("M25", 4.0, 0.0, "M01AE01"), ("M62", 1.0, 0.0, ""),
+    ("M77", 1.0, -0.1, ""), ("M65", 0.7, -0.1, ""), ("S00", 0.8, 0.3, ""), ("S52", 0.4, 0.3, ""),
+    ("S72", 0.3, 0.8, "N02AX02"), ("S42", 0.3, 0.2, ""), ("S82", 0.3, 0.0, ""),
+    ("S93", 0.6, -0.3, ""), ("S61", 0.5, 0.0, ""), ("S80", 0.4, 0.2, ""), ("T14", 0.5, 0.0, ""),
+    ("T78", 0.4, 0.0, "R06AE07"), ("T88", 0.3, 0.2, ""), ("L03", 1.2, 0.3, "J01CA04"),
+    ("L02", 0.6, 0.0, ""), ("L08", 0.4, 0.1, ""), ("L23", 0.5, 0.0, ""), ("L29", 0.7, 0.2, ""),
+    ("L50", 0.5, -0.1, "R06AE07"), ("B02", 0.8, 0.3, ""), ("B34", 1.5, -0.2, ""),
+    ("B37", 0.6, 0.1, ""), ("B00", 0.3, 0.0, ""), ("H10", 1.2, 0.0, ""), ("H60", 0.6, 0.0, ""),
+    ("H66", 0.5, -0.5, "J01CA04"), ("H00", 0.3, -0.2, ""), ("H57", 0.3, 0.0, ""),
+    ("H92", 0.4, -0.1, ""), ("K08", 0.4, 0.0, ""), ("K12", 0.3, 0.0, ""),
+    ("N41", 0.3, 0.0, "J01MA02"), ("N23", 0.3, -0.2, ""), ("E86", 0.6, 0.6, ""),
+    ("Z00", 6.0, 0.0, ""), ("Z01", 2.0, 0.0, ""), ("Z12", 2.0, -0.1, ""), ("Z23", 4.0, 0.2, ""),
+    ("Z76", 3.0, 0.2, ""), ("Z71", 1.0, 0.0, ""), ("Z13", 1.0, 0.0, ""), ("Z09", 1.5, 0.1, ""),
+    ("Z51", 0.5, 0.2, ""), ("Z48", 0.4, 0.2, ""), ("G44", 0.5, -0.2, ""), ("A08", 0.8, 0.0, ""),
+    ("A46", 0.3, 0.4, "J01CA04"), ("A49", 0.4, 0.2, ""), ("J15", 0.3, 0.6, "J01CA04"),
+    ("G45", 0.4, 0.6, "B01AC06"), ("R40", 0.2, 0.6, ""), ("R45", 0.4, 0.0, ""),
+    ("I26", 0.15, 0.3, "B01AF02"),
+)  # fmt: skip
+ACUTE_CODES_PER_VISIT = 0.8
+ACUTE_DRUG_PROB = 0.5
+
+# Observation and utilisation.
+ENTRY_AGE_MEAN, ENTRY_AGE_SD = 69.0, 7.0  # age at data_start
+P_MALE = 0.45
+P_LATE_ENTRY = 0.35  # enter uniformly over the window instead of near its start
+P_LOST_TO_FOLLOW_UP = 0.3
+LOST_TO_FOLLOW_UP_MEAN_YEARS = 6.0
+VISIT_RATE_SHAPE, VISIT_RATE_MEAN = 2.5, 2.5  # gamma; per year before comorbidity
+VISIT_LOG_RR_PER_CONDITION = 0.08
+VISIT_RR_ADRD = 1.4
+P_INPATIENT = 0.03
+P_DRUG_REFILL = 0.6  # per later visit
+# Mortality: Gompertz, doubling ~ every 8 years; base for a 65-year-old without comorbidity.
+DEATH_BASE_HAZARD_AT_65 = 0.008
+DEATH_GOMPERTZ_SLOPE = 0.087
+
+_GRID_AGES = np.arange(30.0, 111.0)  # yearly hazard grid for ADRD and death
+
+
+# ----------------------------------------------------------------------------------------
+# Tables compiled once at import.
+
+
+def _noise_conditions() -> tuple[_Cond, ...]:
+    out = []
+    for code, p, mu, sd, male_or, factor, drug in CHRONIC_NOISE_CONDITIONS:
+        out.append(
+            _Cond(
+                f"noise_{code}",
+                ((code, 1.0),),
+                p,
+                (mu, sd),
+                _NOISE_LOAD[factor],
+                male_or,
+                0.8,
+                1.0,
+                0.15,
+                drugs=((drug, 1.0),) if drug else (),
+                p_treat=0.5 if drug else 0.0,
+            )
+        )
+    return tuple(out)
+
+
+# Column order of the condition table: risk factors, noise, prodromal, ADRD (last).
+_STD = RISK_CONDITIONS + _noise_conditions()
+_ALL = _STD + _PRODROMAL + (_ADRD,)
+_N_RISK = len(RISK_CONDITIONS)
+_N_STD = len(_STD)
+_COND_INDEX = {c.name: i for i, c in enumerate(_ALL)}
+
+_LABS = ("LDL", "HBA1C", "SBP", "EGFR", "BMI")
+
+
+def _build_vocab() -> list[str]:
+    vocab = ["MEDS_BIRTH", "MEDS_DEATH", "SEX/F", "SEX/M", "VISIT/OUTPATIENT", "VISIT/INPATIENT"]
+    vocab += [f"LAB/{lab}" for lab in _LABS]
+    for c in _ALL:
+        vocab += [f"ICD10/{code}" for code, _ in c.codes + c.followup]
+        vocab += [f"ATC/{code}" for code, _ in c.drugs]
+    for code, _, _, drug in ACUTE_NOISE_CODES:
+        vocab.append(f"ICD10/{code}")
+        if drug:
+            vocab.append(f"ATC/{drug}")
+    return list(dict.fromkeys(vocab))
+
+
+VOCAB: list[str] = _build_vocab()
+_CODE_ID = {c: i for i, c in enumerate(VOCAB)}
+_ID_BIRTH, _ID_DEATH, _ID_F, _ID_M, _ID_OUT, _ID_INP = range(6)
+_ID_LAB = {lab: _CODE_ID[f"LAB/{lab}"] for lab in _LABS}
+_RANK_BIRTH, _RANK_SEX, _RANK_VISIT, _RANK_DX, _RANK_DRUG, _RANK_LAB, _RANK_DEATH = (
+    0, 1, 2, 3, 4, 5, 9
+)  # fmt: skip
+
+
+def _choice_table(
+    lists: Sequence[Sequence[tuple[str, float]]], vocab_prefix: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Padded (ids, cumulative weights) so a row can be sampled with one comparison."""
+    width = max(1, max(len(x) for x in lists))
+    ids = np.zeros((len(lists), width), dtype=np.int32)
+    cum = np.full((len(lists), width), 2.0)  # padding never chosen (u < 1)
+    for i, items in enumerate(lists):
+        if not items:
+            continue
+        w = np.array([x[1] for x in items], dtype=float)
+        ids[i, : len(items)] = [_CODE_ID[f"{vocab_prefix}{x[0]}"] for x in items]
+        cum[i, : len(items)] = np.cumsum(w / w.sum())
+        cum[i, len(items) - 1] = 1.0
+    return ids, cum
+
+
+def _arr(attr: str, conds: Sequence[_Cond] = _ALL) -> np.ndarray:
+    return np.array([getattr(c, attr) for c in conds], dtype=float)
+
+
+_FIRST_IDS, _FIRST_CUM = _choice_table([c.codes for c in _ALL], "ICD10/")
+_FOLLOW_IDS, _FOLLOW_CUM = _choice_table([c.followup or c.codes for c in _ALL], "ICD10/")
+_HAS_FOLLOW = np.array([bool(c.followup) for c in _ALL])
+_DRUG_IDS, _DRUG_CUM = _choice_table([c.drugs for c in _ALL], "ATC/")
+_P_TREAT = _arr("p_treat")
+_P_CODED = _arr("p_coded")
+_DELAY = _arr("delay")
+_P_RECUR = _arr("p_recur")
+_ACUTE = np.array([c.acute for c in _ALL])
+
+_STD_LOGIT = np.log(_arr("p_ever", _STD) / (1 - _arr("p_ever", _STD))).astype(np.float32)
+_STD_LOAD = np.array([c.load for c in _STD], dtype=np.float32)  # (C, 3)
+_STD_MALE_OR = _arr("male_or", _STD)
+_STD_LOG_OR = np.log(np.clip(_STD_MALE_OR, 1e-9, 1e9)).astype(np.float32)
+_STD_LOG_OR[~np.isfinite(_STD_MALE_OR) | (_STD_MALE_OR == 0)] = 0.0
+_STD_ONSET = np.array([c.onset for c in _STD])
+_PROD_LOGIT = np.log(_arr("p_ever", _PRODROMAL) / (1 - _arr("p_ever", _PRODROMAL)))
+_PROD_LOAD = np.array([c.load for c in _PRODROMAL])
+_PROD_ONSET = np.array([c.onset for c in _PRODROMAL])
+_PROD_LOG_OR = np.log(_arr("male_or", _PRODROMAL))
+_PROD_LINK = np.array([PRODROMAL_LINK[c.name] for c in _PRODROMAL])
+
+_ADRD_HR_COLS = np.array([_COND_INDEX[k] for k in ADRD_HAZARD_RATIOS])
+_ADRD_LOG_HR = np.log(np.array(list(ADRD_HAZARD_RATIOS.values())))
+_DEATH_LOG_HR = np.log(_arr("death_hr", RISK_CONDITIONS))
+
+_ACUTE_IDS = np.array([_CODE_ID[f"ICD10/{c[0]}"] for c in ACUTE_NOISE_CODES], dtype=np.int32)
+_ACUTE_DRUG_IDS = np.array(
+    [_CODE_ID[f"ATC/{c[3]}"] if c[3] else -1 for c in ACUTE_NOISE_CODES], dtype=np.int32
+)
+_ACUTE_BANDS = np.arange(30.0, 111.0, 5.0)  # 5-year age bands for acute-code weights
+_ACUTE_P = np.array(
+    [
+        [w * math.exp(slope * (age + 2.5 - 65.0) / 10.0) for _, w, slope, _ in ACUTE_NOISE_CODES]
+        for age in _ACUTE_BANDS
+    ]
+)
+_ACUTE_P /= _ACUTE_P.sum(axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Simulation helpers.
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _pick(
+    rng: np.random.Generator, ids: np.ndarray, cum: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """Sample one code per row index from a padded choice table."""
+    u = rng.random(rows.size)
+    j = (u[:, None] >= cum[rows]).sum(axis=1)
+    return ids[rows, j]
+
+
+def _first_passage(hazard: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Age at which the cumulative (piecewise-constant, yearly) hazard reaches ``target``."""
+    cum = np.cumsum(hazard, axis=1)
+    hit = cum[:, -1] >= target
+    k = np.argmax(cum >= target[:, None], axis=1)
+    rows = np.arange(hazard.shape[0])
+    h = hazard[rows, k]
+    left = cum[rows, k] - h
+    age = _GRID_AGES[k] + (target - left) / np.maximum(h, 1e-12)
+    return np.where(hit, age, np.inf)
+
+
+def _cum_hazard_at(hazard: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """Cumulative hazard from the grid start up to ``age``."""
+    cum = np.cumsum(hazard, axis=1)
+    k = np.clip(np.floor(age - _GRID_AGES[0]).astype(np.int64), 0, hazard.shape[1] - 1)
+    rows = np.arange(hazard.shape[0])
+    h = hazard[rows, k]
+    return cum[rows, k] - h + h * np.clip(age - _GRID_AGES[k], 0.0, 1.0)
+
+
+def _present_on_grid(onset_age: np.ndarray) -> np.ndarray:
+    """(n, grid) boolean: condition present at the middle of each grid year."""
+    return onset_age[:, None] <= _GRID_AGES[None, :] + 0.5
+
+
+def _later_visits(
+    rng: np.random.Generator, start_idx: np.ndarray, end_idx: np.ndarray, p: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random later visits (binomial count, uniform positions) for each instance."""
+    n_later = np.maximum(end_idx - start_idx - 1, 0)
+    k = rng.binomial(n_later, p)
+    rep = np.repeat(np.arange(k.size), k)
+    offset = (rng.random(rep.size) * n_later[rep]).astype(np.int64)
+    return rep, start_idx[rep] + 1 + offset
+
+
+def _clinic_hours(rng: np.random.Generator, days: np.ndarray) -> np.ndarray:
+    """Move scheduled visits to 08:00-17:00 on the same day."""
+    return np.floor(days) + (8.0 + 9.0 * rng.random(days.size)) / 24.0
+
+
+def _to_minutes(days: np.ndarray) -> np.ndarray:
+    return np.floor(days * _MIN_PER_DAY).astype(np.int64)
+
+
+def _generate_chunk(
+    rng: np.random.Generator, first_subject_id: int, n: int, start: date, end: date
+) -> pl.DataFrame:
+    """Simulate ``n`` subjects; returns their events sorted by subject and time."""
+    start_d = float((start - _EPOCH).days)
+    end_excl = float((end - _EPOCH).days + 1)  # events must fall on or before ``end``
+
+    # --- Demographics and latent health factors (shared component -> correlated factors).
+    male = rng.random(n) < P_MALE
+    age0 = np.clip(rng.normal(ENTRY_AGE_MEAN, ENTRY_AGE_SD, n), 35.0, 95.0)
+    birth = np.floor(start_d - age0 * YEAR)
+    shared = rng.standard_normal(n)
+    z = (0.5 * shared[:, None] + math.sqrt(0.75) * rng.standard_normal((n, 3))).astype(np.float32)
+
+    # --- Observation window: first visit, loss to follow-up.
+    span = end_excl - start_d
+    late = rng.random(n) < P_LATE_ENTRY
+    entry = start_d + np.where(late, rng.random(n) * (span - YEAR), rng.exponential(1.0 * YEAR, n))
+    entry = _clinic_hours(rng, np.minimum(entry, end_excl - 0.5 * YEAR))
+    lost = rng.random(n) < P_LOST_TO_FOLLOW_UP
+    ltfu = np.where(lost, entry + rng.exponential(LOST_TO_FOLLOW_UP_MEAN_YEARS * YEAR, n), np.inf)
+    entry_age = (entry - birth) / YEAR
+
+    # --- Standard conditions (risk factors + noise): sparse instances of onset ages.
+    zl = z @ _STD_LOAD.T  # (n, C)
+    lin = _STD_LOGIT[None, :] + zl + male[:, None] * _STD_LOG_OR[None, :]
+    ever = rng.random(lin.shape, dtype=np.float32) < _sigmoid(lin)
+    ever &= ~((_STD_MALE_OR[None, :] == 0) & male[:, None])
+    ever &= ~(np.isinf(_STD_MALE_OR)[None, :] & ~male[:, None])
+    s_std, c_std = np.nonzero(ever)
+    onset_std = (
+        _STD_ONSET[c_std, 0]
+        - 2.0 * zl[s_std, c_std]
+        + _STD_ONSET[c_std, 1] * rng.standard_normal(s_std.size)
+    )
+    onset_std = np.maximum(onset_std, 2.0)
+    risk_onset = np.full((n, _N_RISK), np.inf)
+    is_risk = c_std < _N_RISK
+    risk_onset[s_std[is_risk], c_std[is_risk]] = onset_std[is_risk]
+
+    # --- ADRD onset: age-doubling hazard x risk-factor HRs x unobserved frailty.
+    log_hr = np.zeros((n, _GRID_AGES.size))
+    for col, lhr in zip(_ADRD_HR_COLS, _ADRD_LOG_HR, strict=True):
+        log_hr += lhr * _present_on_grid(risk_onset[:, col])
+    frailty = rng.normal(-0.5 * ADRD_FRAILTY_SD**2, ADRD_FRAILTY_SD, n)
+    frailty += 0.15 * z[:, 2] + np.where(male, 0.0, math.log(ADRD_FEMALE_HR))
+    age_term = (_GRID_AGES + 0.5 - 80.0) * math.log(2.0) / ADRD_AGE_DOUBLING_YEARS
+    adrd_h = ADRD_BASE_HAZARD_AT_80 * np.exp(age_term[None, :] + log_hr + frailty[:, None])
+    adrd_onset = _first_passage(np.minimum(adrd_h, 2.0), rng.exponential(1.0, n))
+    del adrd_h, log_hr  # the (n, grid) arrays dominate memory for large chunks
+
+    # --- Death: Gompertz x comorbidity HRs x ADRD, conditional on being alive at entry.
+    log_hr = np.zeros((n, _GRID_AGES.size))
+    for col in range(_N_RISK):
+        log_hr += _DEATH_LOG_HR[col] * _present_on_grid(risk_onset[:, col])
+    log_hr += math.log(_ADRD.death_hr) * _present_on_grid(adrd_onset)
+    log_hr += 0.3 * z[:, 2:3]
+    death_h = DEATH_BASE_HAZARD_AT_65 * np.exp(
+        DEATH_GOMPERTZ_SLOPE * (_GRID_AGES + 0.5 - 65.0)[None, :] + log_hr
+    )
+    target = rng.exponential(1.0, n) + _cum_hazard_at(death_h, entry_age)
+    death_age = _first_passage(death_h, target)
+    del death_h, log_hr
+    # Past the grid (very old entrants): die soon, but never before the first visit.
+    fallback = np.maximum(_GRID_AGES[-1] + 1.0, entry_age + 1.0)
+    death_age = np.where(np.isfinite(death_age), death_age, fallback)
+    death = birth + death_age * YEAR
+    obs_end = np.minimum(np.minimum(death, ltfu), end_excl)
+    died = death < np.minimum(ltfu, end_excl)
+    adrd_onset = np.where(adrd_onset < death_age, adrd_onset, np.inf)
+
+    # --- Prodromal signals: background onset, or 0.5-4 years before ADRD onset.
+    pz = z.astype(float) @ _PROD_LOAD.T
+    p_bg = _sigmoid(_PROD_LOGIT[None, :] + pz + male[:, None] * _PROD_LOG_OR[None, :])
+    prod_onset = np.where(
+        rng.random(p_bg.shape) < p_bg,
+        _PROD_ONSET[:, 0] - 2.0 * pz + _PROD_ONSET[:, 1] * rng.standard_normal(p_bg.shape),
+        np.inf,
+    )
+    lo, hi = PRODROMAL_WINDOW_YEARS
+    linked = adrd_onset[:, None] - lo - (hi - lo) * rng.random(p_bg.shape)
+    linked_on = (rng.random(p_bg.shape) < _PROD_LINK[None, :]) & np.isfinite(linked)
+    prod_onset = np.minimum(prod_onset, np.where(linked_on, linked, np.inf))
+
+    # All condition instances: (subject, column, onset age).
+    dense = np.concatenate([prod_onset, adrd_onset[:, None]], axis=1)
+    s_d, c_d = np.nonzero(np.isfinite(dense))
+    inst_s = np.concatenate([s_std, s_d])
+    inst_c = np.concatenate([c_std, c_d + _N_STD])
+    inst_onset = birth[inst_s] + np.concatenate([onset_std, dense[s_d, c_d]]) * YEAR
+
+    # --- Visits: yearly Poisson counts, rate rising with comorbidity and ADRD.
+    years = np.arange(start.year, end.year + 2)
+    bounds = np.array([(date(int(y), 1, 1) - _EPOCH).days for y in years], dtype=float)
+    bounds = np.clip(bounds, start_d, end_excl)
+    y_lo = np.maximum(bounds[None, :-1], entry[:, None])
+    y_hi = np.minimum(bounds[None, 1:], obs_end[:, None])
+    exposure = np.clip(y_hi - y_lo, 0.0, None)
+    mid_age = ((y_lo + y_hi) / 2 - birth[:, None]) / YEAR
+    n_present = np.zeros_like(mid_age)
+    for col in range(_N_RISK):
+        n_present += risk_onset[:, col : col + 1] <= mid_age
+    base_rate = rng.gamma(VISIT_RATE_SHAPE, VISIT_RATE_MEAN / VISIT_RATE_SHAPE, n)
+    rate = base_rate[:, None] * np.exp(
+        VISIT_LOG_RR_PER_CONDITION * n_present + 0.015 * (mid_age - 70.0)
+    )
+    rate *= np.where(adrd_onset[:, None] <= mid_age, VISIT_RR_ADRD, 1.0)
+    counts = rng.poisson(rate * exposure / YEAR)
+    v_s, v_y = np.nonzero(counts)
+    reps = counts[v_s, v_y]
+    v_s, v_y = np.repeat(v_s, reps), np.repeat(v_y, reps)
+    v_t = _clinic_hours(rng, y_lo[v_s, v_y] + rng.random(v_s.size) * exposure[v_s, v_y])
+    v_t = np.clip(v_t, entry[v_s], obs_end[v_s] - 1.0 / _MIN_PER_DAY)
+    # Acute onsets during observation bring the patient in as an inpatient.
+    acute_now = _ACUTE[inst_c] & (inst_onset >= entry[inst_s]) & (inst_onset < obs_end[inst_s])
+    v_s = np.concatenate([np.arange(n), v_s, inst_s[acute_now]])
+    v_t = np.concatenate([entry, v_t, inst_onset[acute_now]])
+    v_inp = np.arange(v_t.size) >= v_t.size - int(acute_now.sum())
+    v_min = _to_minutes(v_t)
+    v_key = (v_s.astype(np.int64) << 32) | v_min
+    order = np.argsort(v_key, kind="stable")
+    v_s, v_min, v_key, v_inp = v_s[order], v_min[order], v_key[order], v_inp[order]
+    v_age = (v_min / _MIN_PER_DAY - birth[v_s]) / YEAR
+    p_inp = np.clip(P_INPATIENT * np.exp(0.4 * z[v_s, 2] + 0.03 * (v_age - 70.0)), 0.0, 0.3)
+    v_inp |= rng.random(v_s.size) < p_inp
+    v_end = np.searchsorted(v_s, np.arange(n), side="right")
+
+    # --- Diagnosis codes: first code after a detection delay, then random recurrences.
+    pre_entry = inst_onset < entry[inst_s]
+    acute_inst = _ACUTE[inst_c]
+    p_coded = _P_CODED[inst_c] * np.where(acute_inst & pre_entry, 0.5, 1.0)
+    detect = np.maximum(inst_onset, entry[inst_s]) + rng.exponential(1.0, inst_s.size) * (
+        _DELAY[inst_c] * YEAR
+    )
+    detect = np.where(acute_inst & ~pre_entry, inst_onset, detect)
+    keep = (rng.random(inst_s.size) < p_coded) & (detect < obs_end[inst_s])
+    inst_s, inst_c, inst_pre, detect = inst_s[keep], inst_c[keep], pre_entry[keep], detect[keep]
+    first = np.searchsorted(v_key, (inst_s.astype(np.int64) << 32) | _to_minutes(detect))
+    keep = first < v_end[inst_s]
+    inst_s, inst_c, inst_pre, first = inst_s[keep], inst_c[keep], inst_pre[keep], first[keep]
+    main_code = _pick(rng, _FIRST_IDS, _FIRST_CUM, inst_c)
+    hist_code = _pick(rng, _FOLLOW_IDS, _FOLLOW_CUM, inst_c)
+    # Conditions known from before entry are recorded as history (e.g. I69 after stroke).
+    main_code = np.where(inst_pre & _HAS_FOLLOW[inst_c], hist_code, main_code)
+    rep, rec_visit = _later_visits(rng, first, v_end[inst_s], _P_RECUR[inst_c])
+    rec_code = np.where(
+        _HAS_FOLLOW[inst_c[rep]],
+        _pick(rng, _FOLLOW_IDS, _FOLLOW_CUM, inst_c[rep]),
+        main_code[rep],
+    )
+    dx_visit = np.concatenate([first, rec_visit])
+    dx_code = np.concatenate([main_code, rec_code])
+
+    # --- Drugs follow diagnoses (sometimes a few visits later) and are refilled.
+    treat = rng.random(inst_s.size) < _P_TREAT[inst_c]
+    d_s, d_c = inst_s[treat], inst_c[treat]
+    d_start = first[treat] + np.where(rng.random(d_s.size) < 0.6, 0, rng.geometric(0.5, d_s.size))
+    ok = d_start < v_end[d_s]
+    d_s, d_c, d_start = d_s[ok], d_c[ok], d_start[ok]
+    d_code = _pick(rng, _DRUG_IDS, _DRUG_CUM, d_c)
+    rep, refill = _later_visits(rng, d_start, v_end[d_s], np.full(d_s.size, P_DRUG_REFILL))
+    rx_visit = np.concatenate([d_start, refill])
+    rx_code = np.concatenate([d_code, d_code[rep]])
+
+    # --- Acute/administrative codes per visit (age-dependent mix), some with a drug.
+    n_acute = rng.poisson(ACUTE_CODES_PER_VISIT, v_s.size)
+    a_visit = np.repeat(np.arange(v_s.size), n_acute)
+    band = np.clip(((v_age[a_visit] - _ACUTE_BANDS[0]) // 5).astype(np.int64), 0, None)
+    band = np.minimum(band, _ACUTE_BANDS.size - 1)
+    a_idx = np.empty(a_visit.size, dtype=np.int64)
+    for b in range(_ACUTE_BANDS.size):
+        sel = np.flatnonzero(band == b)
+        if sel.size:
+            a_idx[sel] = rng.choice(_ACUTE_IDS.size, size=sel.size, p=_ACUTE_P[b])
+    a_drug = _ACUTE_DRUG_IDS[a_idx]
+    with_drug = (a_drug >= 0) & (rng.random(a_idx.size) < ACUTE_DRUG_PROB)
+    dx_visit = np.concatenate([dx_visit, a_visit])
+    dx_code = np.concatenate([dx_code, _ACUTE_IDS[a_idx]])
+    rx_visit = np.concatenate([rx_visit, a_visit[with_drug]])
+    rx_code = np.concatenate([rx_code, a_drug[with_drug]])
+
+    # --- Labs/vitals: values follow the latent state, disease and treatment.
+    lab_visit, lab_code, lab_value = _labs(
+        rng, n, z, (inst_s, inst_c, first), (d_s, d_c, d_start), risk_onset, v_s, v_min, v_age
+    )
+
+    # --- Assemble.
+    subj = np.concatenate(
+        [
+            np.arange(n),
+            np.arange(n),
+            v_s,
+            v_s[dx_visit],
+            v_s[rx_visit],
+            v_s[lab_visit],
+            np.flatnonzero(died),
+        ]
+    )
+    birth_min = _to_minutes(birth)
+    minute = np.concatenate(
+        [
+            birth_min,
+            birth_min,
+            v_min,
+            v_min[dx_visit],
+            v_min[rx_visit],
+            v_min[lab_visit],
+            _to_minutes(death[died]),
+        ]
+    )
+    code = np.concatenate(
+        [
+            np.full(n, _ID_BIRTH),
+            np.where(male, _ID_M, _ID_F),
+            np.where(v_inp, _ID_INP, _ID_OUT),
+            dx_code,
+            rx_code,
+            lab_code,
+            np.full(int(died.sum()), _ID_DEATH),
+        ]
+    ).astype(np.int32)
+    rank = np.concatenate(
+        [
+            np.full(n, _RANK_BIRTH),
+            np.full(n, _RANK_SEX),
+            np.full(v_s.size, _RANK_VISIT),
+            np.full(dx_visit.size, _RANK_DX),
+            np.full(rx_visit.size, _RANK_DRUG),
+            np.full(lab_visit.size, _RANK_LAB),
+            np.full(int(died.sum()), _RANK_DEATH),
+        ]
+    ).astype(np.int8)
+    value = np.concatenate(
+        [np.full(subj.size - lab_visit.size - int(died.sum()), np.nan), lab_value,
+         np.full(int(died.sum()), np.nan)]
+    ).astype(np.float32)  # fmt: skip
+    order = np.lexsort((code, rank, minute, subj))
+    subj, minute, code, rank, value = (a[order] for a in (subj, minute, code, rank, value))
+    # Drop exact duplicate diagnosis/drug events (a code recurring twice at one visit).
+    dup = np.zeros(subj.size, dtype=bool)
+    dup[1:] = (
+        (subj[1:] == subj[:-1])
+        & (minute[1:] == minute[:-1])
+        & (code[1:] == code[:-1])
+        & np.isnan(value[1:])
+    )
+    keep = ~dup
+    return pl.DataFrame(
+        {
+            "subject_id": pl.Series(subj[keep].astype(np.int64) + first_subject_id),
+            "time": pl.Series((minute[keep] - _EPOCH_TO_UNIX_MIN) * _US_PER_MIN).cast(
+                pl.Datetime("us")
+            ),
+            "code": pl.Series(VOCAB, dtype=pl.String).gather(code[keep]),
+            "numeric_value": pl.Series(value[keep], dtype=pl.Float32, nan_to_null=True),
+        }
+    )
+
+
+def _labs(
+    rng: np.random.Generator,
+    n: int,
+    z: np.ndarray,
+    coded: tuple[np.ndarray, np.ndarray, np.ndarray],
+    drugs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    risk_onset: np.ndarray,
+    v_s: np.ndarray,
+    v_min: np.ndarray,
+    v_age: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-visit lab draws; returns (visit index, code id, value).
+
+    ``coded`` / ``drugs`` are (subject, condition column, first visit index) per instance.
+    """
+
+    def per_subject_min(s: np.ndarray, c: np.ndarray, visit_idx: np.ndarray, col: int):
+        out = np.full(n, np.iinfo(np.int64).max)
+        sel = c == col
+        np.minimum.at(out, s[sel], v_min[visit_idx[sel]])
+        return out[v_s]  # gathered per visit
+
+    def present(name: str) -> np.ndarray:
+        return risk_onset[v_s, _COND_INDEX[name]] <= v_age
+
+    def diagnosed(name: str) -> np.ndarray:
+        return per_subject_min(*coded, _COND_INDEX[name]) <= v_min
+
+    def treated(name: str) -> np.ndarray:
+        return per_subject_min(*drugs, _COND_INDEX[name]) <= v_min
+
+    zc = z[v_s, 0].astype(float)
+    nv = v_s.size
+    htn, dm, lip = present("hypertension"), present("type2_diabetes"), present("hyperlipidaemia")
+    ckd, obese = present("ckd"), present("obesity")
+    dm_dx, lip_dx = diagnosed("type2_diabetes"), diagnosed("hyperlipidaemia")
+    ckd_dx = diagnosed("ckd")
+    statin, antihyp = treated("hyperlipidaemia"), treated("hypertension")
+    diab_rx = treated("type2_diabetes")
+    noise = rng.standard_normal((5, nv))
+    # lab -> (probability measured at a visit, value, clip range); units as in codes.py.
+    specs = {
+        "SBP": (
+            0.3,
+            125 + 5 * zc + 15 * htn - 8 * antihyp + 0.3 * (v_age - 65) + 12 * noise[0],
+            (80, 230),
+        ),
+        "LDL": (
+            0.08 + 0.25 * (lip_dx | dm_dx | statin),
+            120 + 12 * zc + 30 * lip - 45 * statin + 22 * noise[1],
+            (30, 300),
+        ),
+        "HBA1C": (
+            0.03 + 0.45 * dm_dx,
+            5.5 + 0.2 * zc + 1.7 * dm - 0.6 * diab_rx + 0.45 * noise[2],
+            (4.0, 14.0),
+        ),
+        "EGFR": (
+            0.06 + 0.3 * ckd_dx + 0.15 * dm_dx,
+            95 - 0.7 * (v_age - 50) - 25 * ckd + 10 * noise[3],
+            (5, 130),
+        ),
+        "BMI": (0.1, 27 + 2 * zc + 6 * obese + 2.5 * noise[4], (15, 60)),
+    }
+    visits, codes, values = [], [], []
+    for lab, (p, val, (lo, hi)) in specs.items():
+        sel = np.flatnonzero(rng.random(nv) < p)
+        visits.append(sel)
+        codes.append(np.full(sel.size, _ID_LAB[lab], dtype=np.int32))
+        values.append(np.round(np.clip(val[sel], lo, hi), 1))
+    return np.concatenate(visits), np.concatenate(codes), np.concatenate(values)
+
+
+# ----------------------------------------------------------------------------------------
+# Public API.
+
+
+def _chunk_rngs(seed: int, n_chunks: int) -> list[np.random.Generator]:
+    # Child k depends only on (seed, k), so chunks are reproducible in isolation.
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n_chunks)]
+
+
+def _chunks(n_subjects: int, chunk_size: int) -> list[tuple[int, int]]:
+    if n_subjects < 0 or chunk_size <= 0:
+        raise ValueError("n_subjects must be >= 0 and chunk_size > 0")
+    return [(lo, min(chunk_size, n_subjects - lo)) for lo in range(0, n_subjects, chunk_size)]
+
+
+def _empty_frame() -> pl.DataFrame:
+    return pl.DataFrame(schema=EVENT_SCHEMA)
+
+
+def generate_events(
+    n_subjects: int,
+    seed: int,
+    data_start: date = date(2005, 1, 1),
+    data_end: date = date(2024, 12, 31),
+    chunk_size: int = 50_000,
+) -> pl.DataFrame:
+    """Generate MEDS events for ``n_subjects`` subjects (ids ``1..n_subjects``).
+
+    Returns columns ``subject_id`` (Int64), ``time`` (Datetime us), ``code`` (String),
+    ``numeric_value`` (Float32, null except labs), sorted by subject and time. Identical to
+    what :func:`write_events` writes for the same ``seed`` and ``chunk_size``.
+    """
+    if data_end <= data_start:
+        raise ValueError("data_end must be after data_start")
+    chunks = _chunks(n_subjects, chunk_size)
+    rngs = _chunk_rngs(seed, len(chunks))
+    frames = [
+        _generate_chunk(rng, lo + 1, size, data_start, data_end)
+        for rng, (lo, size) in zip(rngs, chunks, strict=True)
+    ]
+    return pl.concat(frames) if frames else _empty_frame()
+
+
+def write_events(
+    path: Path, n_subjects: int, seed: int, chunk_size: int = 50_000, **kw: Any
+) -> int:
+    """Stream generated events to one parquet file, one row group per subject chunk.
+
+    Memory stays bounded by ``chunk_size`` subjects. Keyword arguments (``data_start``,
+    ``data_end``) are passed to the generator. Returns the number of events written.
+    """
+    data_start: date = kw.pop("data_start", date(2005, 1, 1))
+    data_end: date = kw.pop("data_end", date(2024, 12, 31))
+    if kw:
+        raise TypeError(f"unexpected arguments: {sorted(kw)}")
+    if data_end <= data_start:
+        raise ValueError("data_end must be after data_start")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chunks = _chunks(n_subjects, chunk_size)
+    rngs = _chunk_rngs(seed, len(chunks))
+    total = 0
+    with pq.ParquetWriter(path, _ARROW_SCHEMA, compression="zstd") as writer:
+        for rng, (lo, size) in zip(rngs, chunks, strict=True):
+            frame = _generate_chunk(rng, lo + 1, size, data_start, data_end)
+            writer.write_table(frame.to_arrow().cast(_ARROW_SCHEMA))
+            total += frame.height
+        if not chunks:
+            writer.write_table(_ARROW_SCHEMA.empty_table())
+    return total

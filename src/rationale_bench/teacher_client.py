@@ -1,0 +1,1008 @@
+"""Robust execution of chat-completion requests against an OpenAI-compatible teacher endpoint.
+
+This module knows nothing about patients or prompts: callers hand it `ChatRequest`s and get
+`ChatResult`s back. What it does guarantee:
+
+* **PHI guard** - requests only go to loopback / private-network hosts unless the host is
+  explicitly allow-listed (`teacher.allowed_hosts`), and redirects are never followed.
+* **Explicit sampling** - temperature, top_p, max_tokens and seed are sent with every request,
+  because servers silently apply their own defaults otherwise.
+* **Resumability** - every completed request is appended to a JSONL cache and fsync'ed at once,
+  so a killed run loses at most the requests in flight and a rerun only sends what is missing.
+* **Own retry loop** - exponential backoff with full jitter on 429/5xx/timeouts/connection
+  errors/malformed or empty responses/validator rejections, honouring `Retry-After`; the SDK's
+  internal retries are disabled so every attempt is counted.
+* **Key secrecy** - the API key is read from an environment variable at call time, passed only
+  to the HTTP client, and scrubbed from every message this module produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import email.utils
+import hashlib
+import ipaddress
+import json
+import logging
+import math
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx2
+import openai
+from tqdm import tqdm
+
+__all__ = [
+    "ChatRequest",
+    "ChatResult",
+    "EndpointConfig",
+    "PHIGuardError",
+    "ResponseCache",
+    "TeacherConfigError",
+    "TeacherError",
+    "UsageSummary",
+    "cache_key",
+    "check_phi_guard",
+    "run_chat_requests",
+]
+
+logger = logging.getLogger("rationale_bench.teacher")
+
+# Local servers (vLLM, llama.cpp) ignore the key, but the SDK insists on a non-empty one.
+DUMMY_API_KEY = "not-needed"
+
+_T = TypeVar("_T")
+
+# Networks that never leave the site: loopback, RFC 1918, unique-local and link-local.
+_SAFE_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class TeacherError(RuntimeError):
+    """A request (or the whole run) failed for good; completed results are already cached."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_key: str | None = None,
+        last_error: str | None = None,
+        failed_keys: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.request_key = request_key
+        self.last_error = last_error
+        self.failed_keys = tuple(failed_keys)
+
+
+class TeacherConfigError(TeacherError, ValueError):
+    """The endpoint configuration cannot work (e.g. the API key variable is unset)."""
+
+
+class PHIGuardError(ValueError):
+    """The teacher endpoint is not a host patient data may be sent to."""
+
+
+# --------------------------------------------------------------------------------------------
+# Data classes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Where and how to call the teacher. Holds the *name* of the key variable, never the key."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int | None
+    concurrency: int = 16
+    request_timeout_s: float = 60
+    max_attempts: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    allowed_hosts: tuple[str, ...] = ()
+    price_per_1k_prompt: float | None = None
+    price_per_1k_completion: float | None = None
+
+    def __post_init__(self) -> None:
+        # Configs arrive from YAML as lists; keep the dataclass hashable and immutable.
+        object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
+        if self.concurrency < 1:
+            raise ValueError(f"teacher.concurrency must be >= 1, got {self.concurrency}")
+        if self.max_attempts < 1:
+            raise ValueError(f"teacher.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"teacher.request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.backoff_base_s < 0 or self.backoff_max_s < 0:
+            raise ValueError("teacher.backoff_base_s and teacher.backoff_max_s must be >= 0")
+        if self.max_tokens < 1:
+            raise ValueError(f"teacher.max_tokens must be >= 1, got {self.max_tokens}")
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling settings sent explicitly with every request (and part of the cache key)."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat request; `key` is the caller's id (e.g. subject id + style) for the result."""
+
+    key: str
+    messages: tuple[dict[str, str], ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "messages", tuple(self.messages))
+        if not self.messages:
+            raise ValueError(f"ChatRequest {self.key!r} has no messages")
+        for m in self.messages:
+            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+                raise ValueError(f"ChatRequest {self.key!r}: every message needs a 'role' string")
+            if not isinstance(m.get("content"), str):
+                raise ValueError(
+                    f"ChatRequest {self.key!r}: every message needs a 'content' string"
+                )
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """The teacher's answer to one `ChatRequest`."""
+
+    key: str
+    content: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cache_key: str
+    from_cache: bool
+    attempts: int  # HTTP attempts made in this run (0 for a cache hit)
+    model: str  # as reported by the server
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UsageSummary:
+    """What a run cost. Tokens and cost cover responses received in this run (not cache hits)."""
+
+    requests_sent: int = 0  # HTTP attempts, retries included
+    cache_hits: int = 0
+    retries: int = 0
+    failures: int = 0  # failed attempts (retried or not)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# PHI guard
+# --------------------------------------------------------------------------------------------
+
+
+def _normalise_host(host: str) -> str:
+    host = host.strip().lower()
+    if "://" in host:  # tolerate a URL in teacher.allowed_hosts
+        host = urlsplit(host).hostname or host
+    host = host.rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(host))  # canonical form, so "::0001" matches "::1"
+    return host
+
+
+def _is_safe_ip(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is really 10.0.0.1
+    return any(ip in net for net in _SAFE_NETWORKS if net.version == ip.version)
+
+
+def check_phi_guard(base_url: str, allowed_hosts: Sequence[str]) -> None:
+    """Refuse endpoints outside loopback/private networks unless explicitly allow-listed.
+
+    Hostnames other than "localhost" are refused unless allow-listed; DNS is deliberately not
+    consulted because what a name resolves to can change between this check and the request.
+    """
+    try:
+        parts = urlsplit(base_url)
+        host = parts.hostname
+        _ = parts.port  # raises on a malformed port
+    except ValueError as exc:
+        raise PHIGuardError(f"teacher.base_url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise PHIGuardError(
+            "teacher.base_url must be an http:// or https:// URL with a host, "
+            f"e.g. http://127.0.0.1:8000/v1 (got scheme {parts.scheme!r}, host {host!r})"
+        )
+    host = _normalise_host(host)
+    if host == "localhost" or _is_safe_ip(host):
+        return
+    if host in {_normalise_host(h) for h in allowed_hosts}:
+        logger.info(
+            "PHI guard: %s is not a local address but is listed in teacher.allowed_hosts", host
+        )
+        return
+    kind = "hostname" if not _is_ip(host) else "public IP address"
+    raise PHIGuardError(
+        f"Refusing to send patient data (protected health information) to teacher host {host!r}: "
+        f"it is a {kind}, not loopback (127.0.0.0/8, ::1, localhost) or a private-network "
+        "address (10/8, 172.16/12, 192.168/16, fc00::/7, link-local), and it is not in "
+        "teacher.allowed_hosts. Hostnames are never resolved to decide this. If your data-use "
+        "agreement covers this endpoint, add it to the config: "
+        f"teacher.allowed_hosts: [{host!r}]"
+    )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _redacted_url(base_url: str) -> str:
+    """scheme://host:port/path only - drops any user:password@ and query string."""
+    try:
+        parts = urlsplit(base_url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable base_url>"
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+
+
+def cache_key(
+    model: str, messages: Sequence[Mapping[str, Any]], sampling: Mapping[str, Any]
+) -> str:
+    """sha256 (hex) of the canonical JSON of everything that determines the answer."""
+    payload = {
+        "model": model,
+        "messages": [dict(m) for m in messages],
+        "sampling": dict(sampling),
+    }
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """Append-only JSONL cache of completed requests, durable after every `put`.
+
+    A record holds only the answer (content, finish_reason, usage, model, sampling, created);
+    never the API key, request headers or the prompt itself. When a key appears twice the last
+    record wins (that is how a regenerated answer replaces a rejected one).
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.skipped_lines = 0  # unparseable lines, e.g. a line cut short by SIGKILL
+        self._records: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._load()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "ab")  # noqa: SIM115 - kept open for the cache's lifetime
+        # A truncated last line has no newline; start the next record on a fresh line so it
+        # is not glued onto the garbage and lost too.
+        if self._fh.tell() > 0 and not self._ends_with_newline():
+            self._fh.write(b"\n")
+            self._fh.flush()
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = json.loads(raw)
+                    if not isinstance(rec, dict):
+                        raise ValueError("not a JSON object")
+                    if not isinstance(rec.get("cache_key"), str):
+                        raise ValueError("no cache_key")
+                    if not isinstance(rec.get("content"), str):
+                        raise ValueError("no content")
+                except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
+                    self.skipped_lines += 1
+                    logger.warning(
+                        "teacher cache %s: skipping unreadable line %d (%s); the request will "
+                        "be sent again",
+                        self.path,
+                        lineno,
+                        type(exc).__name__,
+                    )
+                    continue
+                self._records[rec["cache_key"]] = rec
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._records
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored record for `key` (a copy), or None."""
+        rec = self._records.get(key)
+        return dict(rec) if rec is not None else None
+
+    def put(self, result: ChatResult) -> None:
+        """Append one record, flush and fsync before returning."""
+        self.put_many([result])
+
+    def put_many(self, results: Sequence[ChatResult]) -> None:
+        """Append records, flush and fsync once before returning (group commit)."""
+        records = [self._record(r) for r in results]
+        data = b"".join(
+            (json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+            for rec in records
+        )
+        with self._lock:
+            self._fh.write(data)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            for rec in records:
+                self._records[rec["cache_key"]] = rec
+
+    @staticmethod
+    def _record(result: ChatResult) -> dict[str, Any]:
+        return {
+            "cache_key": result.cache_key,
+            "content": result.content,
+            "finish_reason": result.finish_reason,
+            "usage": {
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+            },
+            "model": result.model,
+            "sampling": dict(result.sampling),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._fh.closed:
+                self._fh.close()
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Retry machinery
+# --------------------------------------------------------------------------------------------
+
+
+class _AttemptFailed(Exception):
+    """One attempt failed. `retryable=False` ends the request; `fatal=True` ends the run."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retryable: bool = True,
+        fatal: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.fatal = fatal
+        self.retry_after = retry_after
+
+
+class _Stopped(Exception):
+    """The run is stopping; this request was not sent."""
+
+
+class _RequestFailed(Exception):
+    def __init__(self, cache_key_: str, request_key: str, reason: str, attempts: int, fatal: bool):
+        super().__init__(reason)
+        self.cache_key = cache_key_
+        self.request_key = request_key
+        self.reason = reason
+        self.attempts = attempts
+        self.fatal = fatal
+
+
+def _parse_retry_after(headers: Mapping[str, str] | None, cap_s: float) -> float | None:
+    """Seconds to wait from Retry-After(-ms) - seconds or an HTTP date - capped at `cap_s`."""
+    if not headers:
+        return None
+    delay: float | None = None
+    ms = headers.get("retry-after-ms")
+    value = headers.get("retry-after")
+    if ms is not None:
+        with contextlib.suppress(ValueError):
+            delay = float(ms) / 1000.0
+    if delay is None and value is not None:
+        try:
+            delay = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            delay = (when - datetime.now(UTC)).total_seconds()
+    if delay is None or math.isnan(delay):
+        return None
+    return min(max(delay, 0.0), cap_s)
+
+
+def _backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Full jitter: uniform(0, min(max, base * 2**(attempt-1)))."""
+    ceiling = min(max_s, base_s * (2.0 ** min(attempt - 1, 60)))
+    return rng.uniform(0.0, ceiling)
+
+
+class _Redactor:
+    """Scrubs the API key out of any text before it reaches an exception or a log record."""
+
+    def __init__(self, secret: str | None) -> None:
+        # Very short "keys" would shred ordinary text; such keys offer no secrecy anyway.
+        self._secret = secret if secret and len(secret) >= 4 else None
+
+    def __call__(self, text: str) -> str:
+        if self._secret is None:
+            return text
+        return text.replace(self._secret, "***")
+
+
+def _parse_completion(body: bytes) -> tuple[str, str | None, int, int, str | None]:
+    """(content, finish_reason, prompt_tokens, completion_tokens, model) or _AttemptFailed."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise _AttemptFailed(
+            f"malformed response: body is not valid JSON ({len(body)} bytes)"
+        ) from None
+    if not isinstance(data, dict):
+        raise _AttemptFailed("malformed response: body is not a JSON object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _AttemptFailed("malformed response: no choices")
+    message = choices[0].get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str) or not content.strip():
+        raise _AttemptFailed("empty content in response")
+    finish_reason = choices[0].get("finish_reason")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+
+    def _tokens(name: str) -> int:
+        value = usage.get(name)
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    model = data.get("model") if isinstance(data.get("model"), str) else None
+    return (
+        content,
+        finish_reason if isinstance(finish_reason, str) else None,
+        _tokens("prompt_tokens"),
+        _tokens("completion_tokens"),
+        model,
+    )
+
+
+def _classify_status(
+    exc: openai.APIStatusError, endpoint: EndpointConfig, redact: _Redactor
+) -> _AttemptFailed:
+    status = exc.status_code
+    detail = redact(str(exc))
+    if status == 429 or status >= 500 or status in (408, 409):
+        retry_after = None
+        if status in (429, 503):
+            retry_after = _parse_retry_after(exc.response.headers, endpoint.backoff_max_s)
+        return _AttemptFailed(f"HTTP {status}: {detail}", retry_after=retry_after)
+    if status in (401, 403):
+        if endpoint.api_key_env:
+            hint = f"check the API key in env var {endpoint.api_key_env}"
+        else:
+            hint = (
+                "the endpoint wants an API key: set teacher.api_key_env to the name of the "
+                "environment variable holding it"
+            )
+        return _AttemptFailed(
+            f"HTTP {status} (not authorised) from the teacher endpoint - {hint}. Server said: "
+            f"{detail}",
+            retryable=False,
+            fatal=True,
+        )
+    if status == 404:
+        return _AttemptFailed(
+            f"HTTP 404 from the teacher endpoint - check teacher.base_url (usually ends in /v1) "
+            f"and that teacher.model {endpoint.model!r} is served there. Server said: {detail}",
+            retryable=False,
+            fatal=True,
+        )
+    if 300 <= status < 400:
+        return _AttemptFailed(
+            f"HTTP {status} redirect from the teacher endpoint; redirects are not followed "
+            "(patient data must not leave for an unchecked host) - point teacher.base_url at "
+            "the final URL",
+            retryable=False,
+            fatal=True,
+        )
+    # 400, 422, ...: this request is bad, the others may be fine.
+    return _AttemptFailed(
+        f"HTTP {status} (request rejected, not retried): {detail}", retryable=False
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+class _Run:
+    """Mutable state of one `run_chat_requests` call (single event loop, so no locking)."""
+
+    def __init__(
+        self,
+        endpoint: EndpointConfig,
+        api_key: str,
+        cache: ResponseCache,
+        usage: UsageSummary,
+        validate: Callable[[str], str | None] | None,
+        bar: tqdm | None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.api_key = api_key
+        self.cache = cache
+        self.usage = usage
+        self.validate = validate
+        self.bar = bar
+        self.redact = _Redactor(api_key)
+        self.sampling = endpoint.sampling()
+        # seed=None means "no seed": omit it rather than send null, which some servers reject.
+        self.sampling_kwargs = {k: v for k, v in self.sampling.items() if v is not None}
+        self.rng = random.Random()
+        # Set on the first run-ending error, so requests waiting for a slot are not sent.
+        self.stopping = False
+        # Group commit: results finished while an fsync is under way share the next one.
+        self._to_commit: list[tuple[ChatResult, asyncio.Future[None]]] = []
+        self._commit_wanted = asyncio.Event()
+
+    def _postfix(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(
+                failures=self.usage.failures, retries=self.usage.retries, refresh=False
+            )
+
+    async def _attempt(
+        self, client: openai.AsyncOpenAI, request: ChatRequest
+    ) -> tuple[str, str | None, int, int, str | None]:
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model=self.endpoint.model,
+                messages=[dict(m) for m in request.messages],  # type: ignore[misc]
+                **self.sampling_kwargs,
+            )
+        except openai.APITimeoutError:
+            raise _AttemptFailed(
+                f"timed out after {self.endpoint.request_timeout_s:g}s (teacher.request_timeout_s)"
+            ) from None
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__
+            detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
+            raise _AttemptFailed(f"connection error: {self.redact(detail)}") from None
+        except openai.APIStatusError as exc:
+            raise _classify_status(exc, self.endpoint, self.redact) from None
+        except openai.APIError as exc:  # e.g. APIResponseValidationError
+            raise _AttemptFailed(f"bad response: {self.redact(str(exc))}") from None
+        return _parse_completion(raw.http_response.content)
+
+    async def _commit(self, result: ChatResult) -> None:
+        """Return once `result` is durably in the cache."""
+        done = asyncio.get_running_loop().create_future()
+        self._to_commit.append((result, done))
+        self._commit_wanted.set()
+        await done
+
+    async def _committer(self) -> None:
+        # One fsync costs milliseconds; one per result would cap a run at a few hundred
+        # results per second, so each fsync covers everything finished since the last one.
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            batch, self._to_commit = self._to_commit, []
+            if not batch:
+                continue
+            try:
+                # Off the event loop, so a slow disk does not stall requests in flight.
+                await asyncio.to_thread(self.cache.put_many, [r for r, _ in batch])
+            except Exception as exc:  # e.g. disk full: every waiting request fails the run
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    async def one(
+        self,
+        client: openai.AsyncOpenAI,
+        sem: asyncio.Semaphore,
+        ckey: str,
+        request: ChatRequest,
+    ) -> ChatResult:
+        ep = self.endpoint
+        last_error = "no attempt made"
+        for attempt in range(1, ep.max_attempts + 1):
+            failure: _AttemptFailed | None = None
+            async with sem:
+                if self.stopping:
+                    raise _Stopped
+                self.usage.requests_sent += 1
+                try:
+                    content, finish, p_tok, c_tok, model = await self._attempt(client, request)
+                except _AttemptFailed as exc:
+                    failure = exc
+            if failure is None:
+                # Tokens were spent whether or not the validator likes the answer.
+                self.usage.prompt_tokens += p_tok
+                self.usage.completion_tokens += c_tok
+                reason = self.validate(content) if self.validate is not None else None
+                if reason is None:
+                    result = ChatResult(
+                        key=request.key,
+                        content=content,
+                        finish_reason=finish,
+                        prompt_tokens=p_tok,
+                        completion_tokens=c_tok,
+                        cache_key=ckey,
+                        from_cache=False,
+                        attempts=attempt,
+                        model=model or ep.model,
+                        sampling=dict(self.sampling),
+                    )
+                    await self._commit(result)
+                    return result
+                failure = _AttemptFailed(f"rejected by validator: {self.redact(str(reason))}")
+
+            self.usage.failures += 1
+            last_error = failure.reason
+            self._postfix()
+            if not failure.retryable or attempt == ep.max_attempts:
+                self.stopping = self.stopping or failure.fatal
+                raise _RequestFailed(ckey, request.key, last_error, attempt, failure.fatal)
+            self.usage.retries += 1
+            if failure.retry_after is not None:
+                delay = failure.retry_after
+            else:
+                delay = _backoff_delay(attempt, ep.backoff_base_s, ep.backoff_max_s, self.rng)
+            logger.debug(
+                "teacher request %r attempt %d/%d failed (%s); retrying in %.2fs",
+                request.key,
+                attempt,
+                ep.max_attempts,
+                last_error,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def run_all(self, pending: Mapping[str, ChatRequest]) -> dict[str, ChatResult]:
+        """Send every pending request; returns results by cache key.
+
+        A request that fails for good does not stop the others (one pathological prompt must
+        not block a long run). The run stops early on errors that every request would hit
+        (401/403/404/redirect) or when `concurrency` requests in a row fail for good (the
+        endpoint is down). Either way TeacherError is raised once nothing is in flight.
+        """
+        ep = self.endpoint
+        done: dict[str, ChatResult] = {}
+        failed: list[_RequestFailed] = []
+        consecutive_failed = 0
+        abort: _RequestFailed | None = None
+        http_client = openai.DefaultAsyncHttpx2Client(
+            timeout=ep.request_timeout_s,
+            # Following a redirect would hand the body to a host the PHI guard never saw.
+            follow_redirects=False,
+            limits=httpx2.Limits(
+                max_connections=ep.concurrency + 8, max_keepalive_connections=ep.concurrency
+            ),
+        )
+        client = openai.AsyncOpenAI(
+            base_url=ep.base_url,
+            api_key=self.api_key,
+            max_retries=0,  # our own loop retries, so we control and count every attempt
+            timeout=ep.request_timeout_s,
+            http_client=http_client,
+        )
+        sem = asyncio.Semaphore(ep.concurrency)
+        # Outcomes arrive on a queue and tasks are created in a bounded window: waiting on
+        # all N tasks at once would cost O(N) per completion, i.e. O(N^2) for a long run.
+        outcomes: asyncio.Queue[tuple[ChatResult | None, BaseException | None]] = asyncio.Queue()
+        window = 4 * ep.concurrency  # room for requests sleeping in backoff
+        todo = iter(pending.items())
+        live: set[asyncio.Task[None]] = set()
+        created = received = 0  # every task reports exactly one outcome
+
+        async def report(ckey: str, request: ChatRequest) -> None:
+            try:
+                result = await self.one(client, sem, ckey, request)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - handed to the main loop as is
+                outcomes.put_nowait((None, exc))
+            else:
+                outcomes.put_nowait((result, None))
+
+        def refill() -> None:
+            nonlocal created
+            # Count unreported tasks, not `live`: done-callbacks run a loop iteration late.
+            while not self.stopping and created - received < window:
+                item = next(todo, None)
+                if item is None:
+                    return
+                task = asyncio.create_task(report(*item), name=f"teacher:{item[1].key}")
+                live.add(task)
+                task.add_done_callback(live.discard)
+                created += 1
+
+        committer = asyncio.create_task(self._committer(), name="teacher:cache-commit")
+        async with client:
+            try:
+                refill()
+                while received < created:
+                    result, exc = await outcomes.get()
+                    received += 1
+                    if exc is None:
+                        assert result is not None
+                        done[result.cache_key] = result
+                        consecutive_failed = 0
+                    elif isinstance(exc, _RequestFailed):
+                        failed.append(exc)
+                        consecutive_failed += 1
+                        logger.warning(
+                            "teacher request %r failed after %d attempt(s): %s",
+                            exc.request_key,
+                            exc.attempts,
+                            exc.reason,
+                        )
+                        if abort is None and (exc.fatal or consecutive_failed >= ep.concurrency):
+                            abort = exc
+                            self.stopping = True
+                    elif isinstance(exc, _Stopped):
+                        continue
+                    else:
+                        raise exc
+                    if self.bar is not None:
+                        self.bar.update(1)
+                        self._postfix()
+                    if abort is not None:
+                        break
+                    refill()
+            finally:
+                for task in list(live):
+                    task.cancel()
+                if live:
+                    await asyncio.gather(*live, return_exceptions=True)
+                committer.cancel()
+                await asyncio.gather(committer, return_exceptions=True)
+                # Answers that arrived but were not yet committed are complete: keep them.
+                leftovers, self._to_commit = self._to_commit, []
+                if leftovers:
+                    self.cache.put_many([r for r, _ in leftovers])
+
+        if abort is not None or failed:
+            first = abort or failed[0]
+            keys = [f.request_key for f in failed]
+            shown = ", ".join(repr(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
+            reason = first.reason.rstrip(". ")
+            if first.fatal:
+                head = (
+                    f"Teacher request {first.request_key!r} failed: {reason}. Stopped the run "
+                    "because this error would hit every request"
+                )
+            else:
+                head = (
+                    f"Teacher request {first.request_key!r} failed after {first.attempts} "
+                    f"attempt(s) (teacher.max_attempts={ep.max_attempts}); last error: {reason}"
+                )
+                if abort is not None:
+                    head += f". Stopped the run after {consecutive_failed} failures in a row"
+            message = (
+                f"{head}. Failed: {shown}; {len(pending) - len(done)} of {len(pending)} "
+                f"requests sent in this run have no result. All completed results are safely "
+                f"cached in {self.cache.path}; rerunning resumes from there."
+            )
+            raise TeacherError(
+                self.redact(message),
+                request_key=first.request_key,
+                last_error=self.redact(first.reason),
+                failed_keys=keys,
+            )
+        return done
+
+
+def _run_sync(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine from synchronous code, even if this thread already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+    # Called from inside a running loop (Jupyter, an async caller): use a private loop on a
+    # worker thread rather than nesting loops.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="teacher") as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+def _resolve_api_key(endpoint: EndpointConfig) -> str:
+    if endpoint.api_key_env is None:
+        return DUMMY_API_KEY
+    key = os.environ.get(endpoint.api_key_env, "")
+    if not key.strip():
+        raise TeacherConfigError(
+            f"teacher.api_key_env names the environment variable {endpoint.api_key_env!r}, but "
+            "it is unset or empty. Export it (e.g. `export "
+            f"{endpoint.api_key_env}=...`) or set teacher.api_key_env to null for a local server "
+            "that needs no key."
+        )
+    return key.strip()
+
+
+def run_chat_requests(
+    requests: Sequence[ChatRequest],
+    endpoint: EndpointConfig,
+    cache_path: Path,
+    *,
+    progress: bool = True,
+    validate: Callable[[str], str | None] | None = None,
+) -> tuple[dict[str, ChatResult], UsageSummary]:
+    """Answer every request, from the cache where possible; returns results by request key.
+
+    `validate(content)` returns None to accept an answer or a reason string to reject it; a
+    rejection is a retryable failure. Cached answers are validated too, and a rejected cached
+    answer is requested again (that is how QC regeneration works). Identical requests (same
+    cache key) are sent once. The API key is only needed when something must be sent.
+    Raises PHIGuardError, TeacherConfigError or TeacherError.
+    """
+    t0 = time.monotonic()
+    check_phi_guard(endpoint.base_url, endpoint.allowed_hosts)
+    keys = [r.key for r in requests]
+    if len(set(keys)) != len(keys):
+        dupes = sorted({k for k in keys if keys.count(k) > 1})[:5]
+        raise ValueError(f"ChatRequest keys must be unique; duplicated: {dupes}")
+
+    sampling = endpoint.sampling()
+    usage = UsageSummary()
+    results: dict[str, ChatResult] = {}
+    by_ckey: dict[str, list[ChatRequest]] = {}
+    for req in requests:
+        by_ckey.setdefault(cache_key(endpoint.model, req.messages, sampling), []).append(req)
+
+    with ResponseCache(cache_path) as cache:
+        pending: dict[str, ChatRequest] = {}
+        for ckey, reqs in by_ckey.items():
+            rec = cache.get(ckey)
+            if rec is not None and validate is not None:
+                reason = validate(rec["content"])
+                if reason is not None:
+                    logger.info(
+                        "teacher cache: cached answer for %r rejected by validator (%s); "
+                        "requesting a new one",
+                        reqs[0].key,
+                        reason,
+                    )
+                    rec = None
+            if rec is None:
+                pending[ckey] = reqs[0]
+                continue
+            rec_usage = rec.get("usage") or {}
+            for req in reqs:
+                usage.cache_hits += 1
+                results[req.key] = ChatResult(
+                    key=req.key,
+                    content=rec["content"],
+                    finish_reason=rec.get("finish_reason"),
+                    prompt_tokens=int(rec_usage.get("prompt_tokens") or 0),
+                    completion_tokens=int(rec_usage.get("completion_tokens") or 0),
+                    cache_key=ckey,
+                    from_cache=True,
+                    attempts=0,
+                    model=rec.get("model") or endpoint.model,
+                    sampling=dict(rec.get("sampling") or sampling),
+                )
+
+        logger.info(
+            "teacher: %d requests (%d distinct), %d answered from cache, %d to send to %s "
+            "(model %s, concurrency %d)",
+            len(requests),
+            len(by_ckey),
+            len(by_ckey) - len(pending),
+            len(pending),
+            _redacted_url(endpoint.base_url),
+            endpoint.model,
+            endpoint.concurrency,
+        )
+        if pending:
+            api_key = _resolve_api_key(endpoint)
+            bar = tqdm(
+                total=len(pending),
+                desc=f"teacher ({len(by_ckey) - len(pending)} cached)",
+                unit="req",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                disable=not progress,
+            )
+            run = _Run(endpoint, api_key, cache, usage, validate, bar)
+            try:
+                sent = _run_sync(lambda: run.run_all(pending))
+            finally:
+                bar.close()
+                usage.wall_s = time.monotonic() - t0
+                _finish_usage(usage, endpoint)
+                logger.info("teacher usage: %s", usage.as_dict())
+            for ckey, res in sent.items():
+                for req in by_ckey[ckey]:
+                    results[req.key] = replace(res, key=req.key)
+
+    usage.wall_s = time.monotonic() - t0
+    _finish_usage(usage, endpoint)
+    return results, usage
+
+
+def _finish_usage(usage: UsageSummary, endpoint: EndpointConfig) -> None:
+    pp, pc = endpoint.price_per_1k_prompt, endpoint.price_per_1k_completion
+    if pp is None and pc is None:
+        usage.cost = None
+        return
+    usage.cost = usage.prompt_tokens / 1000 * (pp or 0.0) + usage.completion_tokens / 1000 * (
+        pc or 0.0
+    )

@@ -1,0 +1,46 @@
+"""What every workflow script shares: logging to the rule's log file, threads, file helpers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+def start(snakemake: Any) -> logging.Logger:
+    """Send logging, warnings and stderr to the rule's log file; cap threads to the job's."""
+    log_path = Path(snakemake.log[0])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    stream = log_path.open("w", buffering=1)
+    sys.stderr = stream
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.StreamHandler(stream)],
+        force=True,
+    )
+    logging.captureWarnings(True)
+    threads = max(1, int(getattr(snakemake, "threads", 1)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    return logging.getLogger(f"rationale_bench.{snakemake.rule}")
+
+
+def write_parquet(frame: pl.DataFrame, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(path)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2, default=str))

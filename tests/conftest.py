@@ -1,0 +1,134 @@
+"""Shared fixtures: hand-built MEDS events, a cohort config, and a tiny model built once."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+COHORT_CFG = {
+    "min_age": 65,
+    "min_prior_observation_days": 730,
+    "horizon_days": 1826,
+    "index_event_prefixes": ["VISIT/"],
+    "outcome_code_prefixes": [
+        "ICD10/F00", "ICD10/F01", "ICD10/F02", "ICD10/F03", "ICD10/G30", "ICD10/G31.0",
+        "ICD10/G31.1", "ICD10/G31.83",
+    ],
+    "exclusion_drug_prefixes": ["ATC/N06DA", "ATC/N06DX01"],
+    "split": {"seed": 1, "tuning_fraction": 0.1, "held_out_fraction": 0.3},
+}
+
+
+def cohort_cfg(**overrides) -> dict:
+    cfg = copy.deepcopy(COHORT_CFG)
+    cfg.update(overrides)
+    return cfg
+
+
+class EventBuilder:
+    """Builds MEDS events for hand-made subjects in a readable way."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, datetime, str, float | None]] = []
+
+    def person(self, sid: int, born: str, sex: str = "F") -> EventBuilder:
+        t = datetime.fromisoformat(born)
+        self.rows += [(sid, t, "MEDS_BIRTH", None), (sid, t, f"SEX/{sex}", None)]
+        return self
+
+    def add(self, sid: int, when: str, *codes: str, value: float | None = None) -> EventBuilder:
+        t = datetime.fromisoformat(when)
+        for code in codes:
+            self.rows.append((sid, t, code, value))
+        return self
+
+    def visits(self, sid: int, start: str, years: int, *codes: str) -> EventBuilder:
+        """One visit a year from ``start``, each with the given codes."""
+        t0 = datetime.fromisoformat(start)
+        for k in range(years):
+            t = (t0 + timedelta(days=365 * k)).isoformat()
+            self.add(sid, t, "VISIT/OUTPATIENT", *codes)
+        return self
+
+    def frame(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            self.rows,
+            schema={
+                "subject_id": pl.Int64,
+                "time": pl.Datetime("us"),
+                "code": pl.String,
+                "numeric_value": pl.Float32,
+            },
+            orient="row",
+        ).sort("subject_id", "time")
+
+
+@pytest.fixture
+def events_builder() -> EventBuilder:
+    return EventBuilder()
+
+
+@pytest.fixture(scope="session")
+def default_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def synthetic_events() -> pl.DataFrame:
+    from rationale_bench.synthetic import generate_events
+
+    return generate_events(2500, seed=7)
+
+
+@pytest.fixture(scope="session")
+def synthetic_cohort(synthetic_events):
+    from rationale_bench.cohort import build_cohort
+
+    return build_cohort(synthetic_events, cohort_cfg())
+
+
+@pytest.fixture(scope="session")
+def synthetic_histories(synthetic_events, synthetic_cohort):
+    from rationale_bench.serialize import build_histories
+
+    return build_histories(synthetic_events, synthetic_cohort[0], {"variant": "timeline_recent", "lookback_days": None})
+
+
+TINY_BUILD = {
+    "vocab_size": 800,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_layers": 1,
+    "num_heads": 2,
+    "pretrain_steps": 0,
+    "pretrain_batch_size": 4,
+    "pretrain_learning_rate": 0.002,
+    "seed": 0,
+    "max_seq_len": 512,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, synthetic_histories) -> Path:
+    from rationale_bench.serialize import history_text
+    from rationale_bench.tinymodel import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    train = synthetic_histories.filter(pl.col("split") == "train")
+    texts = [history_text(h, lines) for h, lines in train.select("header", "lines").iter_rows()]
+    build_tiny_model(texts, TINY_BUILD, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -1,0 +1,18 @@
+import polars as pl
+from transformers import AutoTokenizer
+
+from rationale_bench.serialize import build_prompts
+from rationale_bench.workflow import start, write_parquet
+
+log = start(snakemake)  # noqa: F821
+params = snakemake.params  # noqa: F821
+tokenizer = AutoTokenizer.from_pretrained(params.model_path)
+histories = pl.read_parquet(snakemake.input.histories)  # noqa: F821
+prompts = build_prompts(histories, tokenizer, {"question": params.question}, params.max_prompt_tokens)
+log.info(
+    "%d prompts, median %d tokens, %.1f%% truncated",
+    prompts.height,
+    prompts["n_tokens"].median(),
+    100 * prompts["truncated"].mean(),
+)
+write_parquet(prompts, snakemake.output[0])  # noqa: F821

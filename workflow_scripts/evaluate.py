@@ -1,0 +1,21 @@
+import json
+from pathlib import Path
+
+import polars as pl
+
+from rationale_bench.evaluate import evaluate_configuration, write_metrics
+from rationale_bench.workflow import start, write_parquet
+
+log = start(snakemake)  # noqa: F821
+smk = snakemake  # noqa: F821
+predictions, summary = evaluate_configuration(
+    smk.params.model_path,
+    Path(smk.input.adapter),
+    json.loads(Path(smk.input.run).read_text()),
+    pl.read_parquet(smk.input.prompts),
+    pl.read_parquet(smk.input.cohort),
+    smk.params.evaluation,
+)
+log.info("held-out AUROC %.3f (n=%d)", summary["auroc"], summary["n"])
+write_parquet(predictions, smk.output.predictions)
+write_metrics(summary, Path(smk.output.metrics))

@@ -1,0 +1,24 @@
+from pathlib import Path
+
+import polars as pl
+
+from rationale_bench.finetune import TrainingJob, train
+from rationale_bench.workflow import start
+
+log = start(snakemake)  # noqa: F821
+smk = snakemake  # noqa: F821
+job = TrainingJob(
+    model_path=smk.params.model_path,
+    fmt=smk.wildcards.format,
+    n_train=int(smk.wildcards.n_train),
+    seed=int(smk.wildcards.seed),
+    training=smk.params.training,
+    max_seq_len=smk.params.model["max_seq_len"],
+    out_dir=Path(smk.output.adapter),
+    log_path=Path(smk.output.train_log),
+    run_path=Path(smk.output.run),
+    checkpoint_dir=Path(smk.params.checkpoint_dir),
+)
+rationales = pl.read_parquet(smk.input.rationales) if smk.input.rationales else None
+run = train(job, pl.read_parquet(smk.input.prompts), pl.read_parquet(smk.input.cohort), rationales)
+log.info("trained %d steps, final loss %.4f", run["optimizer_steps"], run["final_loss"])
