@@ -7,10 +7,12 @@ if config["data"]["source"] == "synthetic":
         """A seeded synthetic population with risk-factor-driven ADRD incidence, as MEDS events."""
         output:
             "results/data/events.parquet",
-        params:
-            synthetic=config["data"]["synthetic"],
         log:
             "results/logs/synthesize_events.log",
+        conda:
+            "../envs/data.yaml"
+        params:
+            synthetic=config["data"]["synthetic"],
         script:
             "../workflow_scripts/synthesize_events.py"
 
@@ -24,6 +26,8 @@ else:
             "results/data/events.parquet",
         log:
             "results/logs/ingest_meds.log",
+        conda:
+            "../envs/data.yaml"
         script:
             "../workflow_scripts/ingest_meds.py"
 
@@ -36,10 +40,12 @@ rule build_cohort:
     output:
         cohort="results/cohort/cohort.parquet",
         attrition="results/cohort/attrition.csv",
-    params:
-        cohort=config["cohort"],
     log:
         "results/logs/build_cohort.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        cohort=config["cohort"],
     script:
         "../workflow_scripts/build_cohort.py"
 
@@ -53,5 +59,7 @@ rule table_one:
         "results/cohort/table1.csv",
     log:
         "results/logs/table_one.log",
+    conda:
+        "../envs/data.yaml"
     script:
         "../workflow_scripts/table_one.py"

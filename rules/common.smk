@@ -1,13 +1,19 @@
 # Validation, wildcard constraints and the named helpers every rule file uses.
 
+import os
 import sys
 
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# The library lives in src/: importable here, and by the scripts inside conda envs and on
+# cluster nodes (they inherit PYTHONPATH), whether or not the package is pip-installed.
+LIBRARY = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, LIBRARY)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [LIBRARY, os.environ.get("PYTHONPATH")])
+)
 
 from rationale_bench import study  # noqa: E402
-
 
 validate(config, "../schemas/config.schema.yaml")
 try:
@@ -39,10 +45,7 @@ def get_final_outputs():
 
 def get_run_outputs(name):
     """One file (by name) of every configuration's run folder."""
-    return [
-        f"results/runs/{c.config_id}/{name}"
-        for c in CONFIGURATIONS
-    ]
+    return [f"results/runs/{c.config_id}/{name}" for c in CONFIGURATIONS]
 
 
 def get_model_source(wildcards):
@@ -89,7 +92,9 @@ def get_teacher_settings(wildcards):
     teacher = config["teacher"]
     if teacher["backend"] == "template":
         return {k: teacher[k] for k in ("name", "backend", "seed")}
-    settings = {k: v for k, v in teacher.items() if k not in ("prompts", "styles", "seed")}
+    settings = {
+        k: v for k, v in teacher.items() if k not in ("prompts", "styles", "seed")
+    }
     settings["prompts"] = {
         "system": teacher["prompts"]["system"],
         wildcards.style: teacher["prompts"][wildcards.style],

@@ -13,10 +13,12 @@ rule evaluate:
     output:
         predictions=f"{RUN_DIR}/predictions.parquet",
         metrics=f"{RUN_DIR}/metrics.json",
+    log:
+        f"results/logs/evaluate/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}.log",
+    conda:
+        "../envs/train.yaml"
     params:
         evaluation=config["evaluation"],
         model_path=lambda wildcards: get_model_path(wildcards.model),
-    log:
-        f"results/logs/evaluate/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}.log",
     script:
         "../workflow_scripts/evaluate.py"

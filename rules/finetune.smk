@@ -9,10 +9,12 @@ rule build_tiny_model:
         histories=f"results/histories/{config['serialization']['variant']}.parquet",
     output:
         directory("results/models/{model}"),
-    params:
-        build=get_build_settings,
     log:
         "results/logs/build_tiny_model/{model}.log",
+    conda:
+        "../envs/train.yaml"
+    params:
+        build=get_build_settings,
     script:
         "../workflow_scripts/build_tiny_model.py"
 
@@ -28,12 +30,14 @@ rule finetune:
         adapter=directory(f"{RUN_DIR}/adapter"),
         train_log=f"{RUN_DIR}/train_log.jsonl",
         run=f"{RUN_DIR}/run.json",
+    log:
+        f"results/logs/finetune/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}.log",
+    conda:
+        "../envs/train.yaml"
     params:
         training=get_training_settings,
         model=get_model_settings,
         model_path=lambda wildcards: get_model_path(wildcards.model),
         checkpoint_dir=f"results/checkpoints/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}",
-    log:
-        f"results/logs/finetune/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}.log",
     script:
         "../workflow_scripts/finetune.py"

@@ -8,12 +8,14 @@ rule generate_rationales:
         histories=f"results/histories/{config['serialization']['variant']}.parquet",
     output:
         "results/rationales/{teacher}/{style}.parquet",
+    log:
+        "results/logs/generate_rationales/{teacher}/{style}.log",
+    conda:
+        "../envs/teacher.yaml"
+    resources:
+        teacher_jobs=1,
     params:
         teacher=get_teacher_settings,
         cache="results/rationales/{teacher}/cache/{style}.jsonl",
-    resources:
-        teacher_jobs=1,
-    log:
-        "results/logs/generate_rationales/{teacher}/{style}.log",
     script:
         "../workflow_scripts/generate_rationales.py"

@@ -13,10 +13,12 @@ rule report:
             caption="../report/auroc_by_format.rst",
             category="Results",
         ),
+    log:
+        "results/logs/report.log",
+    conda:
+        "../envs/report.yaml"
     params:
         configurations=[c.as_dict() for c in CONFIGURATIONS],
         formats=config["grid"]["format"],
-    log:
-        "results/logs/report.log",
     script:
         "../workflow_scripts/report.py"

@@ -8,12 +8,14 @@ rule build_histories:
         cohort="results/cohort/cohort.parquet",
     output:
         "results/histories/{serialization}.parquet",
+    log:
+        "results/logs/build_histories/{serialization}.log",
+    conda:
+        "../envs/data.yaml"
     params:
         serialization=lambda wildcards: {
             k: v for k, v in config["serialization"].items() if k != "question"
         },
-    log:
-        "results/logs/build_histories/{serialization}.log",
     script:
         "../workflow_scripts/build_histories.py"
 
@@ -26,13 +28,15 @@ rule build_prompts:
         model=get_model_source,
     output:
         "results/prompts/{model}/{serialization}.parquet",
+    log:
+        "results/logs/build_prompts/{model}/{serialization}.log",
+    conda:
+        "../envs/train.yaml"
     params:
         model_path=lambda wildcards: get_model_path(wildcards.model),
         max_prompt_tokens=lambda wildcards: config["models"][wildcards.model][
             "max_prompt_tokens"
         ],
         question=config["serialization"]["question"],
-    log:
-        "results/logs/build_prompts/{model}/{serialization}.log",
     script:
         "../workflow_scripts/build_prompts.py"

@@ -18,8 +18,14 @@ COHORT_CFG = {
     "horizon_days": 1826,
     "index_event_prefixes": ["VISIT/"],
     "outcome_code_prefixes": [
-        "ICD10/F00", "ICD10/F01", "ICD10/F02", "ICD10/F03", "ICD10/G30", "ICD10/G31.0",
-        "ICD10/G31.1", "ICD10/G31.83",
+        "ICD10/F00",
+        "ICD10/F01",
+        "ICD10/F02",
+        "ICD10/F03",
+        "ICD10/G30",
+        "ICD10/G31.0",
+        "ICD10/G31.1",
+        "ICD10/G31.83",
     ],
     "exclusion_drug_prefixes": ["ATC/N06DA", "ATC/N06DX01"],
     "split": {"seed": 1, "tuning_fraction": 0.1, "held_out_fraction": 0.3},
@@ -98,7 +104,9 @@ def synthetic_cohort(synthetic_events):
 def synthetic_histories(synthetic_events, synthetic_cohort):
     from rationale_bench.serialize import build_histories
 
-    return build_histories(synthetic_events, synthetic_cohort[0], {"variant": "timeline_recent", "lookback_days": None})
+    return build_histories(
+        synthetic_events, synthetic_cohort[0], {"variant": "timeline_recent", "lookback_days": None}
+    )
 
 
 TINY_BUILD = {

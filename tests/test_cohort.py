@@ -91,7 +91,9 @@ def test_missing_column_is_named(events_builder):
 
 
 def test_wrong_type_is_named(events_builder):
-    events = events_builder.person(1, "1940-01-01").frame().with_columns(pl.col("time").cast(pl.String))
+    events = (
+        events_builder.person(1, "1940-01-01").frame().with_columns(pl.col("time").cast(pl.String))
+    )
     with pytest.raises(CohortError, match="column 'time' has type"):
         build_cohort(events, cohort_cfg())
 
@@ -121,8 +123,11 @@ def test_synthetic_cohort_invariants(synthetic_events, synthetic_cohort):
     joined = synthetic_events.join(cohort.select("subject_id", "index_time"), on="subject_id")
     prior = joined.filter(
         (pl.col("time") <= pl.col("index_time"))
-        & (pl.col("code").str.starts_with("ICD10/F03") | pl.col("code").str.starts_with("ICD10/G30")
-           | pl.col("code").str.starts_with("ATC/N06DA"))
+        & (
+            pl.col("code").str.starts_with("ICD10/F03")
+            | pl.col("code").str.starts_with("ICD10/G30")
+            | pl.col("code").str.starts_with("ATC/N06DA")
+        )
     )
     assert prior.height == 0
     assert attrition["n_subjects"][0] == synthetic_events["subject_id"].n_unique()

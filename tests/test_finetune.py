@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from rationale_bench import formats
-from rationale_bench.finetune import TrainingJob, TrainingError, batch_schedule, build_examples, segment_losses, train
+from rationale_bench.finetune import (
+    TrainingError,
+    TrainingJob,
+    batch_schedule,
+    build_examples,
+    segment_losses,
+    train,
+)
 from rationale_bench.serialize import build_prompts
 from rationale_bench.teacher import generate_rationales
 
@@ -31,14 +38,18 @@ TRAINING = {
 
 @pytest.fixture(scope="module")
 def prompts(synthetic_histories, tiny_tokenizer):
-    q = {"question": "Will this patient be diagnosed with dementia within 5 years? Answer Yes or No."}
+    q = {
+        "question": "Will this patient be diagnosed with dementia within 5 years? Answer Yes or No."
+    }
     return build_prompts(synthetic_histories, tiny_tokenizer, q, max_prompt_tokens=256)
 
 
 @pytest.fixture(scope="module")
 def rationales(synthetic_histories, tmp_path_factory):
     cfg = {"name": "template", "backend": "template", "seed": 0}
-    table, _ = generate_rationales(synthetic_histories, "free_form", cfg, tmp_path_factory.mktemp("cache") / "c.jsonl")
+    table, _ = generate_rationales(
+        synthetic_histories, "free_form", cfg, tmp_path_factory.mktemp("cache") / "c.jsonl"
+    )
     return table
 
 
@@ -65,7 +76,9 @@ def test_segment_losses_split_the_completion_loss():
     labels = torch.tensor([[-100, -100, 3, 4, 5, 6]])
     segments = torch.tensor([[0, 0, 1, 1, 3, 4]])
     parts = segment_losses(logits, labels, segments, label_loss_weight=1.0)
-    ce = torch.nn.functional.cross_entropy(logits[0, :-1], torch.tensor([-100, 3, 4, 5, 6]), reduction="none", ignore_index=-100)
+    ce = torch.nn.functional.cross_entropy(
+        logits[0, :-1], torch.tensor([-100, 3, 4, 5, 6]), reduction="none", ignore_index=-100
+    )
     assert torch.isclose(parts["loss"], ce[1:].mean())
     # Targets shift by one: position 3 predicts token 4 (segment of token 4 = label).
     assert torch.isclose(parts["label_loss"], ce[3])
@@ -86,7 +99,9 @@ def test_every_format_gets_the_same_subjects_and_steps(prompts, synthetic_cohort
         build_examples(prompts, cohort, None, "free_form", 48, seed=1)
 
 
-def test_train_logs_dilution_and_matches_budgets(tmp_path, tiny_model_dir, prompts, synthetic_cohort, rationales):
+def test_train_logs_dilution_and_matches_budgets(
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, rationales
+):
     cohort, _ = synthetic_cohort
     runs = {}
     for fmt, rat in (("label_only", None), ("free_form", rationales)):
@@ -94,17 +109,27 @@ def test_train_logs_dilution_and_matches_budgets(tmp_path, tiny_model_dir, promp
     assert runs["label_only"]["optimizer_steps"] == runs["free_form"]["optimizer_steps"] == 6
     assert runs["label_only"]["subjects_sha256"] == runs["free_form"]["subjects_sha256"]
     assert runs["free_form"]["tokens_trained"] > runs["label_only"]["tokens_trained"]
-    log = [json.loads(x) for x in (tmp_path / "free_form" / "train_log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(x) for x in (tmp_path / "free_form" / "train_log.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in log] == list(range(1, 7))
     # Token dilution: the label is a small share of the rationale format's loss.
-    assert runs["free_form"]["mean_label_loss_share"] < 0.2 < runs["label_only"]["mean_label_loss_share"]
+    assert (
+        runs["free_form"]["mean_label_loss_share"]
+        < 0.2
+        < runs["label_only"]["mean_label_loss_share"]
+    )
     assert (tmp_path / "free_form" / "adapter" / "adapter_config.json").exists()
     assert not (tmp_path / "free_form" / "checkpoint").exists()
 
 
-def test_resume_after_sigterm_gives_identical_weights(tmp_path, tiny_model_dir, prompts, synthetic_cohort, monkeypatch):
+def test_resume_after_sigterm_gives_identical_weights(
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, monkeypatch
+):
     cohort, _ = synthetic_cohort
-    full = train(make_job(tmp_path, tiny_model_dir, "label_only", name="full"), prompts, cohort, None)
+    full = train(
+        make_job(tmp_path, tiny_model_dir, "label_only", name="full"), prompts, cohort, None
+    )
 
     from rationale_bench import finetune
 
@@ -148,11 +173,18 @@ def test_divergence_stops_with_a_clear_error(tmp_path, tiny_model_dir, prompts, 
         train(job, prompts, cohort, None)
 
 
-def test_loss_mask_of_real_batches_has_a_label_token(prompts, synthetic_cohort, rationales, tiny_tokenizer):
+def test_loss_mask_of_real_batches_has_a_label_token(
+    prompts, synthetic_cohort, rationales, tiny_tokenizer
+):
     cohort, _ = synthetic_cohort
     frame = build_examples(prompts, cohort, rationales, "free_form", 48, seed=1)
     for row in frame.iter_rows(named=True):
-        ex = formats.encode_example(tiny_tokenizer, row["prompt"], formats.completion_segments("free_form", row["label"], row["rationale"]), 512)
+        ex = formats.encode_example(
+            tiny_tokenizer,
+            row["prompt"],
+            formats.completion_segments("free_form", row["label"], row["rationale"]),
+            512,
+        )
         assert formats.LABEL in ex.segments
         assert sum(1 for lab in ex.labels if lab != formats.IGNORE_INDEX) == ex.n_completion_tokens
     assert frame.filter(pl.col("rationale").is_null()).height == 0

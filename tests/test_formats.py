@@ -7,8 +7,16 @@ import pytest
 from rationale_bench import formats
 from rationale_bench.formats import FormatError, completion_segments, encode_example
 
-PROMPT = "## Patient\nAge at prediction time: 77 years\nSex: female\n## History (most recent first)\n- 1.2 years before: Essential (primary) hypertension (I10)\n\nQuestion: Will this patient be diagnosed? Answer Yes or No.\n"
-RATIONALE = "1. Age and sex: 77-year-old woman.\n2. Modifiable risk factors: hypertension.\n5. Conclusion: more likely than average."
+PROMPT = (
+    "## Patient\nAge at prediction time: 77 years\nSex: female\n"
+    "## History (most recent first)\n"
+    "- 1.2 years before: Essential (primary) hypertension (I10)\n"
+    "\nQuestion: Will this patient be diagnosed? Answer Yes or No.\n"
+)
+RATIONALE = (
+    "1. Age and sex: 77-year-old woman.\n2. Modifiable risk factors: hypertension.\n"
+    "5. Conclusion: more likely than average."
+)
 
 
 @pytest.mark.parametrize("fmt", ["label_only", "free_form", "step_by_step"])
@@ -24,12 +32,19 @@ def test_loss_mask_covers_completion_only(tiny_tokenizer, fmt, label):
     assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
     # Exactly one answer word, and it is the trained " Yes" / " No" token.
     label_ids = [t for t, k in zip(ex.input_ids, ex.segments, strict=True) if k == formats.LABEL]
-    assert label_ids == tiny_tokenizer(formats.ANSWER_WORDS[label], add_special_tokens=False)["input_ids"]
-    rationale_ids = [t for t, k in zip(ex.input_ids, ex.segments, strict=True) if k == formats.RATIONALE]
+    assert (
+        label_ids
+        == tiny_tokenizer(formats.ANSWER_WORDS[label], add_special_tokens=False)["input_ids"]
+    )
+    rationale_ids = [
+        t for t, k in zip(ex.input_ids, ex.segments, strict=True) if k == formats.RATIONALE
+    ]
     if fmt == "label_only":
         assert rationale_ids == []
     else:
-        expected = tiny_tokenizer(formats.RATIONALE_PREFIX + RATIONALE + "\n", add_special_tokens=False)["input_ids"]
+        expected = tiny_tokenizer(
+            formats.RATIONALE_PREFIX + RATIONALE + "\n", add_special_tokens=False
+        )["input_ids"]
         assert rationale_ids == expected
         # The rationale's text survives tokenization intact and appears once.
         decoded = tiny_tokenizer.decode(ex.input_ids[n_prompt:], skip_special_tokens=True)
@@ -60,7 +75,9 @@ def test_answer_token_ids_are_single_distinct_tokens(tiny_tokenizer):
 
 def test_collate_pads_without_loss(tiny_tokenizer):
     a = encode_example(tiny_tokenizer, PROMPT, completion_segments("label_only", True, None), 512)
-    b = encode_example(tiny_tokenizer, PROMPT, completion_segments("free_form", False, RATIONALE), 512)
+    b = encode_example(
+        tiny_tokenizer, PROMPT, completion_segments("free_form", False, RATIONALE), 512
+    )
     batch = formats.collate([a, b], tiny_tokenizer.pad_token_id)
     pad = batch["attention_mask"] == 0
     assert (batch["labels"][pad] == formats.IGNORE_INDEX).all()

@@ -8,7 +8,9 @@ log = start(snakemake)  # noqa: F821
 params = snakemake.params  # noqa: F821
 tokenizer = AutoTokenizer.from_pretrained(params.model_path)
 histories = pl.read_parquet(snakemake.input.histories)  # noqa: F821
-prompts = build_prompts(histories, tokenizer, {"question": params.question}, params.max_prompt_tokens)
+prompts = build_prompts(
+    histories, tokenizer, {"question": params.question}, params.max_prompt_tokens
+)
 log.info(
     "%d prompts, median %d tokens, %.1f%% truncated",
     prompts.height,

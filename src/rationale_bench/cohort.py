@@ -73,12 +73,16 @@ def subject_summary(events: pl.LazyFrame) -> pl.LazyFrame:
         birth_time=pl.col("time").filter(pl.col("code") == "MEDS_BIRTH").min(),
         sex=pl.col("code").filter(pl.col("code").str.starts_with("SEX/")).first().str.slice(4),
         death_time=pl.col("time").filter(pl.col("code") == "MEDS_DEATH").min(),
-        observation_start=pl.col("time").filter(~is_static & (pl.col("code") != "MEDS_DEATH")).min(),
+        observation_start=pl.col("time")
+        .filter(~is_static & (pl.col("code") != "MEDS_DEATH"))
+        .min(),
         observation_end=pl.col("time").filter(~is_static).max(),
     )
 
 
-def find_index_times(events: pl.LazyFrame, summary: pl.LazyFrame, cfg: Mapping[str, Any]) -> pl.LazyFrame:
+def find_index_times(
+    events: pl.LazyFrame, summary: pl.LazyFrame, cfg: Mapping[str, Any]
+) -> pl.LazyFrame:
     """The first index-event time at which age and prior observation are both sufficient."""
     min_age_days = cfg["min_age"] * DAYS_PER_YEAR
     return (
@@ -104,8 +108,10 @@ def _first_time(events: pl.LazyFrame, prefixes: Sequence[str], name: str) -> pl.
     )
 
 
-def _outcome_in_window(events: pl.LazyFrame, indexed: pl.LazyFrame, cfg: Mapping[str, Any]) -> pl.LazyFrame:
-    """Per indexed subject: first outcome at/before index, first drug at/before, label, outcome time."""
+def _outcome_in_window(
+    events: pl.LazyFrame, indexed: pl.LazyFrame, cfg: Mapping[str, Any]
+) -> pl.LazyFrame:
+    """Per indexed subject: outcome or drug at/before index, the label and the outcome time."""
     horizon = pl.duration(days=cfg["horizon_days"])
     outcome = (
         events.filter(matches_any(pl.col("code"), cfg["outcome_code_prefixes"]))
@@ -114,7 +120,10 @@ def _outcome_in_window(events: pl.LazyFrame, indexed: pl.LazyFrame, cfg: Mapping
         .agg(
             prior_outcome=(pl.col("time") <= pl.col("index_time")).any(),
             outcome_time=pl.col("time")
-            .filter((pl.col("time") > pl.col("index_time")) & (pl.col("time") <= pl.col("index_time") + horizon))
+            .filter(
+                (pl.col("time") > pl.col("index_time"))
+                & (pl.col("time") <= pl.col("index_time") + horizon)
+            )
             .min(),
         )
     )
@@ -210,11 +219,25 @@ def build_cohort(
             .round(2)
             .cast(pl.Float64),
             split=pl.col("subject_id").map_elements(
-                lambda s: split_of(s, split_cfg["seed"], split_cfg["tuning_fraction"], split_cfg["held_out_fraction"]),
+                lambda s: split_of(
+                    s,
+                    split_cfg["seed"],
+                    split_cfg["tuning_fraction"],
+                    split_cfg["held_out_fraction"],
+                ),
                 return_dtype=pl.String,
             ),
         )
-        .select("subject_id", "index_time", "label", "age", "sex", "followup_days", "outcome_time", "split")
+        .select(
+            "subject_id",
+            "index_time",
+            "label",
+            "age",
+            "sex",
+            "followup_days",
+            "outcome_time",
+            "split",
+        )
         .sort("subject_id")
     )
     for split in SPLITS if check_splits else ():
@@ -247,7 +270,8 @@ def training_subset(cohort: pl.DataFrame, n_train: int, seed: int) -> pl.DataFra
         )
     keyed = train.with_columns(
         _hash=pl.col("subject_id").map_elements(
-            lambda s: hashlib.sha256(f"subset:{seed}:{s}".encode()).hexdigest(), return_dtype=pl.String
+            lambda s: hashlib.sha256(f"subset:{seed}:{s}".encode()).hexdigest(),
+            return_dtype=pl.String,
         )
     )
     keyed = keyed.with_columns(
@@ -273,7 +297,15 @@ def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame
     table = cohort
     for flag in flags:
         table = table.join(flag, on="subject_id", how="left")
-    factor_cols = [pl.col(name).fill_null(False).mean().mul(100).round(1).alias(f"% {RISK_FACTORS[name].label}") for name in RISK_FACTORS]
+    factor_cols = [
+        pl.col(name)
+        .fill_null(False)
+        .mean()
+        .mul(100)
+        .round(1)
+        .alias(f"% {RISK_FACTORS[name].label}")
+        for name in RISK_FACTORS
+    ]
     return (
         table.group_by("split", "label")
         .agg(

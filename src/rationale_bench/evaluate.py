@@ -20,8 +20,13 @@ from rationale_bench import metrics, scoring
 
 def age_band(age: pl.Expr) -> pl.Expr:
     return (
-        pl.when(age < 70).then(pl.lit("65-69")).when(age < 75).then(pl.lit("70-74"))
-        .when(age < 80).then(pl.lit("75-79")).otherwise(pl.lit("80+"))
+        pl.when(age < 70)
+        .then(pl.lit("65-69"))
+        .when(age < 75)
+        .then(pl.lit("70-74"))
+        .when(age < 80)
+        .then(pl.lit("75-79"))
+        .otherwise(pl.lit("80+"))
     )
 
 
@@ -62,7 +67,9 @@ def evaluate_configuration(
     )
     # A hard label for meds-evaluation: the Youden threshold chosen on tuning when available.
     threshold = (
-        metrics.youden_threshold(tuning["label"].to_numpy(), tuning["predicted_boolean_probability"].to_numpy())
+        metrics.youden_threshold(
+            tuning["label"].to_numpy(), tuning["predicted_boolean_probability"].to_numpy()
+        )
         if tuning.height
         else 0.5
     )

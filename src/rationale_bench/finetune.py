@@ -64,22 +64,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_examples(prompts: pl.DataFrame, cohort: pl.DataFrame, rationales: pl.DataFrame | None, fmt: str, n_train: int, seed: int) -> pl.DataFrame:
+def build_examples(
+    prompts: pl.DataFrame,
+    cohort: pl.DataFrame,
+    rationales: pl.DataFrame | None,
+    fmt: str,
+    n_train: int,
+    seed: int,
+) -> pl.DataFrame:
     """The training subjects of this configuration with prompt, label and (if needed) rationale.
 
     The subject list depends only on (n_train, seed), never on the format.
     """
     subset = training_subset(cohort, n_train, seed).select("subject_id")
-    frame = subset.join(prompts.select("subject_id", "prompt", "label"), on="subject_id", how="left", maintain_order="left")
+    frame = subset.join(
+        prompts.select("subject_id", "prompt", "label"),
+        on="subject_id",
+        how="left",
+        maintain_order="left",
+    )
     if frame["prompt"].null_count():
-        raise TrainingError(f"{frame['prompt'].null_count()} training subjects have no prompt; rerun serialization.")
+        raise TrainingError(
+            f"{frame['prompt'].null_count()} training subjects have no prompt; rerun serialization."
+        )
     if formats.completion_segments(fmt, True, "x")[0][0] == formats.RATIONALE:
         if rationales is None:
             raise TrainingError(f"format '{fmt}' needs rationales, none were given.")
-        frame = frame.join(rationales.select("subject_id", "rationale"), on="subject_id", how="left", maintain_order="left")
+        frame = frame.join(
+            rationales.select("subject_id", "rationale"),
+            on="subject_id",
+            how="left",
+            maintain_order="left",
+        )
         missing = frame["rationale"].null_count()
         if missing:
-            raise TrainingError(f"{missing} training subjects have no '{fmt}' rationale; rerun the teacher.")
+            raise TrainingError(
+                f"{missing} training subjects have no '{fmt}' rationale; rerun the teacher."
+            )
     else:
         frame = frame.with_columns(rationale=pl.lit(None, dtype=pl.String))
     return frame
@@ -105,13 +126,18 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
-def segment_losses(logits: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor, label_loss_weight: float) -> dict[str, torch.Tensor]:
+def segment_losses(
+    logits: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor, label_loss_weight: float
+) -> dict[str, torch.Tensor]:
     """Completion-only loss and its parts. Shifted so position t predicts token t+1."""
     logits = logits[:, :-1].float()
     targets = labels[:, 1:]
     kinds = segments[:, 1:]
     token_loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=formats.IGNORE_INDEX, reduction="none"
+        logits.reshape(-1, logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=formats.IGNORE_INDEX,
+        reduction="none",
     ).view_as(targets)
     in_loss = targets != formats.IGNORE_INDEX
     is_label = in_loss & (kinds == formats.LABEL)
@@ -127,6 +153,15 @@ def segment_losses(logits: torch.Tensor, labels: torch.Tensor, segments: torch.T
         "n_loss_tokens": in_loss.sum(),
         "n_label_tokens": is_label.sum(),
     }
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    """Stop on a NaN or infinite loss rather than save a useless adapter."""
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"loss is {float(loss)} at step {step}: training diverged. "
+            "Lower training.learning_rate or check the data."
+        )
 
 
 def load_model(model_path: str, training: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -152,7 +187,9 @@ def load_model(model_path: str, training: Mapping[str, Any]) -> tuple[Any, Any]:
             ),
         )
     elif training["method"] != "full":
-        raise TrainingError(f"training.method '{training['method']}' is unknown; use 'lora' or 'full'.")
+        raise TrainingError(
+            f"training.method '{training['method']}' is unknown; use 'lora' or 'full'."
+        )
     return model, tokenizer
 
 
@@ -174,7 +211,9 @@ def fingerprint(job: TrainingJob, subject_ids: Sequence[int], examples_digest: s
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, step: int, fp: str) -> None:
+def _save_checkpoint(
+    path: Path, model: Any, optimizer: Any, scheduler: Any, step: int, fp: str
+) -> None:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -207,7 +246,9 @@ def _load_checkpoint(path: Path, fp: str) -> dict[str, Any] | None:
     return state
 
 
-def train(job: TrainingJob, prompts: pl.DataFrame, cohort: pl.DataFrame, rationales: pl.DataFrame | None) -> dict[str, Any]:
+def train(
+    job: TrainingJob, prompts: pl.DataFrame, cohort: pl.DataFrame, rationales: pl.DataFrame | None
+) -> dict[str, Any]:
     """Fine-tune one configuration and save the adapter (or full weights), log and run card."""
     t_start = time.time()
     cfg = job.training
@@ -216,7 +257,10 @@ def train(job: TrainingJob, prompts: pl.DataFrame, cohort: pl.DataFrame, rationa
     frame = build_examples(prompts, cohort, rationales, job.fmt, job.n_train, job.seed)
     examples = [
         formats.encode_example(
-            tokenizer, row["prompt"], formats.completion_segments(job.fmt, row["label"], row["rationale"]), job.max_seq_len
+            tokenizer,
+            row["prompt"],
+            formats.completion_segments(job.fmt, row["label"], row["rationale"]),
+            job.max_seq_len,
         )
         for row in frame.iter_rows(named=True)
     ]
@@ -228,7 +272,9 @@ def train(job: TrainingJob, prompts: pl.DataFrame, cohort: pl.DataFrame, rationa
     total_steps = math.ceil(len(micro_batches) / accum)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, int(cfg["warmup_ratio"] * total_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_steps, int(cfg["warmup_ratio"] * total_steps))
+    )
 
     start_step = 0
     state = _load_checkpoint(job.checkpoint_dir, fp)
@@ -245,7 +291,11 @@ def train(job: TrainingJob, prompts: pl.DataFrame, cohort: pl.DataFrame, rationa
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
     if start_step:
         # Steps logged after the checkpoint are redone; drop them so each step appears once.
-        kept = [line for line in job.log_path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+        kept = [
+            line
+            for line in job.log_path.read_text().splitlines()
+            if json.loads(line)["step"] <= start_step
+        ]
         job.log_path.write_text("".join(line + "\n" for line in kept))
     mode = "a" if start_step else "w"
     model.train()
@@ -257,13 +307,13 @@ def train(job: TrainingJob, prompts: pl.DataFrame, cohort: pl.DataFrame, rationa
                 n_tokens = 0
                 for micro in micro_batches[step * accum : (step + 1) * accum]:
                     batch = formats.collate([examples[i] for i in micro], tokenizer.pad_token_id)
-                    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                    parts = segment_losses(out.logits, batch["labels"], batch["segments"], cfg["label_loss_weight"])
-                    if not torch.isfinite(parts["loss"]):
-                        raise TrainingError(
-                            f"loss is {float(parts['loss'])} at step {step + 1}; training diverged. "
-                            "Lower training.learning_rate or check the data."
-                        )
+                    out = model(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    )
+                    parts = segment_losses(
+                        out.logits, batch["labels"], batch["segments"], cfg["label_loss_weight"]
+                    )
+                    check_finite(parts["loss"], step + 1)
                     (parts["loss"] / accum).backward()
                     n_tokens += int(batch["attention_mask"].sum())
                     for key, value in parts.items():
@@ -272,7 +322,8 @@ def train(job: TrainingJob, prompts: pl.DataFrame, cohort: pl.DataFrame, rationa
                 if not math.isfinite(grad_norm) or grad_norm > cfg["max_grad_norm_abort"]:
                     raise TrainingError(
                         f"gradient norm {grad_norm:.3g} at step {step + 1} exceeds "
-                        f"training.max_grad_norm_abort={cfg['max_grad_norm_abort']}; training exploded."
+                        f"training.max_grad_norm_abort={cfg['max_grad_norm_abort']}: "
+                        "training exploded."
                     )
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -293,10 +344,16 @@ def train(job: TrainingJob, prompts: pl.DataFrame, cohort: pl.DataFrame, rationa
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
                 done = step + 1
-                if stop["sigterm"] or (cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0 and done < total_steps):
+                if stop["sigterm"] or (
+                    cfg["checkpoint_every"]
+                    and done % cfg["checkpoint_every"] == 0
+                    and done < total_steps
+                ):
                     _save_checkpoint(job.checkpoint_dir, model, optimizer, scheduler, done, fp)
                 if stop["sigterm"]:
-                    raise Preempted(f"SIGTERM at step {done}/{total_steps}; checkpoint saved, rerun to resume.")
+                    raise Preempted(
+                        f"SIGTERM at step {done}/{total_steps}; checkpoint saved, rerun to resume."
+                    )
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -315,7 +372,9 @@ def train(job: TrainingJob, prompts: pl.DataFrame, cohort: pl.DataFrame, rationa
         "n_cases": int(frame["label"].sum()),
         "optimizer_steps": total_steps,
         "resumed_from_step": start_step,
-        "subjects_sha256": hashlib.sha256(json.dumps(frame["subject_id"].to_list()).encode()).hexdigest(),
+        "subjects_sha256": hashlib.sha256(
+            json.dumps(frame["subject_id"].to_list()).encode()
+        ).hexdigest(),
         "mean_completion_tokens": float(np.mean([e.n_completion_tokens for e in examples])),
         "tokens_trained": int(sum(r["tokens"] for r in final)),
         "final_loss": final[-1]["loss"],
@@ -332,4 +391,8 @@ def library_versions() -> dict[str, str]:
     import peft
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }

@@ -21,7 +21,13 @@ RATIONALE_PREFIX = "Reasoning: "
 
 # Segment kinds; the ids appear in the per-token segment tensor of an encoded example.
 PROMPT, RATIONALE, ANSWER_SLOT, LABEL, EOS = 0, 1, 2, 3, 4
-SEGMENT_NAMES = {PROMPT: "prompt", RATIONALE: "rationale", ANSWER_SLOT: "answer_slot", LABEL: "label", EOS: "eos"}
+SEGMENT_NAMES = {
+    PROMPT: "prompt",
+    RATIONALE: "rationale",
+    ANSWER_SLOT: "answer_slot",
+    LABEL: "label",
+    EOS: "eos",
+}
 IGNORE_INDEX = -100
 
 
@@ -52,7 +58,9 @@ class EncodedExample:
         return sum(1 for s in self.segments if s != PROMPT)
 
 
-def encode_example(tokenizer: Any, prompt: str, segments: Sequence[tuple[int, str]], max_seq_len: int) -> EncodedExample:
+def encode_example(
+    tokenizer: Any, prompt: str, segments: Sequence[tuple[int, str]], max_seq_len: int
+) -> EncodedExample:
     """Token ids, loss labels (prompt masked) and segment kinds of one training example."""
     input_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     kinds = [PROMPT] * len(input_ids)
@@ -107,7 +115,9 @@ def answer_token_ids(tokenizer: Any) -> dict[bool, list[int]]:
             if len(encoded) == 1 and encoded[0] not in found:
                 found.append(encoded[0])
         if not found:
-            raise FormatError(f"the tokenizer has no single token for the answer word {ANSWER_WORDS[value]!r}.")
+            raise FormatError(
+                f"the tokenizer has no single token for the answer word {ANSWER_WORDS[value]!r}."
+            )
         ids[value] = found
     if set(ids[True]) & set(ids[False]):
         raise FormatError("the Yes and No answer tokens overlap in this tokenizer.")

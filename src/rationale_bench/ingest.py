@@ -17,7 +17,9 @@ def meds_files(path: str | Path) -> list[Path]:
     if root.is_file():
         return [root]
     if not root.exists():
-        raise CohortError(f"data.meds.path '{root}' does not exist; point it at a MEDS dataset folder.")
+        raise CohortError(
+            f"data.meds.path '{root}' does not exist; point it at a MEDS dataset folder."
+        )
     base = root / "data" if (root / "data").is_dir() else root
     files = sorted(base.rglob("*.parquet"))
     if not files:

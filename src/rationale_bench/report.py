@@ -56,15 +56,19 @@ def plot_paired(table: pl.DataFrame, formats: Sequence[str], path: Path) -> None
     order = [f for f in formats if f in set(table["format"])]
     x_of = {f: i for i, f in enumerate(order)}
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(order), 4.2))
-    for key, group in table.group_by(list(MATCH_AXES), maintain_order=True):
-        group = group.filter(pl.col("format").is_in(order)).sort(pl.col("format").replace_strict(x_of))
+    for _, group in table.group_by(list(MATCH_AXES), maintain_order=True):
+        group = group.filter(pl.col("format").is_in(order)).sort(
+            pl.col("format").replace_strict(x_of)
+        )
         xs = [x_of[f] for f in group["format"]]
         ax.plot(xs, group["auroc"], color="0.6", lw=0.8, marker="o", ms=3, zorder=1)
     means = table.group_by("format").agg(pl.col("auroc").mean())
     for fmt, mean in means.iter_rows():
         if fmt in x_of:
             ax.hlines(mean, x_of[fmt] - 0.25, x_of[fmt] + 0.25, color="C3", lw=2.5, zorder=2)
-            ax.annotate(f"mean {mean:.3f}", (x_of[fmt] + 0.27, mean), va="center", fontsize=8, color="C3")
+            ax.annotate(
+                f"mean {mean:.3f}", (x_of[fmt] + 0.27, mean), va="center", fontsize=8, color="C3"
+            )
     ax.errorbar(
         [x_of[f] + 0.06 for f in table["format"]],
         table["auroc"],
@@ -78,7 +82,10 @@ def plot_paired(table: pl.DataFrame, formats: Sequence[str], path: Path) -> None
     ax.set_xticks(range(len(order)), [f.replace("_", " ") for f in order])
     ax.set_xlim(-0.5, len(order) - 0.2)
     ax.set_ylabel("held-out AUROC (95% bootstrap CI)")
-    ax.set_title("Each line: one matched (model, training size, seed)\nred: mean over configurations", fontsize=9)
+    ax.set_title(
+        "Each line: one matched (model, training size, seed)\nred: mean over configurations",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)

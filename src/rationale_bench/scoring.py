@@ -47,7 +47,13 @@ def _left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torc
 
 
 @torch.inference_mode()
-def answer_probabilities(model: Any, sequences: Sequence[Sequence[int]], answer_ids: dict[bool, list[int]], pad_id: int, batch_size: int) -> list[float]:
+def answer_probabilities(
+    model: Any,
+    sequences: Sequence[Sequence[int]],
+    answer_ids: dict[bool, list[int]],
+    pad_id: int,
+    batch_size: int,
+) -> list[float]:
     """P(Yes) / (P(Yes) + P(No)) of the next token after each sequence (ending in ``Answer:``).
 
     Sequences are sorted by length so batches waste little padding; only the last position's
@@ -78,7 +84,13 @@ def _find(haystack: Sequence[int], needle: Sequence[int]) -> int:
 
 
 @torch.inference_mode()
-def generate_rationales(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+def generate_rationales(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[list[int]]:
     """Greedy continuations of each prompt, stopped once every sequence wrote ``Answer:``."""
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -109,7 +121,9 @@ def generate_rationales(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequenc
     return outputs
 
 
-def answer_slot_sequence(prompt: Sequence[int], generated: Sequence[int], slot: Sequence[int], stop_ids: set[int]) -> tuple[list[int], bool]:
+def answer_slot_sequence(
+    prompt: Sequence[int], generated: Sequence[int], slot: Sequence[int], stop_ids: set[int]
+) -> tuple[list[int], bool]:
     """Prompt + own rationale up to and including ``Answer:``; forced if never reached."""
     at = _find(generated, slot)
     if at >= 0:
@@ -122,19 +136,29 @@ def answer_slot_sequence(prompt: Sequence[int], generated: Sequence[int], slot: 
     return list(prompt) + kept + list(slot), True
 
 
-def score_subjects(model: Any, tokenizer: Any, prompts: pl.DataFrame, fmt: str, cfg: dict[str, Any]) -> pl.DataFrame:
+def score_subjects(
+    model: Any, tokenizer: Any, prompts: pl.DataFrame, fmt: str, cfg: dict[str, Any]
+) -> pl.DataFrame:
     """Score every row of ``prompts``; returns probability, forced flag and generated text."""
     answer_ids = formats.answer_token_ids(tokenizer)
     slot = tokenizer(formats.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
-    prompt_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts["prompt"].to_list()]
+    prompt_ids = [
+        tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts["prompt"].to_list()
+    ]
     if formats.completion_segments(fmt, True, "x")[0][0] == formats.RATIONALE:
-        generated = generate_rationales(model, tokenizer, prompt_ids, cfg["max_new_tokens"], cfg["batch_size"])
+        generated = generate_rationales(
+            model, tokenizer, prompt_ids, cfg["max_new_tokens"], cfg["batch_size"]
+        )
         stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
-        built = [answer_slot_sequence(p, g, slot, stop_ids) for p, g in zip(prompt_ids, generated, strict=True)]
+        built = [
+            answer_slot_sequence(p, g, slot, stop_ids)
+            for p, g in zip(prompt_ids, generated, strict=True)
+        ]
         sequences = [b[0] for b in built]
         forced = [b[1] for b in built]
         texts = tokenizer.batch_decode(
-            [s[len(p) :] for s, p in zip(sequences, prompt_ids, strict=True)], skip_special_tokens=True
+            [s[len(p) :] for s, p in zip(sequences, prompt_ids, strict=True)],
+            skip_special_tokens=True,
         )
         mode = "after_rationale"
     else:
@@ -142,7 +166,9 @@ def score_subjects(model: Any, tokenizer: Any, prompts: pl.DataFrame, fmt: str, 
         forced = [False] * len(sequences)
         texts = [None] * len(sequences)
         mode = "direct"
-    probs = answer_probabilities(model, sequences, answer_ids, tokenizer.pad_token_id, cfg["batch_size"])
+    probs = answer_probabilities(
+        model, sequences, answer_ids, tokenizer.pad_token_id, cfg["batch_size"]
+    )
     return prompts.select("subject_id", "label", "age", "sex").with_columns(
         predicted_boolean_probability=pl.Series(probs, dtype=pl.Float64),
         forced_answer=pl.Series(forced, dtype=pl.Boolean),

@@ -30,22 +30,30 @@ class SerializationError(ValueError):
     """A history cannot be serialized as configured."""
 
 
-def input_events(events: pl.LazyFrame, cohort: pl.DataFrame, lookback_days: int | None) -> pl.LazyFrame:
+def input_events(
+    events: pl.LazyFrame, cohort: pl.DataFrame, lookback_days: int | None
+) -> pl.LazyFrame:
     """Events that a model may see: strictly before the subject's index time."""
     frame = events.join(cohort.lazy().select("subject_id", "index_time"), on="subject_id").filter(
         (pl.col("time") < pl.col("index_time")) & ~matches_any(pl.col("code"), NON_HISTORY_PREFIXES)
     )
     if lookback_days is not None:
-        frame = frame.filter(pl.col("time") >= pl.col("index_time") - pl.duration(days=lookback_days))
+        frame = frame.filter(
+            pl.col("time") >= pl.col("index_time") - pl.duration(days=lookback_days)
+        )
     return frame
 
 
 def _event_text(description: pl.Expr, numeric_value: pl.Expr) -> pl.Expr:
     value = numeric_value.round(1).cast(pl.String)
-    return pl.when(numeric_value.is_not_null()).then(description + " " + value).otherwise(description)
+    return (
+        pl.when(numeric_value.is_not_null()).then(description + " " + value).otherwise(description)
+    )
 
 
-def build_histories(events: pl.LazyFrame | pl.DataFrame, cohort: pl.DataFrame, cfg: Mapping[str, Any]) -> pl.DataFrame:
+def build_histories(
+    events: pl.LazyFrame | pl.DataFrame, cohort: pl.DataFrame, cfg: Mapping[str, Any]
+) -> pl.DataFrame:
     """One row per cohort subject with the rendered header and history lines (newest first).
 
     Columns: ``subject_id, split, label, age, sex, header, lines, n_events, n_unknown_codes,
@@ -53,7 +61,8 @@ def build_histories(events: pl.LazyFrame | pl.DataFrame, cohort: pl.DataFrame, c
     """
     if cfg["variant"] not in SERIALIZATIONS:
         raise SerializationError(
-            f"serialization.variant '{cfg['variant']}' is unknown; choose one of {', '.join(SERIALIZATIONS)}."
+            f"serialization.variant '{cfg['variant']}' is unknown; "
+            f"choose one of {', '.join(SERIALIZATIONS)}."
         )
     frame = input_events(events.lazy(), cohort, cfg.get("lookback_days")).collect()
     if frame["code"].null_count() or frame["time"].null_count():
@@ -71,13 +80,22 @@ def build_histories(events: pl.LazyFrame | pl.DataFrame, cohort: pl.DataFrame, c
         unknown=pl.col("description").is_null(),
         description=pl.coalesce(pl.col("description") + " (" + short + ")", pl.col("code")),
     )
-    years_before = ((pl.col("index_time") - pl.col("time")).dt.total_days() / DAYS_PER_YEAR).round(1)
+    years_before = ((pl.col("index_time") - pl.col("time")).dt.total_days() / DAYS_PER_YEAR).round(
+        1
+    )
     visits = (
-        frame.with_columns(text=_event_text(pl.col("description"), pl.col("numeric_value")), years=years_before)
+        frame.with_columns(
+            text=_event_text(pl.col("description"), pl.col("numeric_value")), years=years_before
+        )
         .group_by("subject_id", "time")
         .agg(pl.col("years").first(), pl.col("text").unique(maintain_order=True).sort())
         .sort("subject_id", "time", descending=[False, True])
-        .with_columns(line="- " + pl.col("years").cast(pl.String) + " years before: " + pl.col("text").list.join("; "))
+        .with_columns(
+            line="- "
+            + pl.col("years").cast(pl.String)
+            + " years before: "
+            + pl.col("text").list.join("; ")
+        )
     )
     per_subject = visits.group_by("subject_id", maintain_order=True).agg(lines=pl.col("line"))
     stats = frame.group_by("subject_id").agg(
@@ -101,7 +119,18 @@ def build_histories(events: pl.LazyFrame | pl.DataFrame, cohort: pl.DataFrame, c
             n_unknown_codes=pl.col("n_unknown_codes").fill_null(0).cast(pl.Int32),
             codes=pl.col("codes").fill_null([]),
         )
-        .select("subject_id", "split", "label", "age", "sex", "header", "lines", "n_events", "n_unknown_codes", "codes")
+        .select(
+            "subject_id",
+            "split",
+            "label",
+            "age",
+            "sex",
+            "header",
+            "lines",
+            "n_events",
+            "n_unknown_codes",
+            "codes",
+        )
         .sort("subject_id")
     )
 
@@ -122,7 +151,9 @@ def _count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
     return [len(ids) for ids in encoded]
 
 
-def build_prompts(histories: pl.DataFrame, tokenizer: Any, cfg: Mapping[str, Any], max_prompt_tokens: int) -> pl.DataFrame:
+def build_prompts(
+    histories: pl.DataFrame, tokenizer: Any, cfg: Mapping[str, Any], max_prompt_tokens: int
+) -> pl.DataFrame:
     """Fit each history to ``max_prompt_tokens`` of this tokenizer, dropping the oldest lines.
 
     Token counts of header, question and every line are computed in batches; the kept prefix of
@@ -148,7 +179,8 @@ def build_prompts(histories: pl.DataFrame, tokenizer: Any, cfg: Mapping[str, Any
         if budget < 0:
             raise SerializationError(
                 f"subject {histories['subject_id'][i]}: header and question alone take "
-                f"{fixed_tokens[i] + special} tokens, more than max_prompt_tokens={max_prompt_tokens}. "
+                f"{fixed_tokens[i] + special} tokens, more than "
+                f"max_prompt_tokens={max_prompt_tokens}. "
                 "Raise the model's max_seq_len or shorten serialization.question."
             )
         keep, used = 0, 0
@@ -167,7 +199,8 @@ def build_prompts(histories: pl.DataFrame, tokenizer: Any, cfg: Mapping[str, Any
             keep -= 1
         if n_tokens > max_prompt_tokens:
             raise SerializationError(
-                f"subject {histories['subject_id'][i]}: the prompt without history takes {n_tokens} "
+                f"subject {histories['subject_id'][i]}: the prompt without history takes "
+                f"{n_tokens} "
                 f"tokens > max_prompt_tokens={max_prompt_tokens}."
             )
         rows.append((history, prompt, n_tokens, keep < len(lines), len(lines) - keep))
@@ -182,4 +215,6 @@ def build_prompts(histories: pl.DataFrame, tokenizer: Any, cfg: Mapping[str, Any
         },
         orient="row",
     )
-    return pl.concat([histories.select("subject_id", "split", "label", "age", "sex"), extra], how="horizontal")
+    return pl.concat(
+        [histories.select("subject_id", "split", "label", "age", "sex"), extra], how="horizontal"
+    )

@@ -75,57 +75,79 @@ def _pick(rng: random.Random, options: Sequence[str]) -> str:
     return options[rng.randrange(len(options))]
 
 
-def template_rationale(age: float, sex: str, codes: Sequence[str], label: bool, style: str, seed: int) -> str:
+# Wording variants of the template teacher, chosen per subject by a seeded draw.
+OPENINGS = (
+    "This {a}-year-old {p}",
+    "The record of this {a}-year-old {p}",
+    "For this {a}-year-old {p}, the history",
+)
+RISK_COMMENTS = (
+    "Vascular, metabolic and sensory risk factors such as these each add to the risk of "
+    "cognitive decline.",
+    "Each of these is a recognised modifiable risk factor in the Lancet Commission's list.",
+    "These conditions are associated with damage to small cerebral vessels and reduced "
+    "cognitive reserve.",
+)
+CLOSINGS = ("Taken together,", "Overall,", "Weighing these findings,")
+AGE_NOTE_OLD = (
+    "Age is the strongest single risk factor for dementia, and risk roughly doubles every "
+    "five years after 65."
+)
+AGE_NOTE_YOUNGER = "At this age the background risk of dementia is still modest."
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def template_rationale(
+    age: float, sex: str, codes: Sequence[str], label: bool, style: str, seed: int
+) -> str:
     """A label-aware rationale grounded in the subject's own record, with varied wording."""
     rng = random.Random(seed)
     person = {"F": "woman", "M": "man"}.get(sex, "person")
     risk, prodromal = _findings(codes)
     years = int(age)
-    age_note = (
-        "Age is the strongest single risk factor for dementia, and risk roughly doubles every five years after 65."
-        if years >= 75
-        else "At this age the background risk of dementia is still modest."
-    )
+    age_note = AGE_NOTE_OLD if years >= 75 else AGE_NOTE_YOUNGER
     direction = "more likely" if label else "less likely"
     if style == "free_form":
-        opening = _pick(rng, ["This {a}-year-old {p}", "The record of this {a}-year-old {p}", "For this {a}-year-old {p}, the history"])
-        opening = opening.format(a=years, p=person)
-        parts = [opening + (f" documents {_join(risk)}." if risk else " documents none of the major modifiable risk factors for dementia.")]
-        parts.append(age_note)
+        opening = _pick(rng, OPENINGS).format(a=years, p=person)
         if risk:
-            parts.append(
-                _pick(rng, [
-                    "Vascular, metabolic and sensory risk factors such as these each add to the risk of cognitive decline.",
-                    "Each of these is a recognised modifiable risk factor in the Lancet Commission's list.",
-                    "These conditions are associated with damage to small cerebral vessels and reduced cognitive reserve.",
-                ])
-            )
+            parts = [f"{opening} documents {_join(risk)}.", age_note, _pick(rng, RISK_COMMENTS)]
+        else:
+            none = " documents none of the major modifiable risk factors for dementia."
+            parts = [opening + none, age_note]
         if prodromal:
-            parts.append(f"The record also mentions {_join(prodromal)}, which often precede a dementia diagnosis.")
+            parts.append(
+                f"The record also mentions {_join(prodromal)}, which often precede a dementia "
+                "diagnosis."
+            )
         elif label:
-            parts.append("No cognitive symptoms are recorded yet, so the risk rests on age and comorbidity.")
+            parts.append(
+                "No cognitive symptoms are recorded yet, so the risk rests on age and comorbidity."
+            )
         parts.append(
-            _pick(rng, ["Taken together,", "Overall,", "Weighing these findings,"])
-            + f" a dementia diagnosis within five years is {direction} than for a typical person of this age."
+            f"{_pick(rng, CLOSINGS)} a dementia diagnosis within five years is {direction} than "
+            "for a typical person of this age."
         )
         return " ".join(parts)
     if style == "step_by_step":
         steps = [
             f"1. Age and sex: {years}-year-old {person}. {age_note}",
             "2. Modifiable risk factors: " + (_join(risk) + "." if risk else "none recorded."),
-            "3. Cognitive and prodromal signs: " + (_join(prodromal) + "." if prodromal else "none recorded."),
-            "4. Weighing the evidence: "
-            + (
-                f"{len(risk)} risk factor{'s' if len(risk) != 1 else ''} and {len(prodromal)} prodromal "
-                f"sign{'s' if len(prodromal) != 1 else ''} in the record."
-            ),
+            "3. Cognitive and prodromal signs: "
+            + (_join(prodromal) + "." if prodromal else "none recorded."),
+            f"4. Weighing the evidence: {_plural(len(risk), 'risk factor')} and "
+            f"{_plural(len(prodromal), 'prodromal sign')} in the record.",
             f"5. Conclusion: a dementia diagnosis within five years is {direction} than average.",
         ]
         return "\n".join(steps)
     raise TeacherError(f"unknown rationale style '{style}'; known styles: {', '.join(STYLES)}")
 
 
-def build_messages(row: Mapping[str, Any], style: str, cfg: Mapping[str, Any]) -> list[dict[str, str]]:
+def build_messages(
+    row: Mapping[str, Any], style: str, cfg: Mapping[str, Any]
+) -> list[dict[str, str]]:
     """Chat messages for one subject from the configured prompt templates."""
     prompts = cfg["prompts"]
     user = prompts[style].format(
@@ -137,10 +159,14 @@ def build_messages(row: Mapping[str, Any], style: str, cfg: Mapping[str, Any]) -
 
 
 def _subject_seed(subject_id: int, style: str, seed: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{style}:{subject_id}".encode()).digest()[:4], "big")
+    return int.from_bytes(
+        hashlib.sha256(f"{seed}:{style}:{subject_id}".encode()).digest()[:4], "big"
+    )
 
 
-def generate_rationales(histories: pl.DataFrame, style: str, cfg: Mapping[str, Any], cache_path: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+def generate_rationales(
+    histories: pl.DataFrame, style: str, cfg: Mapping[str, Any], cache_path: Path
+) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Rationales of one style for every training and tuning subject.
 
     Returns the rationale table and a usage summary (requests, cache hits, tokens) for the log.
@@ -150,13 +176,26 @@ def generate_rationales(histories: pl.DataFrame, style: str, cfg: Mapping[str, A
     subjects = teacher_inputs(histories)
     _check_splits(subjects)
     backend = cfg["backend"]
-    rows = subjects.select("subject_id", "split", "label", "age", "sex", "codes", "header", "lines").to_dicts()
+    rows = subjects.select(
+        "subject_id", "split", "label", "age", "sex", "codes", "header", "lines"
+    ).to_dicts()
     if backend == "template":
         texts = [
-            template_rationale(r["age"], r["sex"], r["codes"], r["label"], style, _subject_seed(r["subject_id"], style, cfg["seed"]))
+            template_rationale(
+                r["age"],
+                r["sex"],
+                r["codes"],
+                r["label"],
+                style,
+                _subject_seed(r["subject_id"], style, cfg["seed"]),
+            )
             for r in rows
         ]
-        meta = {"backend": "template", "model": "template", "sampling": json.dumps({"seed": cfg["seed"]})}
+        meta = {
+            "backend": "template",
+            "model": "template",
+            "sampling": json.dumps({"seed": cfg["seed"]}),
+        }
         usage: dict[str, Any] = {"requests_sent": 0, "generated": len(texts)}
     elif backend == "openai":
         from rationale_bench.teacher_client import ChatRequest, EndpointConfig, run_chat_requests
@@ -175,16 +214,27 @@ def generate_rationales(histories: pl.DataFrame, style: str, cfg: Mapping[str, A
             max_attempts=api["max_attempts"],
             allowed_hosts=tuple(cfg.get("allowed_hosts", [])),
         )
-        requests = [ChatRequest(key=f"{r['subject_id']}:{style}", messages=tuple(build_messages(r, style, cfg))) for r in rows]
+        requests = [
+            ChatRequest(
+                key=f"{r['subject_id']}:{style}", messages=tuple(build_messages(r, style, cfg))
+            )
+            for r in rows
+        ]
         results, summary = run_chat_requests(requests, endpoint, cache_path)
         texts = [results[q.key].content.strip() for q in requests]
-        meta = {"backend": "openai", "model": api["model"], "sampling": json.dumps(endpoint.sampling(), sort_keys=True)}
+        meta = {
+            "backend": "openai",
+            "model": api["model"],
+            "sampling": json.dumps(endpoint.sampling(), sort_keys=True),
+        }
         usage = summary.as_dict()
     else:
         raise TeacherError(f"teacher.backend '{backend}' is unknown; use 'template' or 'openai'.")
     empty = [r["subject_id"] for r, t in zip(rows, texts, strict=True) if not t.strip()]
     if empty:
-        raise TeacherError(f"teacher returned empty rationales for {len(empty)} subjects (first: {empty[:5]}).")
+        raise TeacherError(
+            f"teacher returned empty rationales for {len(empty)} subjects (first: {empty[:5]})."
+        )
     table = subjects.select("subject_id", "split", "label").with_columns(
         style=pl.lit(style),
         teacher=pl.lit(cfg["name"]),

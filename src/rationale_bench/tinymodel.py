@@ -58,25 +58,41 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
     for word in (" Yes", " No"):
         ids = fast(word, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
-            raise RuntimeError(f"tiny tokenizer: answer word {word!r} is {len(ids)} tokens, expected 1")
+            raise RuntimeError(
+                f"tiny tokenizer: answer word {word!r} is {len(ids)} tokens, expected 1"
+            )
     return fast
 
 
-def _pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], cfg: Mapping[str, Any]) -> list[float]:
+def _pretrain(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    texts: Sequence[str],
+    cfg: Mapping[str, Any],
+) -> list[float]:
     """Causal-LM pretraining on history text so the base model knows the record's language."""
-    steps, batch_size, max_len = cfg["pretrain_steps"], cfg["pretrain_batch_size"], cfg["max_seq_len"]
+    steps, batch_size, max_len = (
+        cfg["pretrain_steps"],
+        cfg["pretrain_batch_size"],
+        cfg["max_seq_len"],
+    )
     if steps <= 0:
         return []
     rng = random.Random(cfg["seed"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["pretrain_learning_rate"], weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg["pretrain_learning_rate"], weight_decay=0.01
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        optimizer,
+        lambda step: min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps)),
     )
     model.train()
     losses = []
     for step in range(steps):
         batch_texts = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
-        batch = tokenizer(batch_texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+        batch = tokenizer(
+            batch_texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt"
+        )
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(**batch, labels=labels).loss
         loss.backward()

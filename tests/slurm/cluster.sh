@@ -27,6 +27,7 @@ PARTITION=${RB_SLURM_PARTITION:-debug}
 CPUS=${RB_SLURM_CPUS:-8}
 MEM_MB=${RB_SLURM_MEM_MB:-16000}
 NGPUS=${RB_SLURM_GPUS:-2}
+GPU_TYPE=fakegpu # gres type, i.e. what a gpu_model= resource must name
 UP_TIMEOUT=${RB_SLURM_UP_TIMEOUT:-60}
 DB_USER=slurm
 DB_PASS=rbslurm
@@ -266,7 +267,7 @@ AccountingStoragePass=$STATE/munge/munge.socket
 AccountingStorageTRES=gres/gpu
 JobCompType=jobcomp/none
 GresTypes=gpu
-NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$host CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:$NGPUS State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$host CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:$GPU_TYPE:$NGPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 
@@ -286,7 +287,7 @@ EOF
 
   cat >"$ETC/gres.conf" <<EOF
 AutoDetect=off
-NodeName=$NODE Name=gpu File=$gres_file
+NodeName=$NODE Name=gpu Type=$GPU_TYPE File=$gres_file
 EOF
 
   cat >"$ETC/slurmdbd.conf" <<EOF

@@ -1,0 +1,79 @@
+"""DAG tests: dry runs of the default and paper-scale studies, config validation errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+from workflow_helpers import REPO, dry_run, snakemake
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    return tmp_path
+
+
+def test_default_study_job_counts(workdir):
+    counts = dry_run(workdir)
+    assert counts == {
+        "synthesize_events": 1,
+        "build_cohort": 1,
+        "table_one": 1,
+        "build_histories": 1,
+        "build_tiny_model": 1,
+        "build_prompts": 1,
+        "generate_rationales": 2,
+        "finetune": 12,
+        "evaluate": 12,
+        "report": 1,
+        "all": 1,
+    }
+
+
+def test_label_only_grid_needs_no_teacher(workdir, tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["grid"]["format"] = ["label_only"]
+    path = tmp_path / "label_only.yaml"
+    path.write_text(yaml.safe_dump(config))
+    counts = dry_run(workdir, configfile=path)
+    assert "generate_rationales" not in counts
+    assert counts["finetune"] == 4
+
+
+def write_config(tmp_path, mutate):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    mutate(config)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c["grid"].update(n_trian=[1]), "n_trian"),
+        (lambda c: c.update(evaluaton={}), "evaluaton"),
+        (lambda c: c["models"]["tiny"].update(max_seq_len="long"), "max_seq_len"),
+        (lambda c: c["grid"].update(format=["label_only", "cot"]), "cot"),
+        (lambda c: c["grid"].update(model=["tiny", "llama"]), "models has no entry 'llama'"),
+        (
+            lambda c: c["teacher"].update(styles=["free_form"]),
+            "teacher.styles does not include 'step_by_step'",
+        ),
+    ],
+)
+def test_broken_config_fails_before_any_job_naming_the_key(workdir, tmp_path, mutate, expected):
+    path = write_config(tmp_path, mutate)
+    result = snakemake(workdir, "-n", configfile=path, check=False)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+    assert not (workdir / "results").exists()
+
+
+def test_lint_is_clean():
+    result = snakemake(REPO, "--lint", check=False)
+    assert (
+        "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+    ), result.stdout + result.stderr

@@ -1,0 +1,117 @@
+"""End to end: the small two-model study runs, then partial reruns schedule only what changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+import yaml
+from workflow_helpers import REPO, planned_jobs, planned_outputs, snakemake
+
+pytestmark = pytest.mark.slow
+STUDY = REPO / "tests" / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("study")
+    config = workdir / "study.yaml"
+    shutil.copy(STUDY, config)
+    snakemake(workdir, "--cores", "2", configfile=config)
+    return workdir, config
+
+
+def edited(workdir, config, mutate):
+    study = yaml.safe_load(config.read_text())
+    mutate(study)
+    path = workdir / "edited.yaml"
+    path.write_text(yaml.safe_dump(study))
+    result = snakemake(workdir, "-n", configfile=path)
+    text = result.stdout + result.stderr
+    return planned_jobs(text), planned_outputs(text)
+
+
+def test_outputs_are_complete_and_consistent(finished_study):
+    workdir, _ = finished_study
+    results = workdir / "results"
+    table = pl.read_csv(results / "report" / "metrics.csv")
+    assert table.height == 6
+    assert table["auroc"].is_not_null().all()
+    assert (table["auroc_ci_low"] <= table["auroc"]).all() and (
+        table["auroc"] <= table["auroc_ci_high"]
+    ).all()
+    assert (results / "report" / "figures" / "auroc_by_format.png").stat().st_size > 1000
+    assert (results / "cohort" / "table1.csv").exists()
+
+    cohort = pl.read_parquet(results / "cohort" / "cohort.parquet")
+    held_out = set(cohort.filter(pl.col("split") == "held_out")["subject_id"])
+    for style in ("free_form", "step_by_step"):
+        rationales = pl.read_parquet(results / "rationales" / "template" / f"{style}.parquet")
+        assert not held_out & set(rationales["subject_id"])  # the teacher never saw held-out
+
+    run_dir = results / "runs" / "model=tiny" / "format=free_form" / "n_train=64" / "seed=1"
+    predictions = pl.read_parquet(run_dir / "predictions.parquet")
+    for column in (
+        "subject_id",
+        "prediction_time",
+        "boolean_value",
+        "predicted_boolean_value",
+        "predicted_boolean_probability",
+    ):
+        assert column in predictions.columns
+    scored_held_out = predictions.filter(pl.col("split") == "held_out")
+    assert set(scored_held_out["subject_id"]) == held_out
+    assert scored_held_out["predicted_boolean_probability"].is_between(0, 1).all()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["scoring_mode"] == "after_rationale"
+    assert metrics["n"] == len(held_out)
+
+    # Matched formats trained on the same subjects for the same number of steps.
+    runs = [
+        json.loads(
+            (
+                results
+                / "runs"
+                / "model=tiny"
+                / f"format={f}"
+                / "n_train=64"
+                / "seed=1"
+                / "run.json"
+            ).read_text()
+        )
+        for f in ("label_only", "free_form", "step_by_step")
+    ]
+    assert len({r["subjects_sha256"] for r in runs}) == 1
+    assert len({r["optimizer_steps"] for r in runs}) == 1
+
+
+def test_nothing_to_do_after_a_complete_run(finished_study):
+    workdir, config = finished_study
+    result = snakemake(workdir, "-n", configfile=config)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_learning_rate_edit_reruns_only_that_model(finished_study):
+    workdir, config = finished_study
+    counts, outputs = edited(
+        workdir, config, lambda s: s["models"]["tiny_lora"]["training"].update(learning_rate=0.003)
+    )
+    assert counts == {"finetune": 3, "evaluate": 3, "report": 1, "all": 1}
+    runs = [p for p in outputs if "/runs/" in p]
+    assert runs and all("model=tiny_lora/" in p for p in runs)
+
+
+def test_teacher_edit_reruns_rationales_and_only_rationale_formats(finished_study):
+    workdir, config = finished_study
+    counts, outputs = edited(workdir, config, lambda s: s.setdefault("teacher", {}).update(seed=5))
+    assert counts == {"generate_rationales": 2, "finetune": 4, "evaluate": 4, "report": 1, "all": 1}
+    assert not [p for p in outputs if "format=label_only" in p]
+
+
+def test_new_seed_adds_only_new_jobs(finished_study):
+    workdir, config = finished_study
+    counts, outputs = edited(workdir, config, lambda s: s["grid"].update(seed=[1, 2]))
+    assert counts == {"finetune": 6, "evaluate": 6, "report": 1, "all": 1}
+    assert all("seed=2" in p for p in outputs if "/runs/" in p)

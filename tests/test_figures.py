@@ -1,0 +1,167 @@
+"""Every report figure writes a non-empty PNG and SVG, for a full and for a partial grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from test_study_report import grid_configurations, write_grid
+
+from rationale_bench import figures, study_report
+
+# Cells dropped to mimic a grid that is still running: a whole label-only model/size block,
+# one rationale cell and one seed.
+DROPPED = (
+    (pl.col("model") == "small") & (pl.col("format") == "label_only") & (pl.col("n_train") == 200)
+    | (pl.col("config_id") == "model=tiny/format=step_by_step/n_train=50/seed=1")
+    | (pl.col("config_id") == "model=tiny/format=free_form/n_train=200/seed=2")
+)
+
+
+def attrition() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "step": [
+                "subjects in the data",
+                "birth date and sex recorded",
+                "eligible index visit (age >= 65, >= 730 days of prior observation)",
+                "no outcome code at or before index",
+                "non-cases observed through the horizon",
+            ],
+            "n_subjects": [5000, 4980, 3100, 3050, 2600],
+            "n_cases": [None, None, 260, 240, 240],
+            "n_noncases": [None, None, 2840, 2810, 2360],
+            "n_excluded": [0, 20, 1880, 50, 450],
+        },
+        schema_overrides={"n_cases": pl.Int64, "n_noncases": pl.Int64},
+    )
+
+
+def table1() -> pl.DataFrame:
+    rows = []
+    for split in ("train", "tuning", "held_out"):
+        for label in (False, True):
+            rows.append(
+                {
+                    "split": split,
+                    "label": label,
+                    "n": 400 if not label else 40,
+                    "age mean": 74.2,
+                    "age sd": 6.1,
+                    "% female": 55.0,
+                    "follow-up days median": 1826.0,
+                    "% Hypertension": 40.0,
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+def qc_table(seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = 60
+    return pl.DataFrame(
+        {
+            "style": ["free_form"] * n + ["step_by_step"] * n,
+            "n_words": np.r_[rng.poisson(60, n), rng.poisson(110, n)],
+            "grounded_fraction": np.clip(np.r_[rng.beta(8, 1, n), rng.beta(5, 1, n)], 0, 1),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("fig_grid")
+    configs = grid_configurations()
+    configs += [
+        {"model": "tiny", "format": "logistic_regression", "n_train": n, "seed": s}
+        for n in (50, 200)
+        for s in (1, 2)
+    ]
+    entries = write_grid(root, configs)
+    preds = study_report.load_predictions(entries)
+    table = study_report.load_metrics_table(entries)
+    return {"full": _derive(preds, table), "partial": _derive(preds.filter(~DROPPED), table)}
+
+
+def _derive(preds: pl.DataFrame, table: pl.DataFrame) -> dict:
+    table = table.filter(pl.col("config_id").is_in(preds["config_id"].unique().implode()))
+    paired = study_report.paired_differences(preds, n_boot=100)
+    errors = study_report.matched_error_analysis(preds, "label_only", ["free_form", "step_by_step"])
+    return {"preds": preds, "table": table, "paired": paired, "errors": errors}
+
+
+FORMATS = ["label_only", "free_form", "step_by_step", "logistic_regression"]
+
+# name -> callable(tables of one grid, path stem)
+DRAW = {
+    "paired_configurations": lambda t, p: figures.paired_configurations(t["table"], FORMATS, p),
+    "delta_by_factor": lambda t, p: figures.delta_by_factor(t["paired"], None, p),
+    "error_analysis": lambda t, p: figures.error_analysis(t["errors"]["crosstab"], p),
+    "token_dilution": lambda t, p: figures.token_dilution(t["paired"], t["table"], p),
+    "roc_and_calibration": lambda t, p: figures.roc_and_calibration(t["preds"], p, FORMATS),
+    "learning_curves": lambda t, p: figures.learning_curves(t["table"], p, FORMATS),
+}
+
+
+def assert_written(paths: list[Path], stem: Path) -> None:
+    assert [p.name for p in paths] == [f"{stem.name}.png", f"{stem.name}.svg"]
+    for p in paths:
+        assert p.stat().st_size > 1000, p
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in paths[1].read_bytes()[:2000]
+
+
+@pytest.mark.parametrize("grid", ["full", "partial"])
+@pytest.mark.parametrize("name", list(DRAW))
+def test_study_figures(tables, tmp_path, name, grid):
+    stem = tmp_path / name
+    assert_written(DRAW[name](tables[grid], stem), stem)
+
+
+def test_partial_grid_really_misses_cells(tables):
+    full, partial = tables["full"], tables["partial"]
+    assert partial["preds"]["config_id"].n_unique() < full["preds"]["config_id"].n_unique()
+    assert partial["paired"].height < full["paired"].height
+
+
+def test_figures_with_a_single_configuration_or_nothing(tables, tmp_path):
+    one = tables["full"]["preds"].filter(
+        pl.col("config_id").str.contains(
+            "model=tiny/format=(label_only|free_form)/n_train=50/seed=1"
+        )
+    )
+    single = _derive(one, tables["full"]["table"])
+    assert single["paired"].height == 1
+    for name, draw in DRAW.items():
+        assert_written(draw(single, tmp_path / f"one_{name}"), tmp_path / f"one_{name}")
+    # Nothing at all (no label-only yet): each figure still writes a "no data" notice.
+    nothing = _derive(one.filter(pl.col("format") == "free_form"), tables["full"]["table"])
+    nothing["table"] = nothing["table"].filter(pl.col("format") == "free_form")
+    for name, draw in DRAW.items():
+        assert_written(draw(nothing, tmp_path / f"none_{name}"), tmp_path / f"none_{name}")
+
+
+def test_suffix_in_path_is_a_stem(tables, tmp_path):
+    paths = figures.learning_curves(tables["full"]["table"], tmp_path / "sub" / "lc.png")
+    assert_written(paths, tmp_path / "sub" / "lc")
+
+
+def test_cohort_overview_and_rationale_qc(tmp_path):
+    assert_written(figures.cohort_overview(attrition(), table1(), tmp_path / "c1"), tmp_path / "c1")
+    assert_written(figures.cohort_overview(attrition(), None, tmp_path / "c2"), tmp_path / "c2")
+    assert_written(figures.cohort_overview(None, None, tmp_path / "c3"), tmp_path / "c3")
+    assert_written(figures.rationale_qc(qc_table(), tmp_path / "q1"), tmp_path / "q1")
+    # Only some columns present, one style only, or nothing.
+    only_len = qc_table().select("n_words")
+    assert_written(figures.rationale_qc(only_len, tmp_path / "q2"), tmp_path / "q2")
+    one_style = qc_table().filter(pl.col("style") == "free_form").drop("n_words")
+    assert_written(figures.rationale_qc(one_style, tmp_path / "q3"), tmp_path / "q3")
+    assert_written(figures.rationale_qc(None, tmp_path / "q4"), tmp_path / "q4")
+
+
+def test_svg_is_reproducible(tables, tmp_path):
+    a = figures.delta_by_factor(tables["full"]["paired"], None, tmp_path / "a")
+    b = figures.delta_by_factor(tables["full"]["paired"], None, tmp_path / "b")
+    assert a[1].read_bytes() == b[1].read_bytes()

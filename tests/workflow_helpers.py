@@ -1,0 +1,66 @@
+"""Run Snakemake on a study the way a user would, from the command line, in a scratch folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(
+    workdir: Path,
+    *args: str,
+    configfile: Path | None = None,
+    check: bool = True,
+    timeout: int = 1500,
+) -> subprocess.CompletedProcess:
+    """``snakemake`` on the repo's Snakefile with ``workdir`` as working directory."""
+    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    result = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def planned_jobs(output: str) -> Counter:
+    """Job counts per rule from the 'Job stats' table of a dry run."""
+    counts: Counter = Counter()
+    in_table = False
+    for line in output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+            if match and match.group(1) != "total":
+                counts[match.group(1)] = int(match.group(2))
+            elif line.strip().startswith("total"):
+                break
+    return counts
+
+
+def dry_run(workdir: Path, *args: str, configfile: Path | None = None) -> Counter:
+    result = snakemake(workdir, "-n", *args, configfile=configfile)
+    return planned_jobs(result.stdout + result.stderr)
+
+
+def planned_outputs(output: str) -> list[str]:
+    """Output paths of every job a dry run lists."""
+    paths = []
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith("output:"):
+            paths += [p.strip() for p in line[len("output:") :].split(",")]
+    return paths
