@@ -12,7 +12,7 @@ if config["data"]["source"] == "synthetic":
         conda:
             "../envs/data.yaml"
         params:
-            synthetic=config["data"]["synthetic"],
+            synthetic=get_settings("data", "synthetic"),
         script:
             "../workflow_scripts/synthesize_events.py"
 
@@ -45,7 +45,7 @@ rule build_cohort:
     conda:
         "../envs/data.yaml"
     params:
-        cohort=config["cohort"],
+        cohort=get_settings("cohort"),
     script:
         "../workflow_scripts/build_cohort.py"
 

@@ -9,8 +9,8 @@ from snakemake.utils import validate
 # cluster nodes (they inherit PYTHONPATH), whether or not the package is pip-installed.
 LIBRARY = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, LIBRARY)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [LIBRARY, os.environ.get("PYTHONPATH")])
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")]))
 )
 
 from rationale_bench import study  # noqa: E402
@@ -68,7 +68,22 @@ def get_model_settings(wildcards):
 def get_build_settings(wildcards):
     settings = dict(config["models"][wildcards.model]["build"])
     settings["max_seq_len"] = config["models"][wildcards.model]["max_seq_len"]
-    return settings
+    return study.canonical(settings)
+
+
+def get_settings(*keys):
+    """A config section as a job param, keys sorted so that only a real edit reruns the job."""
+    section = config
+    for key in keys:
+        section = section[key]
+    return study.canonical(section)
+
+
+def get_serialization_settings():
+    """How histories are written; the question is added later, by build_prompts."""
+    return study.canonical(
+        {k: v for k, v in config["serialization"].items() if k != "question"}
+    )
 
 
 def get_training_settings(wildcards):
@@ -91,7 +106,7 @@ def get_teacher_settings(wildcards):
     """Only what changes the rationales of this style (so editing one prompt reruns one style)."""
     teacher = config["teacher"]
     if teacher["backend"] == "template":
-        return {k: teacher[k] for k in ("name", "backend", "seed")}
+        return study.canonical({k: teacher[k] for k in ("name", "backend", "seed")})
     settings = {
         k: v for k, v in teacher.items() if k not in ("prompts", "styles", "seed")
     }
@@ -100,4 +115,4 @@ def get_teacher_settings(wildcards):
         wildcards.style: teacher["prompts"][wildcards.style],
     }
     settings["question"] = config["serialization"]["question"]
-    return settings
+    return study.canonical(settings)

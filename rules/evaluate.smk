@@ -18,7 +18,7 @@ rule evaluate:
     conda:
         "../envs/train.yaml"
     params:
-        evaluation=config["evaluation"],
+        evaluation=get_settings("evaluation"),
         model_path=lambda wildcards: get_model_path(wildcards.model),
     script:
         "../workflow_scripts/evaluate.py"

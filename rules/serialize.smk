@@ -13,9 +13,7 @@ rule build_histories:
     conda:
         "../envs/data.yaml"
     params:
-        serialization=lambda wildcards: {
-            k: v for k, v in config["serialization"].items() if k != "question"
-        },
+        serialization=get_serialization_settings(),
     script:
         "../workflow_scripts/build_histories.py"
 

@@ -91,6 +91,19 @@ def rationale_style(fmt: str) -> str | None:
     return RATIONALE_STYLE_OF_FORMAT[fmt]
 
 
+def canonical(value: Any) -> Any:
+    """A copy with every mapping's keys sorted, recursively.
+
+    Snakemake compares a job's params by their text, so two equal settings written in another
+    key order (a config rewritten by a tool, say) must not look like a change and rerun jobs.
+    """
+    if isinstance(value, Mapping):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Recursively merge ``override`` into a copy of ``base`` (override wins)."""
     merged = copy.deepcopy(dict(base))
@@ -104,14 +117,14 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 def training_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     """Training hyperparameters of one model: the study defaults with the model's overrides."""
-    return deep_merge(config["training"], config["models"][model].get("training", {}))
+    return canonical(deep_merge(config["training"], config["models"][model].get("training", {})))
 
 
 def model_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     """What a job needs to load a model (training overrides excluded: they have their own slice)."""
     settings = {k: v for k, v in config["models"][model].items() if k != "training"}
     settings["name"] = model
-    return settings
+    return canonical(settings)
 
 
 def is_built_model(config: Mapping[str, Any], model: str) -> bool:
