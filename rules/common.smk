@@ -13,11 +13,13 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")]))
 )
 
-from rationale_bench import study  # noqa: E402
+from rationale_bench import models, study  # noqa: E402
 
 validate(config, "../schemas/config.schema.yaml")
 try:
     study.check_grid(config)
+    for name in config["grid"]["model"]:
+        models.source_kind(config["models"][name]["source"])
 except ValueError as error:
     raise WorkflowError(str(error)) from None
 
@@ -49,20 +51,72 @@ def get_run_outputs(name):
 
 
 def get_model_source(wildcards):
-    """Input files of a model: the built folder for local builds, none for HF ids and paths."""
-    if study.is_built_model(config, wildcards.model):
+    """What a model's jobs wait for: its built folder, its local folder, or its fetch."""
+    source = config["models"][wildcards.model]["source"]
+    kind = models.source_kind(source)
+    if kind == "built":
         return f"results/models/{wildcards.model}"
-    return []
+    if kind == "local":
+        return source
+    return f"results/hub/{wildcards.model}.json"
 
 
 def get_model_path(model):
-    if study.is_built_model(config, model):
+    """The path or Hugging Face id a job loads (hub ids resolve offline, from the cache)."""
+    if models.source_kind(config["models"][model]["source"]) == "built":
         return f"results/models/{model}"
     return config["models"][model]["source"]
 
 
 def get_model_settings(wildcards):
-    return study.model_settings(config, wildcards.model)
+    settings = study.model_settings(config, wildcards.model)
+    settings["cache_dir"] = config["hub"]["cache_dir"]
+    return study.canonical(settings)
+
+
+def get_hub_models():
+    return [
+        name
+        for name in config["grid"]["model"]
+        if models.source_kind(config["models"][name]["source"]) == "hub"
+    ]
+
+
+def get_job_resource(name, scale_with_attempt=False):
+    """A resource of a model's fine-tuning/evaluation jobs, from the model registry."""
+
+    def resource(wildcards, attempt):
+        value = config["models"][wildcards.model]["resources"][name]
+        return value * attempt if scale_with_attempt else value
+
+    return resource
+
+
+def get_gpu_request(kind):
+    """The GPU resources of a job in the request style the cluster profile chose."""
+    execution = config["execution"]
+
+    def request(wildcards):
+        count = config["models"][wildcards.model]["resources"]["gpu"]
+        if kind == "gpu":
+            return count if execution["gpu_request"] == "gpus" else 0
+        if not count or execution["gpu_request"] != "gres":
+            return ""
+        model = execution["gpu_model"]
+        return f"gpu:{model}:{count}" if model else f"gpu:{count}"
+
+    return request
+
+
+def get_gpu_model(wildcards):
+    execution = config["execution"]
+    if execution["gpu_request"] == "gpus" and execution["gpu_model"]:
+        return execution["gpu_model"]
+    return ""
+
+
+def get_job_threads(wildcards):
+    return config["models"][wildcards.model]["resources"]["cpus_per_task"]
 
 
 def get_build_settings(wildcards):

@@ -17,8 +17,16 @@ rule evaluate:
         f"results/logs/evaluate/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}.log",
     conda:
         "../envs/train.yaml"
+    threads: get_job_threads
+    resources:
+        gpu=get_gpu_request("gpu"),
+        gres=get_gpu_request("gres"),
+        gpu_model=get_gpu_model,
+        mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
+        runtime=get_job_resource("runtime", scale_with_attempt=True),
     params:
         evaluation=get_settings("evaluation"),
+        model=get_model_settings,
         model_path=lambda wildcards: get_model_path(wildcards.model),
     script:
         "../workflow_scripts/evaluate.py"

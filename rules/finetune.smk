@@ -1,4 +1,5 @@
-# Fine-tuning: one job per configuration, same subjects, steps and schedule for every format.
+# Base models and fine-tuning: one job per configuration, with the same subjects, steps and
+# schedule for every format of a matched (model, n_train, seed).
 
 
 rule build_tiny_model:
@@ -13,10 +14,28 @@ rule build_tiny_model:
         "results/logs/build_tiny_model/{model}.log",
     conda:
         "../envs/train.yaml"
+    threads: 2
     params:
         build=get_build_settings,
     script:
         "../workflow_scripts/build_tiny_model.py"
+
+
+rule fetch_model:
+    """Download a Hugging Face model once into the shared cache (login node: compute nodes
+    may have no internet); every later job loads it offline."""
+    output:
+        "results/hub/{model}.json",
+    log:
+        "results/logs/fetch_model/{model}.log",
+    localrule: True
+    conda:
+        "../envs/train.yaml"
+    params:
+        model=get_model_settings,
+        token_env=config["hub"]["token_env"],
+    script:
+        "../workflow_scripts/fetch_model.py"
 
 
 rule finetune:
@@ -34,6 +53,13 @@ rule finetune:
         f"results/logs/finetune/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}.log",
     conda:
         "../envs/train.yaml"
+    threads: get_job_threads
+    resources:
+        gpu=get_gpu_request("gpu"),
+        gres=get_gpu_request("gres"),
+        gpu_model=get_gpu_model,
+        mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
+        runtime=get_job_resource("runtime", scale_with_attempt=True),
     params:
         training=get_training_settings,
         model=get_model_settings,

@@ -1,6 +1,11 @@
 # Rationales: a label-aware teacher explains each training and tuning subject's outcome.
 # Held-out subjects never reach the teacher.
 
+if config["execution"]["teacher_on_login_node"]:
+
+    localrules:
+        generate_rationales,
+
 
 rule generate_rationales:
     """One rationale per training/tuning subject in the given style."""

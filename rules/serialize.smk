@@ -31,6 +31,7 @@ rule build_prompts:
     conda:
         "../envs/train.yaml"
     params:
+        model=get_model_settings,
         model_path=lambda wildcards: get_model_path(wildcards.model),
         max_prompt_tokens=lambda wildcards: config["models"][wildcards.model][
             "max_prompt_tokens"

@@ -1,12 +1,13 @@
 import polars as pl
 from transformers import AutoTokenizer
 
+from rationale_bench.models import resolve_model
 from rationale_bench.serialize import build_prompts
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 params = snakemake.params  # noqa: F821
-tokenizer = AutoTokenizer.from_pretrained(params.model_path)
+tokenizer = AutoTokenizer.from_pretrained(resolve_model(params.model_path, params.model))
 histories = pl.read_parquet(snakemake.input.histories)  # noqa: F821
 prompts = build_prompts(
     histories, tokenizer, {"question": params.question}, params.max_prompt_tokens

@@ -4,12 +4,13 @@ from pathlib import Path
 import polars as pl
 
 from rationale_bench.evaluate import evaluate_configuration, write_metrics
+from rationale_bench.models import resolve_model
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
 predictions, summary = evaluate_configuration(
-    smk.params.model_path,
+    resolve_model(smk.params.model_path, smk.params.model),
     Path(smk.input.adapter),
     json.loads(Path(smk.input.run).read_text()),
     pl.read_parquet(smk.input.prompts),

@@ -3,12 +3,13 @@ from pathlib import Path
 import polars as pl
 
 from rationale_bench.finetune import TrainingJob, train
+from rationale_bench.models import resolve_model
 from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
 job = TrainingJob(
-    model_path=smk.params.model_path,
+    model_path=resolve_model(smk.params.model_path, smk.params.model),
     fmt=smk.wildcards.format,
     n_train=int(smk.wildcards.n_train),
     seed=int(smk.wildcards.seed),

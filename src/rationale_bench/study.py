@@ -23,8 +23,6 @@ RATIONALE_STYLE_OF_FORMAT: dict[str, str | None] = {
     "step_by_step": "step_by_step",
 }
 
-# Model sources that a rule of ours builds; anything else is a Hugging Face id or a local path.
-BUILT_MODEL_SOURCES = ("build_tiny",)
 
 
 @dataclass(frozen=True)
@@ -80,10 +78,6 @@ def check_grid(config: Mapping[str, Any]) -> None:
     for size in grid["n_train"]:
         if int(size) <= 0:
             raise ValueError(f"config grid.n_train must be positive, got {size}.")
-    for name in grid["model"]:
-        source = config["models"][name]["source"]
-        if source not in BUILT_MODEL_SOURCES and not source:
-            raise ValueError(f"config models.{name}.source is empty; give a path or HF id.")
 
 
 def rationale_style(fmt: str) -> str | None:
@@ -125,7 +119,3 @@ def model_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     settings = {k: v for k, v in config["models"][model].items() if k != "training"}
     settings["name"] = model
     return canonical(settings)
-
-
-def is_built_model(config: Mapping[str, Any], model: str) -> bool:
-    return config["models"][model]["source"] in BUILT_MODEL_SOURCES

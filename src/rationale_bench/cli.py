@@ -1,0 +1,185 @@
+"""``rationale-bench``: know the cost before submitting, and install the cluster profile.
+
+- ``rationale-bench plan [--configfile F]``: jobs per rule (from a Snakemake dry run, so it is
+  exactly what would run) and estimates of GPU-hours and teacher tokens from the throughputs
+  and sizes assumed in the config's ``plan`` and ``models.<name>.plan`` sections.
+- ``rationale-bench install-profile --account A --partition P [--gpu-partition G]
+  [--gpu-request gpus|gres] [--gpu-model M]``: writes a filled copy of ``profiles/slurm`` to
+  ``~/.config/snakemake/slurm`` so that ``snakemake --profile slurm`` works as typed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rationale_bench import study
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def job_counts(snakemake_output: str) -> Counter:
+    """Jobs per rule from the 'Job stats' table Snakemake prints for a dry run."""
+    counts: Counter = Counter()
+    in_table = False
+    for line in snakemake_output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+        elif in_table:
+            match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+            if match and match.group(1) != "total":
+                counts[match.group(1)] = int(match.group(2))
+            elif line.strip().startswith("total"):
+                break
+    return counts
+
+
+def estimate(config: Mapping[str, Any]) -> dict[str, Any]:
+    """GPU-hours of fine-tuning and evaluation and teacher tokens for the whole grid.
+
+    Training tokens per configuration: n_train x epochs x (prompt + completion tokens), the
+    completion being a rationale for rationale formats. Evaluation: one prompt pass per scored
+    subject, plus a generated rationale for rationale formats.
+    """
+    plan = config["plan"]
+    gpu_hours = {"finetune": 0.0, "evaluate": 0.0}
+    scored = plan["held_out_subjects"] + (
+        plan["tuning_subjects"] if config["evaluation"]["calibrate_on_tuning"] else 0
+    )
+    for c in study.iter_configurations(config):
+        model = config["models"][c.model]
+        gpus = max(1, model["resources"]["gpu"])
+        throughput = model["plan"]
+        training = study.training_settings(config, c.model)
+        has_rationale = study.rationale_style(c.format) is not None
+        completion = plan["rationale_tokens"] + 3 if has_rationale else 3
+        tokens = c.n_train * training["epochs"] * (plan["prompt_tokens"] + completion)
+        gpu_hours["finetune"] += gpus * tokens / throughput["train_tokens_per_s"] / 3600
+        generated = scored * plan["rationale_tokens"] if has_rationale else 0
+        prefill = scored * plan["prompt_tokens"] / (10 * throughput["generate_tokens_per_s"])
+        gpu_hours["evaluate"] += (
+            gpus * (generated / throughput["generate_tokens_per_s"] + prefill) / 3600
+        )
+    n_styles = len(
+        {
+            study.rationale_style(f)
+            for f in config["grid"]["format"]
+            if study.rationale_style(f) is not None
+        }
+    )
+    teacher_requests = plan["teacher_subjects"] * n_styles
+    return {
+        "gpu_hours": {k: round(v, 1) for k, v in gpu_hours.items()},
+        "gpu_hours_total": round(sum(gpu_hours.values()), 1),
+        "teacher_requests": teacher_requests,
+        "teacher_prompt_tokens": teacher_requests * (plan["prompt_tokens"] + 200),
+        "teacher_completion_tokens": teacher_requests * plan["rationale_tokens"],
+    }
+
+
+def load_config(configfile: Path) -> dict[str, Any]:
+    """The study config with the schema's defaults filled in and validated."""
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(configfile.read_text())
+    validate(config, str(REPO / "schemas" / "config.schema.yaml"))
+    study.check_grid(config)
+    return config
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    configfile = Path(args.configfile)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--configfile",
+            str(configfile),
+            "--directory",
+            str(args.directory),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-3000:] + result.stderr[-3000:])
+        return result.returncode
+    counts = job_counts(result.stdout + result.stderr)
+    config = load_config(configfile)
+    n_configs = sum(1 for _ in study.iter_configurations(config))
+    print(f"study {configfile}: {n_configs} configurations")
+    print("jobs that would run, by rule:")
+    for rule, count in counts.items():
+        print(f"  {rule:<22} {count:>6}")
+    print(f"  {'total':<22} {sum(counts.values()):>6}")
+    cost = estimate(config)
+    print("estimates for the whole grid (assumptions: config 'plan' and models.<name>.plan):")
+    print(f"  GPU-hours fine-tuning   {cost['gpu_hours']['finetune']:>10,.1f}")
+    print(f"  GPU-hours evaluation    {cost['gpu_hours']['evaluate']:>10,.1f}")
+    print(f"  GPU-hours total         {cost['gpu_hours_total']:>10,.1f}")
+    print(f"  teacher requests        {cost['teacher_requests']:>10,}")
+    print(f"  teacher prompt tokens   {cost['teacher_prompt_tokens']:>10,}")
+    print(f"  teacher output tokens   {cost['teacher_completion_tokens']:>10,}")
+    return 0
+
+
+def filled_profile(template: str, account: str, partition: str) -> str:
+    if "EDIT_ME_ACCOUNT" not in template or "EDIT_ME_PARTITION" not in template:
+        raise ValueError("profiles/slurm/config.yaml lacks the EDIT_ME placeholders")
+    return template.replace("EDIT_ME_ACCOUNT", account).replace("EDIT_ME_PARTITION", partition)
+
+
+def install_profile_command(args: argparse.Namespace) -> int:
+    template = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    text = filled_profile(template, args.account, args.partition)
+    extra: dict[str, Any] = {}
+    execution = {"gpu_request": args.gpu_request}
+    if args.gpu_model:
+        execution["gpu_model"] = args.gpu_model
+    extra["config"] = [f"execution={execution!r}"]
+    if args.gpu_partition:
+        extra["set-resources"] = {
+            rule: {"slurm_partition": args.gpu_partition} for rule in ("finetune", "evaluate")
+        }
+    target = Path(args.target).expanduser()
+    target.mkdir(parents=True, exist_ok=True)
+    out = target / "config.yaml"
+    out.write_text(text + "\n# Added by rationale-bench install-profile\n" + yaml.safe_dump(extra))
+    print(f"wrote {out}; run `snakemake --profile slurm` from the repository root")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rationale-bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="jobs per rule and estimated cost of a study")
+    plan.add_argument("--configfile", default="config.yaml")
+    plan.add_argument("--directory", default=".", help="the study's working directory")
+    plan.set_defaults(func=plan_command)
+    install = sub.add_parser("install-profile", help="install the SLURM profile as 'slurm'")
+    install.add_argument("--account", required=True, help="SLURM account (sbatch -A)")
+    install.add_argument("--partition", required=True, help="partition for CPU jobs")
+    install.add_argument("--gpu-partition", help="partition for fine-tuning and evaluation")
+    install.add_argument("--gpu-request", choices=["gpus", "gres"], default="gpus")
+    install.add_argument("--gpu-model", help="GPU type, e.g. a100")
+    install.add_argument("--target", default="~/.config/snakemake/slurm")
+    install.set_defaults(func=install_profile_command)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
