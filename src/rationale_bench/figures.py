@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import textwrap
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def colour_of(fmt: str, order: Sequence[str] = ()) -> str:
     if fmt in FORMAT_COLOURS:
         return FORMAT_COLOURS[fmt]
     unknown = [f for f in order if f not in FORMAT_COLOURS]
-    i = unknown.index(fmt) if fmt in unknown else abs(hash(fmt))
+    i = unknown.index(fmt) if fmt in unknown else zlib.crc32(fmt.encode())
     return SPARE_COLOURS[i % len(SPARE_COLOURS)]
 
 
@@ -90,8 +91,8 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def save_figure(fig: Figure, path: Path | str, dpi: int = DPI) -> list[Path]:
-    """Write ``<stem>.png`` and ``<stem>.svg``; return both paths."""
+def save_figure(fig: Figure, path: Path | str, dpi: int | None = None) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.svg`` (PNG at ``dpi``, default ``DPI``); return both."""
     stem = Path(path)
     if stem.suffix.lower() in {".png", ".svg", ".pdf"}:
         stem = stem.with_suffix("")
@@ -99,7 +100,7 @@ def save_figure(fig: Figure, path: Path | str, dpi: int = DPI) -> list[Path]:
     out = []
     for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None})):
         target = stem.parent / f"{stem.name}.{ext}"
-        fig.savefig(target, dpi=dpi, metadata=meta, bbox_inches="tight", pad_inches=0.05)
+        fig.savefig(target, dpi=dpi or DPI, metadata=meta, bbox_inches="tight", pad_inches=0.05)
         out.append(target)
     return out
 
@@ -206,7 +207,7 @@ def paired_configurations(
         [np.r_[j[metric].to_numpy(), j[f"{metric}_ref"].to_numpy()] for j in joined.values()]
     )
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.4, 1.0)
-    pad = max(0.03, 0.08 * (hi - lo))
+    pad = max(0.05, 0.1 * (hi - lo))
     lims = (max(0.0, lo - pad), min(1.0, hi + pad))
     better_above = HIGHER_IS_BETTER.get(metric, True)
 
@@ -260,24 +261,11 @@ def paired_configurations(
         n = x.size
         worse = int(np.sum(y < x)) if better_above else int(np.sum(y > x))
         better = int(np.sum(y > x)) if better_above else int(np.sum(y < x))
-        worse_xy, better_xy = (
-            ((0.97, 0.04), (0.03, 0.96)) if better_above else ((0.03, 0.96), (0.97, 0.04))
-        )
-        ax.text(
-            *worse_xy,
-            f"{_short(fmt)} worse:\n{worse} of {n}",
-            transform=ax.transAxes,
-            ha="right" if better_above else "left",
-            va="bottom" if better_above else "top",
-            bbox=TEXT_BOX,
-        )
-        ax.text(
-            *better_xy,
-            f"{_short(fmt)} better:\n{better} of {n}",
-            transform=ax.transAxes,
-            ha="left" if better_above else "right",
-            va="top" if better_above else "bottom",
-            bbox=TEXT_BOX,
+        # The counts go in the title so that they never cover a point.
+        ax.set_title(
+            f"{format_name(fmt)} vs {_short(reference)}\n"
+            f"worse in {worse} of {n} (shaded side), better in {better}",
+            color=colour,
         )
         ax.text(
             0.5,
@@ -291,7 +279,7 @@ def paired_configurations(
             fontsize=7.5,
             rotation_mode="anchor",
         )
-        if len(models) == 1:
+        if len(models) == 1 and n > 1:
             ax.scatter(x.mean(), y.mean(), s=80, marker="X", color="black", zorder=3)
             ax.annotate(
                 f"mean of {n}", (x.mean(), y.mean()), xytext=(6, -10), textcoords="offset points"
@@ -369,7 +357,7 @@ def delta_by_factor(
             ok = np.isfinite(d)
             d, lo, hi = d[ok], lo[ok], hi[ok]
             offsets = np.linspace(-0.3, 0.3, d.size) if d.size > 1 else np.zeros(d.size)
-            ax.hlines(yc + offsets, lo, hi, color=colour, alpha=0.3, lw=0.7)
+            ax.hlines(yc + offsets, lo, hi, color=colour, alpha=0.3 if d.size > 3 else 0.7, lw=0.7)
             ax.scatter(d, yc + offsets, s=7, color=colour, alpha=0.7, lw=0)
             mean, half = _mean_ci(d)
             if d.size:
@@ -599,9 +587,8 @@ def roc_and_calibration(
         return _message_figure(path, title, "No held-out predictions yet.")
     order = _present_formats(preds, formats)
     models = _models(preds)
-    group_cols = (
-        ["config_id"] if "config_id" in preds.columns else [c for c in table_factors(preds)]
-    )
+    # One ROC curve per configuration (config_id from load_predictions, else the factors).
+    group_cols = ["config_id"] if "config_id" in preds.columns else table_factors(preds)
     grid = np.linspace(0.0, 1.0, 201)
     fig = _figure(8.6, 3.8 * len(models) + 0.4)
     axs = fig.subplots(len(models), 2, squeeze=False)
@@ -614,7 +601,8 @@ def roc_and_calibration(
                 continue
             colour = colour_of(fmt, order)
             tprs, aucs = [], []
-            for _, g in part.group_by(group_cols, maintain_order=True):
+            configs = part.group_by(group_cols, maintain_order=True) if group_cols else [(0, part)]
+            for _, g in configs:
                 y = g["boolean_value"].to_numpy().astype(bool)
                 s = g["predicted_boolean_probability"].to_numpy().astype(float)
                 if y.all() or not y.any():

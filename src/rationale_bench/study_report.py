@@ -39,6 +39,8 @@ from rationale_bench import metrics
 from rationale_bench.study import GRID_AXES
 
 REFERENCE = "label_only"
+# dtypes of the grid axes, for empty tables (nothing has finished yet).
+AXIS_DTYPES = {"model": pl.String, "format": pl.String, "n_train": pl.Int64, "seed": pl.Int64}
 
 # Configuration keys that a table may carry besides the grid axes (a future grid may vary the
 # teacher or the serialization); tables other than predictions are matched on those present.
@@ -154,8 +156,20 @@ def _require(path: Path | None, what: str, configuration: Mapping[str, Any]) -> 
     return Path(path)
 
 
+def _lit(value: Any) -> pl.Expr:
+    """A literal with the dtype the metrics table infers (Int64, Float64, String; None as String),
+    so that tables built from predictions and from metrics.json join on equal dtypes."""
+    if isinstance(value, bool):
+        return pl.lit(value, pl.Boolean)
+    if isinstance(value, int):
+        return pl.lit(value, pl.Int64)
+    if isinstance(value, float):
+        return pl.lit(value, pl.Float64)
+    return pl.lit(None if value is None else str(value), pl.String)
+
+
 def _with_factors(frame: pl.DataFrame, configuration: Mapping[str, Any]) -> pl.DataFrame:
-    factors = [pl.lit(v).alias(k) for k, v in configuration.items()]
+    factors = [_lit(v).alias(k) for k, v in configuration.items()]
     return frame.with_columns(*factors, pl.lit(config_id(configuration)).alias("config_id"))
 
 
@@ -175,7 +189,7 @@ def load_predictions(entries: Iterable[Entry]) -> pl.DataFrame:
         frames.append(_with_factors(frame, entry.configuration))
     if not frames:
         return pl.DataFrame(
-            schema={a: pl.String for a in GRID_AXES}
+            schema={a: AXIS_DTYPES.get(a, pl.String) for a in GRID_AXES}
             | {"config_id": pl.String, "subject_id": pl.Int64, "boolean_value": pl.Boolean}
             | {"predicted_boolean_value": pl.Boolean, "predicted_boolean_probability": pl.Float64}
         )
@@ -241,7 +255,8 @@ def load_metrics_table(entries: Iterable[Entry]) -> pl.DataFrame:
         "mean_completion_tokens", "mean_label_loss_share", "final_loss", "wall_s",
     ]  # fmt: skip
     if not rows:
-        return pl.DataFrame(schema={**{a: pl.String for a in GRID_AXES}, "config_id": pl.String})
+        axes = {a: AXIS_DTYPES.get(a, pl.String) for a in GRID_AXES}
+        return pl.DataFrame(schema=axes | {"config_id": pl.String, "auroc": pl.Float64})
     table = pl.DataFrame(rows, infer_schema_length=None)
     table = table.with_columns(pl.col(c).cast(pl.Float64) for c in float_cols)
     return table.sort([a for a in GRID_AXES if a in table.columns], nulls_last=True)
@@ -869,8 +884,9 @@ def write_study_report(
         figures.rationale_qc(rationale_qc, fig / "rationale_qc")
     names = ["paired_configurations", "delta_by_factor", "error_analysis", "token_dilution"]
     names += ["roc_and_calibration", "learning_curves"]
-    names += ["cohort_overview"] * (attrition is not None) + ["rationale_qc"] * (
-        rationale_qc is not None
-    )
+    if attrition is not None:
+        names.append("cohort_overview")
+    if rationale_qc is not None:
+        names.append("rationale_qc")
     paths |= {f"figure_{n}": fig / n for n in names}
     return paths
