@@ -1,5 +1,6 @@
 # Validation, wildcard constraints and the named helpers every rule file uses.
 
+import functools
 import os
 import sys
 
@@ -61,15 +62,14 @@ def get_model_source(wildcards):
     return f"results/hub/{wildcards.model}.json"
 
 
-def get_model_path(model):
-    """The path or Hugging Face id a job loads (hub ids resolve offline, from the cache)."""
-    if models.source_kind(config["models"][model]["source"]) == "built":
-        return f"results/models/{model}"
-    return config["models"][model]["source"]
-
-
 def get_model_settings(wildcards):
-    settings = study.model_settings(config, wildcards.model)
+    return model_settings_of(wildcards.model)
+
+
+@functools.cache
+def model_settings_of(model):
+    """A model's registry entry for its jobs' params (computed once per model, not per job)."""
+    settings = study.model_settings(config, model)
     settings["cache_dir"] = config["hub"]["cache_dir"]
     return study.canonical(settings)
 
@@ -92,27 +92,27 @@ def get_job_resource(name, scale_with_attempt=False):
     return resource
 
 
-def get_gpu_request(kind):
-    """The GPU resources of a job in the request style the cluster profile chose."""
+def get_gpu_resources():
+    """GPU resources of fine-tuning/evaluation jobs, in the request style the profile chose.
+
+    Only the resources the chosen style uses are declared: each one is a function evaluated for
+    every job, and a 504-configuration dry run should stay fast.
+    """
     execution = config["execution"]
 
-    def request(wildcards):
-        count = config["models"][wildcards.model]["resources"]["gpu"]
-        if kind == "gpu":
-            return count if execution["gpu_request"] == "gpus" else 0
-        if not count or execution["gpu_request"] != "gres":
-            return ""
+    def count(wildcards):
+        return config["models"][wildcards.model]["resources"]["gpu"]
+
+    def gres(wildcards):
+        n = count(wildcards)
         model = execution["gpu_model"]
-        return f"gpu:{model}:{count}" if model else f"gpu:{count}"
+        return (f"gpu:{model}:{n}" if model else f"gpu:{n}") if n else ""
 
-    return request
-
-
-def get_gpu_model(wildcards):
-    execution = config["execution"]
-    if execution["gpu_request"] == "gpus" and execution["gpu_model"]:
-        return execution["gpu_model"]
-    return ""
+    if execution["gpu_request"] == "gres":
+        return {"gres": gres}
+    if execution["gpu_model"]:
+        return {"gpu": count, "gpu_model": execution["gpu_model"]}
+    return {"gpu": count}
 
 
 def get_job_threads(wildcards):
@@ -141,7 +141,12 @@ def get_serialization_settings():
 
 
 def get_training_settings(wildcards):
-    return study.training_settings(config, wildcards.model)
+    return training_settings_of(wildcards.model)
+
+
+@functools.cache
+def training_settings_of(model):
+    return study.training_settings(config, model)
 
 
 def get_rationales(wildcards):
@@ -152,8 +157,8 @@ def get_rationales(wildcards):
     return f"results/rationales/{config['teacher']['name']}/{style}.parquet"
 
 
-def get_prompts(wildcards):
-    return f"results/prompts/{wildcards.model}/{config['serialization']['variant']}.parquet"
+# A plain pattern, not a function: functions cost time for every one of a grid's jobs.
+PROMPTS = f"results/prompts/{{model}}/{config['serialization']['variant']}.parquet"
 
 
 def get_teacher_settings(wildcards):

@@ -7,7 +7,7 @@ rule evaluate:
     input:
         adapter=f"{RUN_DIR}/adapter",
         run=f"{RUN_DIR}/run.json",
-        prompts=get_prompts,
+        prompts=PROMPTS,
         cohort="results/cohort/cohort.parquet",
         model=get_model_source,
     output:
@@ -19,14 +19,11 @@ rule evaluate:
         "../envs/train.yaml"
     threads: get_job_threads
     resources:
-        gpu=get_gpu_request("gpu"),
-        gres=get_gpu_request("gres"),
-        gpu_model=get_gpu_model,
+        **get_gpu_resources(),
         mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
         runtime=get_job_resource("runtime", scale_with_attempt=True),
     params:
         evaluation=get_settings("evaluation"),
         model=get_model_settings,
-        model_path=lambda wildcards: get_model_path(wildcards.model),
     script:
         "../workflow_scripts/evaluate.py"

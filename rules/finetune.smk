@@ -41,7 +41,7 @@ rule fetch_model:
 rule finetune:
     """Completion-only SFT of one configuration; checkpoints and resumes after SIGTERM."""
     input:
-        prompts=get_prompts,
+        prompts=PROMPTS,
         cohort="results/cohort/cohort.parquet",
         rationales=get_rationales,
         model=get_model_source,
@@ -55,15 +55,12 @@ rule finetune:
         "../envs/train.yaml"
     threads: get_job_threads
     resources:
-        gpu=get_gpu_request("gpu"),
-        gres=get_gpu_request("gres"),
-        gpu_model=get_gpu_model,
+        **get_gpu_resources(),
         mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
         runtime=get_job_resource("runtime", scale_with_attempt=True),
     params:
         training=get_training_settings,
         model=get_model_settings,
-        model_path=lambda wildcards: get_model_path(wildcards.model),
         checkpoint_dir=f"results/checkpoints/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}",
     script:
         "../workflow_scripts/finetune.py"

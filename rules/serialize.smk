@@ -32,7 +32,6 @@ rule build_prompts:
         "../envs/train.yaml"
     params:
         model=get_model_settings,
-        model_path=lambda wildcards: get_model_path(wildcards.model),
         max_prompt_tokens=lambda wildcards: config["models"][wildcards.model][
             "max_prompt_tokens"
         ],

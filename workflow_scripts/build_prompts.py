@@ -7,7 +7,7 @@ from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 params = snakemake.params  # noqa: F821
-tokenizer = AutoTokenizer.from_pretrained(resolve_model(params.model_path, params.model))
+tokenizer = AutoTokenizer.from_pretrained(resolve_model(params.model))
 histories = pl.read_parquet(snakemake.input.histories)  # noqa: F821
 prompts = build_prompts(
     histories, tokenizer, {"question": params.question}, params.max_prompt_tokens

@@ -10,7 +10,7 @@ from rationale_bench.workflow import start, write_parquet
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
 predictions, summary = evaluate_configuration(
-    resolve_model(smk.params.model_path, smk.params.model),
+    resolve_model(smk.params.model),
     Path(smk.input.adapter),
     json.loads(Path(smk.input.run).read_text()),
     pl.read_parquet(smk.input.prompts),

@@ -9,7 +9,7 @@ from rationale_bench.workflow import start
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
 job = TrainingJob(
-    model_path=resolve_model(smk.params.model_path, smk.params.model),
+    model_path=resolve_model(smk.params.model),
     fmt=smk.wildcards.format,
     n_train=int(smk.wildcards.n_train),
     seed=int(smk.wildcards.seed),

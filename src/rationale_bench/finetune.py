@@ -380,6 +380,10 @@ def train(
         "final_loss": final[-1]["loss"],
         "mean_label_loss_share": float(np.mean([r["label_loss_share"] for r in final])),
         "wall_s": time.time() - t_start,
+        # Where it ran: the devices SLURM granted (gres/--gpus) and the job id, for the run card.
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
         "versions": library_versions(),
     }
     job.run_path.write_text(json.dumps(run, indent=2, default=str))

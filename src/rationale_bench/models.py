@@ -89,9 +89,12 @@ def resolve(source: str, revision: str | None = None, cache_dir: str | None = No
         ) from error
 
 
-def resolve_model(model_path: str, settings: Mapping[str, Any]) -> str:
-    """What a job passes to ``from_pretrained``: a local folder, resolved offline for hub ids."""
-    return resolve(model_path, settings.get("revision"), settings.get("cache_dir"))
+def resolve_model(settings: Mapping[str, Any]) -> str:
+    """What a job passes to ``from_pretrained``, from the model's registry entry (its params):
+    the built folder, the local folder, or the cached snapshot of a hub id (offline)."""
+    if settings["source"] in BUILT_SOURCES:
+        return f"results/models/{settings['name']}"
+    return resolve(settings["source"], settings.get("revision"), settings.get("cache_dir"))
 
 
 def write_manifest(manifest: Mapping[str, Any], path: Path) -> None:

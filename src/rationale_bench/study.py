@@ -24,7 +24,6 @@ RATIONALE_STYLE_OF_FORMAT: dict[str, str | None] = {
 }
 
 
-
 @dataclass(frozen=True)
 class Configuration:
     """One point of the study grid."""

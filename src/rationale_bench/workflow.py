@@ -12,8 +12,14 @@ from typing import Any
 import polars as pl
 
 
-def start(snakemake: Any) -> logging.Logger:
-    """Send logging, warnings and stderr to the rule's log file; cap threads to the job's."""
+def start(snakemake: Any, offline: bool = True) -> logging.Logger:
+    """Send logging, warnings and stderr to the rule's log file; cap threads to the job's.
+
+    Jobs run with the Hugging Face hub offline: only the fetch_model rule (``offline=False``)
+    may download, so a compute node never starts a download behind the user's back.
+    """
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     stream = log_path.open("w", buffering=1)
