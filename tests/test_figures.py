@@ -92,6 +92,12 @@ def _derive(preds: pl.DataFrame, table: pl.DataFrame) -> dict:
     return {"preds": preds, "table": table, "paired": paired, "errors": errors}
 
 
+@pytest.fixture(autouse=True)
+def low_resolution(monkeypatch):
+    """Smaller PNGs keep the figure tests fast; what is drawn does not change."""
+    monkeypatch.setattr(figures, "DPI", 60)
+
+
 FORMATS = ["label_only", "free_form", "step_by_step", "logistic_regression"]
 
 # name -> callable(tables of one grid, path stem)
@@ -141,10 +147,14 @@ def test_figures_with_a_single_configuration_or_nothing(tables, tmp_path):
     nothing["table"] = nothing["table"].filter(pl.col("format") == "free_form")
     for name, draw in DRAW.items():
         assert_written(draw(nothing, tmp_path / f"none_{name}"), tmp_path / f"none_{name}")
+    # Nothing has finished at all.
+    empty = _derive(study_report.load_predictions([]), study_report.load_metrics_table([]))
+    for name, draw in DRAW.items():
+        assert_written(draw(empty, tmp_path / f"empty_{name}"), tmp_path / f"empty_{name}")
 
 
 def test_suffix_in_path_is_a_stem(tables, tmp_path):
-    paths = figures.learning_curves(tables["full"]["table"], tmp_path / "sub" / "lc.png")
+    paths = figures.learning_curves(tables["full"]["table"].head(0), tmp_path / "sub" / "lc.png")
     assert_written(paths, tmp_path / "sub" / "lc")
 
 
@@ -162,6 +172,17 @@ def test_cohort_overview_and_rationale_qc(tmp_path):
 
 
 def test_svg_is_reproducible(tables, tmp_path):
-    a = figures.delta_by_factor(tables["full"]["paired"], None, tmp_path / "a")
-    b = figures.delta_by_factor(tables["full"]["paired"], None, tmp_path / "b")
+    a = figures.learning_curves(tables["partial"]["table"], tmp_path / "a")
+    b = figures.learning_curves(tables["partial"]["table"], tmp_path / "b")
     assert a[1].read_bytes() == b[1].read_bytes()
+
+
+def test_model_free_baseline_is_drawn_with_every_model(tmp_path):
+    configs = grid_configurations(sizes=(50,), seeds=(1,))
+    configs.append({"model": None, "format": "logistic_regression", "n_train": 50, "seed": 1})
+    entries = write_grid(tmp_path / "runs", configs)
+    preds = study_report.load_predictions(entries)
+    t = _derive(preds, study_report.load_metrics_table(entries))
+    assert set(t["paired"]["format"]) == {"free_form", "step_by_step"}  # no model to match
+    for name, draw in DRAW.items():
+        assert_written(draw(t, tmp_path / name), tmp_path / name)

@@ -159,7 +159,7 @@ def test_load_predictions_keeps_held_out_with_factors(grid):
     assert preds.height == 24 * N_SUBJECTS
     assert set(preds["split"]) == {"held_out"}
     assert {"model", "format", "n_train", "seed", "config_id"} <= set(preds.columns)
-    assert preds["n_train"].dtype.is_integer()
+    assert preds["n_train"].dtype == grid["table"]["n_train"].dtype == pl.Int64
 
 
 def test_metrics_table_tolerates_missing_run_json(tmp_path):
@@ -467,7 +467,10 @@ def test_baseline_table(tmp_path):
     assert lr_all["n_configurations"][0] == 4
 
 
-def test_write_study_report_on_a_partial_grid(tmp_path):
+def test_write_study_report_on_a_partial_grid(tmp_path, monkeypatch):
+    from rationale_bench import figures
+
+    monkeypatch.setattr(figures, "DPI", 60)
     configs = grid_configurations(models=("tiny",), sizes=(50,), seeds=(1, 2, 3))
     entries = write_grid(tmp_path / "runs", configs)
     entries[-1].predictions.unlink()  # a cell still running
@@ -477,3 +480,17 @@ def test_write_study_report_on_a_partial_grid(tmp_path):
     assert pl.read_csv(paths["paired"]).height == 5
     for name in ("figure_paired_configurations", "figure_learning_curves"):
         assert paths[name].with_suffix(".png").stat().st_size > 0
+
+
+def test_nothing_finished_yet():
+    configs = grid_configurations(models=("tiny",), sizes=(50,), seeds=(1,))
+    preds = study_report.load_predictions([])
+    table = study_report.load_metrics_table([])
+    paired = study_report.paired_differences(preds)
+    summary = study_report.summary_across_configurations(paired)
+    assert paired.height == table.height == summary.height == 0
+    assert len(study_report.missing_cells(configs, table)) == 3
+    text = study_report.headline(summary, table, missing=study_report.missing_cells(configs, table))
+    assert "No label-only SFT results" in text and "3 grid cells without results" in text
+    errors = study_report.matched_error_analysis(preds)
+    assert errors["crosstab"].height == 0
