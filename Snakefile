@@ -15,6 +15,7 @@ include: "rules/serialize.smk"
 include: "rules/rationales.smk"
 include: "rules/finetune.smk"
 include: "rules/evaluate.smk"
+include: "rules/baselines.smk"
 include: "rules/report.smk"
 
 

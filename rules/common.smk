@@ -35,20 +35,69 @@ wildcard_constraints:
     seed=r"\d+",
     style="[a-z_]+",
     teacher="[A-Za-z0-9_.-]+",
+    kind="[a-z_]+",
     serialization="[a-z_]+",
 
 
+BASELINE_DIR = "results/baselines/{kind}/n_train={n_train}/seed={seed}"
+BASELINES = [
+    {"model": None, "format": kind, "n_train": n_train, "seed": seed}
+    for kind in config["baselines"]["kinds"]
+    for n_train in config["grid"]["n_train"]
+    for seed in config["grid"]["seed"]
+]
+RUN_FILES = ("predictions.parquet", "metrics.json", "run.json")
+REPORT_TABLES = ["metrics", "paired", "summary", "baselines", "error_flips"]
+REPORT_FIGURES = [
+    "paired_configurations",
+    "delta_by_factor",
+    "learning_curves",
+    "token_dilution",
+    "error_analysis",
+    "roc_and_calibration",
+    "cohort_overview",
+    "rationale_qc",
+]
+
+
 def get_final_outputs():
-    return [
-        "results/report/metrics.csv",
-        "results/cohort/table1.csv",
-        "results/report/figures/auroc_by_format.png",
-    ]
+    return ["results/report/README.md", "results/report/figures/auroc_by_format.png"]
 
 
 def get_run_outputs(name):
     """One file (by name) of every configuration's run folder."""
     return [f"results/runs/{c.config_id}/{name}" for c in CONFIGURATIONS]
+
+
+def get_baseline_folder(baseline):
+    return BASELINE_DIR.format(
+        kind=baseline["format"], n_train=baseline["n_train"], seed=baseline["seed"]
+    )
+
+
+def get_baseline_outputs(name):
+    return [f"{get_baseline_folder(b)}/{name}" for b in BASELINES]
+
+
+def get_report_entries():
+    """(configuration, predictions, metrics, run) of every LM configuration and baseline."""
+    lm = [
+        (c.as_dict(), *(f"results/runs/{c.config_id}/{name}" for name in RUN_FILES))
+        for c in CONFIGURATIONS
+    ]
+    base = [
+        (b, *(f"{get_baseline_folder(b)}/{name}" for name in RUN_FILES[:2]), None)
+        for b in BASELINES
+    ]
+    return lm + base
+
+
+def get_rationale_qc():
+    styles = {study.rationale_style(f) for f in config["grid"]["format"]} - {None}
+    teacher = config["teacher"]["name"]
+    return [
+        f"results/rationales/{teacher}/{style}.qc.parquet" for style in sorted(styles)
+    ]
 
 
 def get_model_source(wildcards):
@@ -109,10 +158,14 @@ def get_gpu_resources():
         return (f"gpu:{model}:{n}" if model else f"gpu:{n}") if n else ""
 
     if execution["gpu_request"] == "gres":
-        return {"gres": gres}
-    if execution["gpu_model"]:
-        return {"gpu": count, "gpu_model": execution["gpu_model"]}
-    return {"gpu": count}
+        chosen = {"gres": gres}
+    elif execution["gpu_model"]:
+        chosen = {"gpu": count, "gpu_model": execution["gpu_model"]}
+    else:
+        chosen = {"gpu": count}
+    if execution["gpu_partition"]:
+        chosen["slurm_partition"] = execution["gpu_partition"]
+    return chosen
 
 
 def get_job_threads(wildcards):

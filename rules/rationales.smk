@@ -24,3 +24,19 @@ rule generate_rationales:
         cache="results/rationales/{teacher}/cache/{style}.jsonl",
     script:
         "../workflow_scripts/generate_rationales.py"
+
+
+rule rationale_qc:
+    """Quality of each rationale: length, grounding in the subject's own record, and whether
+    its conclusion agrees with the label it explains."""
+    input:
+        rationales="results/rationales/{teacher}/{style}.parquet",
+        histories=f"results/histories/{config['serialization']['variant']}.parquet",
+    output:
+        "results/rationales/{teacher}/{style}.qc.parquet",
+    log:
+        "results/logs/rationale_qc/{teacher}/{style}.log",
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/rationale_qc.py"

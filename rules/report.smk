@@ -1,16 +1,28 @@
-# Report: every configuration side by side, and the formats compared per matched configuration.
+# Report: every configuration and baseline side by side, formats compared on the same held-out
+# patients per matched configuration, the figures, and the headline computed from the numbers.
 
 
 rule report:
-    """metrics.csv (one row per configuration) and the paired AUROC figure."""
+    """Tables, paired statistics, figures and the headline for the whole grid."""
     input:
+        predictions=get_run_outputs("predictions.parquet"),
         metrics=get_run_outputs("metrics.json"),
         runs=get_run_outputs("run.json"),
+        baselines=get_baseline_outputs("metrics.json"),
+        attrition="results/cohort/attrition.csv",
+        table1="results/cohort/table1.csv",
+        rationale_qc=get_rationale_qc(),
     output:
-        table="results/report/metrics.csv",
+        readme="results/report/README.md",
+        tables=expand("results/report/{table}.csv", table=REPORT_TABLES),
         figure=report(
             "results/report/figures/auroc_by_format.png",
             caption="../report/auroc_by_format.rst",
+            category="Results",
+        ),
+        figures=report(
+            expand("results/report/figures/{figure}.png", figure=REPORT_FIGURES),
+            caption="../report/figures.rst",
             category="Results",
         ),
     log:
@@ -18,7 +30,31 @@ rule report:
     conda:
         "../envs/report.yaml"
     params:
-        configurations=[c.as_dict() for c in CONFIGURATIONS],
+        entries=get_report_entries(),
         formats=config["grid"]["format"],
+        baseline_formats=config["baselines"]["kinds"],
+        bootstrap=get_settings("evaluation"),
+    script:
+        "../workflow_scripts/report.py"
+
+
+rule report_partial:
+    """Whatever configurations have finished so far, while a long grid runs. Rerun with
+    `snakemake report_partial --forcerun report_partial`."""
+    input:
+        attrition="results/cohort/attrition.csv",
+        table1="results/cohort/table1.csv",
+    output:
+        readme="results/report_partial/README.md",
+    log:
+        "results/logs/report_partial.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        entries=get_report_entries(),
+        formats=config["grid"]["format"],
+        baseline_formats=config["baselines"]["kinds"],
+        bootstrap=get_settings("evaluation"),
+        partial=True,
     script:
         "../workflow_scripts/report.py"

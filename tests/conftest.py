@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from slurm_cluster_fixture import slurm_cluster  # noqa: F401  (a session-wide fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 

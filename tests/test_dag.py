@@ -25,6 +25,8 @@ def test_default_study_job_counts(workdir):
         "build_tiny_model": 1,
         "build_prompts": 1,
         "generate_rationales": 2,
+        "rationale_qc": 2,
+        "baseline": 4,
         "finetune": 12,
         "evaluate": 12,
         "report": 1,

@@ -36,13 +36,24 @@ def edited(workdir, config, mutate):
 def test_outputs_are_complete_and_consistent(finished_study):
     workdir, _ = finished_study
     results = workdir / "results"
-    table = pl.read_csv(results / "report" / "metrics.csv")
+    table = pl.read_csv(results / "report" / "metrics.csv").filter(pl.col("model").is_not_null())
     assert table.height == 6
     assert table["auroc"].is_not_null().all()
     assert (table["auroc_ci_low"] <= table["auroc"]).all() and (
         table["auroc"] <= table["auroc_ci_high"]
     ).all()
     assert (results / "report" / "figures" / "auroc_by_format.png").stat().st_size > 1000
+    for figure in ("paired_configurations", "learning_curves", "token_dilution", "rationale_qc"):
+        assert (results / "report" / "figures" / f"{figure}.svg").exists()
+    paired = pl.read_csv(results / "report" / "paired.csv")
+    assert paired.height == 4  # 2 models x 2 rationale formats, each against label_only
+    readme = (results / "report" / "README.md").read_text()
+    mean = table.filter(pl.col("format") == "label_only")["auroc"].mean()
+    assert f"{mean:.3f}" in readme  # the headline is computed from the results
+    baselines = pl.read_csv(results / "report" / "metrics.csv").filter(
+        pl.col("format") == "logistic_regression"
+    )
+    assert baselines.height == 1
     assert (results / "cohort" / "table1.csv").exists()
 
     cohort = pl.read_parquet(results / "cohort" / "cohort.parquet")
@@ -106,12 +117,35 @@ def test_learning_rate_edit_reruns_only_that_model(finished_study):
 def test_teacher_edit_reruns_rationales_and_only_rationale_formats(finished_study):
     workdir, config = finished_study
     counts, outputs = edited(workdir, config, lambda s: s.setdefault("teacher", {}).update(seed=5))
-    assert counts == {"generate_rationales": 2, "finetune": 4, "evaluate": 4, "report": 1, "all": 1}
+    assert counts == {
+        "generate_rationales": 2,
+        "rationale_qc": 2,
+        "finetune": 4,
+        "evaluate": 4,
+        "report": 1,
+        "all": 1,
+    }
     assert not [p for p in outputs if "format=label_only" in p]
 
 
 def test_new_seed_adds_only_new_jobs(finished_study):
     workdir, config = finished_study
     counts, outputs = edited(workdir, config, lambda s: s["grid"].update(seed=[1, 2]))
-    assert counts == {"finetune": 6, "evaluate": 6, "report": 1, "all": 1}
+    assert counts == {"finetune": 6, "evaluate": 6, "baseline": 1, "report": 1, "all": 1}
     assert all("seed=2" in p for p in outputs if "/runs/" in p)
+
+
+def test_partial_report_lists_what_is_missing(finished_study):
+    workdir, config = finished_study
+    study = yaml.safe_load(config.read_text())
+    study["grid"]["seed"] = [1, 2]  # seed 2 has not run
+    path = workdir / "partial.yaml"
+    path.write_text(yaml.safe_dump(study))
+    snakemake(
+        workdir, "--cores", "1", "report_partial", "--forcerun", "report_partial", configfile=path
+    )
+    partial = workdir / "results" / "report_partial"
+    assert "Partial report" in (partial / "README.md").read_text()
+    missing = (partial / "missing.txt").read_text().splitlines()
+    # 6 fine-tuned configurations and the logistic-regression baseline of seed 2.
+    assert len(missing) == 7 and all("seed=2" in m for m in missing)

@@ -4,6 +4,7 @@ sources, GPU request styles, the installed profile, and conda envs pinned like t
 from __future__ import annotations
 
 import re
+import shutil
 import tomllib
 
 import pytest
@@ -32,6 +33,8 @@ def test_paper_grid_has_504_configurations_and_fetches_each_model_once(tmp_path,
         "table_one": 1,
         "build_prompts": 7,
         "generate_rationales": 2,
+        "rationale_qc": 2,
+        "baseline": 24,
         "finetune": 504,
         "evaluate": 504,
         "report": 1,
@@ -58,7 +61,7 @@ def test_plan_prints_jobs_and_costs(tmp_path, paper_config, capsys):
     assert cli.main(["plan", "--configfile", str(paper_config), "--directory", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "504 configurations" in out
-    assert re.search(r"finetune\s+504", out) and re.search(r"total\s+1030", out)
+    assert re.search(r"finetune\s+504", out) and re.search(r"total\s+1056", out)
     config = cli.load_config(paper_config)
     cost = cli.estimate(config)
     assert f"{cost['gpu_hours_total']:,.1f}" in out
@@ -107,8 +110,12 @@ def test_install_profile_fills_account_partition_and_gpu_style(tmp_path):
     assert profile["executor"] == "slurm"
     assert profile["default-resources"]["slurm_account"] == "lab42"
     assert profile["default-resources"]["slurm_partition"] == "cpu"
-    assert profile["set-resources"]["finetune"]["slurm_partition"] == "gpu"
-    assert profile["config"] == ["execution={'gpu_request': 'gres'}"]
+    assert profile["config"] == ["execution={'gpu_request': 'gres', 'gpu_partition': 'gpu'}"]
+    # and the jobs really get it (a set-resources here would be overridden by profiles/default)
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    text = snakemake(tmp_path, "-n", "--profile", str(target)).stdout
+    finetune = text[text.index("rule finetune:") :].split("\n\n")[0]
+    assert "slurm_partition=gpu" in finetune
 
 
 def pinned(requirement: str) -> tuple[str, str]:

@@ -1,12 +1,22 @@
 from pathlib import Path
 
-from rationale_bench.report import metrics_table, plot_paired
+import polars as pl
+
+from rationale_bench.report import write_report
 from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
-entries = list(zip(smk.params.configurations, smk.input.metrics, smk.input.runs, strict=True))
-table = metrics_table(entries)
-table.write_csv(smk.output.table)
-plot_paired(table, smk.params.formats, Path(smk.output.figure))
-log.info("report of %d configurations", table.height)
+paths = write_report(
+    entries=smk.params.entries,
+    formats=smk.params.formats,
+    baseline_formats=smk.params.baseline_formats,
+    out_dir=Path(smk.output.readme).parent,
+    n_boot=smk.params.bootstrap["bootstrap_resamples"],
+    seed=smk.params.bootstrap["bootstrap_seed"],
+    attrition=pl.read_csv(smk.input.attrition),
+    table1=pl.read_csv(smk.input.table1),
+    qc_paths=list(getattr(smk.input, "rationale_qc", [])),
+    partial=bool(getattr(smk.params, "partial", False)),
+)
+log.info("report written: %s", sorted(paths))

@@ -144,15 +144,14 @@ def filled_profile(template: str, account: str, partition: str) -> str:
 def install_profile_command(args: argparse.Namespace) -> int:
     template = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
     text = filled_profile(template, args.account, args.partition)
-    extra: dict[str, Any] = {}
+    # GPU settings travel as config, not set-resources: the workflow profile's set-resources
+    # would replace a set-resources written here (Snakemake merges profiles key by key).
     execution = {"gpu_request": args.gpu_request}
     if args.gpu_model:
         execution["gpu_model"] = args.gpu_model
-    extra["config"] = [f"execution={execution!r}"]
     if args.gpu_partition:
-        extra["set-resources"] = {
-            rule: {"slurm_partition": args.gpu_partition} for rule in ("finetune", "evaluate")
-        }
+        execution["gpu_partition"] = args.gpu_partition
+    extra = {"config": [f"execution={execution!r}"]}
     target = Path(args.target).expanduser()
     target.mkdir(parents=True, exist_ok=True)
     out = target / "config.yaml"

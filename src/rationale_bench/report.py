@@ -1,49 +1,17 @@
-"""Study report: every configuration side by side, and formats compared per matched config."""
+"""Study report: the rule's entry point over study_report (tables, statistics) and figures."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from rationale_bench import study_report
 from rationale_bench.study import GRID_AXES
 
 MATCH_AXES = tuple(a for a in GRID_AXES if a != "format")
-
-
-def metrics_table(entries: Sequence[tuple[Mapping[str, Any], Path, Path]]) -> pl.DataFrame:
-    """One row per configuration from (configuration, metrics.json, run.json) triples."""
-    rows = []
-    for configuration, metrics_path, run_path in entries:
-        m = json.loads(Path(metrics_path).read_text())
-        run = json.loads(Path(run_path).read_text())
-        rows.append(
-            {
-                **configuration,
-                "config_id": "/".join(f"{a}={configuration[a]}" for a in GRID_AXES),
-                "scoring_mode": m["scoring_mode"],
-                "n_held_out": m["n"],
-                "n_cases": m["n_pos"],
-                "auroc": m["auroc"],
-                "auroc_ci_low": m["auroc_bootstrap"]["ci_low"],
-                "auroc_ci_high": m["auroc_bootstrap"]["ci_high"],
-                "auroc_delong_ci_low": m["auroc_delong"]["ci_low"],
-                "auroc_delong_ci_high": m["auroc_delong"]["ci_high"],
-                "auprc": m["auprc"],
-                "prevalence": m["prevalence"],
-                "brier": m["brier"],
-                "forced_answer_rate": m["forced_answer_rate"],
-                "optimizer_steps": run["optimizer_steps"],
-                "tokens_trained": run["tokens_trained"],
-                "mean_completion_tokens": run["mean_completion_tokens"],
-                "mean_label_loss_share": run["mean_label_loss_share"],
-                "final_loss": run["final_loss"],
-            }
-        )
-    return pl.DataFrame(rows).sort(list(GRID_AXES))
 
 
 def plot_paired(table: pl.DataFrame, formats: Sequence[str], path: Path) -> None:
@@ -90,3 +58,73 @@ def plot_paired(table: pl.DataFrame, formats: Sequence[str], path: Path) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
     plt.close(fig)
+
+
+def write_report(
+    entries: Sequence[Sequence[Any]],
+    formats: Sequence[str],
+    baseline_formats: Sequence[str],
+    out_dir: Path,
+    n_boot: int,
+    seed: int,
+    attrition: pl.DataFrame,
+    table1: pl.DataFrame,
+    qc_paths: Sequence[str],
+    partial: bool = False,
+) -> dict[str, Path]:
+    """Write every table and figure, and README.md with the computed headline.
+
+    ``partial`` reports whatever configurations have finished (their files exist) and lists
+    the rest as missing; the full report requires every file (Snakemake guarantees it).
+    """
+    grid = [entry[0] for entry in entries]
+    outputs = [study_report.as_outputs(entry) for entry in entries]
+    if partial:
+        outputs, _ = study_report.available_outputs(outputs)
+    qc = pl.concat([pl.read_parquet(p) for p in qc_paths]) if qc_paths else None
+    paths = study_report.write_study_report(
+        outputs,
+        out_dir,
+        configurations=grid,
+        baseline_formats=tuple(baseline_formats),
+        n_boot=n_boot,
+        seed=seed,
+        attrition=attrition,
+        table1=table1,
+        rationale_qc=qc,
+    )
+    table = pl.read_csv(paths["metrics"])
+    lm = table.filter(pl.col("format").is_in(list(formats)))
+    figure = out_dir / "figures" / "auroc_by_format.png"
+    if lm.height:
+        plot_paired(lm, formats, figure)
+    readme = out_dir / "README.md"
+    readme.write_text(readme_text(paths, out_dir, partial))
+    paths["readme"] = readme
+    return paths
+
+
+def readme_text(paths: dict[str, Path], out_dir: Path, partial: bool) -> str:
+    """The report's front page: the computed headline, then what each file holds."""
+    headline = paths["headline"].read_text().strip()
+    status = "Partial report: only finished configurations. " if partial else ""
+    figures = sorted(p.name for p in (out_dir / "figures").glob("*.png"))
+    lines = [
+        "# rationale-bench study report",
+        "",
+        status + headline,
+        "",
+        "## Tables",
+        "- `metrics.csv`: one row per configuration (and baseline), every factor a column.",
+        "- `paired.csv`: each format minus label_only on the same held-out patients, with "
+        "paired bootstrap 95% CIs and DeLong p-values.",
+        "- `summary.csv`: across configurations, overall and by factor (Wilcoxon signed-rank).",
+        "- `baselines.csv`: classical baselines beside label-only SFT.",
+        "- `error_crosstab.csv`, `error_flips.csv`, `error_subjects.csv`: matched error analysis.",
+        "- `missing.txt`: grid cells without results.",
+        "",
+        "## Figures",
+        *[f"- `figures/{name}` (and .svg)" for name in figures],
+        "",
+    ]
+    return "\n".join(lines)

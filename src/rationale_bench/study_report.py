@@ -872,7 +872,9 @@ def write_study_report(
         headline(summary, table, reference, missing, baseline_formats) + "\n"
     )
     fig = out_dir / "figures"
-    figures.paired_configurations(table, formats, fig / "paired_configurations", reference)
+    # Baselines are not matched to a fine-tuned model; their own table and curves show them.
+    lm_formats = [f for f in formats if f not in baseline_formats]
+    figures.paired_configurations(table, lm_formats, fig / "paired_configurations", reference)
     figures.delta_by_factor(paired, None, fig / "delta_by_factor")
     figures.error_analysis(errors["crosstab"], fig / "error_analysis")
     figures.token_dilution(paired, table, fig / "token_dilution")

@@ -253,3 +253,42 @@ def grounded_fraction(rationale: str, codes: Sequence[str]) -> float:
         return 1.0
     present = {f.label for f in named if any(code_in(c, f.prefixes) for c in codes)}
     return len(present) / len(named)
+
+
+def conclusion_direction(rationale: str) -> bool | None:
+    """True / False when the rationale's last sentence says the outcome is more / less likely."""
+    sentences = [x for x in rationale.replace("\n", ". ").split(".") if x.strip()]
+    last = sentences[-1].lower() if sentences else ""
+    more, less = "more likely" in last, "less likely" in last
+    return more if more != less else None
+
+
+def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.DataFrame:
+    """Per rationale: length, grounding in the subject's record, agreement with its label."""
+    codes = dict(histories.select("subject_id", "codes").iter_rows())
+    rows = []
+    for sid, style, label, text in rationales.select(
+        "subject_id", "style", "label", "rationale"
+    ).iter_rows():
+        direction = conclusion_direction(text)
+        rows.append(
+            {
+                "subject_id": sid,
+                "style": style,
+                "label": label,
+                "n_words": len(text.split()),
+                "grounded_fraction": grounded_fraction(text, codes.get(sid, [])),
+                "label_consistent": None if direction is None else direction == bool(label),
+            }
+        )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "subject_id": pl.Int64,
+            "style": pl.String,
+            "label": pl.Boolean,
+            "n_words": pl.Int32,
+            "grounded_fraction": pl.Float64,
+            "label_consistent": pl.Boolean,
+        },
+    )

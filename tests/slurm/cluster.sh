@@ -7,11 +7,12 @@
 #   tests/slurm/cluster.sh status    # show what is running
 #   tests/slurm/cluster.sh down      # cancel jobs, stop daemons, remove the state dir
 #
-# `up` and `env` print shell export lines on stdout (progress goes to stderr), so
-#   eval "$(tests/slurm/cluster.sh up)"
-# sets SLURM_CONF for the current shell only. All configuration lives in the state dir
-# ($RB_SLURM_DIR, default /tmp/rb-slurm), never in /etc/slurm: a slurm.conf there pointing at a dead
-# controller makes every `snakemake` call stall ~10 s (REFERENCES 3.6).
+# `up` and `env` print shell export lines on stdout (progress goes to stderr), `down` an unset line:
+#   eval "$(tests/slurm/cluster.sh up)"     # SLURM_CONF, PATH (srun wrapper), RB_SLURM_ACCOUNT/PARTITION
+#   eval "$(tests/slurm/cluster.sh down)"   # unset SLURM_CONF ...
+# All configuration lives in the state dir ($RB_SLURM_DIR, default /tmp/rb-slurm), never in
+# /etc/slurm: a slurm.conf there pointing at a dead controller makes every `snakemake` call stall
+# ~10 s (REFERENCES 3.6); so does a SLURM_CONF still exported after `down`.
 #
 # Environment knobs: RB_SLURM_DIR (state dir), RB_SLURM_PORT_BASE (first of 4 consecutive TCP
 # ports; default: first free block from 16810), RB_SLURM_CPUS (8), RB_SLURM_MEM_MB (16000),
@@ -41,6 +42,12 @@ LOGS=$STATE/log
 RUN=$STATE/run
 
 log() { printf '[cluster.sh] %s\n' "$*" >&2; }
+T0=$(date +%s%3N)
+elapsed() {
+  local ms=$(($(date +%s%3N) - T0))
+  printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
+}
+step() { log "$* (t=$(elapsed)s)"; }
 die() {
   printf '[cluster.sh] ERROR: %s\n' "$1" >&2
   shift
@@ -111,11 +118,18 @@ cmd_install() {
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-pid_of() { [[ -f $RUN/$1.pid ]] && cat "$RUN/$1.pid" || true; }
+pid_of() { if [[ -f $RUN/$1.pid ]]; then cat "$RUN/$1.pid"; fi; }
+# Running and not a zombie (the daemons are reparented to PID 1, which may reap them late).
+pid_alive() {
+  local st
+  kill -0 "$1" 2>/dev/null || return 1
+  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $st && $st != Z && $st != X ]]
+}
 alive() {
   local pid
   pid=$(pid_of "$1")
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+  [[ -n $pid ]] && pid_alive "$pid"
 }
 
 slurm_env() {
@@ -143,14 +157,27 @@ wait_for() { # wait_for <seconds> <description> <logs...> -- <command...>
     shift
   done
   shift
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then die "timed out after ${secs}s waiting for $what" "${logs[@]}"; fi
+  local deadline=$((SECONDS + secs)) d probe=$LOGS/last-probe.out
+  until "$@" >"$probe" 2>&1; do
+    for d in "${DAEMONS[@]}"; do # a daemon that exited will not come back: fail now
+      if [[ -f $RUN/$d.pid ]] && ! alive "$d"; then
+        die "$d exited while waiting for $what" "$LOGS/$d.out" "${logs[@]}"
+      fi
+    done
+    if ((SECONDS >= deadline)); then
+      die "timed out after ${secs}s waiting for $what (check: $*)" "$probe" "${logs[@]}"
+    fi
     sleep 0.2
   done
 }
 
-port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
+# A port is free when no TCP socket (IPv4 or IPv6, TIME_WAIT ignored) is bound to it locally.
+port_free() {
+  local hex
+  hex=$(printf '%04X' "$1")
+  ! awk -v p=":$hex" 'NR > 1 && substr($2, length($2) - 4) == p && $4 != "06" { found = 1 } END { exit !found }' \
+    /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
 
 pick_ports() {
   local base=${RB_SLURM_PORT_BASE:-}
@@ -160,12 +187,15 @@ pick_ports() {
       port_free "$p" || die "port $p (from RB_SLURM_PORT_BASE=$base) is in use"
     done
   else
+    local found=0
     for base in $(seq 16810 10 17800); do
       if port_free "$base" && port_free $((base + 1)) && port_free $((base + 2)) &&
         port_free $((base + 3)); then
+        found=1
         break
       fi
     done
+    [[ $found -eq 1 ]] || die "no 4 free TCP ports in 16810-17803; set RB_SLURM_PORT_BASE"
   fi
   CTLD_PORT=$base
   SLURMD_PORT=$((base + 1))
@@ -334,7 +364,6 @@ cmd_up() {
     die "$STATE exists, is not empty and is not a cluster.sh state dir; set RB_SLURM_DIR elsewhere"
   fi
 
-  local t0=$SECONDS
   UP_HINT="daemons started so far are left running, logs in $LOGS; clean up with: $0 down"
   mkdir -p "$STATE"
   touch "$STATE/$MARKER"
@@ -353,6 +382,7 @@ cmd_up() {
     --seed-file="$STATE/munge/munged.seed" --num-threads=10
   wait_for 15 munged "$LOGS/munged.out" "$LOGS/munged.log" -- \
     bash -c "munge -S '$STATE/munge/munge.socket' -n </dev/null | unmunge -S '$STATE/munge/munge.socket'"
+  step "munged ready"
 
   # mariadb -------------------------------------------------------------------------------
   mariadb-install-db --no-defaults --user=root --datadir="$STATE/mysql" --skip-test-db \
@@ -372,6 +402,7 @@ cmd_up() {
     GRANT ALL ON slurm_acct_db.* TO '$DB_USER'@'127.0.0.1';
     GRANT ALL ON slurm_acct_db.* TO '$DB_USER'@'localhost';" 2>"$LOGS/mariadb-grant.log" ||
     die "creating the slurm database user failed" "$LOGS/mariadb-grant.log" "$LOGS/mariadbd.log"
+  step "mariadbd ready"
 
   # slurmdbd ------------------------------------------------------------------------------
   start_daemon slurmdbd slurmdbd -D
@@ -390,10 +421,12 @@ cmd_up() {
       >>"$LOGS/sacctmgr.log" 2>&1 ||
       die "sacctmgr add user $u failed" "$LOGS/sacctmgr.log" "$LOGS/slurmdbd.log"
   done
+  step "slurmdbd ready, cluster/account/users registered"
 
   # slurmctld, slurmd ---------------------------------------------------------------------
   start_daemon slurmctld slurmctld -D -i -f "$CONF"
   wait_for 30 slurmctld "$LOGS/slurmctld.out" "$LOGS/slurmctld.log" -- scontrol ping
+  step "slurmctld ready"
   start_daemon slurmd slurmd -D -N "$NODE" -f "$CONF"
   wait_for "$UP_TIMEOUT" "node $NODE to become idle" \
     "$LOGS/slurmd.out" "$LOGS/slurmd.log" "$LOGS/slurmctld.log" -- node_idle
@@ -401,17 +434,17 @@ cmd_up() {
   wait_for 30 "account $ACCOUNT visible to sacctmgr" "$LOGS/sacctmgr.log" -- \
     bash -c "sacctmgr -n -s list user root format=account%64 | grep -qw '$ACCOUNT'"
 
-  log "up in $((SECONDS - t0)) s: $(sinfo -h -o '%P %D %t %c CPUs %m MB %G' | head -1)"
+  log "up in $(elapsed) s: $(sinfo -h -o '%P %D %t %c CPUs %m MB %G' | head -1)"
   print_env
 }
 
 kill_pid() { # kill_pid <pid> <name>: TERM, wait up to 10 s, then KILL
   local pid=$1 name=$2 i
-  kill -0 "$pid" 2>/dev/null || return 0
+  pid_alive "$pid" || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.2
+  for ((i = 0; i < 100; i++)); do
+    pid_alive "$pid" || return 0
+    sleep 0.1
   done
   log "$name (pid $pid) did not stop on TERM; sending KILL"
   kill -KILL "$pid" 2>/dev/null || true
@@ -440,6 +473,7 @@ cmd_down() {
   slurm_env
   if [[ ! -e $STATE ]]; then
     log "not up (no $STATE)"
+    echo "unset SLURM_CONF RB_SLURM_ACCOUNT RB_SLURM_PARTITION"
     return 0
   fi
   [[ -f $STATE/$MARKER ]] || die "$STATE is not a cluster.sh state dir; refusing to touch it"
@@ -462,10 +496,14 @@ cmd_down() {
     pid=$(pid_of "$d")
     [[ -n $pid ]] || continue
     kill_pid "$pid" "$d"
+    step "$d stopped"
   done
   for pid in $(stray_pids); do kill_pid "$pid" "job process"; done
   rm -rf --one-file-system "$STATE"
   log "down"
+  # For `eval "$(cluster.sh down)"`: a SLURM_CONF left pointing at the removed config makes every
+  # snakemake call stall ~10 s (measured 11 s) while the SLURM client looks for a controller.
+  echo "unset SLURM_CONF RB_SLURM_ACCOUNT RB_SLURM_PARTITION"
 }
 
 cmd_status() {

@@ -1,0 +1,21 @@
+# Classical baselines: logistic regression / gradient boosting on bag-of-codes + age + sex,
+# trained on the same training subsets as the LM configurations, tuned on the tuning split.
+
+
+rule baseline:
+    """One baseline for one (n_train, seed): the LM configurations' training subjects."""
+    input:
+        histories=f"results/histories/{config['serialization']['variant']}.parquet",
+        cohort="results/cohort/cohort.parquet",
+    output:
+        predictions=f"{BASELINE_DIR}/predictions.parquet",
+        metrics=f"{BASELINE_DIR}/metrics.json",
+    log:
+        "results/logs/baseline/{kind}/n_train={n_train}/seed={seed}.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        baselines=get_settings("baselines"),
+        evaluation=get_settings("evaluation"),
+    script:
+        "../workflow_scripts/baseline.py"

@@ -1,0 +1,25 @@
+import json
+from pathlib import Path
+
+import polars as pl
+
+from rationale_bench.baselines import run_baseline
+from rationale_bench.metrics import to_jsonable
+from rationale_bench.workflow import start, write_parquet
+
+log = start(snakemake)  # noqa: F821
+smk = snakemake  # noqa: F821
+cfg = dict(smk.params.baselines)
+cfg["bootstrap_resamples"] = smk.params.evaluation["bootstrap_resamples"]
+cfg["bootstrap_seed"] = smk.params.evaluation["bootstrap_seed"]
+predictions, metrics = run_baseline(
+    smk.wildcards.kind,
+    pl.read_parquet(smk.input.histories),
+    pl.read_parquet(smk.input.cohort),
+    int(smk.wildcards.n_train),
+    int(smk.wildcards.seed),
+    cfg,
+)
+log.info("held-out AUROC %.3f, hyperparameters %s", metrics["auroc"], metrics["hyperparameters"])
+write_parquet(predictions, smk.output.predictions)
+Path(smk.output.metrics).write_text(json.dumps(to_jsonable(metrics), indent=2, allow_nan=False))
