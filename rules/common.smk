@@ -61,7 +61,11 @@ REPORT_FIGURES = [
 
 
 def get_final_outputs():
-    return ["results/report/README.md", "results/report/figures/auroc_by_format.png"]
+    return [
+        "results/report/README.md",
+        "results/report/run_card.md",
+        "results/report/figures/auroc_by_format.png",
+    ]
 
 
 def get_run_outputs(name):
@@ -90,6 +94,12 @@ def get_report_entries():
         for b in BASELINES
     ]
     return lm + base
+
+
+def get_rationale_files():
+    styles = {study.rationale_style(f) for f in config["grid"]["format"]} - {None}
+    teacher = config["teacher"]["name"]
+    return [f"results/rationales/{teacher}/{style}.parquet" for style in sorted(styles)]
 
 
 def get_rationale_qc():

@@ -62,5 +62,8 @@ rule finetune:
         training=get_training_settings,
         model=get_model_settings,
         checkpoint_dir=f"results/checkpoints/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}",
+        # The evaluation of an earlier training of this configuration: removed when training
+        # starts, so that a failed retraining never leaves old metrics looking current.
+        stale=[f"{RUN_DIR}/predictions.parquet", f"{RUN_DIR}/metrics.json"],
     script:
         "../workflow_scripts/finetune.py"

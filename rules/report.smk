@@ -12,8 +12,14 @@ rule report:
         attrition="results/cohort/attrition.csv",
         table1="results/cohort/table1.csv",
         rationale_qc=get_rationale_qc(),
+        rationales=get_rationale_files(),
     output:
         readme="results/report/README.md",
+        run_card=report(
+            "results/report/run_card.md",
+            caption="../report/run_card.rst",
+            category="Run card",
+        ),
         tables=expand("results/report/{table}.csv", table=REPORT_TABLES),
         figure=report(
             "results/report/figures/auroc_by_format.png",
@@ -34,6 +40,8 @@ rule report:
         formats=config["grid"]["format"],
         baseline_formats=config["baselines"]["kinds"],
         bootstrap=get_settings("evaluation"),
+        # The whole config: the run card documents all of it.
+        study=study.canonical(config),
     script:
         "../workflow_scripts/report.py"
 
@@ -55,6 +63,7 @@ rule report_partial:
         formats=config["grid"]["format"],
         baseline_formats=config["baselines"]["kinds"],
         bootstrap=get_settings("evaluation"),
+        study=study.canonical(config),
         partial=True,
     script:
         "../workflow_scripts/report.py"

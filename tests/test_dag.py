@@ -79,3 +79,19 @@ def test_lint_is_clean():
     assert (
         "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
     ), result.stdout + result.stderr
+
+
+def test_every_format_and_control_is_a_grid_value(workdir, tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["grid"]["format"] = [
+        "label_only",
+        "label_first",
+        "multitask",
+        "shuffled_rationale",
+        "length_matched_filler",
+    ]
+    config["teacher"]["styles"] = ["free_form"]
+    path = tmp_path / "controls.yaml"
+    path.write_text(yaml.safe_dump(config))
+    counts = dry_run(workdir, configfile=path)
+    assert counts["finetune"] == 20 and counts["generate_rationales"] == 1

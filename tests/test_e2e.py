@@ -149,3 +149,18 @@ def test_partial_report_lists_what_is_missing(finished_study):
     missing = (partial / "missing.txt").read_text().splitlines()
     # 6 fine-tuned configurations and the logistic-regression baseline of seed 2.
     assert len(missing) == 7 and all("seed=2" in m for m in missing)
+
+
+def test_html_report_and_run_card(finished_study):
+    workdir, config = finished_study
+    snakemake(workdir, "--report", "report.html", configfile=config)
+    html = (workdir / "report.html").read_text(errors="replace")
+    for name in ("paired_configurations.png", "learning_curves.png", "run_card.md"):
+        assert name in html
+    card = json.loads((workdir / "results" / "report" / "run_card.json").read_text())
+    assert len(card["config_sha256"]) == 64
+    assert card["teacher"]["as_used"][0]["backend"] == "template"
+    assert card["packages"]["torch"] == "2.13.0+cpu" or card["packages"]["torch"].startswith(
+        "2.13.0"
+    )
+    assert card["attrition"][0]["n_subjects"] == 2500

@@ -188,3 +188,25 @@ def test_loss_mask_of_real_batches_has_a_label_token(
         assert formats.LABEL in ex.segments
         assert sum(1 for lab in ex.labels if lab != formats.IGNORE_INDEX) == ex.n_completion_tokens
     assert frame.filter(pl.col("rationale").is_null()).height == 0
+
+
+def test_all_formats_share_subjects_steps_and_schedule(
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, rationales
+):
+    cohort, _ = synthetic_cohort
+    runs = {
+        fmt: train(
+            make_job(tmp_path, tiny_model_dir, fmt, name=fmt, checkpoint_every=0),
+            prompts,
+            cohort,
+            rationales,
+        )
+        for fmt in formats.FORMATS
+    }
+    assert len({r["subjects_sha256"] for r in runs.values()}) == 1
+    assert len({r["optimizer_steps"] for r in runs.values()}) == 1
+    assert runs["multitask"]["n_examples"] == 2 * runs["multitask"]["n_subjects"]
+    # Controls are as long as what they replace, but carry other (or no) content.
+    assert runs["length_matched_filler"]["mean_completion_tokens"] == pytest.approx(
+        runs["free_form"]["mean_completion_tokens"], rel=0.05
+    )

@@ -82,3 +82,47 @@ def test_collate_pads_without_loss(tiny_tokenizer):
     pad = batch["attention_mask"] == 0
     assert (batch["labels"][pad] == formats.IGNORE_INDEX).all()
     assert batch["input_ids"].shape[1] == len(b.input_ids)
+
+
+@pytest.mark.parametrize("fmt", sorted(formats.FORMATS))
+def test_every_format_puts_the_answer_word_in_the_loss(tiny_tokenizer, fmt):
+    examples = formats.training_examples(fmt, PROMPT, True, RATIONALE)
+    encoded = [encode_example(tiny_tokenizer, p, seg, 512) for p, seg in examples]
+    yes = tiny_tokenizer(" Yes", add_special_tokens=False)["input_ids"]
+    predict = encoded[0]
+    assert [
+        t for t, k in zip(predict.input_ids, predict.segments, strict=True) if k == formats.LABEL
+    ] == yes
+    for ex, (prompt, _) in zip(encoded, examples, strict=True):
+        n_prompt = len(tiny_tokenizer(prompt)["input_ids"])
+        assert all(lab == formats.IGNORE_INDEX for lab in ex.labels[:n_prompt])
+        assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
+    spec = formats.format_spec(fmt)
+    if spec.target is not None:  # the rationale slot is trained too
+        assert any(formats.RATIONALE in ex.segments for ex in encoded)
+    if fmt == "label_first":
+        kinds = predict.segments
+        assert kinds.index(formats.LABEL) < kinds.index(formats.RATIONALE)
+    if fmt == "multitask":
+        assert len(encoded) == 2 and formats.LABEL not in encoded[1].segments
+        assert examples[0][0].startswith(formats.PREDICT_PREFIX)
+        assert formats.scoring_prompt(fmt, PROMPT) == examples[0][0]
+
+
+def test_shuffled_rationales_keep_label_and_never_the_own():
+    ids = list(range(10))
+    labels = [i % 3 == 0 for i in ids]
+    texts = [f"rationale of {i}" for i in ids]
+    shuffled = formats.shuffled_rationales(ids, labels, texts, seed=1)
+    for i, text in enumerate(shuffled):
+        source = int(text.split()[-1])
+        assert source != i and labels[source] == labels[i]
+    assert shuffled == formats.shuffled_rationales(ids, labels, texts, seed=1)
+
+
+def test_filler_matches_the_rationale_length(tiny_tokenizer):
+    n = len(tiny_tokenizer(RATIONALE, add_special_tokens=False)["input_ids"])
+    filler = formats.filler_text(tiny_tokenizer, n)
+    m = len(tiny_tokenizer(filler, add_special_tokens=False)["input_ids"])
+    assert abs(m - n) <= 2
+    assert "hypertension" not in filler

@@ -60,3 +60,24 @@ def test_score_subjects_uses_no_teacher_text(base_model, tiny_tokenizer, synthet
     # An untrained model rarely writes "Answer:" within 12 tokens: it is forced there and counted.
     assert own["forced_answer"].sum() >= 1
     assert own["generated_text"].str.ends_with(formats.ANSWER_PREFIX).all()
+
+
+@pytest.mark.parametrize(
+    "fmt, mode",
+    [
+        ("label_first", "direct"),
+        ("multitask", "direct"),
+        ("shuffled_rationale", "after_rationale"),
+        ("length_matched_filler", "after_rationale"),
+    ],
+)
+def test_each_format_is_read_where_it_answers(
+    base_model, tiny_tokenizer, synthetic_histories, fmt, mode
+):
+    held = synthetic_histories.filter(pl.col("split") == "held_out").head(4)
+    prompts = build_prompts(held, tiny_tokenizer, {"question": "Q?"}, 200)
+    scored = score_subjects(
+        base_model, tiny_tokenizer, prompts, fmt, {"max_new_tokens": 6, "batch_size": 4}
+    )
+    assert scored["scoring_mode"].unique().to_list() == [mode]
+    assert scored["predicted_boolean_probability"].is_between(0, 1).all()

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.finetune import TrainingJob, train
+from rationale_bench.finetune import TrainingJob, remove_stale_evaluation, train
 from rationale_bench.models import resolve_model
 from rationale_bench.workflow import start
 
@@ -20,6 +20,7 @@ job = TrainingJob(
     run_path=Path(smk.output.run),
     checkpoint_dir=Path(smk.params.checkpoint_dir),
 )
+remove_stale_evaluation(smk.params.stale)
 rationales = pl.read_parquet(smk.input.rationales) if smk.input.rationales else None
 run = train(job, pl.read_parquet(smk.input.prompts), pl.read_parquet(smk.input.cohort), rationales)
 log.info("trained %d steps, final loss %.4f", run["optimizer_steps"], run["final_loss"])

@@ -18,5 +18,8 @@ paths = write_report(
     table1=pl.read_csv(smk.input.table1),
     qc_paths=list(getattr(smk.input, "rationale_qc", [])),
     partial=bool(getattr(smk.params, "partial", False)),
+    config=smk.params.study,
+    rationale_paths=list(getattr(smk.input, "rationales", [])),
+    workflow_dir=Path(smk.scriptdir).parent,
 )
 log.info("report written: %s", sorted(paths))

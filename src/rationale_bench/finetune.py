@@ -58,6 +58,16 @@ class TrainingJob:
     checkpoint_dir: Path
 
 
+def remove_stale_evaluation(paths: Sequence[str | Path]) -> None:
+    """Delete the evaluation of an earlier training of this configuration.
+
+    Snakemake removes the outputs of a failed job, but not what a downstream job made from its
+    previous outputs; a retraining that fails must not leave old metrics looking current.
+    """
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -74,7 +84,8 @@ def build_examples(
 ) -> pl.DataFrame:
     """The training subjects of this configuration with prompt, label and (if needed) rationale.
 
-    The subject list depends only on (n_train, seed), never on the format.
+    The subject list depends only on (n_train, seed), never on the format. For the shuffled
+    control the rationale column already holds another same-label subject's rationale.
     """
     subset = training_subset(cohort, n_train, seed).select("subject_id")
     frame = subset.join(
@@ -87,32 +98,62 @@ def build_examples(
         raise TrainingError(
             f"{frame['prompt'].null_count()} training subjects have no prompt; rerun serialization."
         )
-    if formats.completion_segments(fmt, True, "x")[0][0] == formats.RATIONALE:
-        if rationales is None:
-            raise TrainingError(f"format '{fmt}' needs rationales, none were given.")
-        frame = frame.join(
-            rationales.select("subject_id", "rationale"),
-            on="subject_id",
-            how="left",
-            maintain_order="left",
+    spec = formats.format_spec(fmt)
+    if spec.target is None:
+        return frame.with_columns(rationale=pl.lit(None, dtype=pl.String))
+    if rationales is None:
+        raise TrainingError(f"format '{fmt}' needs rationales, none were given.")
+    frame = frame.join(
+        rationales.select("subject_id", "rationale"),
+        on="subject_id",
+        how="left",
+        maintain_order="left",
+    )
+    missing = frame["rationale"].null_count()
+    if missing:
+        raise TrainingError(
+            f"{missing} training subjects have no '{fmt}' rationale; rerun the teacher."
         )
-        missing = frame["rationale"].null_count()
-        if missing:
-            raise TrainingError(
-                f"{missing} training subjects have no '{fmt}' rationale; rerun the teacher."
-            )
-    else:
-        frame = frame.with_columns(rationale=pl.lit(None, dtype=pl.String))
+    if spec.target == "shuffled":
+        shuffled = formats.shuffled_rationales(
+            frame["subject_id"].to_list(),
+            frame["label"].to_list(),
+            frame["rationale"].to_list(),
+            seed,
+        )
+        frame = frame.with_columns(rationale=pl.Series(shuffled, dtype=pl.String))
     return frame
 
 
-def batch_schedule(n_examples: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
-    """Example indices of every micro-batch, seeded by the configuration seed only."""
+def encode_examples(
+    frame: pl.DataFrame, fmt: str, tokenizer: Any, max_seq_len: int
+) -> list[list[formats.EncodedExample]]:
+    """Token-level examples per subject (several for multitask), with filler made to measure."""
+    spec = formats.format_spec(fmt)
+    per_subject = []
+    for row in frame.iter_rows(named=True):
+        text = row["rationale"]
+        if spec.target == "filler":
+            n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            text = formats.filler_text(tokenizer, n)
+        per_subject.append(
+            [
+                formats.encode_example(tokenizer, prompt, segments, max_seq_len)
+                for prompt, segments in formats.training_examples(
+                    fmt, row["prompt"], row["label"], text
+                )
+            ]
+        )
+    return per_subject
+
+
+def batch_schedule(n_subjects: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
+    """Subject indices of every micro-batch, seeded by the configuration seed only."""
     rng = np.random.default_rng(seed)
     batches = []
     for _ in range(epochs):
-        order = rng.permutation(n_examples)
-        batches += [order[i : i + batch_size].tolist() for i in range(0, n_examples, batch_size)]
+        order = rng.permutation(n_subjects)
+        batches += [order[i : i + batch_size].tolist() for i in range(0, n_subjects, batch_size)]
     return batches
 
 
@@ -255,16 +296,11 @@ def train(
     seed_everything(job.seed)
     model, tokenizer = load_model(job.model_path, cfg)
     frame = build_examples(prompts, cohort, rationales, job.fmt, job.n_train, job.seed)
-    examples = [
-        formats.encode_example(
-            tokenizer,
-            row["prompt"],
-            formats.completion_segments(job.fmt, row["label"], row["rationale"]),
-            job.max_seq_len,
-        )
-        for row in frame.iter_rows(named=True)
-    ]
-    digest = hashlib.sha256(json.dumps([e.input_ids for e in examples]).encode()).hexdigest()
+    # One entry per subject: batches are drawn over subjects, so every format of a matched
+    # configuration takes the same steps (a multitask subject brings its two examples along).
+    examples = encode_examples(frame, job.fmt, tokenizer, job.max_seq_len)
+    flat = [e for subject in examples for e in subject]
+    digest = hashlib.sha256(json.dumps([e.input_ids for e in flat]).encode()).hexdigest()
     fp = fingerprint(job, frame["subject_id"].to_list(), digest)
 
     micro_batches = batch_schedule(len(examples), cfg["batch_size"], cfg["epochs"], job.seed)
@@ -306,7 +342,9 @@ def train(
                 parts_sum: dict[str, float] = {}
                 n_tokens = 0
                 for micro in micro_batches[step * accum : (step + 1) * accum]:
-                    batch = formats.collate([examples[i] for i in micro], tokenizer.pad_token_id)
+                    batch = formats.collate(
+                        [e for i in micro for e in examples[i]], tokenizer.pad_token_id
+                    )
                     out = model(
                         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
                     )
@@ -368,14 +406,15 @@ def train(
         "seed": job.seed,
         "method": cfg["method"],
         "training": dict(cfg),
-        "n_examples": len(examples),
+        "n_subjects": len(examples),
+        "n_examples": len(flat),
         "n_cases": int(frame["label"].sum()),
         "optimizer_steps": total_steps,
         "resumed_from_step": start_step,
         "subjects_sha256": hashlib.sha256(
             json.dumps(frame["subject_id"].to_list()).encode()
         ).hexdigest(),
-        "mean_completion_tokens": float(np.mean([e.n_completion_tokens for e in examples])),
+        "mean_completion_tokens": float(np.mean([e.n_completion_tokens for e in flat])),
         "tokens_trained": int(sum(r["tokens"] for r in final)),
         "final_loss": final[-1]["loss"],
         "mean_label_loss_share": float(np.mean([r["label_loss_share"] for r in final])),

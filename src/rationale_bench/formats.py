@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 ANSWER_PREFIX = "Answer:"
 ANSWER_WORDS = {True: " Yes", False: " No"}
@@ -35,16 +36,114 @@ class FormatError(ValueError):
     """A training example cannot be built as configured."""
 
 
+EXPLANATION_PREFIX = "\nExplanation: "
+# Multitask (distilling step-by-step, Hsieh et al. 2023): the same prompt with a task prefix.
+PREDICT_PREFIX = "Task: predict the outcome.\n"
+EXPLAIN_PREFIX = "Task: explain the risk.\n"
+FILLER_SENTENCE = "The record lists the visits, diagnoses, medications and measurements above. "
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """A training format: the rationale style it needs and how scoring reads it.
+
+    ``rationale_first``: the model writes text before the answer slot, so scoring lets it
+    generate first. ``target``: which text fills the rationale slot (``rationale``, a
+    same-label ``shuffled`` one, or length-matched ``filler``), or None.
+    """
+
+    style: str | None
+    rationale_first: bool
+    target: str | None = "rationale"
+    multitask: bool = False
+
+
+# Every training format, in one place (the grid's `format` values).
+FORMATS: dict[str, FormatSpec] = {
+    "label_only": FormatSpec(style=None, rationale_first=False, target=None),
+    "free_form": FormatSpec(style="free_form", rationale_first=True),
+    "step_by_step": FormatSpec(style="step_by_step", rationale_first=True),
+    "label_first": FormatSpec(style="free_form", rationale_first=False),
+    "multitask": FormatSpec(style="free_form", rationale_first=False, multitask=True),
+    "shuffled_rationale": FormatSpec(style="free_form", rationale_first=True, target="shuffled"),
+    "length_matched_filler": FormatSpec(style="free_form", rationale_first=True, target="filler"),
+}
+
+
+def format_spec(fmt: str) -> FormatSpec:
+    if fmt not in FORMATS:
+        raise FormatError(f"unknown training format '{fmt}'; known: {', '.join(FORMATS)}.")
+    return FORMATS[fmt]
+
+
 def completion_segments(fmt: str, label: bool, rationale: str | None) -> list[tuple[int, str]]:
-    """The typed text segments a format trains on, in order (EOS is added at encoding)."""
+    """The typed text segments of a format's (predict) example, in order; EOS comes at encoding.
+
+    ``rationale`` is the text of the rationale slot: the subject's rationale, another subject's
+    (shuffled control) or filler, as :func:`training_examples` chose.
+    """
+    spec = format_spec(fmt)
     answer = [(ANSWER_SLOT, ANSWER_PREFIX), (LABEL, ANSWER_WORDS[bool(label)])]
-    if fmt == "label_only":
+    if spec.target is None or spec.multitask:
         return answer
-    if fmt in ("free_form", "step_by_step"):
-        if not rationale or not rationale.strip():
-            raise FormatError(f"format '{fmt}' needs a rationale, got an empty one.")
+    if not rationale or not rationale.strip():
+        raise FormatError(f"format '{fmt}' needs a rationale, got an empty one.")
+    if spec.rationale_first:
         return [(RATIONALE, RATIONALE_PREFIX + rationale.strip() + "\n"), *answer]
-    raise FormatError(f"unknown training format '{fmt}'.")
+    return [*answer, (RATIONALE, EXPLANATION_PREFIX + rationale.strip())]
+
+
+def scoring_prompt(fmt: str, prompt: str) -> str:
+    """The prompt a format is scored with (multitask models get the predict task prefix)."""
+    return PREDICT_PREFIX + prompt if format_spec(fmt).multitask else prompt
+
+
+def training_examples(
+    fmt: str, prompt: str, label: bool, rationale: str | None
+) -> list[tuple[str, list[tuple[int, str]]]]:
+    """(prompt, segments) of every training example of one subject (two for multitask)."""
+    spec = format_spec(fmt)
+    if not spec.multitask:
+        return [(prompt, completion_segments(fmt, label, rationale))]
+    if not rationale or not rationale.strip():
+        raise FormatError(f"format '{fmt}' needs a rationale, got an empty one.")
+    return [
+        (PREDICT_PREFIX + prompt, completion_segments(fmt, label, None)),
+        (EXPLAIN_PREFIX + prompt, [(RATIONALE, RATIONALE_PREFIX + rationale.strip())]),
+    ]
+
+
+def shuffled_rationales(
+    subject_ids: Sequence[int], labels: Sequence[bool], rationales: Sequence[str], seed: int
+) -> list[str]:
+    """Each subject gets another subject's rationale with the same label (a seeded derangement).
+
+    The control keeps the rationales' language and label-related content but breaks their link
+    to the subject's own record.
+    """
+    import random
+
+    out = list(rationales)
+    rng = random.Random(seed)
+    for value in (True, False):
+        idx = [i for i, lab in enumerate(labels) if bool(lab) == value]
+        if len(idx) < 2:
+            continue
+        order = idx[:]
+        rng.shuffle(order)
+        # Rotating a shuffled order by one gives a derangement: nobody keeps their own.
+        for a, b in zip(order, order[1:] + order[:1], strict=True):
+            out[a] = rationales[b]
+    return out
+
+
+def filler_text(tokenizer: Any, n_tokens: int) -> str:
+    """Neutral text of exactly (or, at a token boundary, about) ``n_tokens`` tokens."""
+    if n_tokens <= 0:
+        return FILLER_SENTENCE.strip()
+    unit = tokenizer(FILLER_SENTENCE, add_special_tokens=False)["input_ids"]
+    ids = (unit * (n_tokens // max(1, len(unit)) + 1))[:n_tokens]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip() or FILLER_SENTENCE.strip()
 
 
 @dataclass
@@ -71,7 +170,9 @@ def encode_example(
     if tokenizer.eos_token_id is not None:
         input_ids.append(tokenizer.eos_token_id)
         kinds.append(EOS)
-    if LABEL not in kinds:
+    # Every example that has an answer slot must carry the answer word in its loss (only the
+    # multitask "explain" example has no answer slot, by design).
+    if ANSWER_SLOT in kinds and LABEL not in kinds:
         raise FormatError("the encoded completion has no answer-word token; check the tokenizer.")
     if len(input_ids) > max_seq_len:
         n_completion = sum(1 for k in kinds if k != PROMPT)
@@ -87,6 +188,8 @@ def encode_example(
 
 def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch tensors; padding carries no loss and no attention."""
+    import torch  # here, not at import: the Snakefile imports this module to know the formats
+
     width = max(len(e.input_ids) for e in examples)
 
     def pad(values: list[int], fill: int) -> list[int]:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import yaml
 
 from rationale_bench import study_report
 from rationale_bench.study import GRID_AXES
@@ -71,6 +77,9 @@ def write_report(
     table1: pl.DataFrame,
     qc_paths: Sequence[str],
     partial: bool = False,
+    config: Mapping[str, Any] | None = None,
+    rationale_paths: Sequence[str] = (),
+    workflow_dir: Path | None = None,
 ) -> dict[str, Path]:
     """Write every table and figure, and README.md with the computed headline.
 
@@ -98,6 +107,13 @@ def write_report(
     figure = out_dir / "figures" / "auroc_by_format.png"
     if lm.height:
         plot_paired(lm, formats, figure)
+    if config is not None:
+        card = run_card(
+            config, attrition, teacher_metadata(rationale_paths), workflow_dir or out_dir
+        )
+        paths["run_card"] = out_dir / "run_card.md"
+        paths["run_card"].write_text(run_card_markdown(card))
+        (out_dir / "run_card.json").write_text(json.dumps(card, indent=2, default=str))
     readme = out_dir / "README.md"
     readme.write_text(readme_text(paths, out_dir, partial))
     paths["readme"] = readme
@@ -122,9 +138,139 @@ def readme_text(paths: dict[str, Path], out_dir: Path, partial: bool) -> str:
         "- `baselines.csv`: classical baselines beside label-only SFT.",
         "- `error_crosstab.csv`, `error_flips.csv`, `error_subjects.csv`: matched error analysis.",
         "- `missing.txt`: grid cells without results.",
+        "- `run_card.md` / `run_card.json`: data, cohort definition, prompts, teacher and "
+        "sampling settings, hyperparameters, package versions, workflow commit, config hash.",
         "",
         "## Figures",
         *[f"- `figures/{name}` (and .svg)" for name in figures],
         "",
     ]
     return "\n".join(lines)
+
+
+CARD_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "tokenizers",
+    "polars",
+    "scikit-learn",
+    "scipy",
+    "numpy",
+    "openai",
+    "snakemake",
+    "snakemake-executor-plugin-slurm",
+    "matplotlib",
+)
+
+
+def git_commit(repo: Path) -> str:
+    """The workflow's commit (with '+dirty' for local changes), or 'unknown' outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in CARD_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def run_card(
+    config: Mapping[str, Any],
+    attrition: pl.DataFrame,
+    teacher_meta: Sequence[Mapping[str, Any]],
+    workflow_dir: Path,
+) -> dict[str, Any]:
+    """What a reader needs to reproduce the study (TRIPOD-LLM style items), as one record."""
+    return {
+        "workflow_commit": git_commit(workflow_dir),
+        "config_sha256": config_hash(config),
+        "data": config["data"],
+        "cohort_definition": config["cohort"],
+        "attrition": attrition.to_dicts(),
+        "serialization": config["serialization"],
+        "question": config["serialization"]["question"],
+        "teacher": {
+            "name": config["teacher"]["name"],
+            "backend": config["teacher"]["backend"],
+            "prompts": config["teacher"]["prompts"]
+            if config["teacher"]["backend"] == "openai"
+            else "template teacher (rationale_bench.teacher.template_rationale)",
+            "as_used": list(teacher_meta),
+        },
+        "models": {name: config["models"][name] for name in config["grid"]["model"]},
+        "training_defaults": config["training"],
+        "evaluation": config["evaluation"],
+        "grid": config["grid"],
+        "python": platform.python_version(),
+        "packages": package_versions(),
+    }
+
+
+def run_card_markdown(card: Mapping[str, Any]) -> str:
+    """The run card as readable markdown; every value also sits in run_card.json."""
+
+    def block(title: str, value: Any) -> list[str]:
+        return [
+            f"## {title}",
+            "",
+            "```yaml",
+            yaml.safe_dump(value, sort_keys=False).strip(),
+            "```",
+            "",
+        ]
+
+    lines = [
+        "# Run card",
+        "",
+        f"- workflow commit: `{card['workflow_commit']}`",
+        f"- config SHA-256: `{card['config_sha256']}`",
+        f"- Python {card['python']}",
+        "",
+    ]
+    for title, key in (
+        ("Data source", "data"),
+        ("Cohort definition", "cohort_definition"),
+        ("Attrition", "attrition"),
+        ("Serialization and question", "serialization"),
+        ("Teacher: model, prompts and sampling settings", "teacher"),
+        ("Models", "models"),
+        ("Fine-tuning hyperparameters (study defaults)", "training_defaults"),
+        ("Evaluation", "evaluation"),
+        ("Grid", "grid"),
+        ("Package versions", "packages"),
+    ):
+        lines += block(title, card[key])
+    return "\n".join(lines)
+
+
+def teacher_metadata(rationale_paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Teacher, model and sampling settings recorded with the rationales actually used."""
+    meta = []
+    for path in rationale_paths:
+        frame = pl.read_parquet(
+            path, columns=["style", "teacher", "backend", "teacher_model", "sampling"]
+        )
+        meta += frame.unique().sort("style").to_dicts()
+    return meta

@@ -143,9 +143,10 @@ def score_subjects(
     answer_ids = formats.answer_token_ids(tokenizer)
     slot = tokenizer(formats.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
     prompt_ids = [
-        tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts["prompt"].to_list()
+        tokenizer(formats.scoring_prompt(fmt, p), add_special_tokens=True)["input_ids"]
+        for p in prompts["prompt"].to_list()
     ]
-    if formats.completion_segments(fmt, True, "x")[0][0] == formats.RATIONALE:
+    if formats.format_spec(fmt).rationale_first:
         generated = generate_rationales(
             model, tokenizer, prompt_ids, cfg["max_new_tokens"], cfg["batch_size"]
         )

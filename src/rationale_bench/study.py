@@ -13,14 +13,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rationale_bench.formats import FORMATS
+
 # The order of the grid axes is the order of the parts of a config_id path.
 GRID_AXES: tuple[str, ...] = ("model", "format", "n_train", "seed")
 
-# Formats whose training target contains a teacher rationale, and the rationale style they use.
+# The rationale style each training format needs (None: no teacher text).
 RATIONALE_STYLE_OF_FORMAT: dict[str, str | None] = {
-    "label_only": None,
-    "free_form": "free_form",
-    "step_by_step": "step_by_step",
+    name: spec.style for name, spec in FORMATS.items()
 }
 
 
