@@ -152,6 +152,7 @@ def test_resume_after_sigterm_gives_identical_weights(
         train(job, prompts, cohort, None)
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert (job.checkpoint_dir / "state.pt").exists()
+    job.log_path.unlink()  # Snakemake deletes a failed job's outputs, the step log among them
     resumed = train(job, prompts, cohort, None)
     assert resumed["resumed_from_step"] == 4
     log = [json.loads(x)["step"] for x in job.log_path.read_text().splitlines()]

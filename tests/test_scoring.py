@@ -24,13 +24,20 @@ def test_answer_probability_matches_a_manual_softmax(base_model, tiny_tokenizer)
         tiny_tokenizer("hello Answer:")["input_ids"],
         tiny_tokenizer("a much longer text here Answer:")["input_ids"],
     ]
-    probs = answer_probabilities(base_model, seqs, ids, tiny_tokenizer.pad_token_id, batch_size=2)
+    probs, parsed = answer_probabilities(
+        base_model, seqs, ids, tiny_tokenizer.pad_token_id, batch_size=2
+    )
     for seq, p in zip(seqs, probs, strict=True):
         with torch.no_grad():
             logits = base_model(input_ids=torch.tensor([seq])).logits[0, -1]
         soft = torch.softmax(logits, -1)
         yes, no = soft[ids[True]].sum(), soft[ids[False]].sum()
         assert p == pytest.approx(float(yes / (yes + no)), abs=1e-5)  # left padding changes nothing
+    for seq, answer in zip(seqs, parsed, strict=True):
+        with torch.no_grad():
+            top = int(base_model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+        expected = True if top in ids[True] else False if top in ids[False] else None
+        assert answer is expected
 
 
 def test_answer_slot_found_or_forced():
@@ -81,3 +88,14 @@ def test_each_format_is_read_where_it_answers(
     )
     assert scored["scoring_mode"].unique().to_list() == [mode]
     assert scored["predicted_boolean_probability"].is_between(0, 1).all()
+
+
+def test_parsed_summary_counts_failures_as_wrong():
+    from rationale_bench.evaluate import parsed_summary
+
+    labels = pl.Series([True, True, False, False])
+    parsed = pl.Series([True, None, False, True], dtype=pl.Boolean)
+    summary = parsed_summary(labels, parsed)
+    assert summary["n_parse_failures"] == 1
+    assert summary["accuracy"] == 0.5
+    assert summary["sensitivity"] == 0.5 and summary["specificity"] == 0.5

@@ -74,6 +74,7 @@ def evaluate_configuration(
         else 0.5
     )
     forced = held["forced_answer"].to_numpy()
+    summary["parsed"] = parsed_summary(held["label"], held["parsed_answer"])
     summary.update(
         {
             "config": {k: run[k] for k in ("format", "n_train", "seed")},
@@ -92,9 +93,32 @@ def evaluate_configuration(
         "split",
         "scoring_mode",
         "forced_answer",
+        "parsed_answer",
         "generated_text",
     ).sort("split", "subject_id")
     return predictions, summary
+
+
+def parsed_summary(labels: pl.Series, parsed: pl.Series) -> dict[str, Any]:
+    """The hard answers the model states (greedy token at the answer slot); failures counted.
+
+    A parse failure (the top token is neither answer) counts as wrong in the accuracy, so a
+    model cannot look better by refusing to answer.
+    """
+    n = labels.len()
+    ok = parsed.is_not_null()
+    correct = (parsed == labels).fill_null(False)
+    pos, neg = labels, ~labels
+    stated_yes = parsed.fill_null(False)
+    stated_no = (~parsed).fill_null(False)
+    return {
+        "n": n,
+        "n_parse_failures": int((~ok).sum()),
+        "accuracy": float(correct.sum() / n) if n else float("nan"),
+        "sensitivity": float((stated_yes & pos).sum() / pos.sum()) if pos.sum() else float("nan"),
+        "specificity": float((stated_no & neg).sum() / neg.sum()) if neg.sum() else float("nan"),
+        "rate_stated_yes": float(stated_yes.sum() / n) if n else float("nan"),
+    }
 
 
 def write_metrics(summary: Mapping[str, Any], path: Path) -> None:

@@ -253,8 +253,13 @@ def fingerprint(job: TrainingJob, subject_ids: Sequence[int], examples_digest: s
 
 
 def _save_checkpoint(
-    path: Path, model: Any, optimizer: Any, scheduler: Any, step: int, fp: str
+    path: Path, model: Any, optimizer: Any, scheduler: Any, step: int, fp: str, log_path: Path
 ) -> None:
+    """Trainable weights, optimizer, schedule, RNG and the step log so far, replaced atomically.
+
+    The step log is kept here too: Snakemake deletes a failed job's outputs, the log included,
+    and a resumed run must still report every step once.
+    """
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -271,6 +276,7 @@ def _save_checkpoint(
         },
         tmp / "state.pt",
     )
+    shutil.copyfile(log_path, tmp / "train_log.jsonl")
     # Replace atomically so a kill during the write never leaves a half checkpoint.
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
@@ -327,11 +333,8 @@ def train(
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
     if start_step:
         # Steps logged after the checkpoint are redone; drop them so each step appears once.
-        kept = [
-            line
-            for line in job.log_path.read_text().splitlines()
-            if json.loads(line)["step"] <= start_step
-        ]
+        saved = (job.checkpoint_dir / "train_log.jsonl").read_text().splitlines()
+        kept = [line for line in saved if json.loads(line)["step"] <= start_step]
         job.log_path.write_text("".join(line + "\n" for line in kept))
     mode = "a" if start_step else "w"
     model.train()
@@ -387,7 +390,9 @@ def train(
                     and done % cfg["checkpoint_every"] == 0
                     and done < total_steps
                 ):
-                    _save_checkpoint(job.checkpoint_dir, model, optimizer, scheduler, done, fp)
+                    _save_checkpoint(
+                        job.checkpoint_dir, model, optimizer, scheduler, done, fp, job.log_path
+                    )
                 if stop["sigterm"]:
                     raise Preempted(
                         f"SIGTERM at step {done}/{total_steps}; checkpoint saved, rerun to resume."

@@ -90,7 +90,14 @@ def write_report(
     outputs = [study_report.as_outputs(entry) for entry in entries]
     if partial:
         outputs, _ = study_report.available_outputs(outputs)
-    qc = pl.concat([pl.read_parquet(p) for p in qc_paths]) if qc_paths else None
+    # A grid without rationale formats still gets its (empty, self-explaining) QC figure.
+    qc = (
+        pl.concat([pl.read_parquet(p) for p in qc_paths])
+        if qc_paths
+        else pl.DataFrame(
+            schema={"style": pl.String, "n_words": pl.Int32, "grounded_fraction": pl.Float64}
+        )
+    )
     paths = study_report.write_study_report(
         outputs,
         out_dir,

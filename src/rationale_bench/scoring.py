@@ -53,26 +53,31 @@ def answer_probabilities(
     answer_ids: dict[bool, list[int]],
     pad_id: int,
     batch_size: int,
-) -> list[float]:
-    """P(Yes) / (P(Yes) + P(No)) of the next token after each sequence (ending in ``Answer:``).
+) -> tuple[list[float], list[bool | None]]:
+    """At the next token after each sequence (ending in ``Answer:``): P(Yes) / (P(Yes) + P(No)),
+    and the greedy answer (True/False, or None when the top token is neither, a parse failure).
 
-    Sequences are sorted by length so batches waste little padding; only the last position's
-    logits are turned into probabilities.
+    Sequences are sorted by length so batches waste little padding, and only the last
+    position's logits are computed (``logits_to_keep=1``): with a large vocabulary the full
+    logits of a long history would dominate memory.
     """
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     probs = [0.0] * len(sequences)
+    parsed: list[bool | None] = [None] * len(sequences)
     yes, no = answer_ids[True], answer_ids[False]
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = _left_pad([sequences[i] for i in chunk], pad_id)
-        logits = model(**batch).logits[:, -1].float()
+        logits = model(**batch, logits_to_keep=1).logits[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1)
         log_yes = torch.logsumexp(logp[:, yes], dim=-1)
         log_no = torch.logsumexp(logp[:, no], dim=-1)
         p = torch.sigmoid(log_yes - log_no)
-        for i, value in zip(chunk, p.tolist(), strict=True):
+        top = logits.argmax(dim=-1).tolist()
+        for i, value, token in zip(chunk, p.tolist(), top, strict=True):
             probs[i] = value
-    return probs
+            parsed[i] = True if token in yes else False if token in no else None
+    return probs, parsed
 
 
 def _find(haystack: Sequence[int], needle: Sequence[int]) -> int:
@@ -167,12 +172,13 @@ def score_subjects(
         forced = [False] * len(sequences)
         texts = [None] * len(sequences)
         mode = "direct"
-    probs = answer_probabilities(
+    probs, parsed = answer_probabilities(
         model, sequences, answer_ids, tokenizer.pad_token_id, cfg["batch_size"]
     )
     return prompts.select("subject_id", "label", "age", "sex").with_columns(
         predicted_boolean_probability=pl.Series(probs, dtype=pl.Float64),
         forced_answer=pl.Series(forced, dtype=pl.Boolean),
+        parsed_answer=pl.Series(parsed, dtype=pl.Boolean),
         generated_text=pl.Series(texts, dtype=pl.String),
         scoring_mode=pl.lit(mode),
     )
