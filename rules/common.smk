@@ -68,9 +68,22 @@ def get_final_outputs():
     ]
 
 
-def get_run_outputs(name):
-    """One file (by name) of every configuration's run folder."""
-    return [f"results/runs/{c.config_id}/{name}" for c in CONFIGURATIONS]
+def get_run_outputs(name, trained_only=False):
+    """One file (by name) of every configuration's run folder (of fine-tuned ones only)."""
+    return [
+        f"results/runs/{c.config_id}/{name}"
+        for c in CONFIGURATIONS
+        if study.is_trained(c.format) or not trained_only
+    ]
+
+
+def get_trained_model(wildcards):
+    """The adapter and run card a fine-tuned configuration is evaluated with (none for arms
+    that score the base model)."""
+    if not study.is_trained(wildcards.format):
+        return {}
+    folder = RUN_DIR.format(**wildcards)
+    return {"adapter": f"{folder}/adapter", "run": f"{folder}/run.json"}
 
 
 def get_baseline_folder(baseline):
@@ -86,7 +99,15 @@ def get_baseline_outputs(name):
 def get_report_entries():
     """(configuration, predictions, metrics, run) of every LM configuration and baseline."""
     lm = [
-        (c.as_dict(), *(f"results/runs/{c.config_id}/{name}" for name in RUN_FILES))
+        (
+            c.as_dict(),
+            *(f"results/runs/{c.config_id}/{name}" for name in RUN_FILES[:2]),
+            (
+                f"results/runs/{c.config_id}/run.json"
+                if study.is_trained(c.format)
+                else None
+            ),
+        )
         for c in CONFIGURATIONS
     ]
     base = [

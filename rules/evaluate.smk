@@ -5,8 +5,7 @@
 rule evaluate:
     """Score held-out subjects without any teacher text; metrics with 95% CIs."""
     input:
-        adapter=f"{RUN_DIR}/adapter",
-        run=f"{RUN_DIR}/run.json",
+        unpack(get_trained_model),
         prompts=PROMPTS,
         cohort="results/cohort/cohort.parquet",
         model=get_model_source,
@@ -25,5 +24,10 @@ rule evaluate:
     params:
         evaluation=get_settings("evaluation"),
         model=get_model_settings,
+        configuration=lambda wildcards: {
+            "format": wildcards.format,
+            "n_train": int(wildcards.n_train),
+            "seed": int(wildcards.seed),
+        },
     script:
         "../workflow_scripts/evaluate.py"

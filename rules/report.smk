@@ -7,7 +7,7 @@ rule report:
     input:
         predictions=get_run_outputs("predictions.parquet"),
         metrics=get_run_outputs("metrics.json"),
-        runs=get_run_outputs("run.json"),
+        runs=get_run_outputs("run.json", trained_only=True),
         baselines=get_baseline_outputs("metrics.json"),
         attrition="results/cohort/attrition.csv",
         table1="results/cohort/table1.csv",

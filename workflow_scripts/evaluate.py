@@ -9,10 +9,11 @@ from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
+trained = hasattr(smk.input, "run")
 predictions, summary = evaluate_configuration(
     resolve_model(smk.params.model),
-    Path(smk.input.adapter),
-    json.loads(Path(smk.input.run).read_text()),
+    Path(smk.input.adapter) if trained else None,
+    json.loads(Path(smk.input.run).read_text()) if trained else smk.params.configuration,
     pl.read_parquet(smk.input.prompts),
     pl.read_parquet(smk.input.cohort),
     smk.params.evaluation,

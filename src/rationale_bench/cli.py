@@ -61,7 +61,8 @@ def estimate(config: Mapping[str, Any]) -> dict[str, Any]:
         training = study.training_settings(config, c.model)
         has_rationale = study.rationale_style(c.format) is not None
         completion = plan["rationale_tokens"] + 3 if has_rationale else 3
-        tokens = c.n_train * training["epochs"] * (plan["prompt_tokens"] + completion)
+        epochs = training["epochs"] if study.is_trained(c.format) else 0
+        tokens = c.n_train * epochs * (plan["prompt_tokens"] + completion)
         gpu_hours["finetune"] += gpus * tokens / throughput["train_tokens_per_s"] / 3600
         generated = scored * plan["rationale_tokens"] if has_rationale else 0
         prefill = scored * plan["prompt_tokens"] / (10 * throughput["generate_tokens_per_s"])

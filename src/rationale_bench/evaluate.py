@@ -32,17 +32,21 @@ def age_band(age: pl.Expr) -> pl.Expr:
 
 def evaluate_configuration(
     model_path: str,
-    adapter_dir: Path,
+    adapter_dir: Path | None,
     run: Mapping[str, Any],
     prompts: pl.DataFrame,
     cohort: pl.DataFrame,
     cfg: Mapping[str, Any],
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Score held-out (and tuning) subjects; return predictions and the metrics dictionary."""
+    """Score held-out (and tuning) subjects; return predictions and the metrics dictionary.
+
+    ``run`` holds the configuration (``format``, ``n_train``, ``seed``) and, for fine-tuned
+    formats, the training ``method``; without ``adapter_dir`` the base model is scored as is.
+    """
     import torch
 
     torch.manual_seed(0)
-    model, tokenizer = scoring.load_finetuned(model_path, adapter_dir, run["method"])
+    model, tokenizer = scoring.load_finetuned(model_path, adapter_dir, run.get("method", "none"))
     splits = ["held_out", "tuning"] if cfg["calibrate_on_tuning"] else ["held_out"]
     subjects = prompts.filter(pl.col("split").is_in(splits))
     scored = scoring.score_subjects(model, tokenizer, subjects, run["format"], dict(cfg))

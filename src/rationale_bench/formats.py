@@ -49,13 +49,15 @@ class FormatSpec:
 
     ``rationale_first``: the model writes text before the answer slot, so scoring lets it
     generate first. ``target``: which text fills the rationale slot (``rationale``, a
-    same-label ``shuffled`` one, or length-matched ``filler``), or None.
+    same-label ``shuffled`` one, or length-matched ``filler``), or None. ``trained``: False
+    for arms that score the base model as it is.
     """
 
     style: str | None
     rationale_first: bool
     target: str | None = "rationale"
     multitask: bool = False
+    trained: bool = True
 
 
 # Every training format, in one place (the grid's `format` values).
@@ -67,6 +69,8 @@ FORMATS: dict[str, FormatSpec] = {
     "multitask": FormatSpec(style="free_form", rationale_first=False, multitask=True),
     "shuffled_rationale": FormatSpec(style="free_form", rationale_first=True, target="shuffled"),
     "length_matched_filler": FormatSpec(style="free_form", rationale_first=True, target="filler"),
+    # Arm without fine-tuning: the base model asked the same question, read at the same slot.
+    "zero_shot": FormatSpec(style=None, rationale_first=False, target=None, trained=False),
 }
 
 

@@ -138,11 +138,12 @@ def readme_text(paths: dict[str, Path], out_dir: Path, partial: bool) -> str:
         status + headline,
         "",
         "## Tables",
-        "- `metrics.csv`: one row per configuration (and baseline), every factor a column.",
+        "- `metrics.csv`: one row per fine-tuned configuration, every factor a column.",
         "- `paired.csv`: each format minus label_only on the same held-out patients, with "
         "paired bootstrap 95% CIs and DeLong p-values.",
         "- `summary.csv`: across configurations, overall and by factor (Wilcoxon signed-rank).",
-        "- `baselines.csv`: classical baselines beside label-only SFT.",
+        "- `baselines.csv`: classical baselines beside label-only SFT, by training size; "
+        "`baseline_metrics.csv`: one row per baseline run.",
         "- `error_crosstab.csv`, `error_flips.csv`, `error_subjects.csv`: matched error analysis.",
         "- `missing.txt`: grid cells without results.",
         "- `run_card.md` / `run_card.json`: data, cohort definition, prompts, teacher and "

@@ -21,14 +21,17 @@ from rationale_bench import formats
 log = logging.getLogger(__name__)
 
 
-def load_finetuned(model_path: str, adapter_dir: Path, method: str) -> tuple[Any, Any]:
-    """The fine-tuned model for inference: base + LoRA adapter, or the saved full weights."""
+def load_finetuned(model_path: str, adapter_dir: Path | None, method: str) -> tuple[Any, Any]:
+    """The model for inference: base + LoRA adapter, the saved full weights, or (without an
+    adapter folder) the base model itself."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if method == "lora":
+    if adapter_dir is None:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    elif method == "lora":
         from peft import PeftModel
 
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)

@@ -79,6 +79,11 @@ def check_grid(config: Mapping[str, Any]) -> None:
             raise ValueError(f"config grid.n_train must be positive, got {size}.")
 
 
+def is_trained(fmt: str) -> bool:
+    """Whether a format's configurations are fine-tuned (zero_shot scores the base model)."""
+    return FORMATS[fmt].trained
+
+
 def rationale_style(fmt: str) -> str | None:
     """The rationale style a training format needs, or None for label-only formats."""
     return RATIONALE_STYLE_OF_FORMAT[fmt]

@@ -854,13 +854,17 @@ def write_study_report(
         "paired": out_dir / "paired.csv",
         "summary": out_dir / "summary.csv",
         "baselines": out_dir / "baselines.csv",
+        "baseline_metrics": out_dir / "baseline_metrics.csv",
         "error_crosstab": out_dir / "error_crosstab.csv",
         "error_flips": out_dir / "error_flips.csv",
         "error_subjects": out_dir / "error_subjects.csv",
         "missing": out_dir / "missing.txt",
         "headline": out_dir / "headline.md",
     }
-    table.write_csv(paths["metrics"])
+    # metrics.csv: one row per fine-tuned configuration; baselines get their own table.
+    is_baseline = pl.col("format").is_in(list(baseline_formats))
+    table.filter(~is_baseline).write_csv(paths["metrics"])
+    table.filter(is_baseline).write_csv(paths["baseline_metrics"])
     paired.write_csv(paths["paired"])
     summary.write_csv(paths["summary"])
     baseline_table(table, baseline_formats, reference).write_csv(paths["baselines"])
