@@ -11,6 +11,8 @@ import pytest
 import yaml
 from slurm_cluster_fixture import slurm_cluster  # noqa: F401  (a session-wide fixture)
 
+from rationale_bench.codes import ADRD_CODE_PREFIXES, ANTI_DEMENTIA_DRUG_PREFIXES
+
 REPO = Path(__file__).resolve().parents[1]
 
 COHORT_CFG = {
@@ -18,17 +20,8 @@ COHORT_CFG = {
     "min_prior_observation_days": 730,
     "horizon_days": 1826,
     "index_event_prefixes": ["VISIT/"],
-    "outcome_code_prefixes": [
-        "ICD10/F00",
-        "ICD10/F01",
-        "ICD10/F02",
-        "ICD10/F03",
-        "ICD10/G30",
-        "ICD10/G31.0",
-        "ICD10/G31.1",
-        "ICD10/G31.83",
-    ],
-    "exclusion_drug_prefixes": ["ATC/N06DA", "ATC/N06DX01"],
+    "outcome_code_prefixes": list(ADRD_CODE_PREFIXES),
+    "exclusion_drug_prefixes": list(ANTI_DEMENTIA_DRUG_PREFIXES),
     "split": {"seed": 1, "tuning_fraction": 0.1, "held_out_fraction": 0.3},
 }
 

@@ -8,7 +8,9 @@ import shutil
 import polars as pl
 import pytest
 import yaml
-from workflow_helpers import REPO, planned_jobs, planned_outputs, snakemake
+from workflow_helpers import REPO, planned_outputs, snakemake
+
+from rationale_bench.cli import job_counts
 
 pytestmark = pytest.mark.slow
 STUDY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -30,7 +32,7 @@ def edited(workdir, config, mutate):
     path.write_text(yaml.safe_dump(study))
     result = snakemake(workdir, "-n", configfile=path)
     text = result.stdout + result.stderr
-    return planned_jobs(text), planned_outputs(text)
+    return job_counts(text), planned_outputs(text)
 
 
 def test_outputs_are_complete_and_consistent(finished_study):

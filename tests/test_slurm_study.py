@@ -54,8 +54,9 @@ def user(slurm_cluster, tmp_path_factory):
     return {"env": env, "workdir": workdir}
 
 
-def snakemake_slurm(user, *args, timeout=900):
-    cmd = [
+def slurm_command(*args: str) -> list[str]:
+    """`snakemake --profile slurm` on the study, as the user types it (plus test flags)."""
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -68,8 +69,16 @@ def snakemake_slurm(user, *args, timeout=900):
         *TEST_FLAGS,
         *args,
     ]
+
+
+def snakemake_slurm(user, *args, timeout=900):
     return subprocess.run(
-        cmd, cwd=user["workdir"], env=user["env"], capture_output=True, text=True, timeout=timeout
+        slurm_command(*args),
+        cwd=user["workdir"],
+        env=user["env"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -93,24 +102,12 @@ def test_cancelled_training_job_resumes_from_its_checkpoint(user, slurm_cluster)
     study = yaml.safe_load((workdir / "study.yaml").read_text())
     # Long enough to be caught mid-run: many short steps, a checkpoint every 2.
     study["models"]["tiny"]["training"].update(learning_rate=0.0011)
-    study["training"]["epochs"] = 1000
+    study["training"]["epochs"] = 150  # 600 steps: tens of seconds to catch it running
     # Only label-only: the edit above would otherwise retrain the free-form job too.
     study["grid"]["format"] = ["label_only"]
     (workdir / "study.yaml").write_text(yaml.safe_dump(study))
     first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--profile",
-            "slurm",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--configfile",
-            "study.yaml",
-            *TEST_FLAGS,
-            "--retries=0",
-        ],
+        slurm_command("--retries=0"),
         cwd=workdir,
         env=user["env"],
         stdout=subprocess.PIPE,

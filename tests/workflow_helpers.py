@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+
+from rationale_bench.cli import job_counts
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -34,26 +35,9 @@ def snakemake(
     return result
 
 
-def planned_jobs(output: str) -> Counter:
-    """Job counts per rule from the 'Job stats' table of a dry run."""
-    counts: Counter = Counter()
-    in_table = False
-    for line in output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-            if match and match.group(1) != "total":
-                counts[match.group(1)] = int(match.group(2))
-            elif line.strip().startswith("total"):
-                break
-    return counts
-
-
 def dry_run(workdir: Path, *args: str, configfile: Path | None = None) -> Counter:
     result = snakemake(workdir, "-n", *args, configfile=configfile)
-    return planned_jobs(result.stdout + result.stderr)
+    return job_counts(result.stdout + result.stderr)
 
 
 def planned_outputs(output: str) -> list[str]:
