@@ -78,12 +78,21 @@ def get_run_outputs(name, trained_only=False):
 
 
 def get_trained_model(wildcards):
-    """The adapter and run card a fine-tuned configuration is evaluated with (none for arms
-    that score the base model)."""
-    if not study.is_trained(wildcards.format):
+    """What a configuration is evaluated with besides its prompts: the adapter and run card of
+    a fine-tuned one, the histories (and teacher rationales) of few-shot demonstrations.
+    """
+    if study.is_trained(wildcards.format):
+        folder = RUN_DIR.format(**wildcards)
+        return {"adapter": f"{folder}/adapter", "run": f"{folder}/run.json"}
+    if not study.is_few_shot(wildcards.format):
         return {}
-    folder = RUN_DIR.format(**wildcards)
-    return {"adapter": f"{folder}/adapter", "run": f"{folder}/run.json"}
+    inputs = {
+        "histories": f"results/histories/{config['serialization']['variant']}.parquet"
+    }
+    rationales = get_rationales(wildcards)
+    if rationales:
+        inputs["rationales"] = rationales
+    return inputs
 
 
 def get_baseline_folder(baseline):

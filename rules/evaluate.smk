@@ -23,6 +23,7 @@ rule evaluate:
         runtime=get_job_resource("runtime", scale_with_attempt=True),
     params:
         evaluation=get_settings("evaluation"),
+        question=config["serialization"]["question"],
         model=get_model_settings,
         configuration=lambda wildcards: {
             "format": wildcards.format,

@@ -89,9 +89,13 @@ def test_every_format_and_control_is_a_grid_value(workdir, tmp_path):
         "multitask",
         "shuffled_rationale",
         "length_matched_filler",
+        "zero_shot",
+        "few_shot_labels",
+        "few_shot_rationales",
     ]
     config["teacher"]["styles"] = ["free_form"]
     path = tmp_path / "controls.yaml"
     path.write_text(yaml.safe_dump(config))
     counts = dry_run(workdir, configfile=path)
-    assert counts["finetune"] == 20 and counts["generate_rationales"] == 1
+    assert counts["finetune"] == 20 and counts["evaluate"] == 32  # arms are evaluated only
+    assert counts["generate_rationales"] == 1

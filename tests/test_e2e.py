@@ -39,7 +39,7 @@ def test_outputs_are_complete_and_consistent(finished_study):
     workdir, _ = finished_study
     results = workdir / "results"
     table = pl.read_csv(results / "report" / "metrics.csv")
-    assert table.height == 8  # 2 models x (3 fine-tuned formats + the zero-shot arm)
+    assert table.height == 10  # 2 models x (3 fine-tuned formats + zero- and few-shot arms)
     assert table["auroc"].is_not_null().all()
     assert (table["auroc_ci_low"] <= table["auroc"]).all() and (
         table["auroc"] <= table["auroc_ci_high"]
@@ -48,7 +48,7 @@ def test_outputs_are_complete_and_consistent(finished_study):
     for figure in ("paired_configurations", "learning_curves", "token_dilution", "rationale_qc"):
         assert (results / "report" / "figures" / f"{figure}.svg").exists()
     paired = pl.read_csv(results / "report" / "paired.csv")
-    assert paired.height == 6  # 2 models x (2 rationale formats + zero-shot), vs label_only
+    assert paired.height == 8  # 2 models x (2 rationale formats + 2 arms), vs label_only
     zero_shot = json.loads(
         (
             results
@@ -146,7 +146,7 @@ def test_teacher_edit_reruns_rationales_and_only_rationale_formats(finished_stud
 def test_new_seed_adds_only_new_jobs(finished_study):
     workdir, config = finished_study
     counts, outputs = edited(workdir, config, lambda s: s["grid"].update(seed=[1, 2]))
-    assert counts == {"finetune": 6, "evaluate": 8, "baseline": 1, "report": 1, "all": 1}
+    assert counts == {"finetune": 6, "evaluate": 10, "baseline": 1, "report": 1, "all": 1}
     assert all("seed=2" in p for p in outputs if "/runs/" in p)
 
 
@@ -162,8 +162,8 @@ def test_partial_report_lists_what_is_missing(finished_study):
     partial = workdir / "results" / "report_partial"
     assert "Partial report" in (partial / "README.md").read_text()
     missing = (partial / "missing.txt").read_text().splitlines()
-    # 6 fine-tuned configurations, 2 zero-shot arms and the logistic-regression baseline.
-    assert len(missing) == 9 and all("seed=2" in m for m in missing)
+    # 6 fine-tuned configurations, 4 zero-/few-shot arms and the logistic-regression baseline.
+    assert len(missing) == 11 and all("seed=2" in m for m in missing)
 
 
 def test_html_report_and_run_card(finished_study):

@@ -3,19 +3,34 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.evaluate import evaluate_configuration, write_metrics
+from rationale_bench.evaluate import evaluate_configuration, few_shot_arm_prompts, write_metrics
 from rationale_bench.models import resolve_model
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
 trained = hasattr(smk.input, "run")
+model_path = resolve_model(smk.params.model)
+prompts = pl.read_parquet(smk.input.prompts)
+cohort = pl.read_parquet(smk.input.cohort)
+if hasattr(smk.input, "histories"):
+    prompts = few_shot_arm_prompts(
+        prompts,
+        pl.read_parquet(smk.input.histories),
+        cohort,
+        pl.read_parquet(smk.input.rationales) if hasattr(smk.input, "rationales") else None,
+        smk.params.configuration,
+        smk.params.question,
+        model_path,
+        smk.params.model["max_seq_len"],
+        smk.params.evaluation,
+    )
 predictions, summary = evaluate_configuration(
-    resolve_model(smk.params.model),
+    model_path,
     Path(smk.input.adapter) if trained else None,
     json.loads(Path(smk.input.run).read_text()) if trained else smk.params.configuration,
-    pl.read_parquet(smk.input.prompts),
-    pl.read_parquet(smk.input.cohort),
+    prompts,
+    cohort,
     smk.params.evaluation,
 )
 log.info("held-out AUROC %.3f (n=%d)", summary["auroc"], summary["n"])

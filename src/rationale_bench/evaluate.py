@@ -125,5 +125,35 @@ def parsed_summary(labels: pl.Series, parsed: pl.Series) -> dict[str, Any]:
     }
 
 
+def few_shot_arm_prompts(
+    prompts: pl.DataFrame,
+    histories: pl.DataFrame,
+    cohort: pl.DataFrame,
+    rationales: pl.DataFrame | None,
+    configuration: Mapping[str, Any],
+    question: str,
+    model_path: str,
+    max_seq_len: int,
+    cfg: Mapping[str, Any],
+) -> pl.DataFrame:
+    """The scored prompts of a few-shot arm: demonstrations from the configuration's training
+    subset before every tuning and held-out prompt, within the model's context."""
+    from transformers import AutoTokenizer
+
+    from rationale_bench import fewshot, formats
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    spec = formats.format_spec(configuration["format"])
+    slot = len(tokenizer(formats.ANSWER_PREFIX + " Yes", add_special_tokens=False)["input_ids"])
+    reserve = slot + (cfg["max_new_tokens"] if spec.rationale_first else 0)
+    demo_ids = fewshot.select_demonstrations(
+        cohort, configuration["n_train"], configuration["seed"], cfg["few_shot_k"]
+    )
+    scored = prompts.filter(pl.col("split").is_in(["held_out", "tuning"]))
+    return fewshot.few_shot_prompts(
+        scored, histories, demo_ids, rationales, question, tokenizer, max_seq_len, reserve
+    )
+
+
 def write_metrics(summary: Mapping[str, Any], path: Path) -> None:
     path.write_text(json.dumps(metrics.to_jsonable(summary), indent=2, allow_nan=False))

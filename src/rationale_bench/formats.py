@@ -50,7 +50,8 @@ class FormatSpec:
     ``rationale_first``: the model writes text before the answer slot, so scoring lets it
     generate first. ``target``: which text fills the rationale slot (``rationale``, a
     same-label ``shuffled`` one, or length-matched ``filler``), or None. ``trained``: False
-    for arms that score the base model as it is.
+    for arms that score the base model as it is; ``few_shot`` arms put solved training
+    examples (with the teacher rationale when ``style`` is set) before the question.
     """
 
     style: str | None
@@ -58,6 +59,7 @@ class FormatSpec:
     target: str | None = "rationale"
     multitask: bool = False
     trained: bool = True
+    few_shot: bool = False
 
 
 # Every training format, in one place (the grid's `format` values).
@@ -71,6 +73,12 @@ FORMATS: dict[str, FormatSpec] = {
     "length_matched_filler": FormatSpec(style="free_form", rationale_first=True, target="filler"),
     # Arm without fine-tuning: the base model asked the same question, read at the same slot.
     "zero_shot": FormatSpec(style=None, rationale_first=False, target=None, trained=False),
+    "few_shot_labels": FormatSpec(
+        style=None, rationale_first=False, target=None, trained=False, few_shot=True
+    ),
+    "few_shot_rationales": FormatSpec(
+        style="free_form", rationale_first=True, trained=False, few_shot=True
+    ),
 }
 
 

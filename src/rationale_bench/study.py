@@ -84,6 +84,10 @@ def is_trained(fmt: str) -> bool:
     return FORMATS[fmt].trained
 
 
+def is_few_shot(fmt: str) -> bool:
+    return FORMATS[fmt].few_shot
+
+
 def rationale_style(fmt: str) -> str | None:
     """The rationale style a training format needs, or None for label-only formats."""
     return RATIONALE_STYLE_OF_FORMAT[fmt]
