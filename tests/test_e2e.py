@@ -69,6 +69,10 @@ def test_outputs_are_complete_and_consistent(finished_study):
     assert f"{mean:.3f}" in readme  # the headline is computed from the results
     baselines = pl.read_csv(results / "report" / "baseline_metrics.csv")
     assert baselines["format"].to_list() == ["logistic_regression"]
+    side_by_side = pl.read_csv(results / "report" / "baselines.csv")
+    kinds = dict(side_by_side.select("format", "kind").unique().iter_rows())
+    assert kinds["logistic_regression"] == "baseline" and kinds["label_only"] == "fine-tuned"
+    assert kinds["zero_shot"] == kinds["few_shot_labels"] == "no fine-tuning"
     assert (results / "cohort" / "table1.csv").exists()
 
     cohort = pl.read_parquet(results / "cohort" / "cohort.parquet")

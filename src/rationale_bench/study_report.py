@@ -36,6 +36,7 @@ import polars as pl
 from scipy import stats
 
 from rationale_bench import metrics
+from rationale_bench.formats import FORMATS
 from rationale_bench.study import GRID_AXES
 
 REFERENCE = "label_only"
@@ -767,7 +768,8 @@ def baseline_table(
     """Baselines beside the fine-tuned formats: held-out metrics per format and training size.
 
     One row per (format, n_train) and one per format over all sizes (``n_train`` null);
-    ``kind`` is "baseline" or "fine-tuned"; baselines come first.
+    ``kind`` is "baseline", "no fine-tuning" (zero- and few-shot arms) or "fine-tuned";
+    baselines come first.
     """
     if metrics_table.height == 0:
         return pl.DataFrame(schema={"kind": pl.String, "format": pl.String})
@@ -783,9 +785,12 @@ def baseline_table(
             if c in metrics_table.columns
         ],
     ]
+    untrained = [name for name, spec in FORMATS.items() if not spec.trained]
     kind = (
         pl.when(pl.col("format").is_in(list(baseline_formats)))
         .then(pl.lit("baseline"))
+        .when(pl.col("format").is_in(untrained))
+        .then(pl.lit("no fine-tuning"))
         .otherwise(pl.lit("fine-tuned"))
         .alias("kind")
     )
