@@ -12,23 +12,13 @@ import pytest
 from rationale_bench import baselines as B
 from rationale_bench import metrics
 from rationale_bench.cohort import training_subset
+from rationale_bench.study_report import PREDICTION_COLUMNS
 
 # The 2,500-subject fixture keeps 632 subjects in its training split; 600 is the largest round
 # subset and the closest it allows to the n_train ~ 1,000 of the brief.
 N_TRAIN = 600
 FAST = {"bootstrap_resamples": 100, "bootstrap_seed": 0}
 SMALL_GB_GRID = {"learning_rate": [0.1], "max_leaf_nodes": [7], "max_iter": [30, 60]}
-PREDICTION_COLUMNS = [
-    "subject_id",
-    "prediction_time",
-    "boolean_value",
-    "predicted_boolean_value",
-    "predicted_boolean_probability",
-    "split",
-    "scoring_mode",
-    "forced_answer",
-    "generated_text",
-]
 
 
 def _histories(rows: list[tuple[int, str, bool, float, str, list[str]]]) -> pl.DataFrame:
@@ -224,7 +214,7 @@ def test_logistic_regression_discriminates_on_held_out(lr_run):
 
 def test_predictions_have_meds_evaluation_columns(lr_run, cohort):
     predictions, summary = lr_run
-    assert predictions.columns == PREDICTION_COLUMNS
+    assert predictions.columns == list(PREDICTION_COLUMNS)
     scored = cohort.filter(pl.col("split").is_in(["tuning", "held_out"]))
     assert predictions.height == scored.height
     assert predictions["subject_id"].n_unique() == predictions.height
@@ -264,7 +254,7 @@ def test_gradient_boosting_runs(synthetic_histories, cohort):
         "gradient_boosting", synthetic_histories, cohort, N_TRAIN, 1, cfg
     )
     assert set(predictions["scoring_mode"]) == {"gradient_boosting"}
-    assert predictions.columns == PREDICTION_COLUMNS
+    assert predictions.columns == list(PREDICTION_COLUMNS)
     assert 0.5 < summary["auroc"] <= 1.0
     assert summary["hyperparameters"]["max_iter"] in SMALL_GB_GRID["max_iter"]
     json.dumps(metrics.to_jsonable(summary), allow_nan=False)

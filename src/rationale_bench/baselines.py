@@ -447,6 +447,8 @@ def run_baseline(
         "split",
         pl.lit(kind, dtype=pl.String).alias("scoring_mode"),
         pl.lit(False, dtype=pl.Boolean).alias("forced_answer"),
+        # A classifier states no answer of its own; the parsed mode is for language models.
+        pl.lit(None, dtype=pl.Boolean).alias("parsed_answer"),
         pl.lit(None, dtype=pl.String).alias("generated_text"),
     ).sort("split", "subject_id")
     return predictions, summary

@@ -58,6 +58,7 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
     "split",
     "scoring_mode",
     "forced_answer",
+    "parsed_answer",
     "generated_text",
 )
 
