@@ -3,7 +3,8 @@
 
 
 rule evaluate:
-    """Score held-out subjects without any teacher text; metrics with 95% CIs."""
+    """Score held-out subjects; no teacher text about a held-out subject is ever used (the
+    few-shot arms show training subjects' rationales only). Metrics with 95% CIs."""
     input:
         unpack(get_trained_model),
         prompts=PROMPTS,
