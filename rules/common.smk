@@ -126,18 +126,11 @@ def get_report_entries():
     return lm + base
 
 
-def get_rationale_files():
+def get_rationale_files(suffix=".parquet"):
+    """The teacher outputs the grid's formats use (suffix ".qc.parquet": their QC tables)."""
     styles = {study.rationale_style(f) for f in config["grid"]["format"]} - {None}
     teacher = config["teacher"]["name"]
-    return [f"results/rationales/{teacher}/{style}.parquet" for style in sorted(styles)]
-
-
-def get_rationale_qc():
-    styles = {study.rationale_style(f) for f in config["grid"]["format"]} - {None}
-    teacher = config["teacher"]["name"]
-    return [
-        f"results/rationales/{teacher}/{style}.qc.parquet" for style in sorted(styles)
-    ]
+    return [f"results/rationales/{teacher}/{style}{suffix}" for style in sorted(styles)]
 
 
 def get_model_source(wildcards):

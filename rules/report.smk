@@ -11,7 +11,7 @@ rule report:
         baselines=get_baseline_outputs("metrics.json"),
         attrition="results/cohort/attrition.csv",
         table1="results/cohort/table1.csv",
-        rationale_qc=get_rationale_qc(),
+        rationale_qc=get_rationale_files(".qc.parquet"),
         rationales=get_rationale_files(),
     output:
         readme="results/report/README.md",

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from rationale_bench import metrics, scoring
+from rationale_bench.study_report import PREDICTION_COLUMNS
 
 
 def age_band(age: pl.Expr) -> pl.Expr:
@@ -88,18 +89,15 @@ def evaluate_configuration(
             "forced_answer_rate": float(np.mean(forced)) if len(forced) else 0.0,
         }
     )
-    predictions = scored.select(
-        "subject_id",
-        pl.col("prediction_time").cast(pl.Datetime("us")),
-        pl.col("label").alias("boolean_value"),
-        (pl.col("predicted_boolean_probability") >= threshold).alias("predicted_boolean_value"),
-        "predicted_boolean_probability",
-        "split",
-        "scoring_mode",
-        "forced_answer",
-        "parsed_answer",
-        "generated_text",
-    ).sort("split", "subject_id")
+    predictions = (
+        scored.with_columns(
+            pl.col("prediction_time").cast(pl.Datetime("us")),
+            pl.col("label").alias("boolean_value"),
+            (pl.col("predicted_boolean_probability") >= threshold).alias("predicted_boolean_value"),
+        )
+        .select(PREDICTION_COLUMNS)
+        .sort("split", "subject_id")
+    )
     return predictions, summary
 
 

@@ -126,6 +126,26 @@ def _spread(values: Sequence[float], gap: float) -> list[float]:
     return out.tolist()
 
 
+def _label_line_ends(
+    ax: Any, ends: Sequence[tuple[str, float, float]], gap: float, order: Sequence[str], offset: int
+) -> None:
+    """Name each format beside the end of its line (no legend), spread so labels never overlap.
+
+    ``ends`` holds (format, x, y) of each line's last point.
+    """
+    ys = _spread([e[2] for e in ends], gap)
+    for (fmt, xe, _), ye in zip(ends, ys, strict=True):
+        ax.annotate(
+            _short(fmt),
+            (xe, ye),
+            xytext=(offset, 0),
+            textcoords="offset points",
+            color=colour_of(fmt, order),
+            va="center",
+            weight="bold",
+        )
+
+
 def _short(fmt: str) -> str:
     """Format name without the trailing 'SFT' / 'rationale SFT' for tight labels."""
     return format_name(fmt).replace(" rationale SFT", "").replace(" SFT", "")
@@ -647,17 +667,7 @@ def roc_and_calibration(
         ax_roc.set_title(f"{label}ROC (thin: each configuration; thick: mean curve)")
         lim = min(1.0, 1.08 * cal_max)
         if cal_ends:
-            ys = _spread([e[2] for e in cal_ends], 0.06 * lim)
-            for (fmt, xe, _), ye in zip(cal_ends, ys, strict=True):
-                ax_cal.annotate(
-                    _short(fmt),
-                    (xe, ye),
-                    xytext=(4, 0),
-                    textcoords="offset points",
-                    color=colour_of(fmt, order),
-                    va="center",
-                    weight="bold",
-                )
+            _label_line_ends(ax_cal, cal_ends, 0.06 * lim, order, offset=4)
         ax_cal.plot([0, lim], [0, lim], color="0.6", ls=":", lw=0.8)
         ax_cal.text(
             0.5 * lim,
@@ -743,17 +753,7 @@ def learning_curves(
         if not ends:
             ax.text(0.5, 0.5, "no results yet", transform=ax.transAxes, ha="center")
         lo, hi = ax.get_ylim()
-        ys = _spread([e[2] for e in ends], 0.055 * (hi - lo))
-        for (fmt, xe, _), ye in zip(ends, ys, strict=True):
-            ax.annotate(
-                _short(fmt),
-                (xe, ye),
-                xytext=(6, 0),
-                textcoords="offset points",
-                color=colour_of(fmt, order),
-                va="center",
-                weight="bold",
-            )
+        _label_line_ends(ax, ends, 0.055 * (hi - lo), order, offset=6)
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.minorticks_off()
