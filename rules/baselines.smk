@@ -5,7 +5,7 @@
 rule baseline:
     """One baseline for one (n_train, seed): the LM configurations' training subjects."""
     input:
-        histories=f"results/histories/{config['serialization']['variant']}.parquet",
+        histories=REFERENCE_HISTORIES,
         cohort="results/cohort/cohort.parquet",
     output:
         predictions=f"{BASELINE_DIR}/predictions.parquet",

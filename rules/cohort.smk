@@ -54,7 +54,7 @@ rule table_one:
     """Table 1: demographics, follow-up and risk-factor prevalence by split and label."""
     input:
         cohort="results/cohort/cohort.parquet",
-        histories=f"results/histories/{config['serialization']['variant']}.parquet",
+        histories=REFERENCE_HISTORIES,
     output:
         "results/cohort/table1.csv",
     log:

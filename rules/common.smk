@@ -25,7 +25,12 @@ except ValueError as error:
     raise WorkflowError(str(error)) from None
 
 CONFIGURATIONS = list(study.iter_configurations(config))
-RUN_DIR = "results/runs/model={model}/format={format}/n_train={n_train}/seed={seed}"
+RUN_DIR = "results/runs/model={model}/serialization={serialization}/format={format}/n_train={n_train}/seed={seed}"
+# The histories the teacher, the baselines, Table 1 and the tiny model's tokenizer read: one
+# view, whatever variants the grid's students read.
+REFERENCE_HISTORIES = (
+    f"results/histories/{config['serialization']['reference_variant']}.parquet"
+)
 
 
 wildcard_constraints:
@@ -41,13 +46,26 @@ wildcard_constraints:
 
 BASELINE_DIR = "results/baselines/{kind}/n_train={n_train}/seed={seed}"
 BASELINES = [
-    {"model": None, "format": kind, "n_train": n_train, "seed": seed}
+    {
+        "model": None,
+        "serialization": None,
+        "format": kind,
+        "n_train": n_train,
+        "seed": seed,
+    }
     for kind in config["baselines"]["kinds"]
     for n_train in config["grid"]["n_train"]
     for seed in config["grid"]["seed"]
 ]
 RUN_FILES = ("predictions.parquet", "metrics.json", "run.json")
-REPORT_TABLES = ["metrics", "paired", "summary", "baselines", "error_flips"]
+REPORT_TABLES = [
+    "metrics",
+    "paired",
+    "summary",
+    "baselines",
+    "error_flips",
+    "truncation",
+]
 REPORT_FIGURES = [
     "paired_configurations",
     "delta_by_factor",
@@ -86,9 +104,7 @@ def get_trained_model(wildcards):
         return {"adapter": f"{folder}/adapter", "run": f"{folder}/run.json"}
     if not study.is_few_shot(wildcards.format):
         return {}
-    inputs = {
-        "histories": f"results/histories/{config['serialization']['variant']}.parquet"
-    }
+    inputs = {"histories": f"results/histories/{wildcards.serialization}.parquet"}
     rationales = get_rationales(wildcards)
     if rationales:
         inputs["rationales"] = rationales
@@ -131,6 +147,15 @@ def get_rationale_files(suffix=".parquet"):
     styles = {study.rationale_style(f) for f in config["grid"]["format"]} - {None}
     teacher = config["teacher"]["name"]
     return [f"results/rationales/{teacher}/{style}{suffix}" for style in sorted(styles)]
+
+
+def get_prompt_files():
+    """Every model's prompts in every serialization of the grid (for the truncation table)."""
+    return expand(
+        "results/prompts/{model}/{serialization}.parquet",
+        model=config["grid"]["model"],
+        serialization=config["grid"]["serialization"],
+    )
 
 
 def get_model_source(wildcards):
@@ -220,9 +245,14 @@ def get_settings(*keys):
 
 
 def get_serialization_settings():
-    """How histories are written; the question is added later, by build_prompts."""
+    """How histories are written; the question is added later, by build_prompts, and which
+    variant is the reference view changes no history."""
     return study.canonical(
-        {k: v for k, v in config["serialization"].items() if k != "question"}
+        {
+            k: v
+            for k, v in config["serialization"].items()
+            if k not in ("question", "reference_variant")
+        }
     )
 
 
@@ -244,7 +274,7 @@ def get_rationales(wildcards):
 
 
 # A plain pattern, not a function: functions cost time for every one of a grid's jobs.
-PROMPTS = f"results/prompts/{{model}}/{config['serialization']['variant']}.parquet"
+PROMPTS = "results/prompts/{model}/{serialization}.parquet"
 
 
 def get_teacher_settings(wildcards):

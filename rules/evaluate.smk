@@ -14,7 +14,7 @@ rule evaluate:
         predictions=f"{RUN_DIR}/predictions.parquet",
         metrics=f"{RUN_DIR}/metrics.json",
     log:
-        f"results/logs/evaluate/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}.log",
+        f"results/logs/evaluate/model={{model}}/serialization={{serialization}}/format={{format}}/n_train={{n_train}}/seed={{seed}}.log",
     conda:
         "../envs/train.yaml"
     threads: get_job_threads
@@ -27,6 +27,7 @@ rule evaluate:
         question=config["serialization"]["question"],
         model=get_model_settings,
         configuration=lambda wildcards: {
+            "serialization": wildcards.serialization,
             "format": wildcards.format,
             "n_train": int(wildcards.n_train),
             "seed": int(wildcards.seed),

@@ -7,7 +7,7 @@ rule build_tiny_model:
     training split's histories (input text only), saved like any Hugging Face model."""
     input:
         cohort="results/cohort/cohort.parquet",
-        histories=f"results/histories/{config['serialization']['variant']}.parquet",
+        histories=REFERENCE_HISTORIES,
     output:
         directory("results/models/{model}"),
     log:
@@ -50,7 +50,7 @@ rule finetune:
         train_log=f"{RUN_DIR}/train_log.jsonl",
         run=f"{RUN_DIR}/run.json",
     log:
-        f"results/logs/finetune/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}.log",
+        f"results/logs/finetune/model={{model}}/serialization={{serialization}}/format={{format}}/n_train={{n_train}}/seed={{seed}}.log",
     conda:
         "../envs/train.yaml"
     threads: get_job_threads
@@ -61,7 +61,7 @@ rule finetune:
     params:
         training=get_training_settings,
         model=get_model_settings,
-        checkpoint_dir=f"results/checkpoints/model={{model}}/format={{format}}/n_train={{n_train}}/seed={{seed}}",
+        checkpoint_dir=f"results/checkpoints/model={{model}}/serialization={{serialization}}/format={{format}}/n_train={{n_train}}/seed={{seed}}",
         # The evaluation of an earlier training of this configuration: removed when training
         # starts, so that a failed retraining never leaves old metrics looking current.
         stale=[f"{RUN_DIR}/predictions.parquet", f"{RUN_DIR}/metrics.json"],

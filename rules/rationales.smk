@@ -10,7 +10,7 @@ if config["execution"]["teacher_on_login_node"]:
 rule generate_rationales:
     """One rationale per training/tuning subject in the given style."""
     input:
-        histories=f"results/histories/{config['serialization']['variant']}.parquet",
+        histories=REFERENCE_HISTORIES,
     output:
         "results/rationales/{teacher}/{style}.parquet",
     log:
@@ -31,7 +31,7 @@ rule rationale_qc:
     its conclusion agrees with the label it explains."""
     input:
         rationales="results/rationales/{teacher}/{style}.parquet",
-        histories=f"results/histories/{config['serialization']['variant']}.parquet",
+        histories=REFERENCE_HISTORIES,
     output:
         "results/rationales/{teacher}/{style}.qc.parquet",
     log:

@@ -13,6 +13,7 @@ rule report:
         table1="results/cohort/table1.csv",
         rationale_qc=get_rationale_files(".qc.parquet"),
         rationales=get_rationale_files(),
+        prompts=get_prompt_files(),
     output:
         readme="results/report/README.md",
         run_card=report(

@@ -119,12 +119,12 @@ TINY_BUILD = {
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, synthetic_histories) -> Path:
-    from rationale_bench.serialize import history_text
+    from rationale_bench.serialize import history_of
     from rationale_bench.tinymodel import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     train = synthetic_histories.filter(pl.col("split") == "train")
-    texts = [history_text(h, lines) for h, lines in train.select("header", "lines").iter_rows()]
+    texts = [history_of(row) for row in train.iter_rows(named=True)]
     build_tiny_model(texts, TINY_BUILD, out)
     return out
 

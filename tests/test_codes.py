@@ -78,18 +78,24 @@ def test_describe_icd10() -> None:
     assert describe("ICD10/I10") == "Essential (primary) hypertension"
     assert describe("ICD10/E11.9") == "Type 2 diabetes mellitus without complications"
     assert describe("ICD10/F03") == "Unspecified dementia"
-    # ICD-10-CM codes unknown to WHO ICD-10: built-in CM dict.
-    assert "dementia" in describe("ICD10/F03.90").lower()
-    assert "cognitive impairment" in describe("ICD10/G31.84").lower()
+    # ICD-10-CM codes unknown to WHO ICD-10: the ICD-10-CM package, with the 2023 severity codes.
+    assert describe("ICD10/F03.90").startswith("Unspecified dementia, unspecified severity")
+    assert describe("ICD10/G31.84") == "Mild cognitive impairment of uncertain or unknown etiology"
     assert "lewy" in describe("ICD10/G31.83").lower()
-    # Not in either: longest WHO parent.
-    assert describe("ICD10/F03.A0") == "Unspecified dementia"
+    assert describe("ICD10/F03.A0").startswith("Unspecified dementia, mild, without")
+    assert describe("ICD10/F01.A11") == "Vascular dementia, mild, with agitation"
     assert describe("ICD10/E11.65") == "Type 2 diabetes mellitus with hyperglycemia"
-    assert describe("ICD10/E11.69") == describe("ICD10/E11.6")
+    # In neither: the longest WHO parent.
+    assert describe("ICD10/F03.Z9") == "Unspecified dementia"
+    assert describe("ICD10/E11.699") == describe("ICD10/E11.6")
 
 
 def test_describe_other_vocabularies() -> None:
     assert describe("ATC/N06DA02") == "donepezil"
+    # A substance without a listed name: its therapeutic group, marked as such.
+    assert describe("ATC/N06AB04") == "antidepressant (unlisted substance)"
+    assert describe("ATC/C10AA99") == "lipid modifying agent (unlisted substance)"
+    assert describe("ATC/Q01AA01") is None
     assert describe("ATC/N06DX01") == "memantine"
     assert describe("ATC/A10BA02") == "metformin"
     assert "LDL" in describe("LAB/LDL")

@@ -44,6 +44,31 @@ def test_label_only_grid_needs_no_teacher(workdir, tmp_path):
     assert counts["finetune"] == 4
 
 
+def test_serialization_axis_multiplies_student_jobs_only(workdir, tmp_path):
+    """Two variants: two histories and prompt files and twice the fine-tunes, but the teacher,
+    the baselines and the tiny model read the one reference view."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["grid"]["serialization"] = ["timeline_recent", "first_occurrence"]
+    path = tmp_path / "two_views.yaml"
+    path.write_text(yaml.safe_dump(config))
+    counts = dry_run(workdir, configfile=path)
+    assert counts["build_histories"] == 2 and counts["build_prompts"] == 2
+    assert counts["finetune"] == 24 and counts["evaluate"] == 24
+    assert counts["generate_rationales"] == 2 and counts["baseline"] == 4
+    assert counts["build_tiny_model"] == 1
+
+
+def test_reference_variant_outside_the_grid_is_still_built(workdir, tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["grid"]["serialization"] = ["codes_only"]
+    config["serialization"] = {"reference_variant": "markdown_recent"}
+    path = tmp_path / "codes_only.yaml"
+    path.write_text(yaml.safe_dump(config))
+    counts = dry_run(workdir, configfile=path)
+    assert counts["build_histories"] == 2  # codes_only for students, markdown for the teacher
+    assert counts["build_prompts"] == 1
+
+
 def write_config(tmp_path, mutate):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     mutate(config)

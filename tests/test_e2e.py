@@ -14,6 +14,7 @@ from rationale_bench.cli import job_counts
 
 pytestmark = pytest.mark.slow
 STUDY = REPO / "tests" / "configs" / "tiny.yaml"
+SERIALIZATION = "serialization=markdown_recent"  # the tiny study's students read markdown
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,7 @@ def test_outputs_are_complete_and_consistent(finished_study):
             results
             / "runs"
             / "model=tiny"
+            / SERIALIZATION
             / "format=zero_shot"
             / "n_train=64"
             / "seed=1"
@@ -62,7 +64,14 @@ def test_outputs_are_complete_and_consistent(finished_study):
     )
     assert zero_shot["scoring_mode"] == "direct"
     assert not (
-        results / "runs" / "model=tiny" / "format=zero_shot" / "n_train=64" / "seed=1" / "adapter"
+        results
+        / "runs"
+        / "model=tiny"
+        / SERIALIZATION
+        / "format=zero_shot"
+        / "n_train=64"
+        / "seed=1"
+        / "adapter"
     ).exists()
     readme = (results / "report" / "README.md").read_text()
     mean = table.filter(pl.col("format") == "label_only")["auroc"].mean()
@@ -81,7 +90,15 @@ def test_outputs_are_complete_and_consistent(finished_study):
         rationales = pl.read_parquet(results / "rationales" / "template" / f"{style}.parquet")
         assert not held_out & set(rationales["subject_id"])  # the teacher never saw held-out
 
-    run_dir = results / "runs" / "model=tiny" / "format=free_form" / "n_train=64" / "seed=1"
+    run_dir = (
+        results
+        / "runs"
+        / "model=tiny"
+        / SERIALIZATION
+        / "format=free_form"
+        / "n_train=64"
+        / "seed=1"
+    )
     predictions = pl.read_parquet(run_dir / "predictions.parquet")
     for column in (
         "subject_id",
@@ -105,6 +122,7 @@ def test_outputs_are_complete_and_consistent(finished_study):
                 results
                 / "runs"
                 / "model=tiny"
+                / SERIALIZATION
                 / f"format={f}"
                 / "n_train=64"
                 / "seed=1"

@@ -24,8 +24,12 @@ from rationale_bench import cli
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "tests" / "configs" / "slurm.yaml"
-RUN = Path("results/runs/model=tiny/format=label_only/n_train=64/seed=1")
-CHECKPOINT = Path("results/checkpoints/model=tiny/format=label_only/n_train=64/seed=1")
+RUN = Path(
+    "results/runs/model=tiny/serialization=timeline_recent/format=label_only/n_train=64/seed=1"
+)
+CHECKPOINT = Path(
+    "results/checkpoints/model=tiny/serialization=timeline_recent/format=label_only/n_train=64/seed=1"
+)
 # Test-cluster settings a user would not need: fast status polling, squeue (plugin 2.8 does not
 # recognise sacct's "CANCELLED by <uid>"), a short filesystem latency wait.
 TEST_FLAGS = [f"--{key}={value}" for key, value in FAST_POLLING.items()] + ["--latency-wait=5"]

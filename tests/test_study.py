@@ -12,7 +12,10 @@ from rationale_bench import study
 def test_configuration_ids_are_readable_paths(default_config):
     configs = list(study.iter_configurations(default_config))
     assert len(configs) == 12
-    assert configs[0].config_id == "model=tiny/format=label_only/n_train=300/seed=1"
+    assert (
+        configs[0].config_id
+        == "model=tiny/serialization=timeline_recent/format=label_only/n_train=300/seed=1"
+    )
     assert len({c.config_id for c in configs}) == 12
 
 

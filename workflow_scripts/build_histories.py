@@ -1,6 +1,6 @@
 import polars as pl
 
-from rationale_bench.serialize import build_histories
+from rationale_bench.serialize import build_histories, unknown_code_summary
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
@@ -8,10 +8,17 @@ events = pl.scan_parquet(snakemake.input.events)  # noqa: F821
 cohort = pl.read_parquet(snakemake.input.cohort)  # noqa: F821
 cfg = dict(snakemake.params.serialization, variant=snakemake.wildcards.serialization)  # noqa: F821
 histories = build_histories(events, cohort, cfg)
+n_unknown = int(histories["n_unknown_codes"].sum())
 log.info(
-    "%d histories, median %d events, %d unknown codes",
+    "%d histories (%s), median %d events and %d lines, %d input events with unknown codes",
     histories.height,
+    cfg["variant"],
     histories["n_events"].median(),
-    histories["n_unknown_codes"].sum(),
+    histories["lines"].list.len().median(),
+    n_unknown,
 )
+if n_unknown:
+    log.warning(
+        "codes without a known name (kept as the bare code):\n%s", unknown_code_summary(events)
+    )
 write_parquet(histories, snakemake.output[0])  # noqa: F821

@@ -3,14 +3,17 @@ from transformers import AutoTokenizer
 
 from rationale_bench.models import resolve_model
 from rationale_bench.serialize import build_prompts
+from rationale_bench.templates import template_for_model
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 params = snakemake.params  # noqa: F821
 tokenizer = AutoTokenizer.from_pretrained(resolve_model(params.model))
 histories = pl.read_parquet(snakemake.input.histories)  # noqa: F821
+template = template_for_model(tokenizer, params.model)
+log.info("prompt template: %s", template)
 prompts = build_prompts(
-    histories, tokenizer, {"question": params.question}, params.max_prompt_tokens
+    histories, tokenizer, {"question": params.question}, params.max_prompt_tokens, template
 )
 log.info(
     "%d prompts, median %d tokens, %.1f%% truncated",

@@ -32,6 +32,7 @@ predictions, summary = evaluate_configuration(
     prompts,
     cohort,
     smk.params.evaluation,
+    smk.params.model,
 )
 log.info("held-out AUROC %.3f (n=%d)", summary["auroc"], summary["n"])
 write_parquet(predictions, smk.output.predictions)

@@ -19,6 +19,7 @@ job = TrainingJob(
     log_path=Path(smk.output.train_log),
     run_path=Path(smk.output.run),
     checkpoint_dir=Path(smk.params.checkpoint_dir),
+    prompt_settings=smk.params.model,
 )
 remove_stale_evaluation(smk.params.stale)
 rationales = pl.read_parquet(smk.input.rationales) if smk.input.rationales else None

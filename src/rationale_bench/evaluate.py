@@ -17,6 +17,7 @@ import polars as pl
 
 from rationale_bench import metrics, scoring
 from rationale_bench.study_report import PREDICTION_COLUMNS
+from rationale_bench.templates import template_for_model
 
 
 def age_band(age: pl.Expr) -> pl.Expr:
@@ -38,6 +39,7 @@ def evaluate_configuration(
     prompts: pl.DataFrame,
     cohort: pl.DataFrame,
     cfg: Mapping[str, Any],
+    prompt_settings: Mapping[str, Any] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Score held-out (and tuning) subjects; return predictions and the metrics dictionary.
 
@@ -50,7 +52,8 @@ def evaluate_configuration(
     model, tokenizer = scoring.load_finetuned(model_path, adapter_dir, run.get("method", "none"))
     splits = ["held_out", "tuning"] if cfg["calibrate_on_tuning"] else ["held_out"]
     subjects = prompts.filter(pl.col("split").is_in(splits))
-    scored = scoring.score_subjects(model, tokenizer, subjects, run["format"], dict(cfg))
+    template = template_for_model(tokenizer, prompt_settings or {})
+    scored = scoring.score_subjects(model, tokenizer, subjects, run["format"], dict(cfg), template)
     scored = scored.join(subjects.select("subject_id", "split"), on="subject_id").join(
         cohort.select("subject_id", pl.col("index_time").alias("prediction_time")), on="subject_id"
     )

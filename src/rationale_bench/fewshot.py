@@ -17,7 +17,7 @@ import polars as pl
 
 from rationale_bench import formats
 from rationale_bench.cohort import training_subset
-from rationale_bench.serialize import history_text, question_block
+from rationale_bench.serialize import history_of, question_block
 
 DEMO_SEPARATOR = "\n\n"
 
@@ -53,24 +53,31 @@ def _completion(label: bool, rationale: str | None) -> str:
 
 
 def demonstration(
-    header: str, lines: list[str], question: str, completion: str, tokenizer: Any, budget: int
+    row: dict[str, Any], question: str, completion: str, tokenizer: Any, budget: int
 ) -> str:
-    """One solved example within ``budget`` tokens: the newest history lines that fit."""
-    fixed = header + question_block(question) + completion
-    used = len(tokenizer(fixed, add_special_tokens=False)["input_ids"])
-    if used > budget:
+    """One solved example (a histories row) within ``budget`` tokens: the newest history lines
+    that fit, in the row's serialization variant."""
+
+    def text(n_lines: int) -> str:
+        return history_of(row, n_lines) + question_block(question) + completion
+
+    def n_tokens(n_lines: int) -> int:
+        return len(tokenizer(text(n_lines), add_special_tokens=False)["input_ids"])
+
+    if n_tokens(0) > budget:
         raise FewShotError(
-            f"a demonstration needs at least {used} tokens but has {budget}: raise the model's "
-            "max_seq_len, lower evaluation.few_shot_k, or use shorter rationales."
+            f"a demonstration needs at least {n_tokens(0)} tokens but has {budget}: raise the "
+            "model's max_seq_len, lower evaluation.few_shot_k, or use shorter rationales."
         )
-    kept: list[str] = []
-    for line in lines:
-        n = len(tokenizer(line + "\n", add_special_tokens=False)["input_ids"])
-        if used + n > budget:
-            break
-        kept.append(line)
-        used += n
-    return history_text(header, kept) + question_block(question) + completion
+    # The most lines that fit (token counts grow with lines): binary search on the exact text.
+    low, high = 0, len(row["lines"])
+    while low < high:
+        middle = (low + high + 1) // 2
+        if n_tokens(middle) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return text(low)
 
 
 def few_shot_prompts(
@@ -107,10 +114,6 @@ def few_shot_prompts(
         if rationales is not None and not rationale:
             raise FewShotError(f"demonstration subject {sid} has no teacher rationale.")
         completion = _completion(row["label"], rationale)
-        blocks.append(
-            demonstration(
-                row["header"], list(row["lines"]), question, completion, tokenizer, budget
-            )
-        )
+        blocks.append(demonstration(row, question, completion, tokenizer, budget))
     prefix = "".join(block + DEMO_SEPARATOR for block in blocks)
     return prompts.with_columns(prompt=prefix + pl.col("prompt"))

@@ -22,7 +22,7 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch
 
 from rationale_bench import formats
 from rationale_bench.cohort import training_subset
+from rationale_bench.templates import PromptTemplate, template_for_model
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class TrainingJob:
     log_path: Path
     run_path: Path
     checkpoint_dir: Path
+    # The model's prompt template settings (chat_template, system_prompt); see templates.py.
+    prompt_settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def remove_stale_evaluation(paths: Sequence[str | Path]) -> None:
@@ -126,7 +129,11 @@ def build_examples(
 
 
 def encode_examples(
-    frame: pl.DataFrame, fmt: str, tokenizer: Any, max_seq_len: int
+    frame: pl.DataFrame,
+    fmt: str,
+    tokenizer: Any,
+    max_seq_len: int,
+    template: PromptTemplate | None = None,
 ) -> list[list[formats.EncodedExample]]:
     """Token-level examples per subject (several for multitask), with filler made to measure."""
     spec = formats.format_spec(fmt)
@@ -138,7 +145,7 @@ def encode_examples(
             text = formats.filler_text(tokenizer, n)
         per_subject.append(
             [
-                formats.encode_example(tokenizer, prompt, segments, max_seq_len)
+                formats.encode_example(tokenizer, prompt, segments, max_seq_len, template)
                 for prompt, segments in formats.training_examples(
                     fmt, row["prompt"], row["label"], text
                 )
@@ -304,7 +311,8 @@ def train(
     frame = build_examples(prompts, cohort, rationales, job.fmt, job.n_train, job.seed)
     # One entry per subject: batches are drawn over subjects, so every format of a matched
     # configuration takes the same steps (a multitask subject brings its two examples along).
-    examples = encode_examples(frame, job.fmt, tokenizer, job.max_seq_len)
+    template = template_for_model(tokenizer, job.prompt_settings)
+    examples = encode_examples(frame, job.fmt, tokenizer, job.max_seq_len, template)
     flat = [e for subject in examples for e in subject]
     digest = hashlib.sha256(json.dumps([e.input_ids for e in flat]).encode()).hexdigest()
     fp = fingerprint(job, frame["subject_id"].to_list(), digest)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from rationale_bench.templates import PromptTemplate
+
 ANSWER_PREFIX = "Answer:"
 ANSWER_WORDS = {True: " Yes", False: " No"}
 RATIONALE_PREFIX = "Reasoning: "
@@ -169,19 +171,38 @@ class EncodedExample:
         return sum(1 for s in self.segments if s != PROMPT)
 
 
+def prompt_ids(tokenizer: Any, prompt: str, template: PromptTemplate | None = None) -> list[int]:
+    """Token ids of a prompt as the model reads it (in its chat template, if it has one)."""
+    if template is None:
+        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    text = template.render(prompt)
+    return list(tokenizer(text, add_special_tokens=template.add_special_tokens)["input_ids"])
+
+
 def encode_example(
-    tokenizer: Any, prompt: str, segments: Sequence[tuple[int, str]], max_seq_len: int
+    tokenizer: Any,
+    prompt: str,
+    segments: Sequence[tuple[int, str]],
+    max_seq_len: int,
+    template: PromptTemplate | None = None,
 ) -> EncodedExample:
-    """Token ids, loss labels (prompt masked) and segment kinds of one training example."""
-    input_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    """Token ids, loss labels (prompt masked) and segment kinds of one training example.
+
+    The completion is the assistant's turn: its segments, then the end of turn (the template's
+    end-of-turn text, or the EOS token), which is in the loss so the model learns to stop.
+    """
+    input_ids = prompt_ids(tokenizer, prompt, template)
     kinds = [PROMPT] * len(input_ids)
     for kind, text in segments:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
         kinds += [kind] * len(ids)
-    if tokenizer.eos_token_id is not None:
-        input_ids.append(tokenizer.eos_token_id)
-        kinds.append(EOS)
+    if template is not None:
+        end = template.end_token_ids(tokenizer)
+    else:
+        end = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    input_ids += end
+    kinds += [EOS] * len(end)
     # Every example that has an answer slot must carry the answer word in its loss (only the
     # multitask "explain" example has no answer slot, by design).
     if ANSWER_SLOT in kinds and LABEL not in kinds:

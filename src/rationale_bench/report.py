@@ -15,7 +15,10 @@ import polars as pl
 import yaml
 
 from rationale_bench import study_report
+from rationale_bench.serialize import truncation_summary
 from rationale_bench.study import GRID_AXES
+
+TRUNCATION_COLUMNS = ["n_tokens", "truncated", "n_lines_dropped"]
 
 MATCH_AXES = tuple(a for a in GRID_AXES if a != "format")
 
@@ -80,8 +83,12 @@ def write_report(
     config: Mapping[str, Any] | None = None,
     rationale_paths: Sequence[str] = (),
     workflow_dir: Path | None = None,
+    prompt_paths: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write every table and figure, and README.md with the computed headline.
+
+    ``prompt_paths`` (``results/prompts/{model}/{serialization}.parquet``) give the truncation
+    table: how often each model's token budget cut a history.
 
     ``partial`` reports whatever configurations have finished (their files exist) and lists
     the rest as missing; the full report requires every file (Snakemake guarantees it).
@@ -109,6 +116,8 @@ def write_report(
         table1=table1,
         rationale_qc=qc,
     )
+    paths["truncation"] = out_dir / "truncation.csv"
+    truncation_table(prompt_paths).write_csv(paths["truncation"])
     table = pl.read_csv(paths["metrics"])
     lm = table.filter(pl.col("format").is_in(list(formats)))
     figure = out_dir / "figures" / "auroc_by_format.png"
@@ -125,6 +134,43 @@ def write_report(
     readme.write_text(readme_text(paths, out_dir, partial))
     paths["readme"] = readme
     return paths
+
+
+def truncation_table(prompt_paths: Sequence[str]) -> pl.DataFrame:
+    """One row per (model, serialization): prompts, share truncated, lines dropped, tokens."""
+    rows = []
+    for path in prompt_paths:
+        model, serialization = Path(path).parent.name, Path(path).stem
+        rows.append(
+            {"model": model, "serialization": serialization}
+            | truncation_summary(pl.read_parquet(path, columns=TRUNCATION_COLUMNS))
+        )
+    schema = {
+        "model": pl.String,
+        "serialization": pl.String,
+        "n_prompts": pl.Int64,
+        "truncation_rate": pl.Float64,
+        "mean_lines_dropped": pl.Float64,
+        "mean_tokens": pl.Float64,
+        "max_tokens": pl.Int64,
+    }
+    return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+
+
+def _truncation_lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    table = pl.read_csv(path)
+    if not table.height:
+        return []
+    lines = ["", "## Prompt truncation", ""]
+    lines += [
+        f"- {r['model']} / {r['serialization']}: {100 * r['truncation_rate']:.1f}% of "
+        f"{r['n_prompts']} histories cut to the token budget (mean {r['mean_lines_dropped']:.1f} "
+        f"oldest lines dropped; mean {r['mean_tokens']:.0f}, max {r['max_tokens']} tokens)."
+        for r in table.iter_rows(named=True)
+    ]
+    return lines
 
 
 def readme_text(paths: dict[str, Path], out_dir: Path, partial: bool) -> str:
@@ -146,11 +192,14 @@ def readme_text(paths: dict[str, Path], out_dir: Path, partial: bool) -> str:
         "`baseline_metrics.csv`: one row per baseline run.",
         "- `error_crosstab.csv`, `error_flips.csv`, `error_subjects.csv`: matched error analysis.",
         "- `missing.txt`: grid cells without results.",
+        "- `truncation.csv`: per model and serialization, the share of histories cut to the "
+        "token budget (oldest lines dropped first).",
         "- `run_card.md` / `run_card.json`: data, cohort definition, prompts, teacher and "
         "sampling settings, hyperparameters, package versions, workflow commit, config hash.",
         "",
         "## Figures",
         *[f"- `figures/{name}` (and .svg)" for name in figures],
+        *_truncation_lines(out_dir / "truncation.csv"),
         "",
     ]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import polars as pl
 import torch
 
 from rationale_bench import formats
+from rationale_bench.templates import PLAIN, PromptTemplate
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,11 @@ def generate_rationales(
     prompt_ids: Sequence[Sequence[int]],
     max_new_tokens: int,
     batch_size: int,
+    stop_ids: set[int] | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations of each prompt, stopped once every sequence wrote ``Answer:``."""
+    """Greedy continuations of each prompt, stopped once every sequence wrote ``Answer:`` (or
+    ended its turn: EOS, or a chat template's end-of-turn token, in ``stop_ids``)."""
+    eos = sorted((stop_ids or {tokenizer.eos_token_id}) - {None, tokenizer.pad_token_id})
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     slot = tokenizer(formats.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
@@ -120,7 +124,7 @@ def generate_rationales(
             do_sample=False,
             num_beams=1,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=eos or tokenizer.eos_token_id,
             stopping_criteria=StoppingCriteriaList([AnswerSlotReached()]),
         )
         width = batch["input_ids"].shape[1]
@@ -145,20 +149,29 @@ def answer_slot_sequence(
 
 
 def score_subjects(
-    model: Any, tokenizer: Any, prompts: pl.DataFrame, fmt: str, cfg: dict[str, Any]
+    model: Any,
+    tokenizer: Any,
+    prompts: pl.DataFrame,
+    fmt: str,
+    cfg: dict[str, Any],
+    template: PromptTemplate | None = None,
 ) -> pl.DataFrame:
-    """Score every row of ``prompts``; returns probability, forced flag and generated text."""
+    """Score every row of ``prompts``; returns probability, forced flag and generated text.
+
+    ``template`` wraps each prompt as in training (the model's chat template, or plain text).
+    """
+    template = template or PLAIN
     answer_ids = formats.answer_token_ids(tokenizer)
     slot = tokenizer(formats.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
     prompt_ids = [
-        tokenizer(formats.scoring_prompt(fmt, p), add_special_tokens=True)["input_ids"]
+        formats.prompt_ids(tokenizer, formats.scoring_prompt(fmt, p), template)
         for p in prompts["prompt"].to_list()
     ]
     if formats.format_spec(fmt).rationale_first:
+        stop_ids = {tokenizer.pad_token_id, *template.stop_token_ids(tokenizer)}
         generated = generate_rationales(
-            model, tokenizer, prompt_ids, cfg["max_new_tokens"], cfg["batch_size"]
+            model, tokenizer, prompt_ids, cfg["max_new_tokens"], cfg["batch_size"], stop_ids
         )
-        stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
         built = [
             answer_slot_sequence(p, g, slot, stop_ids)
             for p, g in zip(prompt_ids, generated, strict=True)

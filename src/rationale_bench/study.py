@@ -16,7 +16,7 @@ from typing import Any
 from rationale_bench.formats import FORMATS
 
 # The order of the grid axes is the order of the parts of a config_id path.
-GRID_AXES: tuple[str, ...] = ("model", "format", "n_train", "seed")
+GRID_AXES: tuple[str, ...] = ("model", "serialization", "format", "n_train", "seed")
 
 # The rationale style each training format needs (None: no teacher text).
 RATIONALE_STYLE_OF_FORMAT: dict[str, str | None] = {
@@ -29,13 +29,15 @@ class Configuration:
     """One point of the study grid."""
 
     model: str
+    serialization: str
     format: str
     n_train: int
     seed: int
 
     @property
     def config_id(self) -> str:
-        """A readable, path-safe id: ``model=tiny/format=free_form/n_train=200/seed=1``."""
+        """A readable, path-safe id:
+        ``model=tiny/serialization=timeline_recent/format=free_form/n_train=200/seed=1``."""
         return "/".join(f"{axis}={getattr(self, axis)}" for axis in GRID_AXES)
 
     def as_dict(self) -> dict[str, Any]:
@@ -45,10 +47,16 @@ class Configuration:
 def iter_configurations(config: Mapping[str, Any]) -> Iterator[Configuration]:
     """All configurations of the grid, in a stable order."""
     grid = config["grid"]
-    for model, fmt, n_train, seed in itertools.product(
-        grid["model"], grid["format"], grid["n_train"], grid["seed"]
+    for model, serialization, fmt, n_train, seed in itertools.product(
+        grid["model"], grid["serialization"], grid["format"], grid["n_train"], grid["seed"]
     ):
-        yield Configuration(model=model, format=fmt, n_train=int(n_train), seed=int(seed))
+        yield Configuration(
+            model=model,
+            serialization=serialization,
+            format=fmt,
+            n_train=int(n_train),
+            seed=int(seed),
+        )
 
 
 def check_grid(config: Mapping[str, Any]) -> None:
@@ -126,4 +134,6 @@ def model_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     """What a job needs to load a model (training overrides excluded: they have their own slice)."""
     settings = {k: v for k, v in config["models"][model].items() if k != "training"}
     settings["name"] = model
+    # The system prompt shapes every prompt the model reads, so it is part of the model's slice.
+    settings["system_prompt"] = config.get("serialization", {}).get("system_prompt")
     return canonical(settings)
