@@ -52,6 +52,9 @@ ATTRITION_COUNTS = (
     "n_died_in_window",
 )
 
+# Count columns of Table 1 (small-cell suppression applies to these).
+TABLE_ONE_COUNTS = ("n",)
+
 DEFAULTS: dict[str, Any] = {
     "min_age": 65,
     "min_prior_observation_days": 730,
