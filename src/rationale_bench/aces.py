@@ -36,9 +36,6 @@ from rationale_bench.cohort import (
     resolve_definition,
 )
 
-# Events that open observation are any but the static ones and death (cohort.subject_summary).
-NOT_OBSERVATION = (*STATIC_CODES, "MEDS_DEATH")
-
 
 def prefix_regex(
     prefixes: Sequence[str], regex: str | None = None, concept_ids: Sequence[int] = ()
@@ -57,20 +54,24 @@ def prefix_regex(
     return "|".join(parts)
 
 
-def not_prefix_regex(prefixes: Iterable[str]) -> str:
-    """A regex matching codes that start with none of ``prefixes``, without look-ahead.
+def not_prefix_regex(prefixes: Iterable[str], exact: Iterable[str] = ()) -> str:
+    """A regex matching codes that start with none of ``prefixes`` and equal none of ``exact``.
 
     ACES evaluates regexes with polars (Rust ``regex``), which has no look-around, so the
-    complement is spelt out over the prefixes' trie: at each node, either the code ends there
-    or its next character leaves the trie.
+    complement is spelt out over the trie of the banned strings: at each node, either the code
+    ends there (unless that is an ``exact`` code) or its next character leaves the trie.
     """
-    banned = set(prefixes)
+    banned, words = set(prefixes), set(exact)
     alternatives: list[str] = []
 
     def walk(stem: str) -> None:
-        children = sorted({p[len(stem)] for p in banned if p.startswith(stem) and p != stem})
-        alternatives.append(re.escape(stem) + "$")
-        alternatives.append(re.escape(stem) + "[^" + "".join(re.escape(c) for c in children) + "]")
+        children = sorted(
+            {w[len(stem)] for w in banned | words if w.startswith(stem) and w != stem}
+        )
+        if stem not in words:
+            alternatives.append(re.escape(stem) + "$")
+        leave = "[^" + "".join(re.escape(c) for c in children) + "]" if children else "."
+        alternatives.append(re.escape(stem) + leave)
         for child in children:
             if stem + child not in banned:
                 walk(stem + child)
@@ -92,7 +93,7 @@ def aces_task(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "birth": {"code": "MEDS_BIRTH"},
         "death": {"code": "MEDS_DEATH"},
         # Events that open observation (not birth, sex or death) and any record at all.
-        "observed": {"code": {"regex": not_prefix_regex(NOT_OBSERVATION)}},
+        "observed": {"code": {"regex": not_prefix_regex(STATIC_CODES, ["MEDS_DEATH"])}},
         "recorded": {"code": {"regex": not_prefix_regex(STATIC_CODES)}},
         "outcome_code": {
             "code": {
