@@ -343,8 +343,8 @@ def _outcome_in_window(
     within = pl.duration(days=o["confirmation"]["within_days"])
     rule = o["confirmation"]["rule"]
     tagged = (
-        events.with_columns(is_code=outcome_code_expr(defn), is_drug=drug_expr(defn))
-        .filter(pl.col("is_code") | pl.col("is_drug"))
+        events.filter(outcome_code_expr(defn) | drug_expr(defn))
+        .with_columns(is_code=outcome_code_expr(defn), is_drug=drug_expr(defn))
         .join(indexed.select("subject_id", "index_time"), on="subject_id")
     )
     at_or_before = pl.col("time") <= pl.col("index_time")
