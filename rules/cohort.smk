@@ -33,13 +33,16 @@ else:
 
 
 rule build_cohort:
-    """Index at the first eligible visit; exclude prior ADRD or anti-dementia drugs; label the
-    five-year window; drop non-cases without full follow-up; split patients by hash."""
+    """Index per cohort.index.strategy (default: the first eligible visit); exclude prior ADRD
+    or anti-dementia drugs; label the (index, index + horizon] window; drop non-cases without
+    full follow-up; split patients by hash; export the task definition as an ACES task YAML.
+    """
     input:
         events="results/data/events.parquet",
     output:
         cohort="results/cohort/cohort.parquet",
         attrition="results/cohort/attrition.csv",
+        aces_task="results/cohort/aces_task.yaml",
     log:
         "results/logs/build_cohort.log",
     conda:
@@ -61,5 +64,7 @@ rule table_one:
         "results/logs/table_one.log",
     conda:
         "../envs/data.yaml"
+    params:
+        small_cell_threshold=config["cohort"]["small_cell_threshold"],
     script:
         "../workflow_scripts/table_one.py"

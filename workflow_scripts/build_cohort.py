@@ -1,11 +1,20 @@
 import polars as pl
 
-from rationale_bench.cohort import build_cohort
+from rationale_bench.aces import write_aces_task
+from rationale_bench.cohort import (
+    ATTRITION_COUNTS,
+    build_cohort,
+    resolve_definition,
+    suppress_small_cells,
+)
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
+settings = resolve_definition(snakemake.params.cohort)  # noqa: F821
 events = pl.scan_parquet(snakemake.input.events)  # noqa: F821
-cohort, attrition = build_cohort(events, snakemake.params.cohort)  # noqa: F821
+cohort, attrition = build_cohort(events, settings)
 log.info("attrition:\n%s", attrition)
-attrition.write_csv(snakemake.output.attrition)  # noqa: F821
+published = suppress_small_cells(attrition, ATTRITION_COUNTS, settings["small_cell_threshold"])
+published.write_csv(snakemake.output.attrition)  # noqa: F821
+write_aces_task(settings, snakemake.output.aces_task)  # noqa: F821
 write_parquet(cohort, snakemake.output.cohort)  # noqa: F821

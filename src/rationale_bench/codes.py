@@ -31,6 +31,8 @@ with warnings.catch_warnings():
 __all__ = [
     "ADRD_CODE_PREFIXES",
     "ANTI_DEMENTIA_DRUG_PREFIXES",
+    "ADRD_ICD9_CORE_PREFIXES",
+    "OUTCOME_TIERS",
     "ATC_DESCRIPTIONS",
     "ICD10_CM_DESCRIPTIONS",
     "LAB_DESCRIPTIONS",
@@ -59,6 +61,58 @@ ADRD_CODE_PREFIXES: tuple[str, ...] = (
 
 # Anti-dementia drugs (REFERENCES.md 2.2): cholinesterase inhibitors N06DA* and memantine.
 ANTI_DEMENTIA_DRUG_PREFIXES: tuple[str, ...] = ("ATC/N06DA", "ATC/N06DX01")
+
+# --------------------------------------------------------------------------------------
+# Outcome definition tiers (REFERENCES.md 2.1 and 7.1). ICD-9 codes are written with their
+# dot (``ICD9/331.0``), ICD-10 as ``ICD10/F03.90``; all entries are prefixes, so ``ICD10/F03``
+# covers the FY2023 severity codes F03.A0-F03.C4 and ``ICD9/331.1`` covers 331.11 and 331.19.
+# --------------------------------------------------------------------------------------
+
+# ICD-9 "core": 290.0-290.4x senile/presenile/vascular dementia, 294.1x / 294.2x dementia in
+# other diseases / unspecified, 331.0 Alzheimer's, 331.1x frontotemporal, 331.2 senile
+# degeneration, 331.82 Lewy body dementia.
+ADRD_ICD9_CORE_PREFIXES: tuple[str, ...] = (
+    "ICD9/290.0",
+    "ICD9/290.1",
+    "ICD9/290.2",
+    "ICD9/290.3",
+    "ICD9/290.4",
+    "ICD9/294.1",
+    "ICD9/294.2",
+    "ICD9/331.0",
+    "ICD9/331.1",
+    "ICD9/331.2",
+    "ICD9/331.82",
+)
+
+OUTCOME_TIERS: dict[str, tuple[str, ...]] = {
+    # Alzheimer's disease only: G30, WHO F00 (dementia in Alzheimer's disease), ICD-9 331.0.
+    "narrow": ("ICD10/F00", "ICD10/G30", "ICD9/331.0"),
+    # The default: ICD-10 core (ADRD_CODE_PREFIXES) plus its ICD-9 counterparts.
+    "core": ADRD_CODE_PREFIXES + ADRD_ICD9_CORE_PREFIXES,
+    # CMS Chronic Conditions Warehouse style: core plus the CCW ICD-10 additions (F04, F05,
+    # F06.1, F06.8, G13.2, G13.8, G31.2, G91.4, G94, R41.81, R54) and CCW ICD-9 additions
+    # (294.0, 294.8, 331.7, 797). Includes delirium and debility codes: more cases, more noise.
+    "broad": ADRD_CODE_PREFIXES
+    + ADRD_ICD9_CORE_PREFIXES
+    + (
+        "ICD10/F04",
+        "ICD10/F05",
+        "ICD10/F06.1",
+        "ICD10/F06.8",
+        "ICD10/G13.2",
+        "ICD10/G13.8",
+        "ICD10/G31.2",
+        "ICD10/G91.4",
+        "ICD10/G94",
+        "ICD10/R41.81",
+        "ICD10/R54",
+        "ICD9/294.0",
+        "ICD9/294.8",
+        "ICD9/331.7",
+        "ICD9/797",
+    ),
+}
 
 
 @dataclass(frozen=True)

@@ -1,30 +1,87 @@
 """Cohort: index time, exclusions, five-year labels, censoring, patient-level splits.
 
 Follows OHDSI PatientLevelPrediction conventions (see ../shared/REFERENCES.md 7.1):
-- the index is the first visit at which the subject is old enough and has enough prior
-  observation; inputs are events strictly before the index time;
+- the index is one time per subject chosen by ``cohort.index.strategy`` (default: the first
+  visit at which the subject is old enough and has enough prior observation); inputs are
+  events strictly before ``input_end_time`` (= the index time, or earlier with a blackout);
 - the outcome window is (index, index + horizon]: nothing at the index time can be both
   input and outcome;
 - subjects with the outcome or an anti-dementia drug at or before index are excluded;
 - cases are kept whatever their follow-up, non-cases need full follow-up (death or the end of
   observation before the horizon drops them, and the attrition table counts them).
+
+:data:`DEFAULTS` mirrors the ``cohort`` defaults of schemas/config.schema.yaml (a test keeps
+them equal), so a partial cohort mapping (as in the tests) means the same as the config.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import polars as pl
 
-from rationale_bench.codes import RISK_FACTORS, matches_any
+from rationale_bench.codes import (
+    ANTI_DEMENTIA_DRUG_PREFIXES,
+    OUTCOME_TIERS,
+    RISK_FACTORS,
+    matches_any,
+)
 
 SPLITS = ("train", "tuning", "held_out")
 DAYS_PER_YEAR = 365.25
 EVENT_COLUMNS = {"subject_id": pl.Int64, "time": pl.Datetime, "code": pl.String}
 # Codes that describe the person rather than an encounter; they do not open observation.
 STATIC_CODES = ("MEDS_BIRTH", "SEX/")
+# OMOP concepts in MEDS events (ingest writes ``OMOP/<concept_id>`` for unmapped concepts).
+OMOP_PREFIX = "OMOP/"
+INDEX_STRATEGIES = ("first_visit", "fixed_age", "baseline_date", "random_visit")
+CONFIRMATION_RULES = ("none", "two_codes", "code_plus_drug")
+# Count columns of the attrition table (small-cell suppression applies to these).
+ATTRITION_COUNTS = (
+    "n_subjects",
+    "n_cases",
+    "n_noncases",
+    "n_excluded",
+    "n_cases_excluded",
+    "n_noncases_excluded",
+    "n_died_in_window",
+)
+
+# Count columns of Table 1 (small-cell suppression applies to these).
+TABLE_ONE_COUNTS = ("n",)
+
+DEFAULTS: dict[str, Any] = {
+    "min_age": 65,
+    "min_prior_observation_days": 730,
+    "horizon_days": 1826,
+    "index_event_prefixes": ["VISIT/"],
+    "outcome_code_prefixes": None,
+    "exclusion_drug_prefixes": list(ANTI_DEMENTIA_DRUG_PREFIXES),
+    "index": {
+        "strategy": "first_visit",
+        "fixed_age": None,
+        "baseline_code_prefixes": ["BASELINE/"],
+        "seed": 0,
+    },
+    "outcome": {
+        "tier": "core",
+        "regex": None,
+        "concept_ids": [],
+        "drug_regex": None,
+        "drug_concept_ids": [],
+        "drugs_as_outcome": False,
+        "confirmation": {"rule": "none", "within_days": 365},
+    },
+    "blackout_days": 0,
+    "case_control": {"controls_per_case": None, "seed": 0},
+    "small_cell_threshold": None,
+    "split": {"seed": 1, "tuning_fraction": 0.1, "held_out_fraction": 0.3},
+}
 
 
 class CohortError(ValueError):
@@ -57,8 +114,7 @@ def split_of(subject_id: int, seed: int, tuning_fraction: float, held_out_fracti
     The split depends on nothing but the subject and the seed, so adding subjects to the data
     never moves anyone between splits (femr-style hashing).
     """
-    digest = hashlib.sha256(f"{seed}:{subject_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    u = _unit_hash(f"{seed}:{subject_id}")
     if u < held_out_fraction:
         return "held_out"
     if u < held_out_fraction + tuning_fraction:
@@ -80,62 +136,248 @@ def subject_summary(events: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def find_index_times(
-    events: pl.LazyFrame, summary: pl.LazyFrame, cfg: Mapping[str, Any]
-) -> pl.LazyFrame:
-    """The first index-event time at which age and prior observation are both sufficient."""
-    min_age_days = cfg["min_age"] * DAYS_PER_YEAR
-    return (
-        events.filter(matches_any(pl.col("code"), cfg["index_event_prefixes"]))
-        .join(summary.select("subject_id", "birth_time", "observation_start"), on="subject_id")
-        .filter(
-            ((pl.col("time") - pl.col("birth_time")).dt.total_days() >= min_age_days)
-            & (
-                (pl.col("time") - pl.col("observation_start")).dt.total_days()
-                >= cfg["min_prior_observation_days"]
-            )
+def _merge(default: Any, given: Any, path: str) -> Any:
+    """``given`` over ``default``, recursively for mappings; unknown keys are errors."""
+    if not isinstance(default, dict) or given is None:
+        return copy.deepcopy(given)
+    if not isinstance(given, Mapping):
+        raise CohortError(f"{path} must be a mapping, got {given!r}.")
+    unknown = sorted(set(given) - set(default))
+    if unknown:
+        raise CohortError(
+            f"{path}: unknown key(s) {unknown}; known keys: {', '.join(default)} "
+            "(see schemas/config.schema.yaml)."
         )
-        .group_by("subject_id")
-        .agg(index_time=pl.col("time").min())
+    merged = copy.deepcopy(default)
+    for key, value in given.items():
+        merged[key] = _merge(default[key], value, f"{path}.{key}")
+    return merged
+
+
+def resolve_definition(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The cohort section with defaults filled in, checked for values the schema cannot catch."""
+    defn = _merge(DEFAULTS, cfg, "cohort")
+    index, outcome = defn["index"], defn["outcome"]
+    if index["strategy"] not in INDEX_STRATEGIES:
+        raise CohortError(
+            f"cohort.index.strategy '{index['strategy']}' is unknown; "
+            f"choose one of {', '.join(INDEX_STRATEGIES)}."
+        )
+    if index["strategy"] == "fixed_age":
+        age = index["fixed_age"]
+        if age is None or age < defn["min_age"]:
+            raise CohortError(
+                f"cohort.index.fixed_age is {age!r}: the fixed_age strategy needs an age in years "
+                f"at or above cohort.min_age ({defn['min_age']})."
+            )
+    if outcome["tier"] not in OUTCOME_TIERS:
+        raise CohortError(
+            f"cohort.outcome.tier '{outcome['tier']}' is unknown; "
+            f"choose one of {', '.join(OUTCOME_TIERS)}."
+        )
+    rule = outcome["confirmation"]["rule"]
+    if rule not in CONFIRMATION_RULES:
+        raise CohortError(
+            f"cohort.outcome.confirmation.rule '{rule}' is unknown; "
+            f"choose one of {', '.join(CONFIRMATION_RULES)}."
+        )
+    if outcome["confirmation"]["within_days"] < 1:
+        raise CohortError("cohort.outcome.confirmation.within_days must be at least 1.")
+    for key in ("regex", "drug_regex"):
+        if outcome[key] is not None:
+            try:
+                re.compile(outcome[key])
+            except re.error as error:
+                raise CohortError(
+                    f"cohort.outcome.{key} '{outcome[key]}' is not a valid regex: {error}."
+                ) from None
+    if defn["blackout_days"] < 0:
+        raise CohortError("cohort.blackout_days must be 0 or more days.")
+    ratio = defn["case_control"]["controls_per_case"]
+    if ratio is not None and ratio <= 0:
+        raise CohortError("cohort.case_control.controls_per_case must be positive (or null).")
+    if not (outcome_prefixes(defn) or outcome["regex"] or outcome["concept_ids"]):
+        raise CohortError(
+            "cohort: the outcome code set is empty (outcome_code_prefixes is [] and neither "
+            "outcome.regex nor outcome.concept_ids is set); nothing could be a case."
+        )
+    return defn
+
+
+def outcome_prefixes(defn: Mapping[str, Any]) -> tuple[str, ...]:
+    """The outcome prefix list: ``outcome_code_prefixes`` when set, else the tier's list."""
+    explicit = defn["outcome_code_prefixes"]
+    if explicit is not None:
+        return tuple(explicit)
+    return OUTCOME_TIERS[defn["outcome"]["tier"]]
+
+
+def code_set(
+    expr: pl.Expr,
+    prefixes: Sequence[str],
+    regex: str | None = None,
+    concept_ids: Sequence[int] = (),
+) -> pl.Expr:
+    """Codes matching any prefix, the regex (searched, anchor it with ^) or an OMOP concept id."""
+    parts = [matches_any(expr, prefixes)]
+    if regex:
+        parts.append(expr.str.contains(regex).fill_null(False))
+    if concept_ids:
+        parts.append(expr.is_in([f"{OMOP_PREFIX}{c}" for c in concept_ids]).fill_null(False))
+    return pl.any_horizontal(parts)
+
+
+def outcome_code_expr(defn: Mapping[str, Any]) -> pl.Expr:
+    """True for events carrying an outcome (diagnosis) code."""
+    o = defn["outcome"]
+    return code_set(pl.col("code"), outcome_prefixes(defn), o["regex"], o["concept_ids"])
+
+
+def drug_expr(defn: Mapping[str, Any]) -> pl.Expr:
+    """True for events carrying an anti-dementia drug code."""
+    o = defn["outcome"]
+    return code_set(
+        pl.col("code"), defn["exclusion_drug_prefixes"], o["drug_regex"], o["drug_concept_ids"]
     )
 
 
-def _first_time(events: pl.LazyFrame, prefixes: Sequence[str], name: str) -> pl.LazyFrame:
-    return (
+def _unit_hash(text: str) -> float:
+    """A uniform number in [0, 1) from SHA-256: stable across machines and library versions."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+def index_step_name(defn: Mapping[str, Any]) -> str:
+    """The attrition-table wording of the index step."""
+    index = defn["index"]
+    prior = f">= {defn['min_prior_observation_days']} days of prior observation"
+    criteria = f"(age >= {defn['min_age']}, {prior})"
+    if index["strategy"] == "fixed_age":
+        return f"observed and alive at the fixed index age {index['fixed_age']} ({prior})"
+    if index["strategy"] == "baseline_date":
+        return f"eligible baseline event {list(index['baseline_code_prefixes'])} {criteria}"
+    if index["strategy"] == "random_visit":
+        return f"random eligible index visit, seed {index['seed']} {criteria}"
+    return f"eligible index visit {criteria}"
+
+
+def find_index_times(
+    events: pl.LazyFrame, summary: pl.LazyFrame, cfg: Mapping[str, Any]
+) -> pl.LazyFrame:
+    """One index time per subject who has one, by ``cohort.index.strategy``.
+
+    ``first_visit`` / ``baseline_date``: the first index event (or baseline event) at which age
+    and prior observation are both sufficient; ``random_visit``: one of those eligible events
+    drawn from a hash of (seed, subject_id), so it never depends on other subjects;
+    ``fixed_age``: birth + the fixed age, for subjects observed then (enough prior
+    observation, a record at or after that date) and alive.
+    """
+    defn = resolve_definition(cfg)
+    index = defn["index"]
+    strategy = index["strategy"]
+    prior_days = defn["min_prior_observation_days"]
+    people = summary.select(
+        "subject_id", "birth_time", "observation_start", "observation_end", "death_time"
+    )
+    if strategy == "fixed_age":
+        # Whole days, rounded up, so the age at index is never below fixed_age.
+        days = math.ceil(index["fixed_age"] * DAYS_PER_YEAR)
+        at = pl.col("index_time")
+        return (
+            people.with_columns(index_time=pl.col("birth_time") + pl.duration(days=days))
+            .filter(
+                ((at - pl.col("observation_start")).dt.total_days() >= prior_days)
+                & (pl.col("observation_end") >= at)
+                & (pl.col("death_time").is_null() | (pl.col("death_time") > at))
+            )
+            .select("subject_id", "index_time")
+        )
+    prefixes = (
+        index["baseline_code_prefixes"]
+        if strategy == "baseline_date"
+        else defn["index_event_prefixes"]
+    )
+    eligible = (
         events.filter(matches_any(pl.col("code"), prefixes))
-        .group_by("subject_id")
-        .agg(pl.col("time").min().alias(name))
+        .join(people, on="subject_id")
+        .filter(
+            (
+                (pl.col("time") - pl.col("birth_time")).dt.total_days()
+                >= defn["min_age"] * DAYS_PER_YEAR
+            )
+            & ((pl.col("time") - pl.col("observation_start")).dt.total_days() >= prior_days)
+        )
+    )
+    if strategy != "random_visit":
+        return eligible.group_by("subject_id").agg(index_time=pl.col("time").min())
+    seed = index["seed"]
+    return (
+        eligible.group_by("subject_id")
+        .agg(times=pl.col("time").unique().sort())
+        .with_columns(
+            u=pl.col("subject_id").map_elements(
+                lambda s: _unit_hash(f"index:{seed}:{s}"), return_dtype=pl.Float64
+            )
+        )
+        .select(
+            "subject_id",
+            index_time=pl.col("times").list.get(
+                (pl.col("u") * pl.col("times").list.len()).floor().cast(pl.Int64)
+            ),
+        )
     )
 
 
 def _outcome_in_window(
-    events: pl.LazyFrame, indexed: pl.LazyFrame, cfg: Mapping[str, Any]
+    events: pl.LazyFrame, indexed: pl.LazyFrame, defn: Mapping[str, Any]
 ) -> pl.LazyFrame:
-    """Per indexed subject: outcome or drug at/before index, the label and the outcome time."""
-    horizon = pl.duration(days=cfg["horizon_days"])
-    outcome = (
-        events.filter(matches_any(pl.col("code"), cfg["outcome_code_prefixes"]))
+    """Per indexed subject: outcome or drug at/before index, the label and the outcome time.
+
+    The outcome time is the first qualifying event in (index, index + horizon]. With
+    ``confirmation.rule`` ``two_codes`` a qualifying event counts only when another one (at a
+    later time) follows within ``within_days``; with ``code_plus_drug`` a diagnosis code counts
+    only when an anti-dementia drug lies within ``within_days`` before or after it. The
+    confirming event may fall after the horizon: it confirms, the onset stays the first code.
+    """
+    o = defn["outcome"]
+    horizon = pl.duration(days=defn["horizon_days"])
+    within = pl.duration(days=o["confirmation"]["within_days"])
+    rule = o["confirmation"]["rule"]
+    tagged = (
+        events.filter(outcome_code_expr(defn) | drug_expr(defn))
+        .with_columns(is_code=outcome_code_expr(defn), is_drug=drug_expr(defn))
         .join(indexed.select("subject_id", "index_time"), on="subject_id")
-        .group_by("subject_id")
-        .agg(
-            prior_outcome=(pl.col("time") <= pl.col("index_time")).any(),
-            outcome_time=pl.col("time")
-            .filter(
-                (pl.col("time") > pl.col("index_time"))
-                & (pl.col("time") <= pl.col("index_time") + horizon)
-            )
-            .min(),
+    )
+    at_or_before = pl.col("time") <= pl.col("index_time")
+    prior = tagged.group_by("subject_id").agg(
+        prior_outcome=(pl.col("is_code") & at_or_before).any(),
+        prior_drug=(pl.col("is_drug") & at_or_before).any(),
+    )
+    in_window = (pl.col("time") > pl.col("index_time")) & (
+        pl.col("time") <= pl.col("index_time") + horizon
+    )
+    counts = pl.col("is_code") | pl.col("is_drug") if o["drugs_as_outcome"] else pl.col("is_code")
+    if rule == "two_codes":
+        later = (
+            tagged.filter(counts & ~at_or_before)
+            .select("subject_id", "index_time", "time")
+            .unique(["subject_id", "time"])
+            .sort("subject_id", "time")
+            .with_columns(next_time=pl.col("time").shift(-1).over("subject_id"))
         )
-    )
-    drug = (
-        events.filter(matches_any(pl.col("code"), cfg["exclusion_drug_prefixes"]))
-        .join(indexed.select("subject_id", "index_time"), on="subject_id")
-        .group_by("subject_id")
-        .agg(prior_drug=(pl.col("time") <= pl.col("index_time")).any())
-    )
+        qualifying = later.filter(in_window & (pl.col("next_time") - pl.col("time") <= within))
+    elif rule == "code_plus_drug":
+        codes = tagged.filter(pl.col("is_code") & in_window).select("subject_id", "time")
+        drugs = tagged.filter(pl.col("is_drug")).select("subject_id", drug_time=pl.col("time"))
+        qualifying = codes.join(drugs, on="subject_id").filter(
+            (pl.col("drug_time") >= pl.col("time") - within)
+            & (pl.col("drug_time") <= pl.col("time") + within)
+        )
+    else:
+        qualifying = tagged.filter(counts & in_window)
+    onset = qualifying.group_by("subject_id").agg(outcome_time=pl.col("time").min())
     return (
-        indexed.join(outcome, on="subject_id", how="left")
-        .join(drug, on="subject_id", how="left")
+        indexed.join(prior, on="subject_id", how="left")
+        .join(onset, on="subject_id", how="left")
         .with_columns(
             pl.col("prior_outcome").fill_null(False),
             pl.col("prior_drug").fill_null(False),
@@ -144,15 +386,43 @@ def _outcome_in_window(
     )
 
 
+def _sample_train_controls(
+    frame: pl.DataFrame, controls_per_case: float, seed: int
+) -> pl.DataFrame:
+    """Keep every training case and ``controls_per_case`` non-cases per case (hash-ranked).
+
+    Only the train split is touched: tuning and held_out keep their natural prevalence.
+    """
+    train = pl.col("split") == "train"
+    n_cases = int(frame.filter(train & pl.col("label")).height)
+    n_keep = math.floor(controls_per_case * n_cases)
+    keep = (
+        frame.filter(train & ~pl.col("label"))
+        .with_columns(
+            _h=pl.col("subject_id").map_elements(
+                lambda s: hashlib.sha256(f"case_control:{seed}:{s}".encode()).hexdigest(),
+                return_dtype=pl.String,
+            )
+        )
+        .sort("_h")
+        .head(n_keep)["subject_id"]
+    )
+    return frame.filter(~train | pl.col("label") | pl.col("subject_id").is_in(keep.implode()))
+
+
 def build_cohort(
     events: pl.LazyFrame | pl.DataFrame, cfg: Mapping[str, Any], check_splits: bool = True
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Build the cohort and its attrition table from MEDS events.
 
     Returns ``(cohort, attrition)``; cohort has one row per subject with columns
-    ``subject_id, index_time, label, age, sex, followup_days, outcome_time, split``.
+    ``subject_id, index_time, input_end_time, label, age, sex, followup_days, outcome_time,
+    split``. Inputs are the events strictly before ``input_end_time`` (the index time minus
+    ``cohort.blackout_days``); the outcome window is (index_time, index_time + horizon].
     ``check_splits`` requires cases and non-cases in every split (off only for tiny fixtures).
+    Attrition: one row per step, the first row is the input, counts never increase.
     """
+    defn = resolve_definition(cfg)
     events = events.lazy()
     check_events_schema(events, "events")
     events = events.select("subject_id", pl.col("time").cast(pl.Datetime("us")), "code")
@@ -161,6 +431,12 @@ def build_cohort(
     if n_all == 0:
         raise CohortError("events: the data holds no subjects; check the input path.")
 
+    horizon_end = pl.col("index_time") + pl.duration(days=defn["horizon_days"])
+    died_in_window = (
+        pl.col("death_time").is_not_null()
+        & (pl.col("death_time") > pl.col("index_time"))
+        & (pl.col("death_time") <= horizon_end)
+    )
     steps: list[dict[str, Any]] = [
         {"step": "subjects in the data", "n_subjects": n_all, "n_cases": None, "n_noncases": None}
     ]
@@ -173,28 +449,31 @@ def build_cohort(
                 "n_subjects": frame.height,
                 "n_cases": n_cases,
                 "n_noncases": frame.height - n_cases if labelled else None,
+                "n_died_in_window": int(frame.select(died_in_window.sum()).item())
+                if labelled
+                else None,
             }
         )
 
     known = summary.filter(pl.col("birth_time").is_not_null() & pl.col("sex").is_not_null())
     record("birth date and sex recorded", known, labelled=False)
 
-    index_times = find_index_times(events, known.lazy(), cfg)
+    index_times = find_index_times(events, known.lazy(), defn)
     indexed = known.lazy().join(index_times, on="subject_id")
-    labelled = _outcome_in_window(events, indexed, cfg).collect()
-    record(
-        f"eligible index visit (age >= {cfg['min_age']}, >= {cfg['min_prior_observation_days']} "
-        "days of prior observation)",
-        labelled,
-        labelled=True,
-    )
+    labelled = _outcome_in_window(events, indexed, defn).collect()
+    record(index_step_name(defn), labelled, labelled=True)
+    if labelled.height == 0:
+        raise CohortError(
+            f"cohort: no subject passes the index step under cohort.index.strategy "
+            f"'{defn['index']['strategy']}' ({index_step_name(defn)}); check the index codes "
+            "are in the data, cohort.min_age and cohort.min_prior_observation_days."
+        )
 
     step = labelled.filter(~pl.col("prior_outcome"))
     record("no outcome code at or before index", step, labelled=True)
     step = step.filter(~pl.col("prior_drug"))
     record("no anti-dementia drug at or before index", step, labelled=True)
 
-    horizon_end = pl.col("index_time") + pl.duration(days=cfg["horizon_days"])
     observed_until = pl.min_horizontal(pl.col("observation_end"), pl.col("death_time"))
     step = step.with_columns(
         followup_days=(observed_until - pl.col("index_time")).dt.total_days().cast(pl.Int32)
@@ -212,34 +491,42 @@ def build_cohort(
             "they are lost. Check cohort.min_age, min_prior_observation_days and horizon_days."
         )
 
-    split_cfg = cfg["split"]
-    cohort = (
-        step.with_columns(
-            age=((pl.col("index_time") - pl.col("birth_time")).dt.total_days() / DAYS_PER_YEAR)
-            .round(2)
-            .cast(pl.Float64),
-            split=pl.col("subject_id").map_elements(
-                lambda s: split_of(
-                    s,
-                    split_cfg["seed"],
-                    split_cfg["tuning_fraction"],
-                    split_cfg["held_out_fraction"],
-                ),
-                return_dtype=pl.String,
+    split_cfg = defn["split"]
+    step = step.with_columns(
+        input_end_time=pl.col("index_time") - pl.duration(days=defn["blackout_days"]),
+        age=((pl.col("index_time") - pl.col("birth_time")).dt.total_days() / DAYS_PER_YEAR)
+        .round(2)
+        .cast(pl.Float64),
+        split=pl.col("subject_id").map_elements(
+            lambda s: split_of(
+                s,
+                split_cfg["seed"],
+                split_cfg["tuning_fraction"],
+                split_cfg["held_out_fraction"],
             ),
-        )
-        .select(
-            "subject_id",
-            "index_time",
-            "label",
-            "age",
-            "sex",
-            "followup_days",
-            "outcome_time",
-            "split",
-        )
-        .sort("subject_id")
+            return_dtype=pl.String,
+        ),
     )
+    ratio = defn["case_control"]["controls_per_case"]
+    if ratio is not None:
+        step = _sample_train_controls(step, ratio, defn["case_control"]["seed"])
+        record(
+            f"train split only: non-cases sampled to {ratio} per case "
+            f"(seed {defn['case_control']['seed']}); tuning and held_out untouched",
+            step,
+            labelled=True,
+        )
+    cohort = step.select(
+        "subject_id",
+        "index_time",
+        "input_end_time",
+        "label",
+        "age",
+        "sex",
+        "followup_days",
+        "outcome_time",
+        "split",
+    ).sort("subject_id")
     for split in SPLITS if check_splits else ():
         part = cohort.filter(pl.col("split") == split)
         if part.height == 0 or part["label"].sum() == 0 or part["label"].all():
@@ -248,11 +535,25 @@ def build_cohort(
                 f"{int(part['label'].sum()) if part.height else 0} cases; every split needs cases "
                 "and non-cases. Use more subjects or change cohort.split fractions."
             )
-    attrition = pl.DataFrame(steps, schema_overrides={"n_cases": pl.Int64, "n_noncases": pl.Int64})
-    attrition = attrition.with_columns(
-        n_excluded=(pl.col("n_subjects").shift(1) - pl.col("n_subjects")).fill_null(0)
+    return cohort, _attrition_table(steps)
+
+
+def _attrition_table(steps: list[dict[str, Any]]) -> pl.DataFrame:
+    """Steps as a table, with the subjects, cases and non-cases each step removed."""
+    given = ("n_subjects", "n_cases", "n_noncases", "n_died_in_window")
+    frame = pl.DataFrame(
+        [{"step": s["step"], **{c: s.get(c) for c in given}} for s in steps],
+        schema={"step": pl.String, **dict.fromkeys(given, pl.Int64)},
     )
-    return cohort, attrition
+
+    def removed(column: str) -> pl.Expr:
+        return pl.col(column).shift(1) - pl.col(column)
+
+    return frame.with_columns(
+        n_excluded=removed("n_subjects").fill_null(0),
+        n_cases_excluded=removed("n_cases"),
+        n_noncases_excluded=removed("n_noncases"),
+    ).select("step", *ATTRITION_COUNTS)
 
 
 def training_subset(cohort: pl.DataFrame, n_train: int, seed: int) -> pl.DataFrame:
@@ -319,4 +620,34 @@ def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame
         .with_columns(pl.col("split").cast(pl.Enum(list(SPLITS))))
         .sort("split", "label")
         .with_columns(pl.col("split").cast(pl.String))
+    )
+
+
+def suppress_small_cells(
+    frame: pl.DataFrame, columns: Sequence[str], threshold: int | None
+) -> pl.DataFrame:
+    """Counts from 1 to ``threshold - 1`` in ``columns`` shown as ``"<threshold>"``.
+
+    The listed columns become strings (other counts printed as integers, nulls kept); zero is
+    not a small cell and stays "0". ``threshold`` null (or 1) returns the frame unchanged.
+    This is primary suppression only: a suppressed cell can still be derived from totals
+    shown elsewhere (for example n_subjects minus n_noncases), so check published tables.
+    """
+    if threshold is None or threshold <= 1:
+        return frame
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise CohortError(
+            f"small-cell suppression: column(s) {missing} are not in the table "
+            f"(columns: {', '.join(frame.columns)})."
+        )
+    small = f"<{threshold}"
+    return frame.with_columns(
+        pl.when(pl.col(c).is_null())
+        .then(pl.lit(None, dtype=pl.String))
+        .when((pl.col(c) > 0) & (pl.col(c) < threshold))
+        .then(pl.lit(small))
+        .otherwise(pl.col(c).round(0).cast(pl.Int64).cast(pl.String))
+        .alias(c)
+        for c in columns
     )

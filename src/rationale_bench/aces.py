@@ -1,0 +1,228 @@
+"""The cohort definition as an ACES task configuration (github.com/justin13601/ACES).
+
+ACES ("Automatic Cohort Extraction System", PyPI ``es-aces``) extracts labelled prediction
+times from MEDS data with a YAML of ``predicates`` (code matchers), a ``trigger`` predicate
+and ``windows`` around it (``start``/``end`` relative to the trigger or another window,
+inclusivity flags, ``has`` count constraints, one ``label`` and one ``index_timestamp``).
+:func:`aces_task` writes our cohort definition in that language so other MEDS tools can
+cross-check it. Two differences are inherent and written into the file as comments:
+
+- ACES returns every trigger that passes the windows; rationale-bench keeps one per subject
+  (the first for ``first_visit`` / ``baseline_date``, a seeded one for ``random_visit``).
+  Because "no outcome at or before index" and "follow-up to the horizon" only get harder at
+  later triggers, the first ACES row of a subject is our first-visit index.
+- ACES has no per-label constraint, so the follow-up window applies to cases too; we keep
+  cases whatever their follow-up (PLP ``includeAllOutcomes``). On the subjects both keep, the
+  labels agree; the subjects only we keep are cases with short follow-up.
+
+Case:control sampling and splits are not part of a task definition and are not exported.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rationale_bench.cohort import (
+    DAYS_PER_YEAR,
+    OMOP_PREFIX,
+    STATIC_CODES,
+    outcome_prefixes,
+    resolve_definition,
+)
+
+
+def prefix_regex(
+    prefixes: Sequence[str], regex: str | None = None, concept_ids: Sequence[int] = ()
+) -> str:
+    """One regex (searched, as ACES does with polars ``str.contains``) for a code set."""
+    parts = []
+    if prefixes:
+        parts.append("^(?:" + "|".join(re.escape(p) for p in prefixes) + ")")
+    if regex:
+        parts.append(f"(?:{regex})")
+    if concept_ids:
+        ids = "|".join(str(int(c)) for c in concept_ids)
+        parts.append(f"^{re.escape(OMOP_PREFIX)}(?:{ids})$")
+    if not parts:
+        raise ValueError("an ACES predicate needs at least one prefix, regex or concept id.")
+    return "|".join(parts)
+
+
+def not_prefix_regex(prefixes: Iterable[str], exact: Iterable[str] = ()) -> str:
+    """A regex matching codes that start with none of ``prefixes`` and equal none of ``exact``.
+
+    ACES evaluates regexes with polars (Rust ``regex``), which has no look-around, so the
+    complement is spelt out over the trie of the banned strings: at each node, either the code
+    ends there (unless that is an ``exact`` code) or its next character leaves the trie.
+    """
+    banned, words = set(prefixes), set(exact)
+    alternatives: list[str] = []
+
+    def walk(stem: str) -> None:
+        children = sorted(
+            {w[len(stem)] for w in banned | words if w.startswith(stem) and w != stem}
+        )
+        if stem not in words:
+            alternatives.append(re.escape(stem) + "$")
+        leave = "[^" + "".join(re.escape(c) for c in children) + "]" if children else "."
+        alternatives.append(re.escape(stem) + leave)
+        for child in children:
+            if stem + child not in banned:
+                walk(stem + child)
+
+    walk("")
+    return "^(?:" + "|".join(alternatives) + ")"
+
+
+def _days(n: int) -> str:
+    return f"{n} days"
+
+
+def aces_task(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ACES task configuration (predicates, trigger, windows) of a cohort definition."""
+    defn = resolve_definition(cfg)
+    index, outcome = defn["index"], defn["outcome"]
+    strategy = index["strategy"]
+    predicates: dict[str, Any] = {
+        "birth": {"code": "MEDS_BIRTH"},
+        "death": {"code": "MEDS_DEATH"},
+        # Events that open observation (not birth, sex or death) and any record at all.
+        "observed": {"code": {"regex": not_prefix_regex(STATIC_CODES, ["MEDS_DEATH"])}},
+        "recorded": {"code": {"regex": not_prefix_regex(STATIC_CODES)}},
+        "outcome_code": {
+            "code": {
+                "regex": prefix_regex(
+                    outcome_prefixes(defn), outcome["regex"], outcome["concept_ids"]
+                )
+            }
+        },
+        "anti_dementia_drug": {
+            "code": {
+                "regex": prefix_regex(
+                    defn["exclusion_drug_prefixes"],
+                    outcome["drug_regex"],
+                    outcome["drug_concept_ids"],
+                )
+            }
+        },
+    }
+    label = "outcome_code"
+    if outcome["drugs_as_outcome"]:
+        predicates["outcome_or_drug"] = {"expr": "or(outcome_code, anti_dementia_drug)"}
+        label = "outcome_or_drug"
+
+    windows: dict[str, Any] = {}
+    if strategy == "fixed_age":
+        trigger = "birth"
+        days = math.ceil(index["fixed_age"] * DAYS_PER_YEAR)
+        windows["to_index_age"] = {
+            "start": "trigger",
+            "end": f"start + {_days(days)}",
+            "start_inclusive": True,
+            "end_inclusive": True,
+        }
+        at = "to_index_age.end"
+        windows["observed_at_or_after_index"] = {
+            "start": at,
+            "end": None,
+            "start_inclusive": True,
+            "end_inclusive": True,
+            "has": {"recorded": "(1, None)"},
+        }
+    else:
+        prefixes = (
+            index["baseline_code_prefixes"]
+            if strategy == "baseline_date"
+            else defn["index_event_prefixes"]
+        )
+        trigger = "index_event"
+        predicates["index_event"] = {"code": {"regex": prefix_regex(prefixes)}}
+        at = "trigger"
+        age_days = math.ceil(defn["min_age"] * DAYS_PER_YEAR)
+        if age_days > 0:
+            windows["born_min_age_before"] = {
+                "start": None,
+                "end": f"{at} - {_days(age_days)}",
+                "start_inclusive": True,
+                "end_inclusive": True,
+                "has": {"birth": "(1, None)"},
+            }
+    prior_days = defn["min_prior_observation_days"]
+    windows["prior_observation"] = {
+        "start": None,
+        "end": f"{at} - {_days(prior_days)}" if prior_days > 0 else at,
+        "start_inclusive": True,
+        "end_inclusive": True,
+        "has": {"observed": "(1, None)"},
+    }
+    no_prior = {"outcome_code": "(None, 0)", "anti_dementia_drug": "(None, 0)"}
+    if strategy == "fixed_age":
+        no_prior["death"] = "(None, 0)"
+    windows["no_prior_outcome"] = {
+        "start": None,
+        "end": at,
+        "start_inclusive": True,
+        "end_inclusive": True,
+        "has": no_prior,
+    }
+    blackout = defn["blackout_days"]
+    windows["input"] = {
+        "start": None,
+        "end": f"{at} - {_days(blackout)}" if blackout > 0 else at,
+        "start_inclusive": True,
+        "end_inclusive": False,
+    }
+    windows["target"] = {
+        "start": at,
+        "end": f"start + {_days(defn['horizon_days'])}",
+        "start_inclusive": False,
+        "end_inclusive": True,
+        "label": label,
+        "index_timestamp": "start",
+    }
+    windows["follow_up"] = {
+        "start": "target.end",
+        "end": None,
+        "start_inclusive": True,
+        "end_inclusive": True,
+        "has": {"recorded": "(1, None)"},
+    }
+    return {"predicates": predicates, "trigger": trigger, "windows": windows}
+
+
+def _header(defn: Mapping[str, Any]) -> str:
+    rule = defn["outcome"]["confirmation"]["rule"]
+    lines = [
+        "ACES task configuration exported by rationale-bench from the cohort section of the",
+        "config (https://github.com/justin13601/ACES, configuration language of es-aces 0.7).",
+        f"Index strategy: {defn['index']['strategy']}. ACES returns every trigger that passes",
+        "the windows; rationale-bench keeps one per subject (the first, or for random_visit a",
+        "seeded draw). index_timestamp = the index time; inputs are events strictly before",
+        "input.end (index - cohort.blackout_days).",
+        "Difference: follow_up applies to cases too in ACES; rationale-bench keeps cases whatever",
+        "their follow-up, so compare labels on the subjects both keep.",
+    ]
+    if rule != "none":
+        lines.append(
+            f"Not expressible in ACES and not exported: confirmation rule '{rule}' "
+            f"(within {defn['outcome']['confirmation']['within_days']} days)."
+        )
+    if defn["case_control"]["controls_per_case"] is not None:
+        lines.append("Not exported: the case:control sampling of the train split.")
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def write_aces_task(cfg: Mapping[str, Any], path: str | Path) -> Path:
+    """Write :func:`aces_task` as YAML with a header on what ACES cannot express."""
+    defn = resolve_definition(cfg)
+    text = _header(defn) + yaml.safe_dump(aces_task(defn), sort_keys=False, width=100)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return out
