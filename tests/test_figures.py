@@ -171,6 +171,25 @@ def test_cohort_overview_and_rationale_qc(tmp_path):
     assert_written(figures.rationale_qc(None, tmp_path / "q4"), tmp_path / "q4")
 
 
+def test_cohort_overview_with_suppressed_small_cells(tmp_path):
+    """Published tables with small cells suppressed ("<50") still give the figure."""
+    from rationale_bench.cohort import ATTRITION_COUNTS, TABLE_ONE_COUNTS, suppress_small_cells
+
+    att = attrition()
+    counts = [c for c in ATTRITION_COUNTS if c in att.columns]
+    published = suppress_small_cells(att, counts, 50)
+    t1 = suppress_small_cells(table1().with_columns(n=pl.lit(30)), TABLE_ONE_COUNTS, 50)
+    assert "<50" in published["n_excluded"].to_list() and t1["n"][0] == "<50"
+    # Written as CSV and read back, as the report does: the columns are strings now.
+    published.write_csv(tmp_path / "a.csv")
+    t1.write_csv(tmp_path / "t.csv")
+    written = figures.cohort_overview(
+        pl.read_csv(tmp_path / "a.csv"), pl.read_csv(tmp_path / "t.csv"), tmp_path / "c"
+    )
+    assert_written(written, tmp_path / "c")
+    assert "&lt;50" in written[1].read_text()  # the suppressed cell, as published
+
+
 def test_svg_is_reproducible(tables, tmp_path):
     a = figures.learning_curves(tables["partial"]["table"], tmp_path / "a")
     b = figures.learning_curves(tables["partial"]["table"], tmp_path / "b")

@@ -803,8 +803,31 @@ def _table_one_cells(table1: pl.DataFrame) -> tuple[list[str], list[str], list[l
         if "label" in r:
             parts.append("cases" if r["label"] else "non-cases")
         rows.append(", ".join(parts) or "all")
-        cells.append(["–" if r[source] is None else fn(r) for _, source, fn in cols])
+        # A suppressed small cell ("<10", cohort.small_cell_threshold) is shown as written.
+        cells.append(
+            [
+                "–" if r[source] is None else r[source] if isinstance(r[source], str) else fn(r)
+                for _, source, fn in cols
+            ]
+        )
     return rows, [label for label, _, _ in cols], cells
+
+
+def _published_counts(column: pl.Series) -> tuple[np.ndarray, list[str | None]]:
+    """Bar lengths and labels of a count column that may hold suppressed cells ("<10"): a
+    suppressed cell is drawn as 0 and labelled as published."""
+    lengths, labels = [], []
+    for value in column.to_list():
+        if value is None:
+            lengths.append(0.0)
+            labels.append(None)
+        elif isinstance(value, str) and not value.replace(".", "", 1).isdigit():
+            lengths.append(0.0)
+            labels.append(value)
+        else:
+            lengths.append(float(value))
+            labels.append(f"{float(value):,.0f}")
+    return np.array(lengths, dtype=float), labels
 
 
 @_styled
@@ -826,8 +849,12 @@ def cohort_overview(
         if "step" in att.columns
         else [str(i) for i in range(att.height)]
     )
-    n = att["n_subjects"].to_numpy().astype(float)
-    cases = att["n_cases"].to_list() if "n_cases" in att.columns else [None] * att.height
+    n, n_text = _published_counts(att["n_subjects"])
+    cases, case_text = (
+        _published_counts(att["n_cases"])
+        if "n_cases" in att.columns
+        else (np.zeros(att.height), [None] * att.height)
+    )
     height = max(2.6, 0.5 * len(steps) + 1.4)
     fig = _figure(12.0 if has_t1 else 7.6, height)
     axs = fig.subplots(
@@ -836,10 +863,9 @@ def cohort_overview(
     ax = axs[0]
     y = np.arange(len(steps))
     ax.barh(y, n, color="#56B4E9", height=0.65)
-    case_vals = np.array([c if c is not None else 0 for c in cases], dtype=float)
-    ax.barh(y, case_vals, color="#D55E00", height=0.65)
-    for yi, ni, ci in zip(y, n, cases, strict=True):
-        text = f" {ni:,.0f}" + (f"  ({ci:,} cases)" if ci is not None else "")
+    ax.barh(y, cases, color="#D55E00", height=0.65)
+    for yi, ni, label, case_label in zip(y, n, n_text, case_text, strict=True):
+        text = f" {label}" + (f"  ({case_label} cases)" if case_label is not None else "")
         ax.text(ni, yi, text, va="center", fontsize=8)
     ax.set_yticks(y, [textwrap.fill(s, 42) for s in steps])
     ax.invert_yaxis()
