@@ -177,6 +177,12 @@ def test_meds_without_metadata_writes_an_empty_codes_table(tmp_path):
             r"bad\.parquet: column 'code' has type Int64, expected a string",
         ),
         (
+            pl.DataFrame(
+                {"subject_id": [1], "time": [D(2000, 1, 1)], "code": ["X"], "numeric_value": ["1"]}
+            ),
+            r"bad\.parquet: column 'numeric_value' has type String, expected a number",
+        ),
+        (
             meds_frame([]),
             r"bad\.parquet: the data holds no events",
         ),

@@ -137,41 +137,6 @@ def require_columns(
         )
 
 
-def require_type(
-    schema: pl.Schema | Mapping[str, pl.DataType],
-    column: str,
-    file: str,
-    ok: Sequence[type[pl.DataType]] | None = None,
-    *,
-    integer: bool = False,
-    temporal: bool = False,
-    numeric: bool = False,
-) -> None:
-    """Stop when a column has a type that cannot be converted to what the pipeline needs."""
-    dtype = schema[column]
-    good = (
-        dtype == pl.String
-        or (integer and dtype.is_integer())
-        or (numeric and dtype.is_numeric())
-        or (temporal and (dtype == pl.Date or isinstance(dtype, pl.Datetime)))
-        or (ok is not None and any(dtype == t for t in ok))
-    )
-    if not good:
-        wanted = (
-            "an integer"
-            if integer
-            else "a date or datetime"
-            if temporal
-            else "a number"
-            if numeric
-            else "a string"
-        )
-        raise DataError(
-            f"{file}: column '{column}' has type {dtype}, expected {wanted} (or text that "
-            "parses as one). Convert the column in your export."
-        )
-
-
 def parse_datetime(expr: pl.Expr, dtype: pl.DataType, formats: Sequence[str]) -> pl.Expr:
     """A datetime[us] expression from a date, datetime or text column (nulls where unparseable)."""
     if dtype == pl.Date or isinstance(dtype, pl.Datetime):
@@ -192,7 +157,7 @@ def strict_integer(frame: pl.DataFrame, column: str, file: str) -> pl.Series:
         examples = ", ".join(repr(v) for v in values.filter(bad).head(3).to_list())
         raise DataError(
             f"{file}: column '{column}' has {int(bad.sum())} values that are not integers "
-            f"(e.g. {examples}); subject ids must be integers. Map them to integers in your export."
+            f"(e.g. {examples}); ids must be integers. Map them to integers in your export."
         )
     return parsed
 
@@ -227,8 +192,12 @@ def normalize_events(events: pl.LazyFrame, file: str) -> pl.LazyFrame:
             "Convert it in your ETL."
         )
     if "numeric_value" in schema:
-        require_type(schema, "numeric_value", file, numeric=True)
-        value = pl.col("numeric_value").cast(pl.Float32, strict=False)
+        if not (schema["numeric_value"].is_numeric() or schema["numeric_value"] == pl.Null):
+            raise DataError(
+                f"{file}: column 'numeric_value' has type {schema['numeric_value']}, expected a "
+                "number (MEDS uses float32). Convert it in your ETL."
+            )
+        value = pl.col("numeric_value").cast(pl.Float32)
     else:
         value = pl.lit(None, dtype=pl.Float32)
     return events.select(

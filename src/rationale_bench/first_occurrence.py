@@ -317,8 +317,9 @@ def first_occurrence_events(
         )
 
     as_age = cfg["values"] == "age"
+    schema = frame.schema  # built once: a schema of 1,000+ columns is not free
     for column in columns:
-        dtype = frame.schema[column]
+        dtype = schema[column]
         ok = (
             dtype == pl.String
             or (as_age and dtype.is_numeric())
@@ -335,19 +336,57 @@ def first_occurrence_events(
 
     subjects = _subjects(frame, cfg, formats, file, report)
     ids = strict_integer(frame, cfg["id_column"], file)
-    wide = (
-        frame.select([pl.col(c).cast(pl.String).str.strip_chars() for c in columns])
-        .with_columns(subject_id=ids)
-        .filter(pl.col("subject_id").is_not_null())
+    # Parse column by column before unpivoting (no text round trip for typed parquet columns);
+    # a cell that is set but does not parse is counted per column.
+    if as_age:
+        typed = [
+            (
+                pl.col(c).cast(pl.Float64)
+                if schema[c].is_numeric()
+                else pl.col(c).str.strip_chars().cast(pl.Float64, strict=False)
+            ).alias(c)
+            for c in columns
+        ]
+    else:
+        typed = [parse_datetime(pl.col(c), schema[c], formats).alias(c) for c in columns]
+    raw_counts = frame.select(pl.col(list(columns)).is_not_null().sum())
+    wide = frame.select(typed).with_columns(subject_id=ids)
+    parsed_counts = wide.select(pl.col(list(columns)).is_not_null().sum())
+    bad = pl.DataFrame(
+        {
+            "column": list(columns),
+            "n": [r - p for r, p in zip(raw_counts.row(0), parsed_counts.row(0), strict=True)],
+        },
+        schema={"column": pl.String, "n": pl.Int64},
     )
+    report.add(
+        "code values read",
+        file,
+        None,
+        int(sum(raw_counts.row(0))),
+        "info",
+        f"{len(columns)} code columns",
+    )
+    if as_age:
+        _report_by_column(report, "unparseable age", file, bad, "dropped", "not a number of years")
+    else:
+        _report_by_column(
+            report,
+            "unparseable date",
+            file,
+            bad,
+            "dropped",
+            f"not a date in any of data.date_formats ({', '.join(formats)})",
+        )
     names = pl.DataFrame(
         {"column": list(columns), "code": list(columns.values())},
         schema={"column": pl.String, "code": pl.String},
     )
     long = (
         wide.lazy()
+        .filter(pl.col("subject_id").is_not_null())
         .unpivot(index="subject_id", on=list(columns), variable_name="column", value_name="value")
-        .filter(pl.col("value").is_not_null() & (pl.col("value") != ""))
+        .filter(pl.col("value").is_not_null())
         .join(names.lazy(), on="column")
         .join(
             subjects.lazy().select("subject_id", "birth_time", "birth_period_start"),
@@ -355,14 +394,9 @@ def first_occurrence_events(
         )
         .collect()
     )
-    report.add("code values read", file, None, long.height, "info", f"{len(columns)} code columns")
 
     if as_age:
-        age = pl.col("value").cast(pl.Float64, strict=False)
-        long = long.with_columns(_age=age)
-        bad = long.group_by("column").agg(n=pl.col("_age").is_null().sum())
-        _report_by_column(report, "unparseable age", file, bad, "dropped", "not a number of years")
-        no_birth = long.filter(pl.col("_age").is_not_null() & pl.col("birth_time").is_null())
+        no_birth = long.filter(pl.col("birth_time").is_null())
         report.count(
             "age without birth",
             no_birth.height,
@@ -371,32 +405,28 @@ def first_occurrence_events(
             "dropped",
             "an age cannot be placed in time without a birth year",
         )
-        long = long.filter(pl.col("_age").is_not_null() & pl.col("birth_time").is_not_null())
-        micros = (pl.col("_age") * 365.25 * 86_400_000_000).round().cast(pl.Int64)
+        long = long.filter(pl.col("birth_time").is_not_null())
+        micros = (pl.col("value") * 365.25 * 86_400_000_000).round().cast(pl.Int64)
         long = long.with_columns(time=pl.col("birth_time") + pl.duration(microseconds=micros))
     else:
         special: Mapping[str, str] = cfg.get("special_dates") or {}
-        is_special = pl.col("value").str.slice(0, 10).is_in(list(special))
-        action = (
-            pl.col("value")
-            .str.slice(0, 10)
-            .replace_strict(special, default=None, return_dtype=pl.String)
+        special_days = {dt.date.fromisoformat(d): what for d, what in special.items()}
+        day = pl.col("value").dt.date()
+        long = long.with_columns(
+            _special=day.replace_strict(special_days, default=None, return_dtype=pl.String)
         )
-        long = long.with_columns(_special=pl.when(is_special).then(action))
-        for date, what in sorted(special.items()):
-            n = long.filter(pl.col("value").str.slice(0, 10) == date).height
+        for date, what in sorted(special_days.items()):
             report.count(
                 "special date",
-                n,
+                long.filter(day == date).height,
                 file,
                 "code columns",
                 "dropped" if what == "drop" else "set to birth",
                 f"placeholder date {date} (data.first_occurrence.special_dates)",
             )
-        at_birth = long.filter(pl.col("_special") == "birth")
         report.count(
             "special date without birth",
-            at_birth.filter(pl.col("birth_time").is_null()).height,
+            long.filter((pl.col("_special") == "birth") & pl.col("birth_time").is_null()).height,
             file,
             cfg["birth_year_column"],
             "dropped",
@@ -405,22 +435,10 @@ def first_occurrence_events(
         long = long.filter(
             pl.col("_special").is_null()
             | ((pl.col("_special") == "birth") & pl.col("birth_time").is_not_null())
-        )
-        long = long.with_columns(
+        ).with_columns(
             time=pl.when(pl.col("_special") == "birth")
             .then(pl.col("birth_time"))
-            .otherwise(parse_datetime(pl.col("value"), pl.String, formats))
-        )
-        bad = long.group_by("column").agg(
-            n=(pl.col("time").is_null() & pl.col("_special").is_null()).sum()
-        )
-        _report_by_column(
-            report,
-            "unparseable date",
-            file,
-            bad,
-            "dropped",
-            f"not a date in any of data.date_formats ({', '.join(formats)})",
+            .otherwise(pl.col("value"))
         )
         long = long.filter(pl.col("time").is_not_null())
         # Birth is imputed mid-period; a date in the birth month (year) before it is real.
