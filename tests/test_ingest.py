@@ -245,20 +245,21 @@ def study_config(tmp_path, data: dict):
     return path
 
 
-@pytest.mark.parametrize("source", ["omop", "first_occurrence"])
+@pytest.mark.parametrize("source", ["omop", "first_occurrence", "meds"])
 def test_dry_run_schedules_the_source_ingest_rule(tmp_path, source):
     workdir = tmp_path / "work"
     workdir.mkdir()
     shutil.copy(REPO / "config.yaml", workdir / "config.yaml")
-    data_path = tmp_path / ("cdm" if source == "omop" else "fo.csv")
-    if source == "omop":
+    data_path = tmp_path / ("fo.csv" if source == "first_occurrence" else "folder")
+    if source != "first_occurrence":
         data_path.mkdir()
     else:
         data_path.write_text("eid\n")
     configfile = study_config(tmp_path, {"source": source, source: {"path": str(data_path)}})
     counts = dry_run(workdir, configfile=configfile)
     assert counts[f"ingest_{source}"] == 1
-    assert not {"synthesize_events", "ingest_meds"} & set(counts)
+    others = {"synthesize_events", "ingest_meds", "ingest_omop", "ingest_first_occurrence"}
+    assert not (others - {f"ingest_{source}"}) & set(counts)
     assert counts["build_cohort"] == 1
     result = snakemake(workdir, "-n", "-p", configfile=configfile)
     outputs = planned_outputs(result.stdout + result.stderr)
