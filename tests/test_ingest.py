@@ -195,16 +195,32 @@ def test_bad_meds_shards_stop_naming_the_shard_and_column(tmp_path, frame, messa
         run_meds(tmp_path, path)
 
 
-def test_synthetic_output_passes_the_audit(tmp_path):
+def test_synthetic_output_passes_the_audit_in_chunks(tmp_path):
     events = tmp_path / "events.parquet"
     write_events(events, 120, seed=3)
-    report = audit_synthetic(events, tmp_path / "codes.parquet", tmp_path / "dq.csv")
-    assert [r["check"] for r in report.rows] == ["events checked"]
+    whole = audit_synthetic(events, tmp_path / "codes.parquet", tmp_path / "dq.csv")
+    assert [r["check"] for r in whole.rows] == ["events checked"]
+    assert whole.rows[0]["detail"] == "120 subjects"
+    chunked = audit_synthetic(events, tmp_path / "c.parquet", tmp_path / "c.csv", chunk_subjects=7)
+    assert chunked.rows == whole.rows
     assert pl.read_parquet(tmp_path / "codes.parquet").height == 0
     assert (
         pl.read_csv(tmp_path / "dq.csv")["n_rows"][0]
         == pl.scan_parquet(events).select(pl.len()).collect().item()
     )
+
+
+def test_synthetic_audit_counts_duplicates_as_a_warning(tmp_path):
+    events = tmp_path / "events.parquet"
+    lab = (3, D(2015, 1, 1), "LAB/HBA1C", 6.6)
+    meds_frame([*SHARD_1[1:3], lab, lab]).write_parquet(events)
+    report = audit_synthetic(events, tmp_path / "codes.parquet", tmp_path / "dq.csv")
+    assert [(r["check"], r["n_rows"], r["action"]) for r in report.rows] == [
+        ("events checked", 4, "info"),
+        ("exact duplicate event", 1, "kept (warning)"),
+    ]
+    # Left in place: the audit never rewrites the generator's file.
+    assert pl.read_parquet(events).height == 4
 
 
 def test_synthetic_audit_fails_on_a_generator_bug(tmp_path):
@@ -276,3 +292,46 @@ def test_unknown_first_occurrence_key_is_a_config_error(tmp_path):
     result = snakemake(workdir, "-n", configfile=configfile, check=False)
     assert result.returncode != 0
     assert "id_col" in result.stdout + result.stderr
+
+
+def test_ingest_rule_runs_through_snakemake(tmp_path):
+    """The one ingest job of a first-occurrence study, run by Snakemake: script wiring, log."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    table = tmp_path / "fo.csv"
+    pl.DataFrame(
+        {
+            "eid": [1, 2],
+            "birth_year": [1940, 1941],
+            "sex": [0, 1],
+            "baseline_date": ["2008-01-01", "2009-01-01"],
+            "F03": ["2011-01-01", ""],
+            "I10": ["1900-01-01", "2000-01-01"],
+        }
+    ).write_csv(table)
+    configfile = study_config(
+        tmp_path, {"source": "first_occurrence", "first_occurrence": {"path": str(table)}}
+    )
+    snakemake(workdir, "--cores", "1", "results/data/events.parquet", configfile=configfile)
+    events = pl.read_parquet(workdir / "results" / "data" / "events.parquet")
+    icd = events.filter(pl.col("code").str.starts_with("ICD10/")).select("subject_id", "code")
+    assert icd.rows() == [(1, "ICD10/F03"), (2, "ICD10/I10")]
+    assert pl.read_parquet(workdir / "results" / "data" / "codes.parquet").height == 0
+    quality = pl.read_csv(workdir / "results" / "data" / "data_quality.csv")
+    assert ("special date", 1, "dropped") in quality.select("check", "n_rows", "action").rows()
+    log = (workdir / "results" / "logs" / "ingest_first_occurrence.log").read_text()
+    assert "special date" in log and "events written" in log
+
+
+def test_synthetic_rule_writes_the_three_ingest_files(tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    configfile = study_config(
+        tmp_path, {"source": "synthetic", "synthetic": {"n_subjects": 150, "seed": 5}}
+    )
+    snakemake(workdir, "--cores", "1", "results/data/events.parquet", configfile=configfile)
+    data = workdir / "results" / "data"
+    n_events = pl.scan_parquet(data / "events.parquet").select(pl.len()).collect().item()
+    quality = pl.read_csv(data / "data_quality.csv")
+    assert quality.select("check", "n_rows").rows() == [("events checked", n_events)]
+    assert pl.read_parquet(data / "codes.parquet").height == 0
