@@ -49,6 +49,13 @@ TABLES = {
         "drug_source_value": ["donepezil", "aspirin"],
         "drug_source_concept_id": [0, 0],
     },
+    "procedure_occurrence": {
+        "person_id": [1],
+        "procedure_concept_id": [4000],
+        "procedure_date": ["2012-01-01"],
+        "procedure_source_value": ["88.38"],
+        "procedure_source_concept_id": [4001],  # ICD9Proc: not a diagnosis vocabulary
+    },
     "measurement": {
         "person_id": [1, 2],
         "measurement_concept_id": [3004410, 3004410],
@@ -68,7 +75,20 @@ TABLES = {
         "observation_period_end_date": ["2020-12-31"],
     },
     "concept": {
-        "concept_id": [1001, 1002, 320128, 4182210, 2001, 2002, 3001, 3004410, 5555, 9202],
+        "concept_id": [
+            1001,
+            1002,
+            320128,
+            4182210,
+            2001,
+            2002,
+            3001,
+            3004410,
+            5555,
+            9202,
+            4000,
+            4001,
+        ],
         "concept_name": [
             "Unspecified dementia without behavioral disturbance",
             "Unspecified essential hypertension",
@@ -80,6 +100,8 @@ TABLES = {
             "Hemoglobin A1c",
             "Custom visit",
             "Outpatient Visit",
+            "Computed tomography of chest",
+            "Other computerized axial tomography",
         ],
         "vocabulary_id": [
             "ICD10CM",
@@ -92,6 +114,8 @@ TABLES = {
             "LOINC",
             "Visit",
             "Visit",
+            "SNOMED",
+            "ICD9Proc",
         ],
         "concept_code": [
             "F03.90",
@@ -104,6 +128,8 @@ TABLES = {
             "4548-4",
             "X",
             "OP",
+            "169069000",
+            "88.38",
         ],
     },
     "concept_relationship": {
@@ -120,6 +146,7 @@ EXPECTED_EVENTS = [
     (1, "2000-01-01 00:00:00", "OBSERVATION_PERIOD/START", None),
     (1, "2010-01-01 09:30:00", "VISIT/OUTPATIENT", None),
     (1, "2011-01-01 00:00:00", "OMOP/3004410", 6.5),
+    (1, "2012-01-01 00:00:00", "OMOP/4000", None),
     (1, "2015-06-01 00:00:00", "ICD10/F03.90", None),
     (1, "2016-01-01 00:00:00", "ATC/N06DA02", None),
     (1, "2020-12-31 00:00:00", "OBSERVATION_PERIOD/END", None),
@@ -140,6 +167,7 @@ EXPECTED_CODES = {
     "OMOP/2002": "aspirin 81 MG Oral Tablet",
     "OMOP/3004410": "Hemoglobin A1c",
     "OMOP/320128": "Essential hypertension",
+    "OMOP/4000": "Computed tomography of chest",
     "VISIT/5555": "Custom visit",
 }
 
@@ -209,10 +237,10 @@ def test_omop_cdm_becomes_meds_events_and_code_names(tmp_path, kind):
             rows = rows.filter(pl.col("column") == column)
         return rows["n_rows"].to_list()
 
-    assert n("rows read") == [3, 8, 2, 2, 1, 1, 2]
-    assert n("mapped to ICD10/ICD9/ATC") == [2, 1, 0]
-    # conditions (two later dropped as before birth / after death), drug, measurements
-    assert n("unmapped concept") == [3, 1, 2]
+    assert n("rows read") == [3, 8, 2, 1, 2, 1, 1, 2]
+    assert n("mapped to ICD10/ICD9/ATC") == [2, 1, 0, 0]
+    # conditions (two later dropped as before birth / after death), drug, procedure, measurements
+    assert n("unmapped concept") == [3, 1, 1, 2]
     assert n("no concept") == [1]
     assert n("person not in person table") == [1]
     assert n("unparseable date") == [1]
@@ -223,7 +251,7 @@ def test_omop_cdm_becomes_meds_events_and_code_names(tmp_path, kind):
     assert n("subject without sex") == [1]
     assert n("events written") == [len(EXPECTED_EVENTS)]
     # Every row of the clinical tables is either written or counted under a dropping check.
-    clinical_in = sum(n("rows read")[1:4])
+    clinical_in = sum(n("rows read")[1:5])
     clinical_out = sum(
         1 for e in EXPECTED_EVENTS if e[2].split("/")[0] in ("ICD9", "ICD10", "ATC", "OMOP")
     )
