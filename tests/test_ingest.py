@@ -50,6 +50,7 @@ SHARD_1 = [
     (3, D(1960, 1, 1), "MEDS_BIRTH", None),
     (3, D(1960, 1, 1), "SEX/M", None),
     (3, D(2015, 1, 1), "BAR/2", None),
+    (3, D(2015, 2, 2), "ICD10/i10", None),  # known system, malformed code
 ]
 
 
@@ -102,6 +103,7 @@ def test_meds_dataset_is_cleaned_counted_and_keeps_its_code_names(tmp_path, meds
         (3, D(1960, 1, 1), "MEDS_BIRTH", None),
         (3, D(1960, 1, 1), "SEX/M", None),
         (3, D(2015, 1, 1), "BAR/2", None),
+        (3, D(2015, 2, 2), "ICD10/i10", None),
     ]
     assert codes.rows() == [("FOO/1", "a local code"), ("ICD10/I10", "Essential hypertension")]
     golden = [
@@ -110,7 +112,7 @@ def test_meds_dataset_is_cleaned_counted_and_keeps_its_code_names(tmp_path, meds
     assert golden == [
         ("duplicate code row", "code", 2, "first kept (warning)"),
         ("code names read", None, 3, "info"),
-        ("events checked", None, 16, "info"),
+        ("events checked", None, 17, "info"),
         ("event after death", "time", 1, "dropped"),
         ("event before birth", "time", 1, "dropped"),
         ("missing time", "time", 1, "dropped"),
@@ -118,14 +120,17 @@ def test_meds_dataset_is_cleaned_counted_and_keeps_its_code_names(tmp_path, meds
         ("subject without sex", "code", 1, "kept (warning)"),
         ("unknown code system", "code", 1, "kept (warning)"),
         ("unknown code system", "code", 1, "kept (warning)"),
+        ("malformed code", "code", 1, "kept (warning)"),
         ("exact duplicate event", "subject_id, time, code, numeric_value", 1, "dropped"),
-        ("events written", None, 12, "info"),
+        ("events written", None, 13, "info"),
     ]
     details = quality.filter(pl.col("check") == "unknown code system")["detail"].to_list()
     assert "'BAR' (e.g. BAR/2)" in details[0] and "'FOO' (e.g. FOO/1)" in details[1]
     # Nothing vanishes: read = written + dropped.
     dropped = quality.filter(pl.col("action") == "dropped")["n_rows"].sum()
-    assert 12 + dropped == 16
+    assert 13 + dropped == 17
+    malformed = quality.filter(pl.col("check") == "malformed code")["detail"][0]
+    assert "ICD10 code (e.g. ICD10/i10)" in malformed
 
 
 def test_extra_vocabularies_silence_the_unknown_code_warning(tmp_path, meds_dataset):

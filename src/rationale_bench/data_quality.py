@@ -50,6 +50,12 @@ KNOWN_VOCABULARIES = (
     "OMOP",
     "OBSERVATION_PERIOD",
 )
+# The shape of a code's value in the systems whose codes the cohort matches by prefix.
+CODE_SHAPES = {
+    "ICD10": r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$",
+    "ICD9": r"^([0-9]{3}|V[0-9]{2}|E[0-9]{3})(\.[0-9]{1,2})?$",
+    "ATC": r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$",
+}
 # Codes that may carry no time in MEDS (static measurements).
 STATIC_PREFIX = "SEX/"
 MAX_VOCABULARY_ROWS = 20
@@ -305,19 +311,37 @@ def clean_events(
         "no SEX/ event; the cohort's attrition table excludes these subjects",
     )
 
-    unknown = (
-        flagged.filter(pl.col("_reason").is_null())
-        .select(vocabulary=_vocabulary(code), code=code)
-        .filter(
-            ~pl.col("vocabulary").is_in(list(known_vocabularies))
-            & ~pl.col("code").is_in(BARE_CODES)
-        )
-        .group_by("vocabulary")
-        .agg(n=pl.len(), example=pl.col("code").min())
-        .sort("n", "vocabulary", descending=[True, False])
+    # Code systems and shapes are judged once per distinct code, not once per event.
+    per_code = (
+        flagged.filter(pl.col("_reason").is_null() & ~code.is_in(BARE_CODES))
+        .group_by("code")
+        .agg(n=pl.len())
         .collect()
     )
-    for vocabulary, n, example in unknown.head(MAX_VOCABULARY_ROWS).iter_rows():
+    value = code.str.splitn("/", 2).struct.field("field_1")
+    shapes = pl.lit(None, dtype=pl.Boolean)
+    for system, pattern in CODE_SHAPES.items():
+        shapes = (
+            pl.when(pl.col("vocabulary") == system)
+            .then(value.str.contains(pattern))
+            .otherwise(shapes)
+        )
+    per_system = (
+        per_code.with_columns(vocabulary=_vocabulary(code))
+        .with_columns(_malformed=~shapes.fill_null(True))
+        .group_by("vocabulary")
+        .agg(
+            n=pl.col("n").sum(),
+            example=code.min(),
+            n_malformed=pl.col("n").filter(pl.col("_malformed")).sum(),
+            malformed_example=code.filter(pl.col("_malformed")).min(),
+        )
+        .sort("n", "vocabulary", descending=[True, False])
+    )
+    unknown = per_system.filter(~pl.col("vocabulary").is_in(list(known_vocabularies)))
+    for vocabulary, n, example in (
+        unknown.head(MAX_VOCABULARY_ROWS).select("vocabulary", "n", "example").iter_rows()
+    ):
         report.add(
             "unknown code system",
             file,
@@ -336,6 +360,19 @@ def clean_events(
             int(rest["n"].sum()),
             "kept (warning)",
             f"{rest.height} more unknown code systems",
+        )
+    malformed = per_system.filter(pl.col("n_malformed") > 0).sort("vocabulary")
+    for vocabulary, n, example in malformed.select(
+        "vocabulary", "n_malformed", "malformed_example"
+    ).iter_rows():
+        report.add(
+            "malformed code",
+            file,
+            "code",
+            n,
+            "kept (warning)",
+            f"not shaped like a {vocabulary} code (e.g. {example}); check the ETL's code format "
+            "(ICD10/F03.90, ICD9/290.0, ATC/N06DA02)",
         )
 
     n_dropped = int(drops.filter(pl.col("_reason").is_not_null())["len"].sum())
