@@ -1,12 +1,34 @@
 # Data and cohort: MEDS events in, one row per subject out (index time, five-year label, split).
 
 
-if config["data"]["source"] == "synthetic":
+DATA_SOURCE = config["data"]["source"]
+INGEST_OUTPUTS = dict(
+    events="results/data/events.parquet",
+    codes="results/data/codes.parquet",
+    quality="results/data/data_quality.csv",
+)
+
+
+# Only the configured source's settings reach the ingest job: editing another source's keys
+# reruns nothing.
+INGEST_SETTINGS = study.canonical(
+    {
+        key: config["data"][key]
+        for key in ("source", "date_formats", "extra_vocabularies", DATA_SOURCE)
+    }
+)
+INGEST_INPUT = (
+    config["data"][DATA_SOURCE].get("path") or f"MISSING: set data.{DATA_SOURCE}.path"
+)
+
+
+if DATA_SOURCE == "synthetic":
 
     rule synthesize_events:
-        """A seeded synthetic population with risk-factor-driven ADRD incidence, as MEDS events."""
+        """A seeded synthetic population with risk-factor-driven ADRD incidence, as MEDS events,
+        audited by the same data-quality checks as real data."""
         output:
-            "results/data/events.parquet",
+            **INGEST_OUTPUTS,
         log:
             "results/logs/synthesize_events.log",
         conda:
@@ -16,20 +38,60 @@ if config["data"]["source"] == "synthetic":
         script:
             "../workflow_scripts/synthesize_events.py"
 
-else:
+elif DATA_SOURCE == "meds":
 
     rule ingest_meds:
-        """A user's MEDS dataset, checked and gathered into one events file."""
+        """A user's MEDS dataset, checked and gathered into one events file, with the dataset's
+        own code names."""
         input:
-            config["data"]["meds"]["path"] or "MISSING: set data.meds.path",
+            INGEST_INPUT,
         output:
-            "results/data/events.parquet",
+            **INGEST_OUTPUTS,
         log:
             "results/logs/ingest_meds.log",
         conda:
             "../envs/data.yaml"
+        params:
+            data=INGEST_SETTINGS,
         script:
             "../workflow_scripts/ingest_meds.py"
+
+elif DATA_SOURCE == "omop":
+
+    rule ingest_omop:
+        """OMOP CDM v5.4 tables as MEDS events: ICD-10 / ICD-9 / ATC codes through source
+        values or the vocabulary, other concepts as OMOP/<concept_id>, concept names kept.
+        """
+        input:
+            INGEST_INPUT,
+        output:
+            **INGEST_OUTPUTS,
+        log:
+            "results/logs/ingest_omop.log",
+        conda:
+            "../envs/data.yaml"
+        params:
+            data=INGEST_SETTINGS,
+        script:
+            "../workflow_scripts/ingest_omop.py"
+
+else:
+
+    rule ingest_first_occurrence:
+        """A wide first-occurrence table (one row per participant, one column per ICD-10 code)
+        unpivoted into MEDS events; the baseline assessment becomes a visit."""
+        input:
+            INGEST_INPUT,
+        output:
+            **INGEST_OUTPUTS,
+        log:
+            "results/logs/ingest_first_occurrence.log",
+        conda:
+            "../envs/data.yaml"
+        params:
+            data=INGEST_SETTINGS,
+        script:
+            "../workflow_scripts/ingest_first_occurrence.py"
 
 
 rule build_cohort:

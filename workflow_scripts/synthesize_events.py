@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from rationale_bench.ingest import audit_synthetic
 from rationale_bench.synthetic import write_events
 from rationale_bench.workflow import start
 
@@ -7,3 +8,6 @@ log = start(snakemake)  # noqa: F821
 cfg = snakemake.params.synthetic  # noqa: F821
 n_events = write_events(Path(snakemake.output[0]), cfg["n_subjects"], cfg["seed"])  # noqa: F821
 log.info("wrote %d events for %d subjects", n_events, cfg["n_subjects"])
+# The generator's output passes the same checks as real data; codes.parquet stays empty.
+out = snakemake.output  # noqa: F821
+audit_synthetic(out.events, out.codes, out.quality).log_summary(log)

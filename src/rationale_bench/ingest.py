@@ -1,14 +1,34 @@
-"""Ingest a user's MEDS dataset: find the shards, check the schema, gather one events file."""
+"""Ingest: turn a user's data into one checked MEDS-style events file and a code-name table.
+
+Every source (``data.source``) ends the same way: its events pass the shared data-quality
+checks (:mod:`rationale_bench.data_quality`) and three files are written,
+``events.parquet`` (``subject_id, time, code, numeric_value``), ``codes.parquet`` (``code,
+description``: the MEDS metadata/codes.parquet convention) and ``data_quality.csv``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from rationale_bench.cohort import CohortError, check_events_schema
+from rationale_bench.data_quality import (
+    CODES_SCHEMA,
+    KNOWN_VOCABULARIES,
+    DataError,
+    QualityReport,
+    clean_events,
+    empty_codes,
+    normalize_events,
+    require_columns,
+    write_codes,
+    write_events,
+)
 
 MEDS_COLUMNS = ["subject_id", "time", "code", "numeric_value"]
+SOURCES = ("synthetic", "meds", "omop", "first_occurrence")
 
 
 def meds_files(path: str | Path) -> list[Path]:
@@ -17,32 +37,143 @@ def meds_files(path: str | Path) -> list[Path]:
     if root.is_file():
         return [root]
     if not root.exists():
-        raise CohortError(
+        raise DataError(
             f"data.meds.path '{root}' does not exist; point it at a MEDS dataset folder."
         )
     base = root / "data" if (root / "data").is_dir() else root
     files = sorted(base.rglob("*.parquet"))
+    # A dataset root also holds metadata/*.parquet, which are not events.
+    files = [f for f in files if "metadata" not in f.relative_to(base).parts[:-1]]
     if not files:
-        raise CohortError(f"data.meds.path '{root}': no .parquet files found under {base}.")
+        raise DataError(f"data.meds.path '{root}': no .parquet files found under {base}.")
     return files
 
 
-def ingest_meds(path: str | Path, out_path: str | Path) -> int:
-    """Check every shard's columns and types, then write them as one sorted events file."""
-    frames = []
-    for file in meds_files(path):
-        frame = pl.scan_parquet(file)
-        check_events_schema(frame, str(file))
-        if "numeric_value" not in frame.collect_schema():
-            frame = frame.with_columns(numeric_value=pl.lit(None, dtype=pl.Float32))
-        frames.append(
-            frame.select(
-                pl.col("subject_id").cast(pl.Int64),
-                pl.col("time").cast(pl.Datetime("us")),
-                pl.col("code").cast(pl.String),
-                pl.col("numeric_value").cast(pl.Float32),
-            )
+def meds_codes_file(path: str | Path) -> Path | None:
+    """The dataset's metadata/codes.parquet, beside data/ (or above it when path is data/)."""
+    root = Path(path)
+    if root.is_file():
+        root = root.parent
+    for base in (root, root.parent):
+        candidate = base / "metadata" / "codes.parquet"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def meds_codes(path: str | Path, report: QualityReport) -> pl.DataFrame:
+    """Code names from the dataset's own metadata/codes.parquet; an empty table without one."""
+    file = meds_codes_file(path)
+    if file is None:
+        return empty_codes()
+    codes = pl.read_parquet(file)
+    require_columns(codes.schema, ["code"], str(file), "a MEDS codes table")
+    if "description" not in codes.columns:
+        codes = codes.with_columns(description=pl.lit(None, dtype=pl.String))
+    duplicated = codes.select(pl.col("code").is_duplicated().sum()).item()
+    report.count(
+        "duplicate code row",
+        duplicated,
+        str(file),
+        "code",
+        "first kept (warning)",
+        "a code should appear once in metadata/codes.parquet",
+    )
+    report.add("code names read", str(file), None, codes.height, "info")
+    return codes.select(pl.col("code").cast(pl.String), pl.col("description").cast(pl.String))
+
+
+def meds_events(path: str | Path) -> pl.LazyFrame:
+    """All shards, each checked for columns and types (errors name the shard), gathered."""
+    return pl.concat([normalize_events(pl.scan_parquet(f), str(f)) for f in meds_files(path)])
+
+
+def ingest(
+    data_cfg: Mapping[str, Any],
+    events_path: str | Path,
+    codes_path: str | Path,
+    quality_path: str | Path,
+) -> QualityReport:
+    """Ingest ``data_cfg['source']`` (not 'synthetic') into the three ingest files."""
+    source = data_cfg["source"]
+    report = QualityReport()
+    known = tuple(KNOWN_VOCABULARIES) + tuple(data_cfg.get("extra_vocabularies") or ())
+    formats = list(data_cfg.get("date_formats") or ["%Y-%m-%d"])
+    if source == "meds":
+        path = data_cfg["meds"]["path"]
+        events, file = meds_events(path), str(path)
+        codes = meds_codes(path, report)
+    elif source == "first_occurrence":
+        from rationale_bench.first_occurrence import first_occurrence_events
+
+        file = str(data_cfg["first_occurrence"]["path"])
+        events = first_occurrence_events(data_cfg["first_occurrence"], formats, report)
+        codes = empty_codes()
+    elif source == "omop":
+        from rationale_bench.omop import omop_events
+
+        file = str(data_cfg["omop"]["path"])
+        events, codes = omop_events(data_cfg["omop"], formats, report)
+    else:
+        raise DataError(f"data.source '{source}' is not ingested here; use one of {SOURCES}.")
+    write_events(events, report, file, events_path, known)
+    write_codes(codes, codes_path)
+    report.write(quality_path)
+    return report
+
+
+def audit_synthetic(
+    events_path: str | Path,
+    codes_path: str | Path,
+    quality_path: str | Path,
+    chunk_subjects: int = 50_000,
+) -> QualityReport:
+    """Check the generator's own output with the shared checks, without rewriting it.
+
+    Events that the checks would drop (no time, before birth, after death) or codes of an
+    unknown system are generator bugs and stop the run. Exact duplicates (the same lab value
+    drawn twice at one visit) are harmless to the cohort and are counted, kept, as a warning.
+    Subjects are checked ``chunk_subjects`` at a time (ids are 1..n), so memory stays bounded
+    at a million subjects.
+    """
+    file = str(events_path)
+    scan = pl.scan_parquet(events_path)
+    bounds = scan.select(lo=pl.col("subject_id").min(), hi=pl.col("subject_id").max()).collect()
+    lo, hi = bounds["lo"][0] or 0, bounds["hi"][0] or 0
+    totals: dict[tuple, int] = {}
+    n_subjects = 0
+    for start in range(lo, hi + 1, chunk_subjects):
+        part = QualityReport()
+        chunk = scan.filter(pl.col("subject_id").is_between(start, start + chunk_subjects - 1))
+        clean, kept = clean_events(chunk, part, file)
+        part.count(
+            "exact duplicate event",
+            kept - clean.select(pl.len()).collect().item(),
+            file,
+            "subject_id, time, code, numeric_value",
+            "kept (warning)",
+            "identical rows from the generator; left in events.parquet",
         )
-    events = pl.concat(frames).sort("subject_id", "time")
-    events.sink_parquet(out_path)
-    return pl.scan_parquet(out_path).select(pl.len()).collect().item()
+        for row in part.rows:
+            if row["check"] == "events checked":
+                n_subjects += int(str(row["detail"]).split()[0])
+                row = {**row, "detail": ""}
+            key = (row["check"], row["column"], row["action"], row["detail"])
+            totals[key] = totals.get(key, 0) + int(row["n_rows"])
+    report = QualityReport()
+    for (check, column, action, detail), n in totals.items():
+        if check == "events checked":
+            detail = f"{n_subjects} subjects"
+        report.add(check, file, column, n, action, detail)
+    bad = [
+        r for r in report.rows if r["action"] == "dropped" or r["check"] == "unknown code system"
+    ]
+    if bad:
+        raise DataError(
+            "the synthetic generator wrote events that fail the data-quality checks: "
+            + "; ".join(f"{r['check']}: {r['n_rows']}" for r in bad)
+            + ". This is a bug in rationale_bench.synthetic; please report it."
+        )
+    pl.DataFrame(schema=CODES_SCHEMA).write_parquet(codes_path)
+    report.write(quality_path)
+    return report

@@ -1,0 +1,429 @@
+"""Data-quality checks shared by every ingest adapter, and the report that counts every drop.
+
+Each adapter turns its input into MEDS-style events and hands them to :func:`clean_events`.
+Problems that make the data unusable as a whole stop the run with :class:`DataError` (a missing
+or mistyped column, empty data, duplicated subject rows in a one-row-per-subject table); problems
+with single rows are dropped or kept with a warning, and each is one row of
+``results/data/data_quality.csv`` so that nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from rationale_bench.cohort import CohortError
+
+log = logging.getLogger(__name__)
+
+EVENTS_SCHEMA = {
+    "subject_id": pl.Int64,
+    "time": pl.Datetime("us"),
+    "code": pl.String,
+    "numeric_value": pl.Float32,
+}
+CODES_SCHEMA = {"code": pl.String, "description": pl.String}
+QUALITY_COLUMNS = ("check", "file", "column", "n_rows", "action", "detail")
+BARE_CODES = ("MEDS_BIRTH", "MEDS_DEATH")
+# Code systems the pipeline knows (the part of a code before '/'); others are counted.
+KNOWN_VOCABULARIES = (
+    "ICD10",
+    "ICD10CM",
+    "ICD10PCS",
+    "ICD9",
+    "ICD9CM",
+    "ICD9PROC",
+    "ATC",
+    "RXNORM",
+    "SNOMED",
+    "LOINC",
+    "CPT4",
+    "HCPCS",
+    "NDC",
+    "LAB",
+    "VISIT",
+    "SEX",
+    "OMOP",
+    "OBSERVATION_PERIOD",
+)
+# The shape of a code's value in the systems whose codes the cohort matches by prefix.
+CODE_SHAPES = {
+    "ICD10": r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$",
+    "ICD9": r"^([0-9]{3}|V[0-9]{2}|E[0-9]{3})(\.[0-9]{1,2})?$",
+    "ATC": r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$",
+}
+# Codes that may carry no time in MEDS (static measurements).
+STATIC_PREFIX = "SEX/"
+MAX_VOCABULARY_ROWS = 20
+
+
+class DataError(CohortError):
+    """The input data cannot be ingested as it is; the message says where and what to do."""
+
+
+@dataclass
+class QualityReport:
+    """Rows of the data-quality table: what was checked, where, how many rows, what was done."""
+
+    rows: list[dict[str, object]] = field(default_factory=list)
+
+    def add(
+        self,
+        check: str,
+        file: str,
+        column: str | None,
+        n_rows: int,
+        action: str,
+        detail: str = "",
+    ) -> None:
+        self.rows.append(
+            {
+                "check": check,
+                "file": file,
+                "column": column,
+                "n_rows": int(n_rows),
+                "action": action,
+                "detail": detail,
+            }
+        )
+
+    def count(
+        self, check: str, n_rows: int, file: str, column: str | None, action: str, detail: str = ""
+    ) -> None:
+        """Add a row only when the check found something (info rows use :meth:`add`)."""
+        if n_rows:
+            self.add(check, file, column, n_rows, action, detail)
+
+    def frame(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            self.rows,
+            schema={
+                "check": pl.String,
+                "file": pl.String,
+                "column": pl.String,
+                "n_rows": pl.Int64,
+                "action": pl.String,
+                "detail": pl.String,
+            },
+        )
+
+    def write(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.frame().write_csv(path)
+
+    def log_summary(self, logger: logging.Logger = log) -> None:
+        for row in self.rows:
+            level = logging.INFO if row["action"] == "info" else logging.WARNING
+            where = f"{row['file']}" + (f" [{row['column']}]" if row["column"] else "")
+            logger.log(
+                level,
+                "%s: %s: %d rows, %s%s",
+                row["check"],
+                where,
+                row["n_rows"],
+                row["action"],
+                f" ({row['detail']})" if row["detail"] else "",
+            )
+
+
+def require_columns(
+    schema: pl.Schema | Mapping[str, pl.DataType], required: Iterable[str], file: str, what: str
+) -> None:
+    """Stop when a column the adapter needs is absent, listing what the file has instead."""
+    missing = [c for c in required if c not in schema]
+    if missing:
+        raise DataError(
+            f"{file}: column(s) {', '.join(repr(c) for c in missing)} missing; {what} needs "
+            f"them (found: {', '.join(schema) or 'no columns'}). Rename the columns in your data "
+            "or point the data.* column settings at the right names."
+        )
+
+
+def parse_datetime(expr: pl.Expr, dtype: pl.DataType, formats: Sequence[str]) -> pl.Expr:
+    """A datetime[us] expression from a date, datetime or text column (nulls where unparseable)."""
+    if dtype == pl.Date or isinstance(dtype, pl.Datetime):
+        return expr.cast(pl.Datetime("us"))
+    text = expr.cast(pl.String).str.strip_chars()
+    attempts = [text.str.to_datetime(fmt, strict=False, time_unit="us") for fmt in formats]
+    return pl.coalesce(attempts) if len(attempts) > 1 else attempts[0]
+
+
+def strict_integer(frame: pl.DataFrame, column: str, file: str) -> pl.Series:
+    """An Int64 id column; any value that is not an integer stops the run, with a count."""
+    values = frame[column]
+    if values.dtype.is_integer():
+        return values.cast(pl.Int64)
+    parsed = values.cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+    bad = values.is_not_null() & parsed.is_null()
+    if bad.any():
+        examples = ", ".join(repr(v) for v in values.filter(bad).head(3).to_list())
+        raise DataError(
+            f"{file}: column '{column}' has {int(bad.sum())} values that are not integers "
+            f"(e.g. {examples}); ids must be integers. Map them to integers in your export."
+        )
+    return parsed
+
+
+def _vocabulary(code: pl.Expr) -> pl.Expr:
+    return (
+        pl.when(code.str.contains("/", literal=True))
+        .then(code.str.extract(r"^([^/]*)/"))
+        .otherwise(code)
+    )
+
+
+def normalize_events(events: pl.LazyFrame, file: str) -> pl.LazyFrame:
+    """Check the MEDS columns and their types (stop on a problem), cast to the pipeline's."""
+    schema = events.collect_schema()
+    require_columns(schema, ("subject_id", "time", "code"), file, "MEDS events")
+    if not schema["subject_id"].is_integer():
+        raise DataError(
+            f"{file}: column 'subject_id' has type {schema['subject_id']}, expected an integer. "
+            "MEDS subject ids are int64; map them to integers in your ETL."
+        )
+    if not isinstance(schema["time"], pl.Datetime) and schema["time"] != pl.Date:
+        raise DataError(
+            f"{file}: column 'time' has type {schema['time']}, expected a datetime. MEDS stores "
+            "time as a timestamp; convert it in your ETL."
+        )
+    if schema["code"] not in (pl.String, pl.Categorical) and not isinstance(
+        schema["code"], pl.Enum
+    ):
+        raise DataError(
+            f"{file}: column 'code' has type {schema['code']}, expected a string. "
+            "Convert it in your ETL."
+        )
+    if "numeric_value" in schema:
+        if not (schema["numeric_value"].is_numeric() or schema["numeric_value"] == pl.Null):
+            raise DataError(
+                f"{file}: column 'numeric_value' has type {schema['numeric_value']}, expected a "
+                "number (MEDS uses float32). Convert it in your ETL."
+            )
+        value = pl.col("numeric_value").cast(pl.Float32)
+    else:
+        value = pl.lit(None, dtype=pl.Float32)
+    return events.select(
+        pl.col("subject_id").cast(pl.Int64, strict=False),
+        pl.col("time").cast(pl.Datetime("us")),
+        pl.col("code").cast(pl.String),
+        value.alias("numeric_value"),
+    )
+
+
+def clean_events(
+    events: pl.LazyFrame,
+    report: QualityReport,
+    file: str,
+    known_vocabularies: Sequence[str] = KNOWN_VOCABULARIES,
+) -> tuple[pl.LazyFrame, int]:
+    """Check MEDS events, count every problem in ``report``; the rows to keep and their count.
+
+    Dropped (each row counted under the first check it fails): a missing subject_id or code,
+    a missing time on a code that is not static (``SEX/``), events before the subject's birth or
+    after their death (grace 0 days), and exact duplicate rows. Kept with a warning: subjects
+    without a birth or sex event (the cohort's attrition table excludes them) and codes of an
+    unknown code system. The rows are deduplicated and sorted by subject and time; the count
+    is before deduplication, so the caller can count the duplicates it writes.
+    """
+    events = normalize_events(events, file)
+    code = pl.col("code")
+    per_subject = events.group_by("subject_id").agg(
+        _birth=pl.col("time").filter(code == "MEDS_BIRTH").min(),
+        _death=pl.col("time").filter(code == "MEDS_DEATH").min(),
+        _n_births=pl.col("time").filter(code == "MEDS_BIRTH").n_unique(),
+        _has_sex=code.str.starts_with("SEX/").any(),
+    )
+    reason = (
+        pl.when(pl.col("subject_id").is_null() | code.is_null())
+        .then(pl.lit("missing subject_id or code"))
+        .when(pl.col("time").is_null() & ~code.str.starts_with(STATIC_PREFIX))
+        .then(pl.lit("missing time"))
+        # Compared by calendar day: an event on the day of birth or death is possible even
+        # when the birth or death time is only known to the day (grace 0 days).
+        .when(pl.col("time").dt.date() < pl.col("_birth").dt.date())
+        .then(pl.lit("event before birth"))
+        .when(pl.col("time").dt.date() > pl.col("_death").dt.date())
+        .then(pl.lit("event after death"))
+    )
+    flagged = events.join(per_subject, on="subject_id", how="left", nulls_equal=False).with_columns(
+        _reason=reason
+    )
+
+    totals = flagged.select(
+        n=pl.len(),
+        n_subjects=pl.col("subject_id").drop_nulls().n_unique(),
+    ).collect()
+    n_in = totals["n"][0]
+    if n_in == 0:
+        raise DataError(f"{file}: the data holds no events; check the input path and filters.")
+    report.add("events checked", file, None, n_in, "info", f"{totals['n_subjects'][0]} subjects")
+
+    drops = flagged.group_by("_reason").len().collect()
+    column_of = {
+        "missing subject_id or code": "subject_id, code",
+        "missing time": "time",
+        "event before birth": "time",
+        "event after death": "time",
+    }
+    for reason_name, n in drops.filter(pl.col("_reason").is_not_null()).sort("_reason").iter_rows():
+        detail = {
+            "event before birth": "time earlier than the subject's MEDS_BIRTH",
+            "event after death": "time later than the subject's MEDS_DEATH (grace 0 days)",
+            "missing time": "only static codes (SEX/) may have no time",
+        }.get(reason_name, "")
+        report.add(reason_name, file, column_of[reason_name], n, "dropped", detail)
+
+    subjects = (
+        per_subject.filter(pl.col("subject_id").is_not_null())
+        .select(
+            no_birth=pl.col("_birth").is_null().sum(),
+            many_births=(pl.col("_n_births") > 1).sum(),
+            no_sex=(~pl.col("_has_sex")).sum(),
+        )
+        .collect()
+    )
+    report.count(
+        "subject without birth",
+        int(subjects["no_birth"][0]),
+        file,
+        "code",
+        "kept (warning)",
+        "no MEDS_BIRTH event; the cohort's attrition table excludes these subjects",
+    )
+    report.count(
+        "subject with conflicting births",
+        int(subjects["many_births"][0]),
+        file,
+        "time",
+        "kept (warning)",
+        "several MEDS_BIRTH times; the earliest is used",
+    )
+    report.count(
+        "subject without sex",
+        int(subjects["no_sex"][0]),
+        file,
+        "code",
+        "kept (warning)",
+        "no SEX/ event; the cohort's attrition table excludes these subjects",
+    )
+
+    # Code systems and shapes are judged once per distinct code, not once per event.
+    per_code = (
+        flagged.filter(pl.col("_reason").is_null() & ~code.is_in(BARE_CODES))
+        .group_by("code")
+        .agg(n=pl.len())
+        .collect()
+    )
+    value = code.str.splitn("/", 2).struct.field("field_1")
+    shapes = pl.lit(None, dtype=pl.Boolean)
+    for system, pattern in CODE_SHAPES.items():
+        shapes = (
+            pl.when(pl.col("vocabulary") == system)
+            .then(value.str.contains(pattern))
+            .otherwise(shapes)
+        )
+    per_system = (
+        per_code.with_columns(vocabulary=_vocabulary(code))
+        .with_columns(_malformed=~shapes.fill_null(True))
+        .group_by("vocabulary")
+        .agg(
+            n=pl.col("n").sum(),
+            example=code.min(),
+            n_malformed=pl.col("n").filter(pl.col("_malformed")).sum(),
+            malformed_example=code.filter(pl.col("_malformed")).min(),
+        )
+        .sort("n", "vocabulary", descending=[True, False])
+    )
+    unknown = per_system.filter(~pl.col("vocabulary").is_in(list(known_vocabularies)))
+    for vocabulary, n, example in (
+        unknown.head(MAX_VOCABULARY_ROWS).select("vocabulary", "n", "example").iter_rows()
+    ):
+        report.add(
+            "unknown code system",
+            file,
+            "code",
+            n,
+            "kept (warning)",
+            f"code system '{vocabulary}' (e.g. {example}) is not one of "
+            f"{', '.join(known_vocabularies)}; such codes are shown as written",
+        )
+    if unknown.height > MAX_VOCABULARY_ROWS:
+        rest = unknown.slice(MAX_VOCABULARY_ROWS)
+        report.add(
+            "unknown code system",
+            file,
+            "code",
+            int(rest["n"].sum()),
+            "kept (warning)",
+            f"{rest.height} more unknown code systems",
+        )
+    malformed = per_system.filter(pl.col("n_malformed") > 0).sort("vocabulary")
+    for vocabulary, n, example in malformed.select(
+        "vocabulary", "n_malformed", "malformed_example"
+    ).iter_rows():
+        report.add(
+            "malformed code",
+            file,
+            "code",
+            n,
+            "kept (warning)",
+            f"not shaped like a {vocabulary} code (e.g. {example}); check the ETL's code format "
+            "(ICD10/F03.90, ICD9/290.0, ATC/N06DA02)",
+        )
+
+    n_dropped = int(drops.filter(pl.col("_reason").is_not_null())["len"].sum())
+    clean = (
+        flagged.filter(pl.col("_reason").is_null())
+        .select(list(EVENTS_SCHEMA))
+        .unique(keep="first")
+        .sort("subject_id", "time", "code", "numeric_value", nulls_last=True)
+    )
+    return clean, n_in - n_dropped
+
+
+def write_events(
+    events: pl.LazyFrame,
+    report: QualityReport,
+    file: str,
+    events_path: str | Path,
+    known_vocabularies: Sequence[str] = KNOWN_VOCABULARIES,
+) -> int:
+    """Clean ``events``, write them, and count the exact duplicates the cleaning removed."""
+    clean, kept = clean_events(events, report, file, known_vocabularies)
+    Path(events_path).parent.mkdir(parents=True, exist_ok=True)
+    clean.sink_parquet(events_path)
+    n_written = pl.scan_parquet(events_path).select(pl.len()).collect().item()
+    report.count(
+        "exact duplicate event",
+        kept - n_written,
+        file,
+        "subject_id, time, code, numeric_value",
+        "dropped",
+        "identical rows are kept once",
+    )
+    if n_written == 0:
+        raise DataError(
+            f"{file}: every event was dropped by the data-quality checks; see the counts in "
+            "results/data/data_quality.csv (and the log) and fix the data."
+        )
+    report.add("events written", str(events_path), None, n_written, "info")
+    return n_written
+
+
+def empty_codes() -> pl.DataFrame:
+    return pl.DataFrame(schema=CODES_SCHEMA)
+
+
+def write_codes(codes: pl.DataFrame, path: str | Path) -> int:
+    """Write the code-name table (MEDS metadata/codes.parquet convention): one row per code."""
+    codes = codes.select(
+        pl.col("code").cast(pl.String), pl.col("description").cast(pl.String)
+    ).filter(pl.col("code").is_not_null())
+    codes = codes.sort("code", pl.col("description").is_null()).unique("code", keep="first")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    codes.sort("code").write_parquet(path)
+    return codes.height

@@ -1,0 +1,504 @@
+"""UK-Biobank-style first-occurrence table -> MEDS-style events.
+
+One row per participant: an id, birth year (and month), sex, the baseline (assessment) date and
+one column per ICD-10 code holding the date, or the age in years, at which that code first
+occurred. The table is unpivoted in polars (no per-row Python), so 500,000 participants by
+1,000 code columns stay fast.
+
+Conventions (documented in README.md):
+- birth is the 15th of the birth month, or 1 July when only the year is known;
+- the baseline date becomes a ``VISIT/ASSESSMENT`` event, so the cohort can index on it;
+- dates in ``special_dates`` (UK Biobank placeholders such as 1900-01-01 "no event date")
+  are set to the birth time or dropped, as configured, and counted;
+- a date before the imputed birth but inside the birth month (or year) is moved to the birth
+  time and counted; earlier dates are impossible and dropped by the shared checks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from rationale_bench.data_quality import (
+    DataError,
+    QualityReport,
+    parse_datetime,
+    require_columns,
+    strict_integer,
+)
+
+BASELINE_CODE = "VISIT/ASSESSMENT"
+ICD10_PATTERN = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
+MIN_BIRTH_YEAR = 1850
+MAX_REPORTED_COLUMNS = 20
+
+
+def read_table(path: str | Path, what: str) -> pl.DataFrame:
+    """A CSV/TSV (read as text, parsed later so bad values are counted) or parquet table."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} '{path}' does not exist; set the path in the config.")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pl.read_parquet(path)
+    if suffix in (".csv", ".tsv", ".txt", ".tab"):
+        separator = "," if suffix == ".csv" else "\t"
+        frame = pl.read_csv(path, separator=separator, infer_schema=False)
+        # An empty cell is a missing value, not a value that fails to parse.
+        return frame.with_columns(
+            pl.when(pl.all().str.strip_chars() != "").then(pl.all()).name.keep()
+        )
+    raise DataError(f"{what} '{path}': unknown file type '{suffix}'; use .csv, .tsv or .parquet.")
+
+
+def icd10_code(name: str) -> str | None:
+    """``F03`` / ``F0390`` / ``f03.90`` -> ``F03`` / ``F03.90``; None when not ICD-10 shaped."""
+    code = name.strip().upper().replace(".", "")
+    if len(code) > 3:
+        code = f"{code[:3]}.{code[3:]}"
+    return code if ICD10_PATTERN.match(code) else None
+
+
+def code_columns(
+    columns: list[str], cfg: Mapping[str, Any], used: set[str], file: str
+) -> dict[str, str]:
+    """Column -> ``ICD10/<code>``: the explicit mapping if given, else the name pattern."""
+    explicit: Mapping[str, str] = cfg.get("code_columns") or {}
+    if explicit:
+        require_columns(columns, explicit, file, "data.first_occurrence.code_columns")
+        mapping = {}
+        for column, code in explicit.items():
+            normal = icd10_code(code)
+            if normal is None:
+                raise DataError(
+                    f"data.first_occurrence.code_columns: '{code}' (column '{column}') is not an "
+                    "ICD-10 code such as F03 or I10.9."
+                )
+            mapping[column] = f"ICD10/{normal}"
+        return mapping
+    pattern = re.compile(cfg["code_column_regex"])
+    mapping = {}
+    for column in columns:
+        if column in used:
+            continue
+        match = pattern.fullmatch(column)
+        code = icd10_code(match.group(1)) if match else None
+        if code is not None:
+            mapping[column] = f"ICD10/{code}"
+    if not mapping:
+        raise DataError(
+            f"{file}: no column name matches data.first_occurrence.code_column_regex "
+            f"'{cfg['code_column_regex']}' (columns: {', '.join(columns[:12])}"
+            f"{', ...' if len(columns) > 12 else ''}). Rename the code columns (e.g. 'F03') or "
+            "list them in data.first_occurrence.code_columns."
+        )
+    return mapping
+
+
+def _report_by_column(
+    report: QualityReport, check: str, file: str, counts: pl.DataFrame, action: str, detail: str
+) -> None:
+    """One report row per column (the largest first), the tail summed in one row."""
+    counts = counts.filter(pl.col("n") > 0).sort("n", "column", descending=[True, False])
+    for column, n in counts.head(MAX_REPORTED_COLUMNS).select("column", "n").iter_rows():
+        report.add(check, file, column, n, action, detail)
+    if counts.height > MAX_REPORTED_COLUMNS:
+        rest = counts.slice(MAX_REPORTED_COLUMNS)
+        report.add(check, file, f"{rest.height} more columns", int(rest["n"].sum()), action, detail)
+
+
+def _subjects(
+    frame: pl.DataFrame,
+    cfg: Mapping[str, Any],
+    formats: list[str],
+    file: str,
+    report: QualityReport,
+) -> pl.DataFrame:
+    """One row per participant: subject_id, birth_time, birth period start, sex, baseline, death."""
+    id_col = cfg["id_column"]
+    ids = strict_integer(frame, id_col, file)
+    missing_id = ids.is_null()
+    report.count(
+        "missing subject id", int(missing_id.sum()), file, id_col, "dropped", "row has no id"
+    )
+    frame = frame.with_columns(ids.alias("subject_id")).filter(~missing_id)
+    duplicated = frame["subject_id"].is_duplicated()
+    if duplicated.any():
+        examples = frame["subject_id"].filter(duplicated).unique().sort().head(5).to_list()
+        raise DataError(
+            f"{file}: column '{id_col}' has {int(duplicated.sum())} rows that share an id with "
+            f"another row (e.g. {examples}); a first-occurrence table needs one row per "
+            "participant. Deduplicate the table before ingesting it."
+        )
+
+    this_year = dt.date.today().year
+    raw_year = frame[cfg["birth_year_column"]]
+    year = raw_year.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    bad_year = raw_year.is_not_null() & (
+        year.is_null() | (year < MIN_BIRTH_YEAR) | (year > this_year) | (year != year.floor())
+    )
+    report.count(
+        "unparseable or impossible birth year",
+        int(bad_year.sum()),
+        file,
+        cfg["birth_year_column"],
+        "set to null (warning)",
+        f"not a whole year between {MIN_BIRTH_YEAR} and {this_year}; no MEDS_BIRTH is written",
+    )
+    report.count(
+        "missing birth year",
+        int(raw_year.is_null().sum()),
+        file,
+        cfg["birth_year_column"],
+        "kept (warning)",
+        "no MEDS_BIRTH is written; the cohort excludes these subjects",
+    )
+    year = pl.Series(year).set(bad_year, None).cast(pl.Int32)
+
+    month_col = cfg.get("birth_month_column")
+    if month_col:
+        raw_month = frame[month_col]
+        month = raw_month.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+        bad_month = raw_month.is_not_null() & (
+            month.is_null() | (month < 1) | (month > 12) | (month != month.floor())
+        )
+        report.count(
+            "unparseable birth month",
+            int(bad_month.sum()),
+            file,
+            month_col,
+            "set to null (warning)",
+            "not 1-12; birth is taken as 1 July of the birth year",
+        )
+        month = month.set(bad_month, None).cast(pl.Int32)
+    else:
+        month = pl.Series([None] * frame.height, dtype=pl.Int32)
+
+    sex_raw = frame[cfg["sex_column"]].cast(pl.String).str.strip_chars().str.to_lowercase()
+    lookup = {
+        str(value).strip().lower(): letter
+        for letter, values in cfg["sex_values"].items()
+        for value in values
+    }
+    sex = sex_raw.replace_strict(lookup, default=None, return_dtype=pl.String)
+    unknown_sex = sex_raw.is_not_null() & sex.is_null()
+    if unknown_sex.all() and frame.height:
+        examples = sex_raw.unique().drop_nulls().sort().head(5).to_list()
+        raise DataError(
+            f"{file}: no value of column '{cfg['sex_column']}' is listed in "
+            f"data.first_occurrence.sex_values (values: {examples}); set sex_values to your coding "
+            "(UK Biobank: 0 = female, 1 = male)."
+        )
+    report.count(
+        "unknown sex value",
+        int(unknown_sex.sum()),
+        file,
+        cfg["sex_column"],
+        "kept (warning)",
+        "not in data.first_occurrence.sex_values; no SEX/ event is written",
+    )
+    report.count(
+        "missing sex",
+        int(sex_raw.is_null().sum()),
+        file,
+        cfg["sex_column"],
+        "kept (warning)",
+        "no SEX/ event is written; the cohort excludes these subjects",
+    )
+
+    def dates(column: str | None, check: str) -> pl.Series:
+        if not column:
+            return pl.Series([None] * frame.height, dtype=pl.Datetime("us"))
+        parsed = frame.select(parse_datetime(pl.col(column), frame.schema[column], formats))
+        parsed = parsed.to_series()
+        bad = frame[column].is_not_null() & parsed.is_null()
+        report.count(
+            check,
+            int(bad.sum()),
+            file,
+            column,
+            "set to null (warning)",
+            f"not a date in any of data.date_formats ({', '.join(formats)})",
+        )
+        return parsed
+
+    baseline = dates(cfg["baseline_date_column"], "unparseable baseline date")
+    report.count(
+        "missing baseline date",
+        int(baseline.is_null().sum()),
+        file,
+        cfg["baseline_date_column"],
+        "kept (warning)",
+        "no VISIT/ASSESSMENT event; the cohort cannot index these subjects on the baseline",
+    )
+    death = dates(cfg.get("death_date_column"), "unparseable death date")
+
+    followup = cfg.get("followup_end")
+    if followup is None:
+        end = pl.Series([None] * frame.height, dtype=pl.Datetime("us"))
+    elif followup in frame.columns:
+        end = dates(followup, "unparseable follow-up end date")
+    else:
+        try:
+            end_date = dt.date.fromisoformat(str(followup))
+        except ValueError:
+            raise DataError(
+                f"data.first_occurrence.followup_end '{followup}' is neither a YYYY-MM-DD date "
+                f"nor a column of {file}."
+            ) from None
+        end = pl.Series([dt.datetime.combine(end_date, dt.time())] * frame.height)
+
+    subjects = pl.DataFrame(
+        {
+            "subject_id": frame["subject_id"],
+            "_year": year,
+            "_month": month,
+            "sex": sex,
+            "baseline": baseline.cast(pl.Datetime("us")),
+            "death": death.cast(pl.Datetime("us")),
+            "followup_end": end.cast(pl.Datetime("us")),
+        }
+    )
+    return subjects.with_columns(
+        birth_time=pl.datetime(
+            pl.col("_year"),
+            pl.col("_month").fill_null(7),
+            pl.when(pl.col("_month").is_null()).then(1).otherwise(15),
+        ),
+        birth_period_start=pl.datetime(pl.col("_year"), pl.col("_month").fill_null(1), 1),
+    ).drop("_year", "_month")
+
+
+def first_occurrence_events(
+    cfg: Mapping[str, Any], formats: list[str], report: QualityReport
+) -> pl.LazyFrame:
+    """MEDS-style events of a first-occurrence table (not yet checked by clean_events)."""
+    file = str(cfg["path"])
+    frame = read_table(cfg["path"], "data.first_occurrence.path")
+    if frame.height == 0:
+        raise DataError(f"{file}: the table has no rows; check data.first_occurrence.path.")
+    fixed = [
+        cfg["id_column"],
+        cfg["birth_year_column"],
+        cfg["sex_column"],
+        cfg["baseline_date_column"],
+    ]
+    optional = [cfg.get("birth_month_column"), cfg.get("death_date_column")]
+    if cfg.get("followup_end") in frame.columns:
+        optional.append(cfg["followup_end"])
+    used = fixed + [c for c in optional if c]
+    require_columns(frame.schema, used, file, "data.first_occurrence")
+    report.add("rows read", file, None, frame.height, "info", "participants (one row each)")
+
+    columns = code_columns(frame.columns, cfg, set(used), file)
+    unused = [c for c in frame.columns if c not in columns and c not in used]
+    for column in unused[:MAX_REPORTED_COLUMNS]:
+        report.add(
+            "column not used",
+            file,
+            column,
+            int(frame[column].is_not_null().sum()),
+            "ignored (warning)",
+            "not an id/birth/sex/date setting and not an ICD-10 code column",
+        )
+    if len(unused) > MAX_REPORTED_COLUMNS:
+        report.add(
+            "column not used",
+            file,
+            f"{len(unused) - MAX_REPORTED_COLUMNS} more columns",
+            0,
+            "ignored (warning)",
+            "",
+        )
+
+    as_age = cfg["values"] == "age"
+    schema = frame.schema  # built once: a schema of 1,000+ columns is not free
+    for column in columns:
+        dtype = schema[column]
+        ok = (
+            dtype == pl.String
+            or (as_age and dtype.is_numeric())
+            or (not as_age and (dtype == pl.Date or isinstance(dtype, pl.Datetime)))
+        )
+        if not ok:
+            wanted = "an age in years (number)" if as_age else "a date"
+            raise DataError(
+                f"{file}: code column '{column}' has type {dtype}, expected {wanted} "
+                f"(data.first_occurrence.values is '{cfg['values']}'). Set values to "
+                f"'{'date' if as_age else 'age'}' if the table holds "
+                f"{'dates' if as_age else 'ages'}, or convert the column."
+            )
+
+    subjects = _subjects(frame, cfg, formats, file, report)
+    ids = strict_integer(frame, cfg["id_column"], file)
+    # Parse column by column before unpivoting (no text round trip for typed parquet columns);
+    # a cell that is set but does not parse is counted per column.
+    if as_age:
+        typed = [
+            (
+                pl.col(c).cast(pl.Float64)
+                if schema[c].is_numeric()
+                else pl.col(c).str.strip_chars().cast(pl.Float64, strict=False)
+            ).alias(c)
+            for c in columns
+        ]
+    else:
+        typed = [parse_datetime(pl.col(c), schema[c], formats).alias(c) for c in columns]
+    raw_counts = frame.select(pl.col(list(columns)).is_not_null().sum())
+    wide = frame.select(typed).with_columns(subject_id=ids)
+    parsed_counts = wide.select(pl.col(list(columns)).is_not_null().sum())
+    bad = pl.DataFrame(
+        {
+            "column": list(columns),
+            "n": [r - p for r, p in zip(raw_counts.row(0), parsed_counts.row(0), strict=True)],
+        },
+        schema={"column": pl.String, "n": pl.Int64},
+    )
+    report.add(
+        "code values read",
+        file,
+        None,
+        int(sum(raw_counts.row(0))),
+        "info",
+        f"{len(columns)} code columns",
+    )
+    if as_age:
+        _report_by_column(report, "unparseable age", file, bad, "dropped", "not a number of years")
+    else:
+        _report_by_column(
+            report,
+            "unparseable date",
+            file,
+            bad,
+            "dropped",
+            f"not a date in any of data.date_formats ({', '.join(formats)})",
+        )
+    names = pl.DataFrame(
+        {"column": list(columns), "code": list(columns.values())},
+        schema={"column": pl.String, "code": pl.String},
+    )
+    long = (
+        wide.lazy()
+        .filter(pl.col("subject_id").is_not_null())
+        .unpivot(index="subject_id", on=list(columns), variable_name="column", value_name="value")
+        .filter(pl.col("value").is_not_null())
+        .join(names.lazy(), on="column")
+        .join(
+            subjects.lazy().select("subject_id", "birth_time", "birth_period_start"),
+            on="subject_id",
+        )
+        .collect()
+    )
+
+    if as_age:
+        no_birth = long.filter(pl.col("birth_time").is_null())
+        report.count(
+            "age without birth",
+            no_birth.height,
+            file,
+            cfg["birth_year_column"],
+            "dropped",
+            "an age cannot be placed in time without a birth year",
+        )
+        long = long.filter(pl.col("birth_time").is_not_null())
+        micros = (pl.col("value") * 365.25 * 86_400_000_000).round().cast(pl.Int64)
+        long = long.with_columns(time=pl.col("birth_time") + pl.duration(microseconds=micros))
+    else:
+        special: Mapping[str, str] = cfg.get("special_dates") or {}
+        special_days = {dt.date.fromisoformat(d): what for d, what in special.items()}
+        day = pl.col("value").dt.date()
+        long = long.with_columns(
+            _special=day.replace_strict(special_days, default=None, return_dtype=pl.String)
+        )
+        for date, what in sorted(special_days.items()):
+            report.count(
+                "special date",
+                long.filter(day == date).height,
+                file,
+                "code columns",
+                "dropped" if what == "drop" else "set to birth",
+                f"placeholder date {date} (data.first_occurrence.special_dates)",
+            )
+        report.count(
+            "special date without birth",
+            long.filter((pl.col("_special") == "birth") & pl.col("birth_time").is_null()).height,
+            file,
+            cfg["birth_year_column"],
+            "dropped",
+            "a placeholder meaning 'at birth' needs a birth year",
+        )
+        long = long.filter(
+            pl.col("_special").is_null()
+            | ((pl.col("_special") == "birth") & pl.col("birth_time").is_not_null())
+        ).with_columns(
+            time=pl.when(pl.col("_special") == "birth")
+            .then(pl.col("birth_time"))
+            .otherwise(pl.col("value"))
+        )
+        long = long.filter(pl.col("time").is_not_null())
+        # Birth is imputed mid-period; a date in the birth month (year) before it is real.
+        in_birth_period = (pl.col("time") < pl.col("birth_time")) & (
+            pl.col("time") >= pl.col("birth_period_start")
+        )
+        report.count(
+            "date in birth period before imputed birth",
+            long.filter(in_birth_period).height,
+            file,
+            "code columns",
+            "set to birth",
+            "birth is imputed as the 15th of the month (1 July if no month)",
+        )
+        long = long.with_columns(
+            time=pl.when(in_birth_period).then(pl.col("birth_time")).otherwise(pl.col("time"))
+        )
+
+    diagnoses = long.select("subject_id", pl.col("time").cast(pl.Datetime("us")), "code").lazy()
+    return pl.concat(
+        [
+            _person_events(subjects, cfg).lazy(),
+            diagnoses.with_columns(numeric_value=pl.lit(None, dtype=pl.Float32)),
+        ],
+        how="vertical_relaxed",
+    ).select(
+        "subject_id",
+        pl.col("time").cast(pl.Datetime("us")),
+        "code",
+        pl.col("numeric_value").cast(pl.Float32),
+    )
+
+
+def _person_events(subjects: pl.DataFrame, cfg: Mapping[str, Any]) -> pl.DataFrame:
+    """Birth, sex, baseline visit, death and observation-period events of each participant."""
+    start = {
+        "birth": pl.col("birth_time"),
+        "baseline": pl.col("baseline"),
+        "first_event": pl.lit(None, dtype=pl.Datetime("us")),
+    }[cfg["observation_start"]]
+    # Follow-up ends at the configured end date, or at death when that comes first.
+    end = pl.when(pl.col("followup_end").is_not_null()).then(
+        pl.min_horizontal("followup_end", "death")
+    )
+    # (code, time); a row is written when both are known, except sex, which is static and
+    # may have no time (MEDS static measurement) when the birth year is missing.
+    parts = [
+        (pl.lit("MEDS_BIRTH"), pl.col("birth_time")),
+        ("SEX/" + pl.col("sex"), pl.col("birth_time")),
+        (pl.lit(BASELINE_CODE), pl.col("baseline")),
+        (pl.lit("MEDS_DEATH"), pl.col("death")),
+        (pl.lit("OBSERVATION_PERIOD/START"), start),
+        (pl.lit("OBSERVATION_PERIOD/END"), end),
+    ]
+    frames = []
+    for code, time in parts:
+        frame = subjects.select(
+            "subject_id", time.cast(pl.Datetime("us")).alias("time"), code.alias("code")
+        ).filter(pl.col("code").is_not_null())
+        if not frame["code"].str.starts_with("SEX/").any():
+            frame = frame.filter(pl.col("time").is_not_null())
+        frames.append(frame)
+    return pl.concat(frames).with_columns(numeric_value=pl.lit(None, dtype=pl.Float32))

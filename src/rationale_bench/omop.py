@@ -1,0 +1,672 @@
+"""OMOP CDM v5.4 tables -> MEDS-style events and a code-name table.
+
+Tables come from a folder (``person.csv``, ``condition_occurrence.parquet`` or a folder of
+parquet parts per table; names and columns case-insensitive) or from a DuckDB database file
+(optional ``omop`` extra, imported only when used).
+
+Codes (the first rule that applies):
+1. the event's source concept is in an ICD-10 / ICD-10-CM / ICD-9-CM / ATC vocabulary (via
+   ``concept``): ``ICD10/<code>``, ``ICD9/<code>``, ``ATC/<code>``;
+2. drugs: the standard concept is linked to an ATC concept in ``concept_relationship``
+   ('Maps to', 'RxNorm - ATC', ...): ``ATC/<code>`` (one event per linked ATC class);
+3. conditions with ``condition_source_vocabulary`` set: the source value read as that
+   vocabulary (``F0390`` -> ``ICD10/F03.90``);
+4. otherwise ``OMOP/<concept_id>`` (standard concept, else the source concept), counted in
+   data_quality.csv; events with neither concept are dropped and counted.
+Persons: gender 8507 / 8532 -> ``SEX/M`` / ``SEX/F``; birth from birth_datetime or
+year/month/day of birth (missing month -> 1 July, missing day -> the 15th); death ->
+``MEDS_DEATH``; visits -> ``VISIT/<kind>``; observation periods -> ``OBSERVATION_PERIOD/START``
+and ``/END``; measurement ``value_as_number`` -> ``numeric_value``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from rationale_bench.data_quality import (
+    EVENTS_SCHEMA,
+    DataError,
+    QualityReport,
+    parse_datetime,
+    require_columns,
+    strict_integer,
+)
+
+# OMOP vocabulary_id -> our code system.
+VOCABULARY_PREFIX = {"ICD10": "ICD10", "ICD10CM": "ICD10", "ICD9CM": "ICD9", "ATC": "ATC"}
+DRUG_ATC_RELATIONSHIPS = (
+    "Maps to",
+    "Mapped from",
+    "RxNorm - ATC",
+    "ATC - RxNorm",
+    "RxNorm - ATC pr lat",
+    "ATC - RxNorm pr lat",
+)
+GENDER = {8507: "M", 8532: "F"}
+VISIT_KIND = {
+    9201: "INPATIENT",
+    9202: "OUTPATIENT",
+    9203: "EMERGENCY",
+    262: "INPATIENT",  # emergency room and inpatient visit
+    581477: "OUTPATIENT",  # office visit
+    5083: "TELEHEALTH",
+    581458: "PHARMACY",
+    32036: "LABORATORY",
+}
+ICD10_SOURCE = re.compile(r"^[A-Z][0-9]{2}[0-9A-Z]{0,4}$")
+ICD9_SOURCE = re.compile(r"^(?:[0-9]{3}|V[0-9]{2}|E[0-9]{3})[0-9]{0,2}$")
+
+
+@dataclass(frozen=True)
+class ClinicalTable:
+    """Where an OMOP event table keeps its concept, time, source fields and value."""
+
+    name: str
+    concept: str
+    date: str
+    datetime: str
+    source_value: str
+    source_concept: str
+    value: str | None = None
+
+
+CLINICAL_TABLES = (
+    ClinicalTable(
+        "condition_occurrence",
+        "condition_concept_id",
+        "condition_start_date",
+        "condition_start_datetime",
+        "condition_source_value",
+        "condition_source_concept_id",
+    ),
+    ClinicalTable(
+        "drug_exposure",
+        "drug_concept_id",
+        "drug_exposure_start_date",
+        "drug_exposure_start_datetime",
+        "drug_source_value",
+        "drug_source_concept_id",
+    ),
+    ClinicalTable(
+        "procedure_occurrence",
+        "procedure_concept_id",
+        "procedure_date",
+        "procedure_datetime",
+        "procedure_source_value",
+        "procedure_source_concept_id",
+    ),
+    ClinicalTable(
+        "measurement",
+        "measurement_concept_id",
+        "measurement_date",
+        "measurement_datetime",
+        "measurement_source_value",
+        "measurement_source_concept_id",
+        value="value_as_number",
+    ),
+)
+EVENT_TABLES = (
+    "person",
+    "observation_period",
+    *(t.name for t in CLINICAL_TABLES),
+    "visit_occurrence",
+    "death",
+)
+VOCABULARY_TABLES = ("concept", "concept_relationship")
+
+
+class TableSource:
+    """OMOP tables from a folder of CSV/parquet files or a DuckDB database file."""
+
+    def __init__(self, path: str | Path, schema: str | None = None) -> None:
+        self.path = Path(path)
+        self.schema = schema
+        if not self.path.exists():
+            raise DataError(
+                f"data.omop.path '{self.path}' does not exist; point it at a folder of OMOP CDM "
+                "tables or a DuckDB file."
+            )
+        self._duckdb = None
+        if self.path.is_file():
+            self._duckdb = _connect_duckdb(self.path)
+            self._tables = self._duckdb_tables()
+        else:
+            self._tables = self._folder_tables()
+
+    def _folder_tables(self) -> dict[str, Path]:
+        tables: dict[str, Path] = {}
+        for entry in sorted(self.path.iterdir()):
+            name = entry.name.lower()
+            for suffix in (".csv", ".parquet", ".tsv"):
+                if name.endswith(suffix):
+                    tables.setdefault(name[: -len(suffix)], entry)
+            if entry.is_dir() and any(entry.glob("*.parquet")):
+                tables.setdefault(name, entry)
+        return tables
+
+    def _duckdb_tables(self) -> dict[str, str]:
+        query = "select table_schema, table_name from information_schema.tables"
+        rows = self._duckdb.execute(query).fetchall()
+        tables: dict[str, str] = {}
+        for schema, table in rows:
+            if self.schema is None or schema.lower() == self.schema.lower():
+                tables.setdefault(table.lower(), f'"{schema}"."{table}"')
+        if not tables:
+            raise DataError(
+                f"{self.path}: no tables found"
+                + (f" in schema '{self.schema}'" if self.schema else "")
+                + "; set data.omop.schema to the schema of the CDM tables."
+            )
+        return tables
+
+    def where(self, table: str) -> str:
+        """The file (or database table) a table is read from, for messages."""
+        found = self._tables[table]
+        return f"{self.path}:{found}" if self._duckdb is not None else str(found)
+
+    def has(self, table: str) -> bool:
+        return table in self._tables
+
+    def read(self, table: str) -> pl.DataFrame:
+        """The table with lower-case column names; CSV values as text, empty cells null."""
+        found = self._tables[table]
+        if self._duckdb is not None:
+            frame = pl.from_arrow(self._duckdb.sql(f"select * from {found}").to_arrow_table())
+        elif isinstance(found, Path) and found.is_dir():
+            frame = pl.read_parquet(found / "*.parquet")
+        elif found.suffix.lower() == ".parquet":
+            frame = pl.read_parquet(found)
+        else:
+            separator = "\t" if found.suffix.lower() == ".tsv" else ","
+            frame = pl.read_csv(found, separator=separator, infer_schema=False)
+            frame = frame.with_columns(
+                pl.when(pl.all().str.strip_chars() != "").then(pl.all()).name.keep()
+            )
+        return frame.rename({c: c.lower() for c in frame.columns})
+
+
+def _connect_duckdb(path: Path) -> Any:
+    try:
+        import duckdb
+    except ImportError:
+        raise DataError(
+            f"data.omop.path '{path}' is a file, read as a DuckDB database, but duckdb is not "
+            "installed. Install the 'omop' extra: pip install 'rationale-bench[omop]' (or "
+            "export the tables to a folder of CSV/parquet files)."
+        ) from None
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as error:
+        raise DataError(
+            f"data.omop.path '{path}' could not be opened as a DuckDB database ({error})."
+        ) from None
+
+
+def _integer(frame: pl.DataFrame, column: str, file: str) -> pl.Series:
+    """An Int64 concept/id column (a non-integer value stops the run); missing -> null."""
+    if column not in frame.columns:
+        return pl.Series(column, [None] * frame.height, dtype=pl.Int64)
+    return strict_integer(frame, column, file).alias(column)
+
+
+def _times(
+    frame: pl.DataFrame,
+    date: str,
+    datetime: str | None,
+    formats: list[str],
+    file: str,
+    report: QualityReport,
+) -> pl.Series:
+    """Event times from the datetime column when set, else the date; bad ones counted."""
+    parts = []
+    if datetime and datetime in frame.columns:
+        parts.append(parse_datetime(pl.col(datetime), frame.schema[datetime], formats))
+    parts.append(parse_datetime(pl.col(date), frame.schema[date], formats))
+    times = frame.select(pl.coalesce(parts).alias("time")).to_series()
+    raw = frame[date].is_not_null()
+    if datetime and datetime in frame.columns:
+        raw = raw | frame[datetime].is_not_null()
+    report.count(
+        "unparseable date",
+        int((raw & times.is_null()).sum()),
+        file,
+        date,
+        "dropped",
+        f"not a date in any of data.date_formats ({', '.join(formats)})",
+    )
+    report.count("missing date", int((~raw).sum()), file, date, "dropped", "no date")
+    return times
+
+
+def _concepts(source: TableSource, report: QualityReport) -> pl.DataFrame | None:
+    if not source.has("concept"):
+        report.add(
+            "table absent",
+            str(source.path),
+            "concept",
+            0,
+            "info",
+            "no vocabulary: codes come from source values or stay OMOP/<concept_id>, unnamed",
+        )
+        return None
+    file = source.where("concept")
+    frame = source.read("concept")
+    require_columns(
+        frame.schema,
+        ["concept_id", "concept_name", "vocabulary_id", "concept_code"],
+        file,
+        "the OMOP concept table",
+    )
+    return frame.select(
+        concept_id=_integer(frame, "concept_id", file),
+        concept_name=pl.col("concept_name").cast(pl.String),
+        vocabulary_id=pl.col("vocabulary_id").cast(pl.String),
+        concept_code=pl.col("concept_code").cast(pl.String),
+    ).unique("concept_id", keep="first")
+
+
+def _drug_atc(
+    source: TableSource, concepts: pl.DataFrame | None, report: QualityReport
+) -> pl.DataFrame | None:
+    """Drug concept -> ATC code links from concept_relationship (both directions)."""
+    if concepts is None or not source.has("concept_relationship"):
+        return None
+    file = source.where("concept_relationship")
+    frame = source.read("concept_relationship")
+    require_columns(
+        frame.schema,
+        ["concept_id_1", "concept_id_2", "relationship_id"],
+        file,
+        "the OMOP concept_relationship table",
+    )
+    links = frame.select(
+        a=_integer(frame, "concept_id_1", file),
+        b=_integer(frame, "concept_id_2", file),
+        relationship=pl.col("relationship_id").cast(pl.String),
+    ).filter(pl.col("relationship").is_in(DRUG_ATC_RELATIONSHIPS))
+    both = pl.concat(
+        [
+            links.select(drug=pl.col("a"), atc_id=pl.col("b")),
+            links.select(drug=pl.col("b"), atc_id=pl.col("a")),
+        ]
+    )
+    atc = concepts.filter(pl.col("vocabulary_id") == "ATC").select(
+        atc_id="concept_id", code="ATC/" + pl.col("concept_code"), description="concept_name"
+    )
+    return both.join(atc, on="atc_id").select("drug", "code", "description").unique()
+
+
+def _normalize_source(values: pl.Expr, vocabulary: str) -> pl.Expr:
+    """Source value text -> ``ICD10/F03.90`` / ``ICD9/290.0``; null when it does not parse."""
+    bare = values.str.strip_chars().str.to_uppercase().str.replace_all(".", "", literal=True)
+    if vocabulary == "ICD10":
+        ok = bare.str.contains(ICD10_SOURCE.pattern)
+        dotted = pl.when(bare.str.len_chars() > 3).then(
+            bare.str.slice(0, 3) + "." + bare.str.slice(3)
+        )
+    else:
+        ok = bare.str.contains(ICD9_SOURCE.pattern)
+        head = pl.when(bare.str.starts_with("E")).then(4).otherwise(3)
+        dotted = pl.when(bare.str.len_chars() > head).then(
+            bare.str.slice(0, head) + "." + bare.str.slice(head)
+        )
+    return pl.when(ok).then(pl.lit(vocabulary + "/") + dotted.otherwise(bare))
+
+
+def _clinical_events(
+    source: TableSource,
+    table: ClinicalTable,
+    concepts: pl.DataFrame | None,
+    drug_atc: pl.DataFrame | None,
+    persons: pl.Series,
+    cfg: Mapping[str, Any],
+    formats: list[str],
+    report: QualityReport,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Events and (code, description) rows of one clinical table."""
+    file = source.where(table.name)
+    frame = source.read(table.name)
+    require_columns(
+        frame.schema, ["person_id", table.concept, table.date], file, f"OMOP {table.name}"
+    )
+    report.add("rows read", file, None, frame.height, "info")
+    value = pl.lit(None, dtype=pl.Float32)
+    if table.value and table.value in frame.columns:
+        raw = frame[table.value]
+        parsed = raw.cast(pl.String).str.strip_chars().cast(pl.Float32, strict=False)
+        report.count(
+            "unparseable number",
+            int((raw.is_not_null() & parsed.is_null()).sum()),
+            file,
+            table.value,
+            "set to null (warning)",
+            "not a number; the event is kept without a value",
+        )
+        value = parsed
+    rows = pl.DataFrame(
+        {
+            "subject_id": _integer(frame, "person_id", file),
+            "time": _times(frame, table.date, table.datetime, formats, file, report),
+            "concept_id": _integer(frame, table.concept, file).fill_null(0),
+            "source_concept_id": _integer(frame, table.source_concept, file),
+            "source_value": (
+                frame[table.source_value].cast(pl.String)
+                if table.source_value in frame.columns
+                else pl.Series([None] * frame.height, dtype=pl.String)
+            ),
+        }
+    ).with_columns(numeric_value=value)
+    rows = rows.filter(pl.col("time").is_not_null())
+    rows = _known_persons(rows, persons, file, report)
+    rows = rows.with_row_index("_row")
+
+    named: list[pl.DataFrame] = []
+    if concepts is not None:
+        vocab = concepts.filter(pl.col("vocabulary_id").is_in(list(VOCABULARY_PREFIX))).select(
+            source_concept_id="concept_id",
+            code=pl.col("vocabulary_id").replace_strict(VOCABULARY_PREFIX)
+            + "/"
+            + pl.col("concept_code"),
+            description="concept_name",
+        )
+        named.append(rows.join(vocab, on="source_concept_id").select("_row", "code", "description"))
+    if table.name == "drug_exposure" and drug_atc is not None:
+        done = (
+            pl.concat(named).select("_row") if named else pl.DataFrame(schema={"_row": pl.UInt32})
+        )
+        named.append(
+            rows.join(done, on="_row", how="anti")
+            .join(drug_atc, left_on="concept_id", right_on="drug")
+            .select("_row", "code", "description")
+        )
+    vocabulary = cfg.get("condition_source_vocabulary")
+    if table.name == "condition_occurrence" and vocabulary:
+        done = (
+            pl.concat(named).select("_row") if named else pl.DataFrame(schema={"_row": pl.UInt32})
+        )
+        from_value = (
+            rows.join(done, on="_row", how="anti")
+            .select("_row", code=_normalize_source(pl.col("source_value"), vocabulary))
+            .filter(pl.col("code").is_not_null())
+            .with_columns(description=pl.lit(None, dtype=pl.String))
+        )
+        named.append(from_value)
+    mapped = (
+        pl.concat(named, how="vertical_relaxed")
+        if named
+        else pl.DataFrame(schema={"_row": pl.UInt32, "code": pl.String, "description": pl.String})
+    )
+    report.add(
+        "mapped to ICD10/ICD9/ATC",
+        file,
+        table.concept,
+        mapped.select(pl.col("_row").n_unique()).item(),
+        "info",
+        "through the source concept's vocabulary"
+        + (", 'Maps to' links to ATC" if table.name == "drug_exposure" else "")
+        + (
+            f", source values read as {vocabulary}"
+            if table.name == "condition_occurrence" and vocabulary
+            else ""
+        ),
+    )
+
+    rest = rows.join(mapped.select("_row").unique(), on="_row", how="anti")
+    fallback = rest.with_columns(
+        concept=pl.when(pl.col("concept_id") != 0)
+        .then(pl.col("concept_id"))
+        .when(pl.col("source_concept_id").fill_null(0) != 0)
+        .then(pl.col("source_concept_id"))
+    )
+    no_concept = fallback.filter(pl.col("concept").is_null())
+    report.count(
+        "no concept",
+        no_concept.height,
+        file,
+        table.concept,
+        "dropped",
+        "concept_id 0 and no source concept or mappable source value",
+    )
+    fallback = fallback.filter(pl.col("concept").is_not_null())
+    report.count(
+        "unmapped concept",
+        fallback.height,
+        file,
+        table.concept,
+        "kept as OMOP/<concept_id>",
+        "no ICD10/ICD9/ATC code through the vocabulary or source value",
+    )
+    fallback = fallback.with_columns(code="OMOP/" + pl.col("concept").cast(pl.String))
+    names = []
+    if concepts is not None:
+        names.append(
+            fallback.select("code", "concept")
+            .unique()
+            .join(concepts.select(concept="concept_id", description="concept_name"), on="concept")
+            .select("code", "description")
+        )
+    events = pl.concat(
+        [
+            rows.join(mapped.select("_row", "code"), on="_row").select(list(EVENTS_SCHEMA)),
+            fallback.select(list(EVENTS_SCHEMA)),
+        ],
+        how="vertical_relaxed",
+    )
+    codes = pl.concat(
+        [mapped.select("code", "description"), *names], how="vertical_relaxed"
+    ).unique()
+    return events, codes
+
+
+def _known_persons(
+    rows: pl.DataFrame, persons: pl.Series, file: str, report: QualityReport
+) -> pl.DataFrame:
+    known = rows["subject_id"].is_in(persons.implode())
+    report.count(
+        "person not in person table",
+        int((~known).sum()),
+        file,
+        "person_id",
+        "dropped",
+        "events of a person_id the person table does not list",
+    )
+    return rows.filter(known)
+
+
+def _persons(
+    source: TableSource, formats: list[str], report: QualityReport
+) -> tuple[pl.DataFrame, pl.Series]:
+    """Birth and sex events of the person table, and the person ids."""
+    if not source.has("person"):
+        raise DataError(
+            f"{source.path}: the OMOP person table is missing (person.csv, person.parquet or "
+            "a person table in the DuckDB file); every OMOP dataset needs one."
+        )
+    file = source.where("person")
+    frame = source.read("person")
+    require_columns(
+        frame.schema, ["person_id", "gender_concept_id", "year_of_birth"], file, "OMOP person"
+    )
+    if frame.height == 0:
+        raise DataError(f"{file}: the person table has no rows.")
+    report.add("rows read", file, None, frame.height, "info")
+    ids = _integer(frame, "person_id", file)
+    if ids.is_null().any():
+        raise DataError(
+            f"{file}: column 'person_id' is empty in {int(ids.is_null().sum())} rows; every "
+            "person needs an id."
+        )
+    duplicated = ids.is_duplicated()
+    if duplicated.any():
+        raise DataError(
+            f"{file}: column 'person_id' has {int(duplicated.sum())} rows that share an id "
+            f"(e.g. {ids.filter(duplicated).unique().sort().head(5).to_list()}); the person table "
+            "needs one row per person."
+        )
+    gender = _integer(frame, "gender_concept_id", file)
+    sex = gender.replace_strict(GENDER, default=None, return_dtype=pl.String)
+    report.count(
+        "unknown gender concept",
+        int(sex.is_null().sum()),
+        file,
+        "gender_concept_id",
+        "kept (warning)",
+        "not 8507 (male) or 8532 (female); no SEX/ event, the cohort excludes these persons",
+    )
+
+    def number(column: str) -> pl.Expr:
+        if column not in frame.columns:
+            return pl.lit(None, dtype=pl.Int32)
+        return pl.col(column).cast(pl.String).str.strip_chars().cast(pl.Int32, strict=False)
+
+    # Missing month -> 1 July; missing day -> the 15th; an impossible date gives no birth.
+    month, day = number("month_of_birth"), number("day_of_birth")
+    text = pl.format(
+        "{}-{}-{}",
+        number("year_of_birth"),
+        month.fill_null(7).cast(pl.String).str.zfill(2),
+        pl.when(month.is_null()).then(1).otherwise(day.fill_null(15)).cast(pl.String).str.zfill(2),
+    )
+    from_parts = frame.select(
+        text.str.to_datetime("%Y-%m-%d", strict=False, time_unit="us")
+    ).to_series()
+    birth = from_parts
+    if "birth_datetime" in frame.columns:
+        exact = frame.select(
+            parse_datetime(pl.col("birth_datetime"), frame.schema["birth_datetime"], formats)
+        ).to_series()
+        birth = exact.fill_null(from_parts)
+    report.count(
+        "missing or impossible birth date",
+        int(birth.is_null().sum()),
+        file,
+        "year_of_birth",
+        "kept (warning)",
+        "no MEDS_BIRTH; the cohort excludes these persons",
+    )
+    people = pl.DataFrame({"subject_id": ids, "birth": birth.cast(pl.Datetime("us")), "sex": sex})
+    events = pl.concat(
+        [
+            people.filter(pl.col("birth").is_not_null()).select(
+                "subject_id", time="birth", code=pl.lit("MEDS_BIRTH")
+            ),
+            people.filter(pl.col("sex").is_not_null()).select(
+                "subject_id", time="birth", code="SEX/" + pl.col("sex")
+            ),
+        ]
+    ).with_columns(numeric_value=pl.lit(None, dtype=pl.Float32))
+    return events, ids
+
+
+def _simple_events(
+    source: TableSource,
+    table: str,
+    columns: list[tuple[str, str | None, str]],
+    persons: pl.Series,
+    formats: list[str],
+    report: QualityReport,
+    concept_column: str | None = None,
+    concepts: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Events of death, observation_period or visit_occurrence (code per (date, datetime))."""
+    empty_codes = pl.DataFrame(schema={"code": pl.String, "description": pl.String})
+    if not source.has(table):
+        report.add("table absent", str(source.path), table, 0, "info", "no events of this kind")
+        return pl.DataFrame(schema=EVENTS_SCHEMA), empty_codes
+    file = source.where(table)
+    frame = source.read(table)
+    required = ["person_id", *(date for date, _, _ in columns)]
+    if concept_column:
+        required.append(concept_column)
+    require_columns(frame.schema, required, file, f"OMOP {table}")
+    report.add("rows read", file, None, frame.height, "info")
+    ids = _integer(frame, "person_id", file)
+    codes = empty_codes
+    if concept_column:
+        concept = _integer(frame, concept_column, file).fill_null(0)
+        kind = concept.replace_strict(VISIT_KIND, default=None, return_dtype=pl.String)
+        code = pl.Series(
+            "code",
+            pl.select(
+                pl.when(kind.is_not_null())
+                .then("VISIT/" + kind)
+                .when(concept != 0)
+                .then("VISIT/" + concept.cast(pl.String))
+                .otherwise(pl.lit("VISIT/OTHER"))
+            ).to_series(),
+        )
+        if concepts is not None:
+            codes = (
+                pl.DataFrame({"code": code, "concept_id": concept})
+                .filter(~pl.col("concept_id").is_in(list(VISIT_KIND)))
+                .unique()
+                .join(concepts.select("concept_id", description="concept_name"), on="concept_id")
+                .select("code", "description")
+            )
+    frames = []
+    for date, datetime, fixed in columns:
+        times = _times(frame, date, datetime, formats, file, report)
+        codes_here = code if concept_column else pl.Series("code", [fixed] * frame.height)
+        part = pl.DataFrame({"subject_id": ids, "time": times, "code": codes_here})
+        frames.append(part.filter(pl.col("time").is_not_null()))
+    events = pl.concat(frames).with_columns(numeric_value=pl.lit(None, dtype=pl.Float32))
+    return _known_persons(events, persons, file, report), codes
+
+
+def omop_events(
+    cfg: Mapping[str, Any], formats: list[str], report: QualityReport
+) -> tuple[pl.LazyFrame, pl.DataFrame]:
+    """MEDS-style events (not yet checked by clean_events) and code names of an OMOP CDM."""
+    if not cfg.get("path"):
+        raise DataError("data.omop.path is not set; point it at your OMOP CDM tables.")
+    source = TableSource(cfg["path"], cfg.get("schema"))
+    person_events, persons = _persons(source, formats, report)
+    concepts = _concepts(source, report)
+    drug_atc = _drug_atc(source, concepts, report)
+    events = [person_events]
+    codes = []
+    for table in CLINICAL_TABLES:
+        if not source.has(table.name):
+            report.add("table absent", str(source.path), table.name, 0, "info", "no such events")
+            continue
+        table_events, table_codes = _clinical_events(
+            source, table, concepts, drug_atc, persons, cfg, formats, report
+        )
+        events.append(table_events)
+        codes.append(table_codes)
+    for table, columns, concept_column in (
+        ("death", [("death_date", "death_datetime", "MEDS_DEATH")], None),
+        (
+            "observation_period",
+            [
+                ("observation_period_start_date", None, "OBSERVATION_PERIOD/START"),
+                ("observation_period_end_date", None, "OBSERVATION_PERIOD/END"),
+            ],
+            None,
+        ),
+        (
+            "visit_occurrence",
+            [("visit_start_date", "visit_start_datetime", "")],
+            "visit_concept_id",
+        ),
+    ):
+        table_events, table_codes = _simple_events(
+            source, table, columns, persons, formats, report, concept_column, concepts
+        )
+        events.append(table_events)
+        codes.append(table_codes)
+    all_events = pl.concat(
+        [e.select(list(EVENTS_SCHEMA)).cast(EVENTS_SCHEMA) for e in events], how="vertical"
+    )
+    all_codes = (
+        pl.concat(codes, how="vertical_relaxed")
+        if codes
+        else pl.DataFrame(schema={"code": pl.String, "description": pl.String})
+    )
+    return all_events.lazy(), all_codes
