@@ -6,6 +6,7 @@ rule build_histories:
     input:
         events="results/data/events.parquet",
         cohort="results/cohort/cohort.parquet",
+        code_names="results/data/codes.parquet",
     output:
         "results/histories/{serialization}.parquet",
     log:

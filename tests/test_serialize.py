@@ -107,6 +107,7 @@ def varied_subject(events_builder):
     b.add(1, "2004-09-01", "LAB/LDL", value=120.4)
     b.add(1, "2004-09-01", "ICD10/I10")
     b.add(1, "2004-10-01", "XYZ/123")  # an unknown vocabulary: kept as the bare code
+    b.add(1, "2003-02-01", "OBSERVATION_PERIOD/START")  # bookkeeping, never a history line
     b.add(1, "2005-01-31", "ICD10/H90.3")  # at the index visit: never an input
     events = b.frame()
     cohort, _ = build_cohort(events, cohort_cfg(), check_splits=False)

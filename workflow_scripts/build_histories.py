@@ -7,7 +7,8 @@ log = start(snakemake)  # noqa: F821
 events = pl.scan_parquet(snakemake.input.events)  # noqa: F821
 cohort = pl.read_parquet(snakemake.input.cohort)  # noqa: F821
 cfg = dict(snakemake.params.serialization, variant=snakemake.wildcards.serialization)  # noqa: F821
-histories = build_histories(events, cohort, cfg)
+code_names = pl.read_parquet(snakemake.input.code_names)  # noqa: F821
+histories = build_histories(events, cohort, cfg, code_names)
 n_unknown = int(histories["n_unknown_codes"].sum())
 log.info(
     "%d histories (%s), median %d events and %d lines, %d input events with unknown codes",
@@ -19,6 +20,7 @@ log.info(
 )
 if n_unknown:
     log.warning(
-        "codes without a known name (kept as the bare code):\n%s", unknown_code_summary(events)
+        "codes without a known name (kept as the bare code):\n%s",
+        unknown_code_summary(events, code_names),
     )
 write_parquet(histories, snakemake.output[0])  # noqa: F821

@@ -55,8 +55,9 @@ TIME_ENCODINGS = ("relative_years", "relative_days", "age", "none", "calendar_da
 DEFAULT_TIME_ENCODING = {"first_occurrence": "age"}
 OLDEST_FIRST = frozenset({"chronological", "first_occurrence"})
 # Codes that are not clinical history lines: demographics are in the header, visits are the
-# grouping key, and death cannot precede the index of an included subject.
-NON_HISTORY_PREFIXES = ("MEDS_BIRTH", "MEDS_DEATH", "SEX/", "VISIT/")
+# grouping key, observation periods are bookkeeping, and death cannot precede the index of an
+# included subject.
+NON_HISTORY_PREFIXES = ("MEDS_BIRTH", "MEDS_DEATH", "SEX/", "VISIT/", "OBSERVATION_PERIOD/")
 SEX_WORDS = {"F": "female", "M": "male"}
 
 # markdown_recent sections, in the order shown, and the vocabularies that fall in each; a
@@ -420,11 +421,14 @@ def build_histories(
     )
 
 
-def unknown_code_summary(events: pl.LazyFrame | pl.DataFrame, limit: int = 10) -> pl.DataFrame:
+def unknown_code_summary(
+    events: pl.LazyFrame | pl.DataFrame, code_names: pl.DataFrame | None = None, limit: int = 10
+) -> pl.DataFrame:
     """Vocabularies of codes without a known name, with event and code counts (for the log)."""
     frame = events.lazy().filter(~matches_any(pl.col("code"), NON_HISTORY_PREFIXES)).collect()
     names = describe_many(frame["code"].unique().to_list())
-    unknown = [c for c, name in names.items() if name is None]
+    given = set() if code_names is None else set(code_names.drop_nulls("description")["code"])
+    unknown = [c for c, name in names.items() if name is None and c not in given]
     return (
         frame.filter(pl.col("code").is_in(unknown))
         .group_by(vocabulary=pl.col("code").str.split("/").list.first())
