@@ -3,6 +3,7 @@ epidemiology (incidence by age, risk-factor hazard ratios, prodromal codes) and 
 
 from __future__ import annotations
 
+import json
 import math
 import tracemalloc
 import warnings
@@ -18,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from rationale_bench import codes as C
+from rationale_bench.ingest import ingest_meds, meds_files
 from rationale_bench.synthetic import (
     ACUTE_NOISE_CODES,
     ADRD_AGE_DOUBLING_YEARS,
@@ -33,6 +35,7 @@ from rationale_bench.synthetic import (
     iter_event_chunks,
     simulate_population,
     write_events,
+    write_meds_dataset,
 )
 
 with warnings.catch_warnings():
@@ -345,6 +348,33 @@ def test_write_events_roundtrip(tmp_path: Path) -> None:
     empty = tmp_path / "empty.parquet"
     assert write_events(empty, 0, seed=4) == 0
     assert pl.read_parquet(empty).schema == back.schema
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_write_meds_dataset_is_readable_as_meds(tmp_path: Path) -> None:
+    root = tmp_path / "meds"
+    n = write_meds_dataset(root, 2500, seed=4, chunk_size=1000)
+    shards = meds_files(root)
+    assert [p.name for p in shards] == ["00000.parquet", "00001.parquet", "00002.parquet"]
+    schema = pq.read_schema(shards[0])
+    assert [(f.name, str(f.type)) for f in schema] == [
+        ("subject_id", "int64"),
+        ("time", "timestamp[us]"),
+        ("code", "string"),
+        ("numeric_value", "float"),
+    ]
+    back = pl.concat([pl.read_parquet(p) for p in shards])
+    assert n == back.height
+    assert back.equals(generate_events(2500, seed=4))
+    # Through the project's own MEDS adapter, too.
+    assert ingest_meds(root, tmp_path / "events.parquet") == n
+    codes = pl.read_parquet(root / "metadata" / "codes.parquet")
+    assert set(codes["code"]) == set(back["code"].unique())
+    assert codes["description"].null_count() == 0
+    meta = json.loads((root / "metadata" / "dataset.json").read_text())
+    assert meta["meds_version"] and meta["etl_name"] == "rationale_bench.synthetic"
+    with pytest.raises(FileExistsError, match="exists"):
+        write_meds_dataset(root, 10, seed=4)
     assert not list(tmp_path.glob("*.partial"))
 
 

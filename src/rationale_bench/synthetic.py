@@ -19,7 +19,9 @@ built on the data is realistically hard (logistic-regression AUROC ~0.7-0.8).
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -30,6 +32,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from rationale_bench.codes import describe_many
 
 __all__ = [
     "ACUTE_NOISE_CODES",
@@ -47,6 +51,7 @@ __all__ = [
     "iter_event_chunks",
     "simulate_population",
     "write_events",
+    "write_meds_dataset",
 ]
 
 YEAR = 365.25  # days
@@ -1097,6 +1102,70 @@ def write_events(
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+    return total
+
+
+MEDS_VERSION = "0.4.1"  # the MEDS data/metadata layout written by write_meds_dataset
+
+
+def write_meds_dataset(
+    root: Path,
+    n_subjects: int,
+    seed: int,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    data_start: date = date(2005, 1, 1),
+    data_end: date = date(2024, 12, 31),
+) -> int:
+    """Write a MEDS dataset folder: ``data/<i:05d>.parquet`` (one shard per chunk of subjects),
+    ``metadata/codes.parquet`` (code, description, parent_codes) and ``metadata/dataset.json``.
+
+    The shards together hold exactly the events of :func:`generate_events`; the folder can be
+    read back with ``data.source: meds``. Written to ``root`` + ``.partial`` and renamed at the
+    end, so an interrupted run leaves no folder that looks complete. Returns the event count.
+    """
+    root = Path(root)
+    if root.exists():
+        raise FileExistsError(f"{root} exists; remove it or choose another folder for the dataset")
+    tmp = root.with_name(root.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "data").mkdir(parents=True)
+    (tmp / "metadata").mkdir()
+    total, used = 0, set()
+    meds_schema = _ARROW_SCHEMA.set(2, pa.field("code", pa.string()))
+    try:
+        chunks = iter_event_chunks(n_subjects, seed, data_start, data_end, chunk_size)
+        for i, frame in enumerate(chunks):
+            shard = tmp / "data" / f"{i:05d}.parquet"  # lexical order = subject order
+            pq.write_table(frame.to_arrow().cast(meds_schema), shard, compression="zstd")
+            used.update(frame["code"].unique().to_list())
+            total += frame.height
+        names = describe_many(sorted(used))
+        codes = pl.DataFrame(
+            {
+                "code": list(names),
+                "description": list(names.values()),
+                "parent_codes": [[] for _ in names],
+            },
+            schema={
+                "code": pl.String,
+                "description": pl.String,
+                "parent_codes": pl.List(pl.String),
+            },
+        )
+        codes.write_parquet(tmp / "metadata" / "codes.parquet")
+        meta = {
+            "dataset_name": f"rationale-bench synthetic (seed {seed}, {n_subjects} subjects)",
+            "dataset_version": f"{data_start.isoformat()}..{data_end.isoformat()}",
+            "etl_name": "rationale_bench.synthetic",
+            "etl_version": f"stream_block={STREAM_BLOCK}",
+            "meds_version": MEDS_VERSION,
+        }
+        (tmp / "metadata" / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        tmp.rename(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return total
 
 
