@@ -19,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from rationale_bench import codes as C
+from rationale_bench import synthetic as S
 from rationale_bench.ingest import ingest_meds, meds_files
 from rationale_bench.synthetic import (
     ACUTE_NOISE_CODES,
@@ -386,6 +387,29 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="data_end"):
         generate_events(10, seed=1, data_start=date(2010, 1, 1), data_end=date(2009, 1, 1))
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_chunks_are_generated_lazily(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the blocks of the chunk being written exist: memory is bounded by chunk_size."""
+    calls = []
+    real = S._generate_chunk
+
+    def counting(*args: object) -> pl.DataFrame:
+        calls.append(args[2])  # block size
+        return real(*args)
+
+    monkeypatch.setattr(S, "_generate_chunk", counting)
+    chunks = iter_event_chunks(10 * STREAM_BLOCK, seed=1, chunk_size=2 * STREAM_BLOCK)
+    first = next(chunks)
+    assert calls == [STREAM_BLOCK, STREAM_BLOCK]
+    assert first["subject_id"].max() == 2 * STREAM_BLOCK
+    path = tmp_path / "e.parquet"
+    write_events(path, 5 * STREAM_BLOCK, seed=1, chunk_size=2 * STREAM_BLOCK)
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups == 3  # 2 + 2 + 1 blocks
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(0).statistics
+        assert stats.max - stats.min < 2 * STREAM_BLOCK
 
 
 def test_peak_memory_does_not_grow_with_subjects(tmp_path: Path) -> None:

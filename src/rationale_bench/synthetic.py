@@ -1006,7 +1006,7 @@ def _labs(
 # memory is bounded by one chunk however many subjects are generated. Changing this constant
 # changes every dataset, so it is part of the determinism contract.
 STREAM_BLOCK = 1000
-DEFAULT_CHUNK_SIZE = 50_000  # subjects per written row group
+DEFAULT_CHUNK_SIZE = 50_000  # subjects generated and written at a time
 
 
 def _window(data_start: date, data_end: date) -> tuple[float, float]:
@@ -1082,7 +1082,7 @@ def write_events(
     data_start: date = date(2005, 1, 1),
     data_end: date = date(2024, 12, 31),
 ) -> int:
-    """Stream generated events to one parquet file (a MEDS data shard), one row group per chunk.
+    """Stream generated events to one parquet file (a MEDS data shard), chunk by chunk.
 
     Peak memory is bounded by ``chunk_size`` subjects, not by ``n_subjects``. The file is
     written next to ``path`` and renamed at the end, so an interrupted run never leaves a
