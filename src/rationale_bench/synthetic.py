@@ -5,16 +5,19 @@ The generator simulates, per subject: sex, birth date, three latent health facto
 with age- and sex-dependent timing, an observation period (first visit, loss to follow-up,
 death as a competing risk), visits whose rate rises with comorbidity, ICD-10 diagnosis codes
 recorded at visits (with detection delay, under-coding and recurrence), drugs that follow
-diagnoses, labs/vitals whose values follow the latent state, ~170 real "noise" ICD-10 codes,
-and ADRD onset from an age-doubling hazard multiplied by risk-factor hazard ratios and
-unobserved frailty. Prodromal codes (memory complaint, MCI, falls) cluster 0.5-4 years before
-ADRD onset without being deterministic.
+diagnoses, labs/vitals whose values follow the latent state, about 1,150 distinct real WHO
+ICD-10 3-character codes (risk factors, common chronic and acute conditions and a long tail
+over the chapters), and ADRD onset from an age-doubling hazard multiplied by risk-factor hazard
+ratios and unobserved frailty (~1.9 %/year at 75-84). Prodromal codes (memory complaint, MCI,
+falls) cluster 0.5-4 years before ADRD onset without being deterministic.
 
-Everything is vectorised numpy per chunk of subjects; each chunk's RNG is derived from
-``(seed, chunk index)`` so ``write_events`` can stream a million subjects in bounded memory.
-The clinical constants live in module-level tables below (sources: /work/shared/REFERENCES.md
-section 2.3 and the Lancet Commission 2024); they were tuned so that a 5-year prediction task
-built on the data is realistically hard (logistic-regression AUROC ~0.7-0.8).
+Everything is vectorised numpy per block of STREAM_BLOCK subjects; block k's RNG is derived
+from ``(seed, k)`` only, so the events do not depend on ``chunk_size`` and ``write_events``
+streams a million subjects in bounded memory. ``simulate_population`` returns the simulated
+truth (onsets, frailty, death) behind the events, for validation. The clinical constants live
+in module-level tables below (sources: /work/shared/REFERENCES.md section 2.3 and the Lancet
+Commission 2024); they were tuned so that a 5-year prediction task built on the data is
+realistically hard (logistic-regression AUROC ~0.75) with 5-10 % cases.
 """
 
 from __future__ import annotations
