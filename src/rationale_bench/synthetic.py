@@ -5,22 +5,27 @@ The generator simulates, per subject: sex, birth date, three latent health facto
 with age- and sex-dependent timing, an observation period (first visit, loss to follow-up,
 death as a competing risk), visits whose rate rises with comorbidity, ICD-10 diagnosis codes
 recorded at visits (with detection delay, under-coding and recurrence), drugs that follow
-diagnoses, labs/vitals whose values follow the latent state, ~170 real "noise" ICD-10 codes,
-and ADRD onset from an age-doubling hazard multiplied by risk-factor hazard ratios and
-unobserved frailty. Prodromal codes (memory complaint, MCI, falls) cluster 0.5-4 years before
-ADRD onset without being deterministic.
+diagnoses, labs/vitals whose values follow the latent state, about 1,150 distinct real WHO
+ICD-10 3-character codes (risk factors, common chronic and acute conditions and a long tail
+over the chapters), and ADRD onset from an age-doubling hazard multiplied by risk-factor hazard
+ratios and unobserved frailty (~1.9 %/year at 75-84). Prodromal codes (memory complaint, MCI,
+falls) cluster 0.5-4 years before ADRD onset without being deterministic.
 
-Everything is vectorised numpy per chunk of subjects; each chunk's RNG is derived from
-``(seed, chunk index)`` so ``write_events`` can stream a million subjects in bounded memory.
-The clinical constants live in module-level tables below (sources: /work/shared/REFERENCES.md
-section 2.3 and the Lancet Commission 2024); they were tuned so that a 5-year prediction task
-built on the data is realistically hard (logistic-regression AUROC ~0.7-0.8).
+Everything is vectorised numpy per block of STREAM_BLOCK subjects; block k's RNG is derived
+from ``(seed, k)`` only, so the events do not depend on ``chunk_size`` and ``write_events``
+streams a million subjects in bounded memory. ``simulate_population`` returns the simulated
+truth (onsets, frailty, death) behind the events, for validation. The clinical constants live
+in module-level tables below (sources: /work/shared/REFERENCES.md section 2.3 and the Lancet
+Commission 2024); they were tuned so that a 5-year prediction task built on the data is
+realistically hard (logistic-regression AUROC ~0.75) with 5-10 % cases.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -30,6 +35,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from rationale_bench.codes import describe_many
 
 __all__ = [
     "ACUTE_NOISE_CODES",
@@ -41,8 +48,13 @@ __all__ = [
     "PRODROMAL_LINK",
     "RISK_CONDITIONS",
     "VOCAB",
+    "STREAM_BLOCK",
+    "TAIL_CODES",
     "generate_events",
+    "iter_event_chunks",
+    "simulate_population",
     "write_events",
+    "write_meds_dataset",
 ]
 
 YEAR = 365.25  # days
@@ -160,7 +172,7 @@ ADRD_HAZARD_RATIOS: dict[str, float] = {
 
 # ADRD incidence for a person aged 80 with none of the risk factors above; the hazard doubles
 # every 5 years of age (incidence ~1-2 %/year at 75-84 in the general population).
-ADRD_BASE_HAZARD_AT_80 = 0.018
+ADRD_BASE_HAZARD_AT_80 = 0.0075
 ADRD_AGE_DOUBLING_YEARS = 5.0
 ADRD_FEMALE_HR = 1.15
 ADRD_FRAILTY_SD = 1.15  # unobserved heterogeneity (APOE, education, family history...)
@@ -284,6 +296,95 @@ ACUTE_NOISE_CODES: tuple[tuple[str, float, float, str], ...] = (
     ("G45", 0.4, 0.6, "B01AC06"), ("R40", 0.2, 0.6, ""), ("R45", 0.4, 0.0, ""),
     ("I26", 0.15, 0.3, "B01AF02"),
 )  # fmt: skip
+# Long tail of real WHO ICD-10 3-character categories (chapters A-N, R, S, T, Z; pregnancy,
+# perinatal, congenital and external-cause chapters, exotic infections and codes used above
+# left out). With the tables above the generator emits ~1,150 distinct 3-character codes, close
+# to the 1,167 first-occurrence features of the UK Biobank study (arXiv 2606.10279). Each
+# category is a chronic-or-episodic condition whose onset age, sex ratio and latent-factor
+# loading come from its chapter profile (below); its lifetime prevalence is log-uniform in
+# TAIL_P_EVER, drawn once with a fixed seed so the table does not depend on the study seed.
+_TAIL_CODES_TEXT = """
+    A15 A16 A17 A18 A19 A40 A41 B15 B16 B17 B18 B19 B20 B21 B22 B23 B24 B36 B90 B91 B92 B94
+    B95 B96 B97 B98 B99 C00 C01 C02 C03 C04 C05 C06 C07 C08 C09 C10 C11 C12 C13 C14 C15 C16
+    C17 C19 C20 C21 C22 C23 C24 C25 C26 C30 C31 C32 C33 C37 C38 C39 C40 C41 C43 C51 C52 C53
+    C54 C55 C56 C57 C58 C60 C62 C63 C64 C65 C66 C67 C68 C69 C70 C71 C72 C73 C74 C75 C76 C77
+    C78 C79 C80 C81 C82 C83 C84 C85 C86 C88 C90 C91 C92 C93 C94 C95 C96 C97 D00 D01 D02 D03
+    D04 D05 D06 D07 D09 D10 D11 D13 D14 D15 D16 D17 D18 D19 D20 D21 D23 D24 D25 D26 D27 D28
+    D29 D30 D31 D32 D33 D34 D35 D36 D51 D52 D53 D55 D56 D57 D58 D59 D60 D61 D62 D63 D65 D66
+    D67 D68 D70 D71 D72 D73 D74 D75 D76 D77 D80 D81 D82 D83 D84 D86 D89 E00 E01 E02 E05 E06
+    E07 E10 E12 E13 E14 E15 E16 E20 E21 E22 E23 E24 E25 E26 E27 E28 E29 E30 E31 E32 E34 E35
+    E40 E41 E42 E43 E44 E45 E46 E50 E51 E52 E54 E56 E58 E59 E60 E61 E63 E64 E65 E67 E68 F04
+    F05 F07 F09 F11 F12 F13 F14 F15 F16 F18 F19 F20 F21 F22 F23 F24 F25 F28 F29 F30 F31 F34
+    F38 F39 F40 F42 F44 F45 F48 F50 F52 F53 F54 F55 F59 F60 F61 F62 F63 F64 F65 F66 F68 F69
+    F70 F71 F72 F73 F78 F79 F99 G00 G01 G02 G03 G04 G05 G06 G07 G08 G09 G10 G11 G12 G13 G14
+    G20 G21 G22 G23 G24 G26 G32 G35 G36 G37 G41 G46 G50 G51 G52 G53 G54 G55 G57 G58 G59 G60
+    G61 G63 G64 G70 G71 G72 G73 G80 G81 G82 G83 G90 G91 G92 G93 G94 G95 G96 G97 G98 G99 H01
+    H02 H03 H04 H05 H06 H11 H13 H15 H16 H17 H18 H19 H20 H21 H22 H27 H28 H30 H31 H32 H33 H34
+    H36 H42 H43 H44 H45 H46 H47 H48 H49 H50 H51 H53 H55 H58 H59 H62 H65 H67 H68 H69 H70 H71
+    H72 H73 H74 H75 H80 H82 H83 H94 H95 I00 I01 I02 I05 I06 I07 I08 I09 I21 I22 I23 I24 I27
+    I28 I30 I31 I32 I33 I36 I37 I38 I39 I40 I41 I42 I43 I45 I46 I47 I51 I52 I60 I61 I62 I65
+    I66 I67 I68 I71 I72 I74 I77 I78 I79 I81 I82 I85 I86 I87 I88 I89 I97 I98 I99 J00 J04 J05
+    J09 J10 J12 J13 J14 J16 J17 J21 J31 J33 J34 J35 J36 J37 J38 J39 J41 J42 J43 J46 J47 J60
+    J61 J62 J63 J64 J65 J66 J67 J68 J69 J70 J80 J81 J82 J84 J85 J86 J90 J91 J92 J93 J94 J95
+    J96 J98 J99 K20 K22 K23 K25 K26 K27 K28 K31 K35 K36 K37 K38 K40 K41 K42 K43 K45 K46 K50
+    K51 K55 K56 K60 K61 K62 K63 K65 K66 K67 K70 K71 K72 K73 K74 K75 K77 K81 K82 K83 K85 K86
+    K87 K90 K91 K93 L00 L01 L04 L05 L10 L11 L12 L13 L14 L20 L21 L22 L24 L25 L26 L27 L28 L41
+    L42 L43 L44 L45 L51 L52 L53 L54 L55 L56 L58 L59 L60 L62 L63 L64 L65 L66 L67 L68 L70 L71
+    L72 L73 L74 L75 L80 L81 L83 L84 L85 L86 L87 L88 L90 L91 L92 L93 L94 L95 L97 L98 L99 M00
+    M01 M02 M03 M05 M07 M08 M09 M11 M12 M13 M14 M18 M20 M21 M22 M23 M24 M30 M31 M32 M33 M34
+    M35 M36 M40 M41 M42 M43 M45 M46 M49 M50 M53 M60 M61 M63 M66 M67 M68 M70 M71 M72 M73 M76
+    M80 M82 M83 M84 M85 M86 M87 M88 M89 M90 M91 M92 M93 M94 M95 M96 M99 N00 N01 N02 N03 N04
+    N05 N06 N07 N08 N10 N11 N12 N13 N14 N15 N16 N17 N19 N21 N22 N25 N26 N27 N28 N29 N31 N32
+    N33 N34 N35 N36 N37 N42 N43 N44 N45 N46 N47 N48 N49 N50 N51 N60 N61 N62 N63 N64 N70 N71
+    N72 N73 N74 N75 N76 N77 N80 N82 N83 N84 N85 N86 N87 N88 N89 N90 N91 N92 N93 N94 N96 N97
+    N98 N99 R00 R01 R02 R03 R04 R09 R12 R13 R14 R15 R16 R17 R18 R20 R21 R22 R23 R25 R27 R30
+    R33 R34 R35 R36 R43 R44 R46 R47 R48 R49 R54 R56 R57 R58 R59 R61 R62 R64 R65 R68 R69 R70
+    R71 R72 R74 R75 R76 R77 R78 R79 R80 R81 R82 R83 R84 R85 R86 R87 R89 R90 R91 R92 R93 R94
+    R95 R96 R98 R99 S01 S02 S03 S04 S05 S07 S08 S09 S20 S21 S22 S23 S24 S25 S26 S27 S28 S29
+    S40 S41 S43 S44 S45 S46 S47 S48 S49 S50 S51 S53 S54 S55 S56 S57 S58 S59 S60 S62 S63 S64
+    S65 S66 S67 S68 S69 S70 S71 S73 S74 S75 S76 S77 S78 S79 S81 S83 S84 S85 S86 S87 S88 S89
+    S90 S91 S92 S94 S95 S96 S97 S98 S99 T15 T16 T17 T18 T19 T66 T67 T68 T69 T70 T71 T73 T74
+    T75 T76 T79 T80 T81 T82 T83 T84 T85 T86 T87 T90 T91 T92 T93 T94 T95 T96 T97 T98 Z02 Z03
+    Z04 Z08 Z10 Z11 Z40 Z41 Z42 Z43 Z44 Z45 Z46 Z47 Z49 Z50 Z52 Z53 Z54 Z55 Z56 Z57 Z58 Z59
+    Z61 Z62 Z63 Z64 Z65 Z70 Z73 Z74 Z75 Z80 Z81 Z82 Z83 Z84 Z85 Z87 Z89 Z90 Z91 Z93 Z94 Z97
+    Z98 Z99
+"""
+TAIL_CODES: tuple[str, ...] = tuple(_TAIL_CODES_TEXT.split())
+TAIL_P_EVER = (0.0005, 0.02)
+_TAIL_TABLE_SEED = 0x1CD10
+# (first code, last code) -> onset mean, onset sd, male OR (0 women only, inf men only),
+# loading on (cardiometabolic, mental health, frailty), years to first code, recurrence.
+# The most specific (shortest) range containing a code wins.
+_Profile = tuple[float, float, float, tuple[float, float, float], float, float]
+_TAIL_PROFILES: tuple[tuple[str, str, *_Profile], ...] = (
+    ("A00", "B99", 62, 20, 1.2, (0.0, 0.1, 0.4), 0.2, 0.05),
+    ("C00", "C97", 68, 10, 1.3, (0.1, 0.0, 0.2), 0.5, 0.3),
+    ("C51", "C58", 64, 12, 0.0, (0.1, 0.0, 0.1), 0.5, 0.3),
+    ("C60", "C63", 66, 12, _INF, (0.0, 0.0, 0.1), 0.5, 0.3),
+    ("D00", "D36", 60, 13, 1.0, (0.0, 0.0, 0.0), 0.5, 0.08),
+    ("D25", "D28", 45, 10, 0.0, (0.0, 0.0, 0.0), 0.5, 0.08),
+    ("D29", "D29", 60, 12, _INF, (0.0, 0.0, 0.0), 0.5, 0.08),
+    ("D50", "D89", 68, 14, 0.8, (0.1, 0.0, 0.5), 0.7, 0.15),
+    ("E00", "E90", 58, 15, 0.8, (0.6, 0.0, 0.1), 0.8, 0.2),
+    ("E28", "E28", 35, 10, 0.0, (0.4, 0.0, 0.0), 0.8, 0.2),
+    ("E29", "E29", 60, 12, _INF, (0.3, 0.0, 0.1), 0.8, 0.2),
+    ("F04", "F99", 42, 16, 0.9, (0.0, 0.9, 0.1), 1.0, 0.2),
+    ("G00", "G99", 60, 16, 1.0, (0.1, 0.1, 0.4), 0.8, 0.15),
+    ("H00", "H59", 66, 14, 0.9, (0.1, 0.0, 0.3), 0.5, 0.1),
+    ("H60", "H95", 60, 16, 1.1, (0.0, 0.0, 0.3), 0.5, 0.08),
+    ("I00", "I99", 70, 11, 1.4, (0.8, 0.0, 0.3), 0.5, 0.2),
+    ("J00", "J99", 62, 16, 1.1, (0.2, 0.0, 0.4), 0.4, 0.1),
+    ("K00", "K93", 58, 16, 1.0, (0.2, 0.1, 0.1), 0.5, 0.1),
+    ("L00", "L99", 58, 18, 1.0, (0.1, 0.1, 0.1), 0.3, 0.08),
+    ("M00", "M99", 60, 14, 0.8, (0.2, 0.1, 0.4), 0.8, 0.15),
+    ("N00", "N99", 66, 14, 1.0, (0.3, 0.0, 0.3), 0.5, 0.15),
+    ("N40", "N51", 62, 14, _INF, (0.1, 0.0, 0.1), 0.5, 0.1),
+    ("N60", "N64", 50, 14, 0.05, (0.0, 0.0, 0.0), 0.3, 0.05),
+    ("N70", "N98", 45, 14, 0.0, (0.0, 0.1, 0.0), 0.3, 0.05),
+    ("R00", "R99", 68, 14, 0.9, (0.1, 0.1, 0.5), 0.2, 0.05),
+    ("S00", "T98", 62, 22, 1.3, (0.0, 0.1, 0.5), 0.02, 0.02),
+    ("Z00", "Z99", 62, 15, 1.0, (0.1, 0.1, 0.2), 0.5, 0.1),
+)  # fmt: skip
 ACUTE_CODES_PER_VISIT = 0.8
 ACUTE_DRUG_PROB = 0.5
 
@@ -330,8 +431,45 @@ def _noise_conditions() -> tuple[_Cond, ...]:
     return tuple(out)
 
 
-# Column order of the condition table: risk factors, noise, prodromal, ADRD (last).
-_STD = RISK_CONDITIONS + _noise_conditions()
+def _tail_profile(code: str) -> _Profile:
+    ranges = [r for r in _TAIL_PROFILES if r[0] <= code <= r[1]]
+    if not ranges:
+        raise ValueError(f"TAIL_CODES: {code} has no chapter profile in _TAIL_PROFILES")
+    # Most specific range: the one that starts latest, then ends earliest.
+    best = max(ranges, key=lambda r: (r[0], [-ord(ch) for ch in r[1]]))
+    return best[2:]
+
+
+def _tail_conditions() -> tuple[_Cond, ...]:
+    """One condition per TAIL_CODES category, with per-code jitter around its chapter profile."""
+    rng = np.random.default_rng(_TAIL_TABLE_SEED)
+    lo, hi = TAIL_P_EVER
+    p_ever = np.exp(rng.uniform(math.log(lo), math.log(hi), len(TAIL_CODES)))
+    onset_shift = rng.normal(0.0, 4.0, len(TAIL_CODES))
+    or_jitter = np.exp(rng.normal(0.0, 0.25, len(TAIL_CODES)))
+    out = []
+    for i, code in enumerate(TAIL_CODES):
+        mu, sd, male_or, load, delay, p_recur = _tail_profile(code)
+        if 0.0 < male_or < _INF:
+            male_or *= float(or_jitter[i])
+        out.append(
+            _Cond(
+                f"tail_{code}",
+                ((code, 1.0),),
+                float(p_ever[i]),
+                (mu + float(onset_shift[i]), sd),
+                load,
+                male_or,
+                0.7,
+                delay,
+                p_recur,
+            )
+        )
+    return tuple(out)
+
+
+# Column order of the condition table: risk factors, noise, long tail, prodromal, ADRD (last).
+_STD = RISK_CONDITIONS + _noise_conditions() + _tail_conditions()
 _ALL = _STD + _PRODROMAL + (_ADRD,)
 _N_RISK = len(RISK_CONDITIONS)
 _N_STD = len(_STD)
@@ -420,11 +558,23 @@ _ACUTE_P = np.array(
         for age in _ACUTE_BANDS
     ]
 )
-_ACUTE_P /= _ACUTE_P.sum(axis=1, keepdims=True)
+# Sex-specific acute codes (prostatitis only in men): rows 0..B-1 women, B..2B-1 men.
+_ACUTE_MALE_ONLY = np.array([c[0] in {"N41"} for c in ACUTE_NOISE_CODES])
+_ACUTE_P = np.concatenate([_ACUTE_P * ~_ACUTE_MALE_ONLY, _ACUTE_P])
+_ACUTE_CUM = np.cumsum(_ACUTE_P / _ACUTE_P.sum(axis=1, keepdims=True), axis=1)
+_ACUTE_CUM[:, -1] = 1.0
+# Offset group g by g, so one searchsorted samples every (sex, age band) group at once.
+_ACUTE_CUM_FLAT = (_ACUTE_CUM + np.arange(_ACUTE_CUM.shape[0])[:, None]).ravel()
 
 
 # ----------------------------------------------------------------------------------------
 # Simulation helpers.
+
+
+def _loadings(z: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """``z @ load.T`` for 3 factors, written out: BLAS threads make the tiny inner dimension
+    ten times slower than three multiply-adds."""
+    return z[:, 0:1] * load[:, 0] + z[:, 1:2] * load[:, 1] + z[:, 2:3] * load[:, 2]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -486,12 +636,29 @@ def _to_minutes(days: np.ndarray) -> np.ndarray:
     return np.floor(days * _MIN_PER_DAY).astype(np.int64)
 
 
-def _generate_chunk(
-    rng: np.random.Generator, first_subject_id: int, n: int, start: date, end: date
-) -> pl.DataFrame:
-    """Simulate ``n`` subjects; returns their events sorted by subject and time."""
-    start_d = float((start - _EPOCH).days)
-    end_excl = float((end - _EPOCH).days + 1)  # events must fall on or before ``end``
+@dataclass(frozen=True)
+class _Latent:
+    """The simulated truth of one block of subjects (ages in years, times in days since 1900)."""
+
+    male: np.ndarray
+    birth: np.ndarray
+    z: np.ndarray  # (n, 3) latent factors
+    entry: np.ndarray
+    obs_end: np.ndarray
+    died: np.ndarray
+    death: np.ndarray
+    death_age: np.ndarray
+    risk_onset: np.ndarray  # (n, risk factors), inf = never
+    adrd_onset: np.ndarray  # inf = none before death
+    adrd_log_frailty: np.ndarray  # log ADRD hazard multiplier other than age and risk factors
+    prod_onset: np.ndarray  # (n, prodromal signals)
+    s_std: np.ndarray  # sparse instances of the standard conditions
+    c_std: np.ndarray
+    onset_std: np.ndarray
+
+
+def _simulate(rng: np.random.Generator, n: int, start_d: float, end_excl: float) -> _Latent:
+    """Demographics, latent factors, condition onsets, ADRD, death and observation window."""
 
     # --- Demographics and latent health factors (shared component -> correlated factors).
     male = rng.random(n) < P_MALE
@@ -510,7 +677,7 @@ def _generate_chunk(
     entry_age = (entry - birth) / YEAR
 
     # --- Standard conditions (risk factors + noise): sparse instances of onset ages.
-    zl = z @ _STD_LOAD.T  # (n, C)
+    zl = _loadings(z, _STD_LOAD)  # (n, C)
     lin = _STD_LOGIT[None, :] + zl + male[:, None] * _STD_LOG_OR[None, :]
     ever = rng.random(lin.shape, dtype=np.float32) < _sigmoid(lin)
     ever &= ~((_STD_MALE_OR[None, :] == 0) & male[:, None])
@@ -558,7 +725,7 @@ def _generate_chunk(
     adrd_onset = np.where(adrd_onset < death_age, adrd_onset, np.inf)
 
     # --- Prodromal signals: background onset, or 0.5-4 years before ADRD onset.
-    pz = z.astype(float) @ _PROD_LOAD.T
+    pz = _loadings(z.astype(float), _PROD_LOAD)
     p_bg = _sigmoid(_PROD_LOGIT[None, :] + pz + male[:, None] * _PROD_LOG_OR[None, :])
     prod_onset = np.where(
         rng.random(p_bg.shape) < p_bg,
@@ -569,6 +736,24 @@ def _generate_chunk(
     linked = adrd_onset[:, None] - lo - (hi - lo) * rng.random(p_bg.shape)
     linked_on = (rng.random(p_bg.shape) < _PROD_LINK[None, :]) & np.isfinite(linked)
     prod_onset = np.minimum(prod_onset, np.where(linked_on, linked, np.inf))
+    return _Latent(
+        male, birth, z, entry, obs_end, died, death, death_age, risk_onset, adrd_onset,
+        frailty, prod_onset, s_std, c_std, onset_std,
+    )  # fmt: skip
+
+
+def _generate_chunk(
+    rng: np.random.Generator, first_subject_id: int, n: int, start: date, end: date
+) -> pl.DataFrame:
+    """Simulate ``n`` subjects; returns their events sorted by subject and time."""
+    start_d = float((start - _EPOCH).days)
+    end_excl = float((end - _EPOCH).days + 1)  # events must fall on or before ``end``
+    lat = _simulate(rng, n, start_d, end_excl)
+    male, birth, z, entry, obs_end, died, death = (
+        lat.male, lat.birth, lat.z, lat.entry, lat.obs_end, lat.died, lat.death
+    )  # fmt: skip
+    risk_onset, adrd_onset, prod_onset = lat.risk_onset, lat.adrd_onset, lat.prod_onset
+    s_std, c_std, onset_std = lat.s_std, lat.c_std, lat.onset_std
 
     # All condition instances: (subject, column, onset age).
     dense = np.concatenate([prod_onset, adrd_onset[:, None]], axis=1)
@@ -655,11 +840,9 @@ def _generate_chunk(
     a_visit = np.repeat(np.arange(v_s.size), n_acute)
     band = np.clip(((v_age[a_visit] - _ACUTE_BANDS[0]) // 5).astype(np.int64), 0, None)
     band = np.minimum(band, _ACUTE_BANDS.size - 1)
-    a_idx = np.empty(a_visit.size, dtype=np.int64)
-    for b in range(_ACUTE_BANDS.size):
-        sel = np.flatnonzero(band == b)
-        if sel.size:
-            a_idx[sel] = rng.choice(_ACUTE_IDS.size, size=sel.size, p=_ACUTE_P[b])
+    group = band + male[v_s[a_visit]] * _ACUTE_BANDS.size
+    pos = np.searchsorted(_ACUTE_CUM_FLAT, group + rng.random(a_visit.size), side="right")
+    a_idx = pos - group * _ACUTE_IDS.size
     a_drug = _ACUTE_DRUG_IDS[a_idx]
     with_drug = (a_drug >= 0) & (rng.random(a_idx.size) < ACUTE_DRUG_PROB)
     dx_visit = np.concatenate([dx_visit, a_visit])
@@ -821,20 +1004,60 @@ def _labs(
 # ----------------------------------------------------------------------------------------
 # Public API.
 
-
-def _chunk_rngs(seed: int, n_chunks: int) -> list[np.random.Generator]:
-    # Child k depends only on (seed, k), so chunks are reproducible in isolation.
-    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n_chunks)]
-
-
-def _chunks(n_subjects: int, chunk_size: int) -> list[tuple[int, int]]:
-    if n_subjects < 0 or chunk_size <= 0:
-        raise ValueError("n_subjects must be >= 0 and chunk_size > 0")
-    return [(lo, min(chunk_size, n_subjects - lo)) for lo in range(0, n_subjects, chunk_size)]
+# Subjects per random stream. Block k is simulated from a generator seeded by (seed, k) only,
+# so the data do not depend on how many subjects are written at a time (``chunk_size``), and
+# memory is bounded by one chunk however many subjects are generated. Changing this constant
+# changes every dataset, so it is part of the determinism contract.
+STREAM_BLOCK = 1000
+DEFAULT_CHUNK_SIZE = 50_000  # subjects generated and written at a time
 
 
-def _empty_frame() -> pl.DataFrame:
-    return pl.DataFrame(schema=EVENT_SCHEMA)
+def _window(data_start: date, data_end: date) -> tuple[float, float]:
+    if data_end <= data_start:
+        raise ValueError(f"data_end ({data_end}) must be after data_start ({data_start})")
+    if data_start <= date(1950, 1, 1):
+        raise ValueError(f"data_start ({data_start}) must be after 1950 (births start in 1900)")
+    # Days since the internal epoch; events must fall on or before ``data_end``.
+    return float((data_start - _EPOCH).days), float((data_end - _EPOCH).days + 1)
+
+
+def _blocks(n_subjects: int, seed: int) -> Iterator[tuple[np.random.Generator, int, int]]:
+    """(generator, first index, size) per block of STREAM_BLOCK subjects."""
+    if n_subjects < 0:
+        raise ValueError(f"n_subjects must be >= 0, got {n_subjects}")
+    n_blocks = -(-n_subjects // STREAM_BLOCK)
+    seq = np.random.SeedSequence(seed)
+    for k in range(n_blocks):
+        # Child k of the seed sequence, built directly so no list of children is held.
+        child = np.random.SeedSequence(seq.entropy, spawn_key=(k,))
+        lo = k * STREAM_BLOCK
+        yield np.random.default_rng(child), lo, min(STREAM_BLOCK, n_subjects - lo)
+
+
+def iter_event_chunks(
+    n_subjects: int,
+    seed: int,
+    data_start: date = date(2005, 1, 1),
+    data_end: date = date(2024, 12, 31),
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Iterator[pl.DataFrame]:
+    """Yield the events of about ``chunk_size`` subjects at a time (whole blocks), in order.
+
+    Concatenated, the chunks are the same whatever ``chunk_size``; ids are ``1..n_subjects``.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    _window(data_start, data_end)
+    pending: list[pl.DataFrame] = []
+    n_pending = 0
+    for rng, lo, size in _blocks(n_subjects, seed):
+        pending.append(_generate_chunk(rng, lo + 1, size, data_start, data_end))
+        n_pending += size
+        if n_pending >= chunk_size:
+            yield pl.concat(pending)
+            pending, n_pending = [], 0
+    if pending:
+        yield pl.concat(pending)
 
 
 def generate_events(
@@ -842,49 +1065,152 @@ def generate_events(
     seed: int,
     data_start: date = date(2005, 1, 1),
     data_end: date = date(2024, 12, 31),
-    chunk_size: int = 50_000,
 ) -> pl.DataFrame:
-    """Generate MEDS events for ``n_subjects`` subjects (ids ``1..n_subjects``).
+    """Generate MEDS events for ``n_subjects`` subjects (ids ``1..n_subjects``) in memory.
 
     Returns columns ``subject_id`` (Int64), ``time`` (Datetime us), ``code`` (String),
     ``numeric_value`` (Float32, null except labs), sorted by subject and time. Identical to
-    what :func:`write_events` writes for the same ``seed`` and ``chunk_size``.
+    what :func:`write_events` writes for the same ``seed``; for large ``n_subjects`` use
+    :func:`write_events` or :func:`iter_event_chunks`, which keep memory bounded.
     """
-    if data_end <= data_start:
-        raise ValueError("data_end must be after data_start")
-    chunks = _chunks(n_subjects, chunk_size)
-    rngs = _chunk_rngs(seed, len(chunks))
-    frames = [
-        _generate_chunk(rng, lo + 1, size, data_start, data_end)
-        for rng, (lo, size) in zip(rngs, chunks, strict=True)
-    ]
-    return pl.concat(frames) if frames else _empty_frame()
+    frames = list(iter_event_chunks(n_subjects, seed, data_start, data_end))
+    return pl.concat(frames) if frames else pl.DataFrame(schema=EVENT_SCHEMA)
 
 
 def write_events(
-    path: Path, n_subjects: int, seed: int, chunk_size: int = 50_000, **kw: Any
+    path: Path,
+    n_subjects: int,
+    seed: int,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    data_start: date = date(2005, 1, 1),
+    data_end: date = date(2024, 12, 31),
 ) -> int:
-    """Stream generated events to one parquet file, one row group per subject chunk.
+    """Stream generated events to one parquet file (a MEDS data shard), chunk by chunk.
 
-    Memory stays bounded by ``chunk_size`` subjects. Keyword arguments (``data_start``,
-    ``data_end``) are passed to the generator. Returns the number of events written.
+    Peak memory is bounded by ``chunk_size`` subjects, not by ``n_subjects``. The file is
+    written next to ``path`` and renamed at the end, so an interrupted run never leaves a
+    partial file that looks complete. Returns the number of events written.
     """
-    data_start: date = kw.pop("data_start", date(2005, 1, 1))
-    data_end: date = kw.pop("data_end", date(2024, 12, 31))
-    if kw:
-        raise TypeError(f"unexpected arguments: {sorted(kw)}")
-    if data_end <= data_start:
-        raise ValueError("data_end must be after data_start")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    chunks = _chunks(n_subjects, chunk_size)
-    rngs = _chunk_rngs(seed, len(chunks))
+    tmp = path.with_name(path.name + ".partial")
     total = 0
-    with pq.ParquetWriter(path, _ARROW_SCHEMA, compression="zstd") as writer:
-        for rng, (lo, size) in zip(rngs, chunks, strict=True):
-            frame = _generate_chunk(rng, lo + 1, size, data_start, data_end)
-            writer.write_table(frame.to_arrow().cast(_ARROW_SCHEMA))
-            total += frame.height
-        if not chunks:
-            writer.write_table(_ARROW_SCHEMA.empty_table())
+    try:
+        with pq.ParquetWriter(tmp, _ARROW_SCHEMA, compression="zstd") as writer:
+            for frame in iter_event_chunks(n_subjects, seed, data_start, data_end, chunk_size):
+                writer.write_table(frame.to_arrow().cast(_ARROW_SCHEMA))
+                total += frame.height
+            if n_subjects == 0:
+                writer.write_table(_ARROW_SCHEMA.empty_table())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return total
+
+
+MEDS_VERSION = "0.4.1"  # the MEDS data/metadata layout written by write_meds_dataset
+
+
+def write_meds_dataset(
+    root: Path,
+    n_subjects: int,
+    seed: int,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    data_start: date = date(2005, 1, 1),
+    data_end: date = date(2024, 12, 31),
+) -> int:
+    """Write a MEDS dataset folder: ``data/<i:05d>.parquet`` (one shard per chunk of subjects),
+    ``metadata/codes.parquet`` (code, description, parent_codes) and ``metadata/dataset.json``.
+
+    The shards together hold exactly the events of :func:`generate_events`; the folder can be
+    read back with ``data.source: meds``. Written to ``root`` + ``.partial`` and renamed at the
+    end, so an interrupted run leaves no folder that looks complete. Returns the event count.
+    """
+    root = Path(root)
+    if root.exists():
+        raise FileExistsError(f"{root} exists; remove it or choose another folder for the dataset")
+    tmp = root.with_name(root.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "data").mkdir(parents=True)
+    (tmp / "metadata").mkdir()
+    total, used = 0, set()
+    meds_schema = _ARROW_SCHEMA.set(2, pa.field("code", pa.string()))
+    try:
+        chunks = iter_event_chunks(n_subjects, seed, data_start, data_end, chunk_size)
+        for i, frame in enumerate(chunks):
+            shard = tmp / "data" / f"{i:05d}.parquet"  # lexical order = subject order
+            pq.write_table(frame.to_arrow().cast(meds_schema), shard, compression="zstd")
+            used.update(frame["code"].unique().to_list())
+            total += frame.height
+        names = describe_many(sorted(used))
+        codes = pl.DataFrame(
+            {
+                "code": list(names),
+                "description": list(names.values()),
+                "parent_codes": [[] for _ in names],
+            },
+            schema={
+                "code": pl.String,
+                "description": pl.String,
+                "parent_codes": pl.List(pl.String),
+            },
+        )
+        codes.write_parquet(tmp / "metadata" / "codes.parquet")
+        meta = {
+            "dataset_name": f"rationale-bench synthetic (seed {seed}, {n_subjects} subjects)",
+            "dataset_version": f"{data_start.isoformat()}..{data_end.isoformat()}",
+            "etl_name": "rationale_bench.synthetic",
+            "etl_version": f"stream_block={STREAM_BLOCK}",
+            "meds_version": MEDS_VERSION,
+        }
+        (tmp / "metadata" / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        tmp.rename(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return total
+
+
+def simulate_population(
+    n_subjects: int,
+    seed: int,
+    data_start: date = date(2005, 1, 1),
+    data_end: date = date(2024, 12, 31),
+) -> pl.DataFrame:
+    """The simulated truth behind :func:`generate_events` (same seed, same subjects).
+
+    One row per subject: ``subject_id, male, birth_year`` (fractional), ``entry_age,
+    obs_end_age, death_age`` (death may fall after the observation window), ``died``
+    (recorded), ``adrd_onset_age`` (null when none before death), ``adrd_log_frailty`` (the log
+    ADRD hazard multiplier other than age and risk factors), and ``onset_<factor>`` (age, null
+    when never) for each risk factor in :data:`ADRD_HAZARD_RATIOS`. For validating the
+    generator (hazard ratios, incidence by age), not as model input.
+    """
+    start_d, end_excl = _window(data_start, data_end)
+    frames = []
+    for rng, lo, size in _blocks(n_subjects, seed):
+        lat = _simulate(rng, size, start_d, end_excl)
+
+        def age(days: np.ndarray, birth: np.ndarray = lat.birth) -> np.ndarray:
+            return (days - birth) / YEAR
+
+        cols: dict[str, Any] = {
+            "subject_id": np.arange(lo + 1, lo + size + 1, dtype=np.int64),
+            "male": lat.male,
+            "birth_year": 1900.0 + lat.birth / YEAR,
+            "entry_age": age(lat.entry),
+            "obs_end_age": age(lat.obs_end),
+            "death_age": lat.death_age,
+            "died": lat.died,
+            "adrd_onset_age": lat.adrd_onset,
+            "adrd_log_frailty": lat.adrd_log_frailty,
+        }
+        for name in ADRD_HAZARD_RATIOS:
+            cols[f"onset_{name}"] = lat.risk_onset[:, _COND_INDEX[name]]
+        frame = pl.DataFrame(cols)
+        # inf (never) -> null, so missing onsets read as missing.
+        frames.append(frame.with_columns(pl.selectors.float().replace(math.inf, None)))
+    if not frames:
+        raise ValueError("simulate_population needs n_subjects >= 1")
+    return pl.concat(frames)

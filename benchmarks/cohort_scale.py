@@ -1,0 +1,180 @@
+"""Scale benchmark: synthetic MEDS events -> cohort -> histories, at N and at a baseline N/10.
+
+Each stage runs in its own child process, so its peak resident memory (``ru_maxrss``) is its
+own, and reads the previous stage's files with lazy polars (``scan_parquet``), as the workflow
+does. Printed per stage: wall time, events/s and peak RSS; then the ratio of the run at N to
+the baseline run at N/10 in the same invocation (10x is linear scaling).
+
+    python benchmarks/cohort_scale.py                      # 1,000,000 subjects vs 100,000
+    python benchmarks/cohort_scale.py --subjects 100000    # 100,000 vs 10,000
+    python benchmarks/cohort_scale.py --subjects 100000 --threads 2 --workdir /tmp/scale
+
+Target (issue #3): 1,000,000 subjects, cohort + histories, under 10 minutes and 8 GB on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+STAGES = ("generate", "cohort", "histories")
+CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+def _study_config() -> dict[str, Any]:
+    """config.yaml with the schema's defaults filled in (what the workflow's jobs receive)."""
+    import yaml
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(CONFIG.read_text())
+    validate(config, str(SCHEMA))
+    return config
+
+
+def _peak_rss_mb() -> float:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_stage(stage: str, n_subjects: int, workdir: Path, seed: int, chunk_size: int) -> dict:
+    """Run one stage in this process; return its measurements."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from rationale_bench.cohort import build_cohort
+    from rationale_bench.serialize import build_histories
+    from rationale_bench.synthetic import write_events
+
+    events_path = workdir / "events.parquet"
+    cohort_path = workdir / "cohort.parquet"
+    config = _study_config()
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    if stage == "generate":
+        syn = config["data"]["synthetic"]
+        from datetime import date
+
+        n_events = write_events(
+            events_path,
+            n_subjects,
+            seed,
+            chunk_size=chunk_size,
+            data_start=date.fromisoformat(syn["data_start"]),
+            data_end=date.fromisoformat(syn["data_end"]),
+        )
+        out["rows_out"] = n_events
+    elif stage == "cohort":
+        cohort, attrition = build_cohort(pl.scan_parquet(events_path), config["cohort"])
+        cohort.write_parquet(cohort_path)
+        out["rows_out"] = cohort.height
+        out["cases"] = int(cohort["label"].sum())
+        out["held_out_cases"] = int(cohort.filter(pl.col("split") == "held_out")["label"].sum())
+    elif stage == "histories":
+        cohort = pl.read_parquet(cohort_path)
+        histories = build_histories(pl.scan_parquet(events_path), cohort, config["serialization"])
+        histories.write_parquet(workdir / "histories.parquet")
+        out["rows_out"] = histories.height
+        out["input_events"] = int(histories["n_events"].sum())
+    else:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    out["seconds"] = time.perf_counter() - t0
+    out["events"] = pq.ParquetFile(events_path).metadata.num_rows
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def run_pipeline(n_subjects: int, args: argparse.Namespace, workdir: Path) -> dict[str, dict]:
+    """All stages for one N, each in a fresh child process."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, POLARS_MAX_THREADS=str(args.threads))
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    results = {}
+    for stage in STAGES:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--stage",
+            stage,
+            "--subjects",
+            str(n_subjects),
+            "--workdir",
+            str(workdir),
+            "--seed",
+            str(args.seed),
+            "--chunk-size",
+            str(args.chunk_size),
+        ]
+        wall = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - wall
+        if proc.returncode != 0:
+            sys.exit(f"stage {stage} at {n_subjects:,} subjects failed:\n{proc.stderr[-4000:]}")
+        results[stage] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[stage]["process_seconds"] = wall
+        r = results[stage]
+        print(
+            f"  {n_subjects:>10,} {stage:<10} {r['seconds']:8.1f} s  "
+            f"{r['events'] / r['seconds'] / 1e6:7.2f} M events/s  "
+            f"peak RSS {r['peak_rss_mb'] / 1024:6.2f} GB  rows out {r['rows_out']:,}",
+            flush=True,
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subjects", type=int, default=1_000_000)
+    parser.add_argument("--baseline-divisor", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=20260610)
+    parser.add_argument("--chunk-size", type=int, default=50_000)
+    parser.add_argument("--threads", type=int, default=2, help="POLARS_MAX_THREADS per stage")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.stage:  # child process: one stage, JSON on stdout
+        result = run_stage(args.stage, args.subjects, args.workdir, args.seed, args.chunk_size)
+        print(json.dumps(result))
+        return
+
+    base_n = max(args.subjects // args.baseline_divisor, 1000)
+    with tempfile.TemporaryDirectory(prefix="cohort_scale_") as tmp:
+        root = args.workdir or Path(tmp)
+        print(
+            f"cohort_scale: {args.subjects:,} subjects vs baseline {base_n:,} "
+            f"(POLARS_MAX_THREADS={args.threads}, chunk_size={args.chunk_size:,})"
+        )
+        base = run_pipeline(base_n, args, root / f"n{base_n}")
+        big = run_pipeline(args.subjects, args, root / f"n{args.subjects}")
+
+    size_ratio = args.subjects / base_n
+    print(f"\nratio vs baseline ({args.subjects:,} / {base_n:,} subjects = {size_ratio:.0f}x):")
+    for stage in STAGES:
+        b, r = base[stage], big[stage]
+        print(
+            f"  {stage:<10} time x{r['seconds'] / b['seconds']:5.1f}  "
+            f"events/s x{(r['events'] / r['seconds']) / (b['events'] / b['seconds']):4.2f}  "
+            f"peak RSS x{r['peak_rss_mb'] / b['peak_rss_mb']:5.2f}"
+        )
+    total = sum(big[s]["seconds"] for s in STAGES)
+    peak = max(big[s]["peak_rss_mb"] for s in STAGES) / 1024
+    cohort = big["cohort"]
+    print(
+        f"\n{args.subjects:,} subjects: {big['generate']['events']:,} events; total "
+        f"{total / 60:.1f} min; max peak RSS {peak:.2f} GB (target < 10 min, < 8 GB); "
+        f"cohort {cohort['rows_out']:,} subjects, {cohort['cases']:,} cases "
+        f"({cohort['cases'] / cohort['rows_out']:.1%}), {cohort['held_out_cases']:,} in held_out"
+    )
+
+
+if __name__ == "__main__":
+    main()
