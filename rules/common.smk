@@ -233,6 +233,7 @@ def get_job_threads(wildcards):
 def get_build_settings(wildcards):
     settings = dict(config["models"][wildcards.model]["build"])
     settings["max_seq_len"] = config["models"][wildcards.model]["max_seq_len"]
+    settings["answer_words"] = config["serialization"]["answer_words"]
     return study.canonical(settings)
 
 

@@ -216,3 +216,27 @@ def test_plain_template_keeps_the_tokenizer_special_tokens(tiny_tokenizer):
     ids = formats.prompt_ids(tiny_tokenizer, HISTORY, plain)
     assert ids == tiny_tokenizer(HISTORY, add_special_tokens=True)["input_ids"]
     assert formats.prompt_ids(tiny_tokenizer, HISTORY) == ids
+
+
+def test_configured_answer_words_are_trained_and_scored(synthetic_histories):
+    from rationale_bench.serialize import history_of
+    from rationale_bench.tinymodel import train_tokenizer
+
+    texts = [history_of(r) for r in synthetic_histories.head(200).iter_rows(named=True)]
+    tokenizer = train_tokenizer(texts, 600, ("True", "False"))
+    template = template_for_model(tokenizer, {"answer_words": ["True", "False"]})
+    assert template.answer_words == ("True", "False")
+    for label, word in ((True, " True"), (False, " False")):
+        segments = formats.completion_segments("label_only", label, None, template.answer_words)
+        example = formats.encode_example(tokenizer, HISTORY, segments, 1024, template)
+        kinds = example.segments
+        ids = [t for t, k in zip(example.input_ids, kinds, strict=True) if k == formats.LABEL]
+        assert tokenizer.decode(ids) == word
+        assert ids[0] in formats.answer_token_ids(tokenizer, template.answer_words)[label]
+
+
+def test_answer_words_the_tokenizer_splits_are_a_clear_error(tiny_tokenizer):
+    with pytest.raises(formats.FormatError, match="serialization.answer_words"):
+        formats.answer_token_ids(tiny_tokenizer, ("Affirmativeness", "Negativeness"))
+    with pytest.raises(TemplateError, match="two different single words"):
+        prompt_template(tiny_tokenizer, "none", None, ("Yes", "Yes"))

@@ -24,6 +24,7 @@ if hasattr(smk.input, "histories"):
         model_path,
         smk.params.model["max_seq_len"],
         smk.params.evaluation,
+        smk.params.model,
     )
 predictions, summary = evaluate_configuration(
     model_path,

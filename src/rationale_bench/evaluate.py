@@ -136,6 +136,7 @@ def few_shot_arm_prompts(
     model_path: str,
     max_seq_len: int,
     cfg: Mapping[str, Any],
+    prompt_settings: Mapping[str, Any] | None = None,
 ) -> pl.DataFrame:
     """The scored prompts of a few-shot arm: demonstrations from the configuration's training
     subset before every tuning and held-out prompt, within the model's context."""
@@ -144,15 +145,29 @@ def few_shot_arm_prompts(
     from rationale_bench import fewshot, formats
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    template = template_for_model(tokenizer, prompt_settings or {})
     spec = formats.format_spec(configuration["format"])
-    slot = len(tokenizer(formats.ANSWER_PREFIX + " Yes", add_special_tokens=False)["input_ids"])
+    longest_answer = max(formats.answer_words(template.answer_words).values(), key=len)
+    slot = len(
+        tokenizer(formats.ANSWER_PREFIX + longest_answer, add_special_tokens=False)["input_ids"]
+    )
+    # The completion's end of turn follows the answer in the model's context too.
+    slot += len(template.end_token_ids(tokenizer))
     reserve = slot + (cfg["max_new_tokens"] if spec.rationale_first else 0)
     demo_ids = fewshot.select_demonstrations(
         cohort, configuration["n_train"], configuration["seed"], cfg["few_shot_k"]
     )
     scored = prompts.filter(pl.col("split").is_in(["held_out", "tuning"]))
     return fewshot.few_shot_prompts(
-        scored, histories, demo_ids, rationales, question, tokenizer, max_seq_len, reserve
+        scored,
+        histories,
+        demo_ids,
+        rationales,
+        question,
+        tokenizer,
+        max_seq_len,
+        reserve,
+        template.answer_words,
     )
 
 

@@ -45,8 +45,10 @@ def select_demonstrations(cohort: pl.DataFrame, n_train: int, seed: int, k: int)
     return chosen
 
 
-def _completion(label: bool, rationale: str | None) -> str:
-    answer = formats.ANSWER_PREFIX + formats.ANSWER_WORDS[bool(label)]
+def _completion(
+    label: bool, rationale: str | None, words: tuple[str, str] = formats.DEFAULT_ANSWER_WORDS
+) -> str:
+    answer = formats.ANSWER_PREFIX + formats.answer_words(words)[bool(label)]
     if rationale is None:
         return answer
     return formats.RATIONALE_PREFIX + rationale.strip() + "\n" + answer
@@ -89,6 +91,7 @@ def few_shot_prompts(
     tokenizer: Any,
     max_seq_len: int,
     reserve: int,
+    words: tuple[str, str] = formats.DEFAULT_ANSWER_WORDS,
 ) -> pl.DataFrame:
     """``prompts`` with the demonstrations put before each prompt, all within ``max_seq_len``.
 
@@ -113,7 +116,7 @@ def few_shot_prompts(
         rationale = text_of.get(sid) if rationales is not None else None
         if rationales is not None and not rationale:
             raise FewShotError(f"demonstration subject {sid} has no teacher rationale.")
-        completion = _completion(row["label"], rationale)
+        completion = _completion(row["label"], rationale, words)
         blocks.append(demonstration(row, question, completion, tokenizer, budget))
     prefix = "".join(block + DEMO_SEPARATOR for block in blocks)
     return prompts.with_columns(prompt=prefix + pl.col("prompt"))

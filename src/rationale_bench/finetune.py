@@ -137,6 +137,7 @@ def encode_examples(
 ) -> list[list[formats.EncodedExample]]:
     """Token-level examples per subject (several for multitask), with filler made to measure."""
     spec = formats.format_spec(fmt)
+    words = template.answer_words if template is not None else formats.DEFAULT_ANSWER_WORDS
     per_subject = []
     for row in frame.iter_rows(named=True):
         text = row["rationale"]
@@ -147,7 +148,7 @@ def encode_examples(
             [
                 formats.encode_example(tokenizer, prompt, segments, max_seq_len, template)
                 for prompt, segments in formats.training_examples(
-                    fmt, row["prompt"], row["label"], text
+                    fmt, row["prompt"], row["label"], text, words
                 )
             ]
         )

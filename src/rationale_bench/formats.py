@@ -19,7 +19,17 @@ if TYPE_CHECKING:
     from rationale_bench.templates import PromptTemplate
 
 ANSWER_PREFIX = "Answer:"
+# The default answer words (serialization.answer_words); the trained token is " Yes" / " No".
+DEFAULT_ANSWER_WORDS = ("Yes", "No")
 ANSWER_WORDS = {True: " Yes", False: " No"}
+
+
+def answer_words(words: Sequence[str] = DEFAULT_ANSWER_WORDS) -> dict[bool, str]:
+    """The answer word of each label as written after ``Answer:`` (with its leading space)."""
+    yes, no = words
+    return {True: f" {yes}", False: f" {no}"}
+
+
 RATIONALE_PREFIX = "Reasoning: "
 
 # Segment kinds; the ids appear in the per-token segment tensor of an encoded example.
@@ -90,14 +100,20 @@ def format_spec(fmt: str) -> FormatSpec:
     return FORMATS[fmt]
 
 
-def completion_segments(fmt: str, label: bool, rationale: str | None) -> list[tuple[int, str]]:
+def completion_segments(
+    fmt: str,
+    label: bool,
+    rationale: str | None,
+    words: Sequence[str] = DEFAULT_ANSWER_WORDS,
+) -> list[tuple[int, str]]:
     """The typed text segments of a format's (predict) example, in order; EOS comes at encoding.
 
     ``rationale`` is the text of the rationale slot: the subject's rationale, another subject's
-    (shuffled control) or filler, as :func:`training_examples` chose.
+    (shuffled control) or filler, as :func:`training_examples` chose. ``words``: the (yes, no)
+    answer words.
     """
     spec = format_spec(fmt)
-    answer = [(ANSWER_SLOT, ANSWER_PREFIX), (LABEL, ANSWER_WORDS[bool(label)])]
+    answer = [(ANSWER_SLOT, ANSWER_PREFIX), (LABEL, answer_words(words)[bool(label)])]
     if spec.target is None or spec.multitask:
         return answer
     if not rationale or not rationale.strip():
@@ -113,16 +129,20 @@ def scoring_prompt(fmt: str, prompt: str) -> str:
 
 
 def training_examples(
-    fmt: str, prompt: str, label: bool, rationale: str | None
+    fmt: str,
+    prompt: str,
+    label: bool,
+    rationale: str | None,
+    words: Sequence[str] = DEFAULT_ANSWER_WORDS,
 ) -> list[tuple[str, list[tuple[int, str]]]]:
     """(prompt, segments) of every training example of one subject (two for multitask)."""
     spec = format_spec(fmt)
     if not spec.multitask:
-        return [(prompt, completion_segments(fmt, label, rationale))]
+        return [(prompt, completion_segments(fmt, label, rationale, words))]
     if not rationale or not rationale.strip():
         raise FormatError(f"format '{fmt}' needs a rationale, got an empty one.")
     return [
-        (PREDICT_PREFIX + prompt, completion_segments(fmt, label, None)),
+        (PREDICT_PREFIX + prompt, completion_segments(fmt, label, None, words)),
         (EXPLAIN_PREFIX + prompt, [(RATIONALE, RATIONALE_PREFIX + rationale.strip())]),
     ]
 
@@ -236,13 +256,18 @@ def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.
     }
 
 
-def answer_token_ids(tokenizer: Any) -> dict[bool, list[int]]:
+def answer_token_ids(
+    tokenizer: Any, words: Sequence[str] = DEFAULT_ANSWER_WORDS
+) -> dict[bool, list[int]]:
     """Token ids whose probability counts as Yes / No at the answer slot.
 
     The trained answer word (" Yes") plus its single-token variants ("Yes", " yes"); variants
     that split into several tokens are left out, as their first piece is not an answer.
     """
-    variants = {True: [" Yes", "Yes", " yes"], False: [" No", "No", " no"]}
+    trained = answer_words(words)
+    variants = {
+        value: [word, word.strip(), " " + word.strip().lower()] for value, word in trained.items()
+    }
     ids: dict[bool, list[int]] = {}
     for value, words in variants.items():
         found = []
@@ -252,7 +277,8 @@ def answer_token_ids(tokenizer: Any) -> dict[bool, list[int]]:
                 found.append(encoded[0])
         if not found:
             raise FormatError(
-                f"the tokenizer has no single token for the answer word {ANSWER_WORDS[value]!r}."
+                f"the tokenizer has no single token for the answer word {trained[value]!r}; "
+                "choose serialization.answer_words that this model's tokenizer keeps whole."
             )
         ids[value] = found
     if set(ids[True]) & set(ids[False]):

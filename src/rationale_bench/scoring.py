@@ -161,7 +161,7 @@ def score_subjects(
     ``template`` wraps each prompt as in training (the model's chat template, or plain text).
     """
     template = template or PLAIN
-    answer_ids = formats.answer_token_ids(tokenizer)
+    answer_ids = formats.answer_token_ids(tokenizer, template.answer_words)
     slot = tokenizer(formats.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
     prompt_ids = [
         formats.prompt_ids(tokenizer, formats.scoring_prompt(fmt, p), template)

@@ -135,5 +135,7 @@ def model_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     settings = {k: v for k, v in config["models"][model].items() if k != "training"}
     settings["name"] = model
     # The system prompt shapes every prompt the model reads, so it is part of the model's slice.
-    settings["system_prompt"] = config.get("serialization", {}).get("system_prompt")
+    serialization = config.get("serialization", {})
+    settings["system_prompt"] = serialization.get("system_prompt")
+    settings["answer_words"] = serialization.get("answer_words", ["Yes", "No"])
     return canonical(settings)

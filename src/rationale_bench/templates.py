@@ -16,7 +16,7 @@ answer word is the same token with or without a template.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,8 @@ class PromptTemplate:
     after: str = ""
     end_of_turn: str | None = None
     strip_user: bool = False
+    # The (yes, no) words written after "Answer:" and scored there (serialization.answer_words).
+    answer_words: tuple[str, str] = ("Yes", "No")
 
     @property
     def is_chat(self) -> bool:
@@ -102,7 +104,10 @@ def _trims_content(tokenizer: Any, template: str) -> bool:
 
 
 def prompt_template(
-    tokenizer: Any, chat_template: str = "auto", system_prompt: str | None = None
+    tokenizer: Any,
+    chat_template: str = "auto",
+    system_prompt: str | None = None,
+    answer_words: Sequence[str] = ("Yes", "No"),
 ) -> PromptTemplate:
     """The template of one model: ``chat_template`` is 'auto' (the tokenizer's own chat template
     when it has one, else plain text), 'none' (plain text) or a Jinja template (an override)."""
@@ -112,9 +117,10 @@ def prompt_template(
         template = getattr(tokenizer, "chat_template", None)
     else:
         template = chat_template
+    words = _answer_words(answer_words)
     if not template:
         before = f"{system_prompt.strip()}\n\n" if system_prompt else ""
-        return PromptTemplate(name="plain", before=before)
+        return PromptTemplate(name="plain", before=before, answer_words=words)
     try:
         text, folded = _conversation(tokenizer, template, system_prompt)
     except Exception as error:  # noqa: BLE001 - any Jinja failure is a config problem
@@ -137,13 +143,25 @@ def prompt_template(
         after=after,
         end_of_turn=end_of_turn,
         strip_user=_trims_content(tokenizer, template),
+        answer_words=words,
     )
 
 
+def _answer_words(words: Sequence[str]) -> tuple[str, str]:
+    yes, no = (str(w).strip() for w in words)
+    if not yes or not no or yes == no or " " in yes or " " in no:
+        raise TemplateError(
+            f"serialization.answer_words must be two different single words, got {list(words)}."
+        )
+    return yes, no
+
+
 def template_for_model(tokenizer: Any, model_settings: Mapping[str, Any]) -> PromptTemplate:
-    """The template a model's settings ask for (``chat_template``, ``system_prompt``)."""
+    """The template a model's settings ask for (``chat_template``, ``system_prompt``,
+    ``answer_words``)."""
     return prompt_template(
         tokenizer,
         model_settings.get("chat_template", "auto") or "auto",
         model_settings.get("system_prompt"),
+        tuple(model_settings.get("answer_words") or ("Yes", "No")),
     )

@@ -35,8 +35,11 @@ TEMPLATE_PHRASES = [
 ]
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (any text is encodable) trained on ``texts``."""
+def train_tokenizer(
+    texts: Sequence[str], vocab_size: int, answer_words: Sequence[str] = ("Yes", "No")
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (any text is encodable) trained on ``texts``, in which the
+    answer words (with their leading space) are single tokens."""
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -46,7 +49,8 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = list(texts) + TEMPLATE_PHRASES * 200
+    answers = [f"Answer: {word}" for word in answer_words]
+    corpus = list(texts) + (TEMPLATE_PHRASES + answers) * 200
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -55,7 +59,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
         pad_token="<pad>",
         unk_token="<unk>",
     )
-    for word in (" Yes", " No"):
+    for word in (f" {w}" for w in answer_words):
         ids = fast(word, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise RuntimeError(
@@ -112,7 +116,7 @@ def build_tiny_model(texts: Sequence[str], cfg: Mapping[str, Any], out_dir: Path
     if not texts:
         raise ValueError("build_tiny_model: no training histories to train the tokenizer on.")
     torch.manual_seed(cfg["seed"])
-    tokenizer = train_tokenizer(texts, cfg["vocab_size"])
+    tokenizer = train_tokenizer(texts, cfg["vocab_size"], cfg.get("answer_words", ("Yes", "No")))
     tokenizer.model_max_length = cfg["max_seq_len"]
     config = LlamaConfig(
         vocab_size=len(tokenizer),
