@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from rationale_bench import codes as C
 from rationale_bench import synthetic as S
-from rationale_bench.ingest import ingest_meds, meds_files
+from rationale_bench.ingest import ingest, meds_files
 from rationale_bench.synthetic import (
     ACUTE_NOISE_CODES,
     ADRD_AGE_DOUBLING_YEARS,
@@ -368,7 +368,13 @@ def test_write_meds_dataset_is_readable_as_meds(tmp_path: Path) -> None:
     assert n == back.height
     assert back.equals(generate_events(2500, seed=4))
     # Through the project's own MEDS adapter, too.
-    assert ingest_meds(root, tmp_path / "events.parquet") == n
+    out = tmp_path / "ingested"
+    out.mkdir()
+    cfg = {"source": "meds", "meds": {"path": str(root)}}
+    ingest(cfg, out / "events.parquet", out / "codes.parquet", out / "quality.csv")
+    assert pl.read_parquet(out / "events.parquet").height == n
+    # The dataset's code descriptions travel with it.
+    assert pl.read_parquet(out / "codes.parquet").height == len(set(back["code"]))
     codes = pl.read_parquet(root / "metadata" / "codes.parquet")
     assert set(codes["code"]) == set(back["code"].unique())
     assert codes["description"].null_count() == 0
