@@ -322,12 +322,17 @@ class ResponseCache:
     record wins (that is how a regenerated answer replaces a rejected one).
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, read_also: Sequence[Path | str] = ()) -> None:
         self.path = Path(path)
         self.skipped_lines = 0  # unparseable lines, e.g. a line cut short by SIGKILL
         self._records: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._load()
+        # Other shards' caches (read only): answers paid for under another shard layout are
+        # reused rather than bought again. Our own file loads last, so its records win.
+        for other in read_also:
+            if Path(other).resolve() != self.path.resolve():
+                self._load(Path(other))
+        self._load(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "ab")  # noqa: SIM115 - kept open for the cache's lifetime
         # A truncated last line has no newline; start the next record on a fresh line so it
@@ -341,10 +346,10 @@ class ResponseCache:
             f.seek(-1, os.SEEK_END)
             return f.read(1) == b"\n"
 
-    def _load(self) -> None:
-        if not self.path.exists():
+    def _load(self, path: Path) -> None:
+        if not path.exists():
             return
-        with open(self.path, "rb") as f:
+        with open(path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue
@@ -361,7 +366,7 @@ class ResponseCache:
                     logger.warning(
                         "teacher cache %s: skipping unreadable line %d (%s); the request will "
                         "be sent again",
-                        self.path,
+                        path,
                         lineno,
                         type(exc).__name__,
                     )
@@ -897,6 +902,22 @@ class _Run:
         return done
 
 
+class _LineWriter:
+    """A stream for tqdm that turns each redraw into its own line (for log files)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "\n").replace("\x1b[A", "")
+        lines = [line.rstrip() for line in text.split("\n")]
+        if any(lines):
+            self.stream.write("\n".join(line for line in lines if line) + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _run_sync(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """Run a coroutine from synchronous code, even if this thread already runs an event loop."""
     try:
@@ -930,6 +951,8 @@ def run_chat_requests(
     *,
     progress: bool = True,
     validate: Callable[[str], str | None] | None = None,
+    read_also: Sequence[Path] = (),
+    description: str = "teacher",
 ) -> tuple[dict[str, ChatResult], UsageSummary]:
     """Answer every request, from the cache where possible; returns results by request key.
 
@@ -937,6 +960,7 @@ def run_chat_requests(
     rejection is a retryable failure. Cached answers are validated too, and a rejected cached
     answer is requested again (that is how QC regeneration works). Identical requests (same
     cache key) are sent once. The API key is only needed when something must be sent.
+    `read_also`: further cache files (other shards') consulted for answers, never written.
     Raises PHIGuardError, TeacherConfigError or TeacherError.
     """
     t0 = time.monotonic()
@@ -953,7 +977,7 @@ def run_chat_requests(
     for req in requests:
         by_ckey.setdefault(cache_key(endpoint.model, req.messages, sampling), []).append(req)
 
-    with ResponseCache(cache_path) as cache:
+    with ResponseCache(cache_path, read_also) as cache:
         pending: dict[str, ChatRequest] = {}
         for ckey, reqs in by_ckey.items():
             rec = cache.get(ckey)
@@ -999,12 +1023,18 @@ def run_chat_requests(
         )
         if pending:
             api_key = _resolve_api_key(endpoint)
+            interactive = sys.stderr.isatty()
             bar = tqdm(
                 total=len(pending),
-                desc=f"teacher ({len(by_ckey) - len(pending)} cached)",
+                desc=f"{description} ({len(by_ckey) - len(pending)} cached)",
                 unit="req",
-                file=sys.stderr,
-                dynamic_ncols=True,
+                # In a log file (a Snakemake job) one line every 30 s instead of a bar
+                # redrawn with carriage returns.
+                file=sys.stderr if interactive else _LineWriter(sys.stderr),
+                dynamic_ncols=interactive,
+                ncols=None if interactive else 110,
+                mininterval=0.1 if interactive else 30.0,
+                ascii=not interactive,
                 disable=not progress,
             )
             run = _Run(endpoint, api_key, cache, usage, validate, bar)
