@@ -391,3 +391,65 @@ def test_progress_goes_to_the_log_as_lines(subjects, tmp_path, monkeypatch) -> N
     assert "\r" not in text
     last = [line for line in text.splitlines() if "free_form label_aware attempt 1" in line][-1]
     assert f"{subjects.height}/{subjects.height}" in last and "req" in last
+
+
+# ---------------------------------------------------------------------------- QC report
+
+
+def test_qc_table_and_report_carry_the_generation_verdict(synthetic_histories, tmp_path) -> None:
+    from rationale_bench.teacher import qc_report, quality_control
+
+    cfg = {"name": "template", "backend": "template", "seed": 0}
+    table, generation = generate_rationales(synthetic_histories, "free_form", cfg, tmp_path)
+    flagged = table.with_columns(
+        qc_pass=pl.int_range(pl.len()) % 2 == 0,
+        qc_failures=pl.when(pl.int_range(pl.len()) % 2 == 0).then(None).otherwise(pl.lit("x")),
+    )
+    qc = quality_control(flagged, synthetic_histories)
+    assert qc.height == table.height
+    assert qc["qc_pass"].to_list() == flagged["qc_pass"].to_list()
+    assert set(qc["source"]) == {"label_aware"} and (qc["attempts"] == 1).all()
+    report = qc_report(qc, generation, {"input": 1.0, "output": None})
+    assert report["kept"] == table.height and report["usage"]["cost_total"] == 0.0
+    dist = report["distribution"]
+    assert dist["rationales"] == table.height and dist["label_consistent_share"] == 1.0
+    assert dist["words_p05"] <= dist["words_median"] <= dist["words_p95"]
+    # a table from before this change (no verdict columns) still gets a QC table
+    old = quality_control(
+        table.drop("qc_pass", "qc_failures", "source", "attempts"), synthetic_histories
+    )
+    assert old["qc_pass"].null_count() == old.height
+
+
+def test_rationale_job_settings_hold_only_what_changes_that_style() -> None:
+    from rationale_bench.teacher import rationale_settings
+
+    prompts = {k: f"{k} {{history}}" for k in CFG_BASE["prompts"]}
+    config = {
+        "serialization": {"question": "q?"},
+        "teacher": {
+            "name": "t",
+            "backend": "openai",
+            "mode": "label_aware",
+            "qc": {"max_attempts": 3},
+            "seed": 0,
+            "openai": {"model": "m"},
+            "allowed_hosts": [],
+            "max_history_lines": 10,
+            "prompts": prompts,
+            "label_blind": {"on_disagreement": "drop"},
+            "shards": 2,
+            "price_per_million_tokens": {"input": 1.0, "output": 2.0},
+            "review": {"per_stratum": 5},
+        },
+    }
+    before = rationale_settings(config, "free_form")
+    assert set(before["prompts"]) == {"system", "free_form"} and "label_blind" not in before
+    config["teacher"]["prompts"] = {**prompts, "step_by_step": "edited", "blind_free_form": "x"}
+    config["teacher"].update(shards=5, price_per_million_tokens={}, review={})
+    assert rationale_settings(config, "free_form") == before
+    config["teacher"]["qc"] = {"max_attempts": 4}
+    assert rationale_settings(config, "free_form") != before
+    config["teacher"]["mode"] = "label_blind"
+    blind = rationale_settings(config, "free_form")
+    assert blind["prompts"]["blind_free_form"] == "x" and blind["label_blind"]["on_disagreement"]

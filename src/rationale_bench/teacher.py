@@ -443,6 +443,53 @@ class _Subject:
     disagreed: bool = False
 
 
+def check_teacher_config(config: Mapping[str, Any]) -> None:
+    """Settings the schema cannot rule out; raised before any job runs."""
+    teacher = config["teacher"]
+    if teacher.get("mode") == "label_blind" and teacher.get("backend") == "template":
+        raise TeacherError(
+            "teacher.mode 'label_blind' needs a teacher that predicts the outcome; the "
+            "'template' teacher only explains a known one. Set teacher.backend to 'openai' or "
+            "teacher.mode to 'label_aware'."
+        )
+
+
+def rationale_settings(config: Mapping[str, Any], style: str) -> dict[str, Any]:
+    """The settings one style's rationale jobs get (their Snakemake params): only what changes
+    those rationales, so editing another style's prompt, the shard count, the price table or
+    the review settings reruns no teacher job. Keys sorted, so key order never does either."""
+    from rationale_bench.study import canonical
+
+    teacher = config["teacher"]
+    keys = ["name", "backend", "mode", "qc"]
+    if teacher["backend"] == "template":
+        return canonical({k: teacher[k] for k in [*keys, "seed"]})
+    settings = {k: teacher[k] for k in [*keys, "openai", "allowed_hosts", "max_history_lines"]}
+    prompts = teacher["prompts"]
+    settings["prompts"] = {"system": prompts["system"], style: prompts[style]}
+    if teacher["mode"] == "label_blind":
+        settings["label_blind"] = teacher["label_blind"]
+        settings["prompts"][f"blind_{style}"] = prompts[f"blind_{style}"]
+    settings["question"] = config["serialization"]["question"]
+    return canonical(settings)
+
+
+def cache_path(cache_dir: Path, style: str, shard: int, n_shards: int) -> Path:
+    """The cache file a shard appends to (unsharded runs keep the plain name)."""
+    name = f"{style}.jsonl" if n_shards == 1 else f"{style}.shard{shard}of{n_shards}.jsonl"
+    return Path(cache_dir) / name
+
+
+def cache_files(cache_dir: Path, style: str) -> list[Path]:
+    """Every cache file of one style, whatever shard layout wrote it (read by every shard,
+    so changing `teacher.shards` never pays for an answer twice)."""
+    return sorted(
+        p
+        for p in Path(cache_dir).glob(f"{style}*.jsonl")
+        if p.name == f"{style}.jsonl" or p.name.startswith(f"{style}.shard")
+    )
+
+
 def shard_of(subjects: pl.DataFrame, shard: int, n_shards: int) -> pl.DataFrame:
     """Shard `shard` of `n_shards`: every n-th subject in subject order (balanced, stable)."""
     if n_shards < 1 or not 0 <= shard < n_shards:
@@ -676,13 +723,12 @@ def _sum_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def usage_cost(usage: Mapping[str, Any], price: Mapping[str, float] | None) -> dict[str, Any]:
     """Cost of this run's tokens and of all tokens behind the rationales, per million tokens."""
-    if not price:
+    if not price or all(price.get(k) is None for k in ("input", "output")):
         return {"cost_this_run": None, "cost_total": None}
+    per_input, per_output = price.get("input") or 0.0, price.get("output") or 0.0
 
     def cost(prompt: int, completion: int) -> float:
-        return round(
-            (prompt * price.get("input", 0.0) + completion * price.get("output", 0.0)) / 1e6, 6
-        )
+        return round((prompt * per_input + completion * per_output) / 1e6, 6)
 
     return {
         "cost_this_run": cost(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
@@ -713,7 +759,8 @@ def conclusion_direction(rationale: str) -> bool | None:
 
 
 def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.DataFrame:
-    """Per rationale: length, grounding in the subject's record, agreement with its label."""
+    """Per rationale: length, grounding in the subject's record, agreement with its label, and
+    (for files written by `generate_rationales`) the generation's QC verdict and attempts."""
     codes = dict(histories.select("subject_id", "codes").iter_rows())
     rows = []
     for sid, style, label, text in rationales.select(
@@ -730,7 +777,7 @@ def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.Dat
                 "label_consistent": None if direction is None else direction == bool(label),
             }
         )
-    return pl.DataFrame(
+    table = pl.DataFrame(
         rows,
         schema={
             "subject_id": pl.Int64,
@@ -741,3 +788,46 @@ def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.Dat
             "label_consistent": pl.Boolean,
         },
     )
+    verdict = {
+        "source": pl.String,
+        "attempts": pl.Int32,
+        "qc_pass": pl.Boolean,
+        "qc_failures": pl.String,
+    }
+    extra = [
+        (rationales[c] if c in rationales.columns else pl.Series(c, [None] * table.height))
+        .cast(dtype)
+        .alias(c)
+        for c, dtype in verdict.items()
+    ]
+    return table.with_columns(extra)
+
+
+def qc_report(
+    qc: pl.DataFrame,
+    generation: Mapping[str, Any],
+    price: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The QC report of one teacher/style: the generation's counts (kept, regenerated, dropped
+    per reason, label-blind outcomes), usage and cost, and the distribution of the checks."""
+    words = qc["n_words"].cast(pl.Float64)
+    consistent = qc["label_consistent"].drop_nulls()
+    report = dict(generation)
+    report["usage"] = {**dict(generation.get("usage") or {})}
+    report["usage"].update(usage_cost(report["usage"], price))
+    report["distribution"] = {
+        "rationales": qc.height,
+        "words_mean": _round(words.mean()),
+        "words_p05": _round(words.quantile(0.05)),
+        "words_median": _round(words.median()),
+        "words_p95": _round(words.quantile(0.95)),
+        "grounded_fraction_mean": _round(qc["grounded_fraction"].mean()),
+        "fully_grounded_share": _round((qc["grounded_fraction"] >= 1.0).mean()),
+        "label_consistent_share": _round(consistent.mean()) if consistent.len() else None,
+        "conclusion_undetermined": qc.height - consistent.len(),
+    }
+    return report
+
+
+def _round(value: Any) -> float | None:
+    return None if value is None else round(float(value), 4)

@@ -965,6 +965,11 @@ def run_chat_requests(
     """
     t0 = time.monotonic()
     check_phi_guard(endpoint.base_url, endpoint.allowed_hosts)
+    # The HTTP library logs every request at INFO: tens of thousands of lines in a job's log.
+    # The progress bar and the usage summary say what matters; errors still get through.
+    for name in ("httpx2", "httpcore2", "httpx", "httpcore"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.WARNING)
     keys = [r.key for r in requests]
     if len(set(keys)) != len(keys):
         dupes = sorted({k for k in keys if keys.count(k) > 1})[:5]
