@@ -3,6 +3,8 @@
 # quality control are regenerated, then kept flagged or dropped. Held-out subjects never reach
 # the teacher. With teacher.shards > 1 each style is written by several jobs, merged after.
 
+import glob
+
 from rationale_bench import teacher as teacher_lib  # noqa: E402
 
 try:
@@ -115,3 +117,48 @@ rule rationale_qc:
         price=config["teacher"]["price_per_million_tokens"],
     script:
         "../workflow_scripts/rationale_qc.py"
+
+
+rule review_sheet:
+    """A blinded, stratified (teacher x style x label), seeded sample of rationales for
+    clinician review: sheet.csv to fill, sheet.md to read, instructions, and the key."""
+    input:
+        rationales=expand(
+            "results/rationales/{teacher}/{style}.parquet",
+            teacher=config["teacher"]["name"],
+            style=config["teacher"]["styles"],
+        ),
+        histories=f"results/histories/{config['serialization']['variant']}.parquet",
+    output:
+        sheet="results/review/sheet.csv",
+        markdown="results/review/sheet.md",
+        key="results/review/key.csv",
+        instructions="results/review/instructions.md",
+    log:
+        "results/logs/review_sheet.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        review=config["teacher"]["review"],
+    script:
+        "../workflow_scripts/review_sheet.py"
+
+
+rule review_summary:
+    """Scores per teacher and style, and agreement between reviewers (Cohen's kappa per pair,
+    Fleiss' kappa for three or more), from the filled sheets in teacher.review.filled_dir.
+    """
+    input:
+        sheets=sorted(glob.glob(f"{config['teacher']['review']['filled_dir']}/*.csv")),
+        key="results/review/key.csv",
+    output:
+        scores="results/review/scores.csv",
+        agreement="results/review/agreement.csv",
+    log:
+        "results/logs/review_summary.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        scale_max=config["teacher"]["review"]["scale_max"],
+    script:
+        "../workflow_scripts/review_summary.py"
