@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import polars as pl
@@ -7,6 +8,10 @@ from rationale_bench.teacher import cache_files, cache_path, generate_rationales
 from rationale_bench.workflow import start, write_json, write_parquet
 
 log = start(snakemake)  # noqa: F821
+# The HTTP library logs every request at INFO: tens of thousands of lines in this job's log. The
+# progress lines and the usage summary say what matters; its warnings still get through.
+for name in ("httpx2", "httpcore2"):
+    logging.getLogger(name).setLevel(logging.WARNING)
 smk = snakemake  # noqa: F821
 shard, n_shards = int(smk.params.shard), int(smk.params.n_shards)
 cache_dir = Path(smk.params.cache_dir)
