@@ -69,21 +69,35 @@ def test_unknown_qc_key_is_a_config_error(workdir: Path) -> None:
     assert result.returncode != 0 and "max_attempt" in result.stdout + result.stderr
 
 
+SECRET = "sk-workflow-SECRET-4711"
+
+
 @pytest.mark.slow
-def test_sharded_run_with_faults_then_reshard_sends_nothing(workdir: Path) -> None:
-    """Two shards against a faulty endpoint; QC report with counts and cost; then three
-    shards: every answer comes from the two-shard caches."""
+def test_sharded_run_with_faults_then_reshard_sends_nothing(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two shards against a faulty endpoint that wants an API key; QC report with counts and
+    cost; then three shards: every answer comes from the two-shard caches. The key appears in
+    no output, cache or log."""
+    monkeypatch.setenv("RB_TEACHER_KEY", SECRET)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["data"]["synthetic"]["n_subjects"] = 400
     target = "results/rationales/fake/free_form.qc.json"
-    with FakeOpenAIServer(faults=mixed_faults(0.2), max_faults_per_content=2, stall_s=1.5) as srv:
+    with FakeOpenAIServer(
+        faults=mixed_faults(0.2), max_faults_per_content=2, stall_s=1.5, require_api_key=SECRET
+    ) as srv:
         config["teacher"].update(
             name="fake",
             backend="openai",
             shards=2,
             qc={"max_attempts": 2},
             price_per_million_tokens={"input": 1.0, "output": 2.0},
-            openai={"base_url": srv.base_url, "request_timeout_s": 1, "concurrency": 8},
+            openai={
+                "base_url": srv.base_url,
+                "request_timeout_s": 1,
+                "concurrency": 8,
+                "api_key_env": "RB_TEACHER_KEY",
+            },
         )
         path = workdir / "fake.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -106,3 +120,6 @@ def test_sharded_run_with_faults_then_reshard_sends_nothing(workdir: Path) -> No
     logs = "".join(p.read_text() for p in (workdir / "results/logs").rglob("*.log"))
     assert "HTTP Request" not in logs  # no per-request lines from the HTTP library
     assert "attempt 1" in logs and "req/s" in logs  # progress lines
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
