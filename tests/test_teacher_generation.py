@@ -453,3 +453,24 @@ def test_rationale_job_settings_hold_only_what_changes_that_style() -> None:
     config["teacher"]["mode"] = "label_blind"
     blind = rationale_settings(config, "free_form")
     assert blind["prompts"]["blind_free_form"] == "x" and blind["label_blind"]["on_disagreement"]
+
+
+@pytest.mark.parametrize(
+    "text, codes, expected",
+    [
+        # common wordings of risk factors count, as do drugs from the code dictionary
+        ("She has high blood pressure and takes amlodipine.", ["ICD10/I10", "ATC/C08CA01"], 1.0),
+        ("He is diabetic, on metformin.", ["ICD10/E11.9"], 0.5),  # metformin not in the record
+        ("A statin was prescribed for high cholesterol.", ["ATC/C10AA05", "ICD10/E78.5"], 1.0),
+        ("Atrial fibrillation is treated with warfarin.", ["ICD10/I48.91"], 0.5),
+        # negated mentions claim nothing
+        ("There is no history of stroke, diabetes or depression.", [], 1.0),
+        ("Hypertension is documented; no diabetes.", ["ICD10/I10"], 1.0),
+        ("Hypertension is documented, and diabetes.", ["ICD10/I10"], 0.5),
+        ("Nothing of note.", [], 1.0),
+    ],
+)
+def test_grounding_sees_wordings_drugs_and_negation(text, codes, expected) -> None:
+    from rationale_bench.teacher import grounded_fraction
+
+    assert grounded_fraction(text, codes) == pytest.approx(expected)

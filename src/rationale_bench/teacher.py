@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from rationale_bench.codes import RISK_FACTORS, code_in
+from rationale_bench.codes import ATC_DESCRIPTIONS, RISK_FACTORS, code_in
 from rationale_bench.serialize import history_text
 
 STYLES = ("free_form", "step_by_step")
@@ -741,13 +741,99 @@ def usage_cost(usage: Mapping[str, Any], price: Mapping[str, float] | None) -> d
 # --------------------------------------------------------------------------------------------
 # QC table of a finished rationale file
 # --------------------------------------------------------------------------------------------
+# How rationales (an LLM's above all) name the risk factors, besides their labels. Matched as
+# whole words, case-insensitively.
+_RISK_WORDINGS: dict[str, tuple[str, ...]] = {
+    "hypertension": ("high blood pressure", "hypertensive"),
+    "type2_diabetes": ("diabetes", "diabetic", "t2dm"),
+    "hyperlipidaemia": (
+        "hyperlipidaemia",
+        "hyperlipidemia",
+        "dyslipidaemia",
+        "dyslipidemia",
+        "high cholesterol",
+        "hypercholesterolaemia",
+        "hypercholesterolemia",
+    ),
+    "obesity": ("obese",),
+    "depression": ("depressive",),
+    "hearing_loss": ("hearing impairment", "deafness"),
+    "vision_loss": ("visual impairment", "blindness"),
+    "stroke": ("cerebral infarction", "cerebrovascular accident"),
+    "tbi": ("head injury", "tbi"),
+    "smoking": ("smoker", "tobacco"),
+    "alcohol": ("alcohol",),
+    "atrial_fibrillation": ("afib",),
+    "ckd": ("ckd", "kidney disease"),
+    "sleep_apnoea": ("sleep apnea",),
+    "social_isolation": ("socially isolated",),
+    "physical_inactivity": ("sedentary",),
+    "memory_complaint": ("memory complaints", "memory loss", "forgetfulness"),
+    "cognitive_symptoms": ("disorientation", "amnesia", "altered mental status"),
+    "mci": ("mci",),
+}
+# Drug names (and a few classes) a rationale may cite -> the ATC prefixes that ground them.
+_DRUG_WORDINGS: dict[str, tuple[str, ...]] = {
+    "statin": ("ATC/C10AA",),
+    "anticoagulant": ("ATC/B01AA", "ATC/B01AF"),
+    "antidepressant": ("ATC/N06A",),
+    "cholinesterase inhibitor": ("ATC/N06DA",),
+    "aspirin": ("ATC/B01AC06",),
+    "nitroglycerin": ("ATC/C01DA02",),
+    "alendronate": ("ATC/M05BA04",),
+    "insulin": ("ATC/A10A",),
+}
+for _code, _name in ATC_DESCRIPTIONS.items():
+    for _part in re.split(r" and | \(|\)", _name):
+        _word = _part.strip().removesuffix(" sodium")
+        if len(_word) > 3 and _word not in ("eye drops", "topical"):  # forms, not drugs
+            _DRUG_WORDINGS.setdefault(_word, ())
+            _DRUG_WORDINGS[_word] += (f"ATC/{_code}",)
+_NEGATION = re.compile(
+    r"\b(?:no|not|without|absence of|absent|denies|negative for|none of|free of|lacks?|never)\b",
+    re.IGNORECASE,
+)
+
+
+def _mention_pattern(words: Sequence[str]) -> re.Pattern[str]:
+    alternatives = sorted({w.lower() for w in words}, key=len, reverse=True)
+    return re.compile(
+        r"(?<![\w-])(?:" + "|".join(re.escape(w) for w in alternatives) + r")(?![\w-])",
+        re.IGNORECASE,
+    )
+
+
+_MENTIONS: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [
+    (f"risk:{f.name}", _mention_pattern([f.label, *_RISK_WORDINGS.get(f.name, ())]), f.prefixes)
+    for f in RISK_FACTORS.values()
+] + [(f"drug:{w}", _mention_pattern([w]), prefixes) for w, prefixes in _DRUG_WORDINGS.items()]
+
+
+def _asserted(text: str, start: int) -> bool:
+    """False when the mention is negated in its own clause ("no history of stroke")."""
+    before = re.split(r"[.;:!?\n]", text[max(0, start - 60) : start])[-1]
+    return not _NEGATION.search(before)
+
+
+def named_entities(rationale: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The conditions and drugs a rationale says the patient has: (name, grounding prefixes).
+    Negated mentions ("no diabetes") claim nothing and are left out."""
+    return [
+        (name, prefixes)
+        for name, pattern, prefixes in _MENTIONS
+        if any(_asserted(rationale, m.start()) for m in pattern.finditer(rationale))
+    ]
+
+
 def grounded_fraction(rationale: str, codes: Sequence[str]) -> float:
-    """Share of the risk factors a rationale names that are present in the subject's record."""
-    named = [f for f in RISK_FACTORS.values() if f.label.lower() in rationale.lower()]
+    """Share of the conditions and drugs a rationale names (risk factors by their label or a
+    common wording, drugs from the code dictionary) that are present in the subject's record.
+    1.0 when it names none."""
+    named = named_entities(rationale)
     if not named:
         return 1.0
-    present = {f.label for f in named if any(code_in(c, f.prefixes) for c in codes)}
-    return len(present) / len(named)
+    present = sum(1 for _, prefixes in named if any(code_in(c, prefixes) for c in codes))
+    return present / len(named)
 
 
 def conclusion_direction(rationale: str) -> bool | None:
