@@ -7,15 +7,14 @@ to the ideal (target >= 0.9), then the rerun's requests (target 0: everything ca
 
 The server runs in its own process (as a real endpoint would): in the client's process its
 threads would compete with the event loop for the GIL and the measurement would be of Python's
-scheduler, not of the client. On a machine with few cores both still share the CPU; see
---server-threads-note in the output.
+scheduler, not of the client. On a machine with few cores both still share the CPU.
 
 Why the ratio falls short of 1 at short latencies: the client is one event loop, and every
-request costs it CPU (building, sending, parsing: about 0.6-1.2 ms here, mostly in the SDK and
-the HTTP library). With a fixed latency the C requests of a wave come back together and queue for
-the loop, so a slot waits about C*t/2 on average and the ratio is about L / (L + C*t/2); the
-script prints that model next to the measurement. Real teachers answer in seconds, where the
-same CPU costs well under 1%; more cores or fewer requests per job (teacher.shards) help too.
+request costs it CPU t (building, sending, parsing: about 0.6-1.3 ms here, mostly in the SDK and
+the HTTP library). With a fixed latency L the C requests of a wave come back together and queue
+for the loop, so slots wait up to C*t before they are reused (ratio roughly L / (L + C*t/2)).
+Real teachers answer in seconds, where the same CPU costs well under 1%; several teacher jobs
+(teacher.shards with teacher_jobs > 1) spread it over more cores.
 
 Run: python benchmarks/teacher_throughput.py [--requests 1280] [--concurrency 64] [--latency-ms 100]
 """
@@ -145,10 +144,6 @@ def main() -> None:
             f"client CPU            {cpu / ours_wall:8.2f} cores busy, "
             f"{cpu / n * 1000:.2f} ms CPU per request"
         )
-        # With a fixed latency all C requests of a wave return together and the one event loop
-        # handles them one after another, so a slot waits C*t/2 on average for the loop.
-        t = cpu / n
-        print(f"approx. L/(L + C*t/2)   ratio {lat / (lat + c * t / 2):.2f} (t = CPU per request)")
         print(f"rerun requests sent     {rerun.requests_sent} (cache hits {rerun.cache_hits})")
     finally:
         proc.terminate()
