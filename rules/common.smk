@@ -276,19 +276,3 @@ def get_rationales(wildcards):
 
 # A plain pattern, not a function: functions cost time for every one of a grid's jobs.
 PROMPTS = "results/prompts/{model}/{serialization}.parquet"
-
-
-def get_teacher_settings(wildcards):
-    """Only what changes the rationales of this style (so editing one prompt reruns one style)."""
-    teacher = config["teacher"]
-    if teacher["backend"] == "template":
-        return study.canonical({k: teacher[k] for k in ("name", "backend", "seed")})
-    settings = {
-        k: v for k, v in teacher.items() if k not in ("prompts", "styles", "seed")
-    }
-    settings["prompts"] = {
-        "system": teacher["prompts"]["system"],
-        wildcards.style: teacher["prompts"][wildcards.style],
-    }
-    settings["question"] = config["serialization"]["question"]
-    return study.canonical(settings)

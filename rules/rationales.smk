@@ -1,5 +1,20 @@
-# Rationales: a label-aware teacher explains each training and tuning subject's outcome.
-# Held-out subjects never reach the teacher.
+# Rationales: a teacher explains each training and tuning subject's outcome (label-aware), or
+# predicts it first and explains its own answer (label-blind, STaR-style). Rationales failing
+# quality control are regenerated, then kept flagged or dropped. Held-out subjects never reach
+# the teacher. With teacher.shards > 1 each style is written by several jobs, merged after.
+
+import glob
+
+from rationale_bench import teacher as teacher_lib  # noqa: E402
+
+try:
+    teacher_lib.check_teacher_config(config)
+except ValueError as error:
+    raise WorkflowError(str(error)) from None
+
+SHARDS = config["teacher"]["shards"]
+RATIONALES = "results/rationales/{teacher}"
+
 
 if config["execution"]["teacher_on_login_node"]:
 
@@ -7,36 +22,143 @@ if config["execution"]["teacher_on_login_node"]:
         generate_rationales,
 
 
-rule generate_rationales:
-    """One rationale per training/tuning subject in the given style."""
-    input:
-        histories=REFERENCE_HISTORIES,
-    output:
-        "results/rationales/{teacher}/{style}.parquet",
-    log:
-        "results/logs/generate_rationales/{teacher}/{style}.log",
-    conda:
-        "../envs/teacher.yaml"
-    resources:
-        teacher_jobs=1,
-    params:
-        teacher=get_teacher_settings,
-        cache="results/rationales/{teacher}/cache/{style}.jsonl",
-    script:
-        "../workflow_scripts/generate_rationales.py"
+if SHARDS == 1:
+
+    rule generate_rationales:
+        """One rationale per training/tuning subject in the given style."""
+        input:
+            histories=REFERENCE_HISTORIES,
+        output:
+            rationales=f"{RATIONALES}/{{style}}.parquet",
+            report=f"{RATIONALES}/{{style}}.generation.json",
+        log:
+            "results/logs/generate_rationales/{teacher}/{style}.log",
+        conda:
+            "../envs/teacher.yaml"
+        resources:
+            # Global cap (profiles/default): teacher jobs running at once share one endpoint.
+            teacher_jobs=1,
+        params:
+            teacher=lambda wildcards: teacher_lib.rationale_settings(
+                config, wildcards.style
+            ),
+            cache_dir=f"{RATIONALES}/cache",
+            shard=0,
+            n_shards=1,
+        script:
+            "../workflow_scripts/generate_rationales.py"
+
+else:
+
+    rule generate_rationales:
+        """One shard (every n-th subject) of a style's rationales: shards run as separate
+        jobs, at most `teacher_jobs` at once, each with its own cache file."""
+        input:
+            histories=REFERENCE_HISTORIES,
+        output:
+            rationales=f"{RATIONALES}/shards/{{style}}/{{shard}}-of-{SHARDS}.parquet",
+            report=f"{RATIONALES}/shards/{{style}}/{{shard}}-of-{SHARDS}.generation.json",
+        log:
+            f"results/logs/generate_rationales/{{teacher}}/{{style}}/{{shard}}-of-{SHARDS}.log",
+        wildcard_constraints:
+            shard=r"\d+",
+        conda:
+            "../envs/teacher.yaml"
+        resources:
+            teacher_jobs=1,
+        params:
+            teacher=lambda wildcards: teacher_lib.rationale_settings(
+                config, wildcards.style
+            ),
+            cache_dir=f"{RATIONALES}/cache",
+            shard=lambda wildcards: int(wildcards.shard),
+            n_shards=SHARDS,
+        script:
+            "../workflow_scripts/generate_rationales.py"
+
+    rule merge_rationale_shards:
+        """A style's shards in one file and one generation report; refuses overlaps."""
+        input:
+            rationales=expand(
+                f"results/rationales/{{{{teacher}}}}/shards/{{{{style}}}}/{{shard}}-of-{SHARDS}.parquet",
+                shard=range(SHARDS),
+            ),
+            reports=expand(
+                f"results/rationales/{{{{teacher}}}}/shards/{{{{style}}}}/{{shard}}-of-{SHARDS}.generation.json",
+                shard=range(SHARDS),
+            ),
+        output:
+            rationales=f"{RATIONALES}/{{style}}.parquet",
+            report=f"{RATIONALES}/{{style}}.generation.json",
+        log:
+            "results/logs/merge_rationale_shards/{teacher}/{style}.log",
+        conda:
+            "../envs/data.yaml"
+        script:
+            "../workflow_scripts/merge_rationale_shards.py"
 
 
 rule rationale_qc:
-    """Quality of each rationale: length, grounding in the subject's own record, and whether
-    its conclusion agrees with the label it explains."""
+    """Quality of each rationale: length, grounding in the subject's own record, whether its
+    conclusion agrees with the label it explains; the report adds the generation's counts
+    (regenerated, kept, dropped per reason), usage and cost."""
     input:
-        rationales="results/rationales/{teacher}/{style}.parquet",
+        rationales=f"{RATIONALES}/{{style}}.parquet",
+        report=f"{RATIONALES}/{{style}}.generation.json",
         histories=REFERENCE_HISTORIES,
     output:
-        "results/rationales/{teacher}/{style}.qc.parquet",
+        table=f"{RATIONALES}/{{style}}.qc.parquet",
+        report=f"{RATIONALES}/{{style}}.qc.json",
     log:
         "results/logs/rationale_qc/{teacher}/{style}.log",
     conda:
         "../envs/data.yaml"
+    params:
+        price=config["teacher"]["price_per_million_tokens"],
     script:
         "../workflow_scripts/rationale_qc.py"
+
+
+rule review_sheet:
+    """A blinded, stratified (teacher x style x label), seeded sample of rationales for
+    clinician review: sheet.csv to fill, sheet.md to read, instructions, and the key."""
+    input:
+        rationales=expand(
+            "results/rationales/{teacher}/{style}.parquet",
+            teacher=config["teacher"]["name"],
+            style=config["teacher"]["styles"],
+        ),
+        histories=REFERENCE_HISTORIES,
+    output:
+        sheet="results/review/sheet.csv",
+        markdown="results/review/sheet.md",
+        key="results/review/key.csv",
+        instructions="results/review/instructions.md",
+    log:
+        "results/logs/review_sheet.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        review=config["teacher"]["review"],
+    script:
+        "../workflow_scripts/review_sheet.py"
+
+
+rule review_summary:
+    """Scores per teacher and style, and agreement between reviewers (Cohen's kappa per pair,
+    Fleiss' kappa for three or more), from the filled sheets in teacher.review.filled_dir.
+    """
+    input:
+        sheets=sorted(glob.glob(f"{config['teacher']['review']['filled_dir']}/*.csv")),
+        key="results/review/key.csv",
+    output:
+        scores="results/review/scores.csv",
+        agreement="results/review/agreement.csv",
+    log:
+        "results/logs/review_summary.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        scale_max=config["teacher"]["review"]["scale_max"],
+    script:
+        "../workflow_scripts/review_summary.py"

@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -161,7 +161,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "drop_connection":
             self.close_connection = True  # no status line, no headers: the client sees EOF
         else:
-            content = "" if fault == "empty_content" else expected_content(messages)
+            if fault == "empty_content":
+                content = ""
+            elif fake.responder is not None:
+                content = fake.responder(body)
+            else:
+                content = expected_content(messages)
             completion = fake._completion(body, content)
             if fault == "missing_choices":
                 del completion["choices"]
@@ -178,6 +183,9 @@ class FakeOpenAIServer:
     echo_key_in_errors: put the full presented key in the 401 message (a careless server),
         to prove the client scrubs it.
     force_status: answer every chat request with this HTTP status.
+    responder: computes the answer's content from the request body (messages and sampling
+        settings), in place of `expected_content`; lets tests play a teacher that reasons,
+        predicts or fails quality control depending on the prompt and the seed.
     """
 
     def __init__(
@@ -194,6 +202,7 @@ class FakeOpenAIServer:
         require_api_key: str | None = None,
         echo_key_in_errors: bool = False,
         force_status: int | None = None,
+        responder: Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
         self.faults = dict(faults or {})
         unknown = set(self.faults) - set(FAULT_KINDS)
@@ -209,6 +218,7 @@ class FakeOpenAIServer:
         self.require_api_key = require_api_key
         self.echo_key_in_errors = echo_key_in_errors
         self.force_status = force_status
+        self.responder = responder
 
         self._lock = threading.Lock()
         self._stop = threading.Event()  # wakes sleeping handlers on shutdown

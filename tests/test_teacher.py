@@ -18,10 +18,12 @@ CFG = {"name": "template", "backend": "template", "seed": 0}
 
 
 def test_only_training_and_tuning_subjects(synthetic_histories, tmp_path):
-    table, usage = generate_rationales(synthetic_histories, "free_form", CFG, tmp_path / "c.jsonl")
+    table, report = generate_rationales(synthetic_histories, "free_form", CFG, tmp_path / "c.jsonl")
     expected = synthetic_histories.filter(pl.col("split").is_in(["train", "tuning"]))
     assert table["subject_id"].to_list() == expected["subject_id"].to_list()
-    assert usage["requests_sent"] == 0
+    assert report["usage"]["requests_sent"] == 0
+    # the template teacher's rationales pass QC at the first attempt
+    assert table["qc_pass"].all() and report["regenerated"] == 0 and report["dropped"] == 0
 
 
 def test_held_out_subjects_are_refused(synthetic_histories):
@@ -98,8 +100,9 @@ def test_openai_backend_against_local_server(synthetic_histories, tmp_path):
                 "max_attempts": 3,
             },
         }
-        table, usage = generate_rationales(subset, "free_form", cfg, tmp_path / "cache.jsonl")
-        assert table.height == 12 and usage["requests_sent"] == 12
-        again, usage = generate_rationales(subset, "free_form", cfg, tmp_path / "cache.jsonl")
-        assert usage["requests_sent"] == 0 and usage["cache_hits"] == 12
+        cfg["qc"] = {"max_attempts": 1}  # the fake's echo answers fail QC (too short)
+        table, report = generate_rationales(subset, "free_form", cfg, tmp_path / "cache.jsonl")
+        assert table.height == 12 and report["usage"]["requests_sent"] == 12
+        again, report = generate_rationales(subset, "free_form", cfg, tmp_path / "cache.jsonl")
+        assert report["usage"]["requests_sent"] == 0 and report["usage"]["cache_hits"] == 12
         assert again["rationale"].to_list() == table["rationale"].to_list()

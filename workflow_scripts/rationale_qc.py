@@ -1,11 +1,18 @@
+import json
+from pathlib import Path
+
 import polars as pl
 
-from rationale_bench.teacher import quality_control
-from rationale_bench.workflow import start, write_parquet
+from rationale_bench.teacher import qc_report, quality_control
+from rationale_bench.workflow import start, write_json, write_parquet
 
 log = start(snakemake)  # noqa: F821
-rationales = pl.read_parquet(snakemake.input.rationales)  # noqa: F821
-histories = pl.read_parquet(snakemake.input.histories, columns=["subject_id", "codes"])  # noqa: F821
+smk = snakemake  # noqa: F821
+rationales = pl.read_parquet(smk.input.rationales)
+histories = pl.read_parquet(smk.input.histories, columns=["subject_id", "codes"])
 qc = quality_control(rationales, histories)
-log.info("QC: %s", qc.select(pl.all().exclude("subject_id", "style")).mean().to_dicts())
-write_parquet(qc, snakemake.output[0])  # noqa: F821
+generation = json.loads(Path(smk.input.report).read_text())
+report = qc_report(qc, generation, smk.params.price)
+log.info("QC report: %s", json.dumps(report))
+write_parquet(qc, smk.output.table)
+write_json(report, smk.output.report)

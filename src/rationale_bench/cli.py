@@ -6,6 +6,8 @@
 - ``rationale-bench install-profile --account A --partition P [--gpu-partition G]
   [--gpu-request gpus|gres] [--gpu-model M]``: writes a filled copy of ``profiles/slurm`` to
   ``~/.config/snakemake/slurm`` so that ``snakemake --profile slurm`` works as typed.
+- ``rationale-bench review-kappa A.csv B.csv [C.csv ...] [--scale-max 5]``: agreement between
+  reviewers' filled review sheets (Cohen's kappa per pair and criterion, Fleiss' for 3+).
 """
 
 from __future__ import annotations
@@ -161,6 +163,28 @@ def install_profile_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def review_kappa_command(args: argparse.Namespace) -> int:
+    from rationale_bench.review import ReviewError, read_review_sheet, review_agreement
+
+    try:
+        sheets = {Path(p).stem: read_review_sheet(p, args.scale_max) for p in args.sheets}
+        if len(sheets) != len(args.sheets):
+            raise ReviewError("two sheets have the same file name; name one file per reviewer")
+        table = review_agreement(sheets)
+    except ReviewError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for row in table.iter_rows(named=True):
+        kappa = "n/a" if row["kappa"] is None else f"{row['kappa']:.3f}"
+        quad = row["kappa_quadratic"]
+        extra = "" if quad is None else f"  quadratic-weighted {quad:.3f}"
+        print(
+            f"{row['criterion']:<20} {row['statistic']:<13} {row['reviewers']}: "
+            f"kappa {kappa}{extra}  (n={row['n_items']})"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rationale-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     install.add_argument("--gpu-model", help="GPU type, e.g. a100")
     install.add_argument("--target", default="~/.config/snakemake/slurm")
     install.set_defaults(func=install_profile_command)
+    kappa = sub.add_parser("review-kappa", help="agreement between filled review sheets")
+    kappa.add_argument("sheets", nargs="+", help="filled sheets, one CSV per reviewer (>= 2)")
+    kappa.add_argument("--scale-max", type=int, default=5, help="ratings run from 1 to this")
+    kappa.set_defaults(func=review_kappa_command)
     args = parser.parse_args(argv)
     return args.func(args)
 

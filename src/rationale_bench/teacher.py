@@ -16,14 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from rationale_bench.codes import RISK_FACTORS, code_in
-from rationale_bench.serialize import history_text
+from rationale_bench.codes import ATC_DESCRIPTIONS, RISK_FACTORS, code_in
+from rationale_bench.serialize import history_of
 
 STYLES = ("free_form", "step_by_step")
 TEACHER_SPLITS = ("train", "tuning")
@@ -145,41 +148,165 @@ def template_rationale(
     raise TeacherError(f"unknown rationale style '{style}'; known styles: {', '.join(STYLES)}")
 
 
-def build_messages(
-    row: Mapping[str, Any], style: str, cfg: Mapping[str, Any]
-) -> list[dict[str, str]]:
-    """Chat messages for one subject from the configured prompt templates."""
-    prompts = cfg["prompts"]
-    user = prompts[style].format(
-        history=history_text(row["header"], list(row["lines"])[: cfg["max_history_lines"]]),
-        question=cfg["question"],
-        outcome=OUTCOME_WORDS[bool(row["label"])],
-    )
-    return [{"role": "system", "content": prompts["system"]}, {"role": "user", "content": user}]
-
-
-def _subject_seed(subject_id: int, style: str, seed: int) -> int:
+def _subject_seed(subject_id: int, style: str, seed: int | str) -> int:
     return int.from_bytes(
         hashlib.sha256(f"{seed}:{style}:{subject_id}".encode()).digest()[:4], "big"
     )
 
 
-def generate_rationales(
-    histories: pl.DataFrame, style: str, cfg: Mapping[str, Any], cache_path: Path
-) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Rationales of one style for every training and tuning subject.
+# --------------------------------------------------------------------------------------------
+# Quality control of one rationale
+# --------------------------------------------------------------------------------------------
 
-    Returns the rationale table and a usage summary (requests, cache hits, tokens) for the log.
-    """
-    if style not in STYLES:
-        raise TeacherError(f"unknown rationale style '{style}'; known styles: {', '.join(STYLES)}")
-    subjects = teacher_inputs(histories)
-    _check_splits(subjects)
-    backend = cfg["backend"]
-    rows = subjects.select(
-        "subject_id", "split", "label", "age", "sex", "codes", "header", "lines"
-    ).to_dicts()
-    if backend == "template":
+MODES = ("label_aware", "label_blind")
+# Why a rationale is rejected, in the order they are checked and reported.
+QC_REASONS = (
+    "empty",
+    "refusal",
+    "missing_answer",
+    "label_leak",
+    "too_short",
+    "too_long",
+    "no_conclusion",
+    "ungrounded",
+    "label_inconsistent",
+)
+# The teacher refused or answered as a chatbot instead of reasoning about the record.
+_REFUSAL = re.compile(
+    r"\b(?:i'?m sorry|i am sorry|i (?:cannot|can't|can ?not|am unable to|'m unable to|am not "
+    r"able to) (?:provide|help|assist|give|make|determine|answer)|as an (?:ai|artificial "
+    r"intelligence|language model))\b",
+    re.IGNORECASE,
+)
+# The rationale states the outcome itself (what the answer after it must carry), rather than
+# reasoning towards it: a model trained on it learns to assert outcomes, and the label then
+# appears before the reasoning.
+_LABEL_LEAK = re.compile(
+    r"\b(?:(?:actual|true|known|real) outcome|the outcome (?:was|is)|(?:went on to|later|"
+    r"eventually|subsequently) (?:develop|be diagnosed|was diagnosed|received a diagnosis)|"
+    r"(?:received|receives|got|was given) a (?:diagnosis|dx) of (?:alzheimer|dementia|adrd)|"
+    r"(?:did not|didn't|never) (?:receive|develop|get) (?:a diagnosis|alzheimer|dementia|adrd)|"
+    r"was (?:later )?diagnosed with (?:alzheimer|dementia|adrd))",
+    re.IGNORECASE,
+)
+_ANSWER_LINE = re.compile(
+    r"^\W*(?:final\s+)?(?:answer|prediction)\W*\s*[:\-]?\s*\**\s*(yes|no)\b", re.IGNORECASE
+)
+# "Yes." / "No, ..." as the opening words: the answer given before any reasoning. ("No
+# cognitive symptoms..." is reasoning, hence the punctuation.)
+_OPENS_WITH_ANSWER = re.compile(r"^\W*(?:yes|no)\s*[.,:;!\n]", re.IGNORECASE)
+_CONCLUSION_STEP = re.compile(r"^\s*\d+\s*[.)]\s*\**\s*conclusion\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class QCSettings:
+    """`teacher.qc` in the config: what a usable rationale is and what to do with the rest."""
+
+    min_words: int = 20
+    max_words: int = 400
+    min_grounded_fraction: float = 1.0
+    max_attempts: int = 3  # generations per subject and prompt, the first included
+    regenerate_temperature: float = 0.7
+    on_failure: str = "keep"  # keep (flagged qc_pass=false) or drop
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> QCSettings:
+        qc = dict(cfg.get("qc") or {})
+        unknown = set(qc) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TeacherError(f"teacher.qc has unknown keys {sorted(unknown)}")
+        settings = cls(**qc)
+        if settings.on_failure not in ("keep", "drop"):
+            raise TeacherError(
+                f"teacher.qc.on_failure must be 'keep' or 'drop', got {settings.on_failure!r}"
+            )
+        if settings.max_attempts < 1 or settings.min_words > settings.max_words:
+            raise TeacherError(
+                "teacher.qc needs max_attempts >= 1 and min_words <= max_words "
+                f"(got {settings.max_attempts}, {settings.min_words}, {settings.max_words})"
+            )
+        return settings
+
+
+def split_answer(text: str) -> tuple[str, bool | None]:
+    """(rationale without its final 'Answer: Yes/No' line, the answer or None if absent)."""
+    lines = text.rstrip().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if lines:
+        match = _ANSWER_LINE.match(lines[-1])
+        if match:
+            return "\n".join(lines[:-1]).strip(), match.group(1).lower() == "yes"
+    return text.strip(), None
+
+
+def qc_failures(
+    text: str, style: str, label: bool, codes: Sequence[str], settings: QCSettings
+) -> list[str]:
+    """Every QC check a rationale fails (names from QC_REASONS); empty when it is usable."""
+    if not text.strip():
+        return ["empty"]
+    failures = []
+    if _REFUSAL.search(text):
+        failures.append("refusal")
+    if _LABEL_LEAK.search(text) or _OPENS_WITH_ANSWER.match(text) or _ANSWER_LINE.match(text):
+        failures.append("label_leak")
+    words = len(text.split())
+    if words < settings.min_words:
+        failures.append("too_short")
+    if words > settings.max_words:
+        failures.append("too_long")
+    if style == "step_by_step":
+        lines = [x for x in text.strip().splitlines() if x.strip()]
+        if not lines or not _CONCLUSION_STEP.match(lines[-1]):
+            failures.append("no_conclusion")
+    if grounded_fraction(text, codes) < settings.min_grounded_fraction:
+        failures.append("ungrounded")
+    direction = conclusion_direction(text)
+    if direction is not None and direction != bool(label):
+        failures.append("label_inconsistent")
+    return failures
+
+
+# --------------------------------------------------------------------------------------------
+# Backends: one generation attempt for a batch of subjects
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Attempt:
+    texts: list[str]
+    sampling: list[str]  # JSON of the settings that produced each text
+
+
+class _Backend:
+    name = ""
+    model = ""
+
+    def generate(
+        self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int
+    ) -> _Attempt:
+        raise NotImplementedError
+
+
+class _TemplateBackend(_Backend):
+    name = model = "template"
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        self.seed = int(cfg.get("seed", 0))
+
+    def generate(
+        self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int
+    ) -> _Attempt:
+        if prompt != "label_aware":
+            raise TeacherError(
+                "teacher.mode 'label_blind' needs a teacher that predicts the outcome; the "
+                "'template' teacher only explains a known outcome. Use backend 'openai' or "
+                "mode 'label_aware'."
+            )
+        # A regeneration draws another wording (attempt 0 keeps the historical draw).
+        seed = self.seed if attempt == 0 else f"{self.seed}:{attempt}"
+        sampling = {"seed": self.seed} if attempt == 0 else {"seed": self.seed, "attempt": attempt}
         texts = [
             template_rationale(
                 r["age"],
@@ -187,21 +314,28 @@ def generate_rationales(
                 r["codes"],
                 r["label"],
                 style,
-                _subject_seed(r["subject_id"], style, cfg["seed"]),
+                _subject_seed(r["subject_id"], style, seed),
             )
             for r in rows
         ]
-        meta = {
-            "backend": "template",
-            "model": "template",
-            "sampling": json.dumps({"seed": cfg["seed"]}),
-        }
-        usage: dict[str, Any] = {"requests_sent": 0, "generated": len(texts)}
-    elif backend == "openai":
-        from rationale_bench.teacher_client import ChatRequest, EndpointConfig, run_chat_requests
+        return _Attempt(texts, [json.dumps(sampling)] * len(rows))
+
+
+class _OpenAIBackend(_Backend):
+    name = "openai"
+
+    def __init__(
+        self, cfg: Mapping[str, Any], qc: QCSettings, cache_path: Path, read_also: Sequence[Path]
+    ) -> None:
+        from rationale_bench.teacher_client import EndpointConfig, UsageSummary
 
         api = cfg["openai"]
-        endpoint = EndpointConfig(
+        self.cfg = cfg
+        self.qc = qc
+        self.cache_path = cache_path
+        self.read_also = tuple(read_also)
+        self.model = api["model"]
+        self.endpoint = EndpointConfig(
             base_url=api["base_url"],
             model=api["model"],
             api_key_env=api.get("api_key_env"),
@@ -214,45 +348,498 @@ def generate_rationales(
             max_attempts=api["max_attempts"],
             allowed_hosts=tuple(cfg.get("allowed_hosts", [])),
         )
+        self.usage = UsageSummary()
+        # Tokens of every answer used, cached or not: what these rationales cost in total.
+        self.total_prompt_tokens = 0
+        self.total_completion_tokens = 0
+
+    def _endpoint(self, attempt: int) -> Any:
+        """Attempt 0 uses the configured sampling; a regeneration needs another draw, so it
+        changes the seed and (if the configured one is lower) raises the temperature."""
+        if attempt == 0:
+            return self.endpoint
+        ep = self.endpoint
+        return replace(
+            ep,
+            seed=(ep.seed or 0) + attempt,
+            temperature=max(ep.temperature, self.qc.regenerate_temperature),
+        )
+
+    def generate(
+        self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int
+    ) -> _Attempt:
+        from rationale_bench.teacher_client import ChatRequest, run_chat_requests
+
+        endpoint = self._endpoint(attempt)
         requests = [
             ChatRequest(
-                key=f"{r['subject_id']}:{style}", messages=tuple(build_messages(r, style, cfg))
+                key=f"{r['subject_id']}:{style}:{prompt}",
+                messages=tuple(build_messages(r, style, self.cfg, prompt)),
             )
             for r in rows
         ]
-        results, summary = run_chat_requests(requests, endpoint, cache_path)
-        texts = [results[q.key].content.strip() for q in requests]
-        meta = {
-            "backend": "openai",
-            "model": api["model"],
-            "sampling": json.dumps(endpoint.sampling(), sort_keys=True),
-        }
-        usage = summary.as_dict()
-    else:
-        raise TeacherError(f"teacher.backend '{backend}' is unknown; use 'template' or 'openai'.")
-    empty = [r["subject_id"] for r, t in zip(rows, texts, strict=True) if not t.strip()]
-    if empty:
-        raise TeacherError(
-            f"teacher returned empty rationales for {len(empty)} subjects (first: {empty[:5]})."
+        results, usage = run_chat_requests(
+            requests,
+            endpoint,
+            self.cache_path,
+            read_also=self.read_also,
+            description=f"{style} {prompt} attempt {attempt + 1}",
         )
-    table = subjects.select("subject_id", "split", "label").with_columns(
-        style=pl.lit(style),
-        teacher=pl.lit(cfg["name"]),
-        backend=pl.lit(meta["backend"]),
-        teacher_model=pl.lit(meta["model"]),
-        sampling=pl.lit(meta["sampling"]),
-        rationale=pl.Series(texts, dtype=pl.String),
+        for name in ("requests_sent", "cache_hits", "retries", "failures"):
+            setattr(self.usage, name, getattr(self.usage, name) + getattr(usage, name))
+        self.usage.prompt_tokens += usage.prompt_tokens
+        self.usage.completion_tokens += usage.completion_tokens
+        self.usage.wall_s += usage.wall_s
+        for res in results.values():
+            self.total_prompt_tokens += res.prompt_tokens
+            self.total_completion_tokens += res.completion_tokens
+        sampling = json.dumps(endpoint.sampling(), sort_keys=True)
+        return _Attempt(
+            [results[q.key].content.strip() for q in requests], [sampling] * len(requests)
+        )
+
+
+def build_messages(
+    row: Mapping[str, Any], style: str, cfg: Mapping[str, Any], prompt: str = "label_aware"
+) -> list[dict[str, str]]:
+    """Chat messages for one subject from the configured prompt templates.
+
+    `prompt` 'label_aware' uses `prompts[style]` (the outcome is given: post-hoc explanation,
+    or the hint of a STaR rationalization); 'label_blind' uses `prompts[blind_<style>]`, which
+    must not mention the outcome.
+    """
+    prompts = cfg["prompts"]
+    key = style if prompt == "label_aware" else f"blind_{style}"
+    template = prompts.get(key)
+    if template is None:
+        raise TeacherError(f"teacher.prompts.{key} is not set; it is needed for mode {prompt!r}.")
+    if prompt == "label_blind" and "{outcome}" in template:
+        raise TeacherError(
+            f"teacher.prompts.{key} contains {{outcome}}: a label-blind prompt must not show "
+            "the teacher the outcome it is asked to predict."
+        )
+    history = history_of(row, cfg["max_history_lines"])
+    fill = {"history": history, "question": cfg["question"]}
+    if prompt == "label_aware":
+        fill["outcome"] = OUTCOME_WORDS[bool(row["label"])]
+    user = template.format(**fill)
+    return [{"role": "system", "content": prompts["system"]}, {"role": "user", "content": user}]
+
+
+# --------------------------------------------------------------------------------------------
+# Generation with QC-driven regeneration and label-blind (STaR) mode
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Subject:
+    row: dict[str, Any]
+    text: str = ""
+    sampling: str = ""
+    failures: list[str] = field(default_factory=list)
+    attempts: int = 0
+    answer: bool | None = None
+    source: str | None = None  # label_aware | agreed | rationalized, once accepted
+    disagreed: bool = False
+
+
+def check_teacher_config(config: Mapping[str, Any]) -> None:
+    """Settings the schema cannot rule out; raised before any job runs."""
+    teacher = config["teacher"]
+    if teacher.get("mode") == "label_blind" and teacher.get("backend") == "template":
+        raise TeacherError(
+            "teacher.mode 'label_blind' needs a teacher that predicts the outcome; the "
+            "'template' teacher only explains a known one. Set teacher.backend to 'openai' or "
+            "teacher.mode to 'label_aware'."
+        )
+
+
+def rationale_settings(config: Mapping[str, Any], style: str) -> dict[str, Any]:
+    """The settings one style's rationale jobs get (their Snakemake params): only what changes
+    those rationales, so editing another style's prompt, the shard count, the price table or
+    the review settings reruns no teacher job. Keys sorted, so key order never does either."""
+    from rationale_bench.study import canonical
+
+    teacher = config["teacher"]
+    keys = ["name", "backend", "mode", "qc"]
+    if teacher["backend"] == "template":
+        return canonical({k: teacher[k] for k in [*keys, "seed"]})
+    settings = {k: teacher[k] for k in [*keys, "openai", "allowed_hosts", "max_history_lines"]}
+    prompts = teacher["prompts"]
+    settings["prompts"] = {"system": prompts["system"], style: prompts[style]}
+    if teacher["mode"] == "label_blind":
+        settings["label_blind"] = teacher["label_blind"]
+        settings["prompts"][f"blind_{style}"] = prompts[f"blind_{style}"]
+    settings["question"] = config["serialization"]["question"]
+    return canonical(settings)
+
+
+def cache_path(cache_dir: Path, style: str, shard: int, n_shards: int) -> Path:
+    """The cache file a shard appends to (unsharded runs keep the plain name)."""
+    name = f"{style}.jsonl" if n_shards == 1 else f"{style}.shard{shard}of{n_shards}.jsonl"
+    return Path(cache_dir) / name
+
+
+def cache_files(cache_dir: Path, style: str) -> list[Path]:
+    """Every cache file of one style, whatever shard layout wrote it (read by every shard,
+    so changing `teacher.shards` never pays for an answer twice)."""
+    return sorted(
+        p
+        for p in Path(cache_dir).glob(f"{style}*.jsonl")
+        if p.name == f"{style}.jsonl" or p.name.startswith(f"{style}.shard")
     )
-    return table, usage
+
+
+def shard_of(subjects: pl.DataFrame, shard: int, n_shards: int) -> pl.DataFrame:
+    """Shard `shard` of `n_shards`: every n-th subject in subject order (balanced, stable)."""
+    if n_shards < 1 or not 0 <= shard < n_shards:
+        raise TeacherError(f"shard {shard} of {n_shards} does not exist (shards count from 0).")
+    ordered = subjects.sort("subject_id")
+    return ordered.filter(pl.int_range(pl.len()) % n_shards == shard)
+
+
+def generate_rationales(
+    histories: pl.DataFrame,
+    style: str,
+    cfg: Mapping[str, Any],
+    cache_path: Path,
+    *,
+    shard: int = 0,
+    n_shards: int = 1,
+    cache_read_also: Sequence[Path] = (),
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Rationales of one style for the training and tuning subjects of one shard.
+
+    Each rationale is checked (`qc_failures`); failures are regenerated with a new draw up to
+    `teacher.qc.max_attempts` times, then kept (flagged) or dropped per `teacher.qc.on_failure`.
+    In `label_blind` mode the teacher first predicts without the label; rationales whose answer
+    agrees with the label are kept, the rest are rationalized with the label as a hint (STaR)
+    or dropped, per `teacher.label_blind.on_disagreement`.
+
+    Returns the rationale table and a report (counts per outcome and reason, usage) for the log
+    and the QC report.
+    """
+    if style not in STYLES:
+        raise TeacherError(f"unknown rationale style '{style}'; known styles: {', '.join(STYLES)}")
+    mode = cfg.get("mode", "label_aware")
+    if mode not in MODES:
+        raise TeacherError(f"teacher.mode must be one of {MODES}, got {mode!r}")
+    on_disagreement = (cfg.get("label_blind") or {}).get("on_disagreement", "rationalize")
+    if on_disagreement not in ("rationalize", "drop"):
+        raise TeacherError(
+            "teacher.label_blind.on_disagreement must be 'rationalize' or 'drop', got "
+            f"{on_disagreement!r}"
+        )
+    qc = QCSettings.from_config(cfg)
+    subjects = teacher_inputs(histories)
+    _check_splits(subjects)
+    subjects = shard_of(subjects, shard, n_shards)
+    backend_name = cfg["backend"]
+    backend: _Backend
+    if backend_name == "template":
+        backend = _TemplateBackend(cfg)
+    elif backend_name == "openai":
+        backend = _OpenAIBackend(cfg, qc, cache_path, cache_read_also)
+    else:
+        raise TeacherError(
+            f"teacher.backend '{backend_name}' is unknown; use 'template' or 'openai'."
+        )
+    rows = subjects.select(
+        "subject_id",
+        "split",
+        "label",
+        "age",
+        "sex",
+        "codes",
+        *(c for c in ("variant", "header", "lines", "sections") if c in subjects.columns),
+    ).to_dicts()
+    state = [_Subject(row=r) for r in rows]
+    first_failures: Counter[str] = Counter()
+
+    def run_phase(todo: list[_Subject], prompt: str, accept_as: str, count_first: bool) -> None:
+        """Generate for `todo` until each is accepted or its attempts run out; in the blind
+        phase a wrong answer also ends it (that is the teacher's prediction, not noise)."""
+        for attempt in range(qc.max_attempts):
+            if not todo:
+                return
+            out = backend.generate([s.row for s in todo], style, prompt, attempt)
+            retry = []
+            for s, raw, sampling in zip(todo, out.texts, out.sampling, strict=True):
+                s.attempts += 1
+                s.sampling = sampling
+                label = bool(s.row["label"])
+                if prompt == "label_blind":
+                    s.text, s.answer = split_answer(raw)
+                    failures = ["missing_answer"] if s.answer is None else []
+                    failures += qc_failures(s.text, style, label, s.row["codes"], qc)
+                else:
+                    s.text = raw.strip()
+                    failures = qc_failures(s.text, style, label, s.row["codes"], qc)
+                s.failures = failures
+                if attempt == 0 and count_first:
+                    first_failures.update(failures)
+                if prompt == "label_blind" and s.answer is not None and s.answer != label:
+                    s.disagreed = True
+                elif failures:
+                    retry.append(s)
+                else:
+                    s.source = accept_as
+            todo = retry
+
+    if mode == "label_aware":
+        run_phase(state, "label_aware", "label_aware", count_first=True)
+    else:
+        run_phase(state, "label_blind", "agreed", count_first=True)
+        if on_disagreement == "rationalize":
+            todo = [s for s in state if s.source is None]
+            run_phase(todo, "label_aware", "rationalized", count_first=False)
+
+    kept: list[_Subject] = []
+    kept_failing = 0
+    dropped_by: Counter[str] = Counter()
+    final_failures: Counter[str] = Counter()
+    for s in state:
+        if s.source is not None:
+            kept.append(s)
+            continue
+        final_failures.update(s.failures)
+        if mode == "label_blind" and s.disagreed and on_disagreement == "drop":
+            dropped_by["disagrees_with_label"] += 1
+        elif qc.on_failure == "drop" or not s.text.strip():
+            # An empty text is never kept: no fine-tuning example can be built from it.
+            dropped_by[s.failures[0] if s.failures else "empty"] += 1
+        else:
+            kept.append(s)
+            kept_failing += 1
+
+    n_regenerated = sum(1 for s in state if s.attempts > 1)
+    table = pl.DataFrame(
+        {
+            "subject_id": [s.row["subject_id"] for s in kept],
+            "split": [s.row["split"] for s in kept],
+            "label": [s.row["label"] for s in kept],
+            "style": [style] * len(kept),
+            "teacher": [cfg["name"]] * len(kept),
+            "backend": [backend.name] * len(kept),
+            "teacher_model": [backend.model] * len(kept),
+            "sampling": [s.sampling for s in kept],
+            "mode": [mode] * len(kept),
+            "source": [s.source or "failed_qc" for s in kept],
+            "teacher_answer": [s.answer for s in kept],
+            "attempts": [s.attempts for s in kept],
+            "qc_pass": [s.source is not None for s in kept],
+            "qc_failures": [",".join(s.failures) if s.source is None else None for s in kept],
+            "rationale": [s.text for s in kept],
+        },
+        schema={
+            "subject_id": subjects.schema["subject_id"],
+            "split": pl.String,
+            "label": pl.Boolean,
+            "style": pl.String,
+            "teacher": pl.String,
+            "backend": pl.String,
+            "teacher_model": pl.String,
+            "sampling": pl.String,
+            "mode": pl.String,
+            "source": pl.String,
+            "teacher_answer": pl.Boolean,
+            "attempts": pl.Int32,
+            "qc_pass": pl.Boolean,
+            "qc_failures": pl.String,
+            "rationale": pl.String,
+        },
+    )
+    report: dict[str, Any] = {
+        "teacher": cfg["name"],
+        "style": style,
+        "mode": mode,
+        "backend": backend.name,
+        "shards": n_shards,
+        "subjects": len(state),
+        "kept": len(kept),
+        "dropped": len(state) - len(kept),
+        "qc_pass": sum(1 for s in state if s.source is not None),
+        "kept_failing_qc": kept_failing,
+        "regenerated": n_regenerated,
+        "recovered_by_regeneration": sum(
+            1 for s in state if s.attempts > 1 and s.source is not None
+        ),
+        "requests_per_subject_max": max((s.attempts for s in state), default=0),
+        "first_attempt_failures": _ordered(first_failures),
+        "final_failures": _ordered(final_failures),
+        "dropped_by_reason": _ordered(dropped_by),
+    }
+    if mode == "label_blind":
+        report["label_blind"] = {
+            "agreed": sum(1 for s in state if s.source == "agreed"),
+            "disagreed": sum(1 for s in state if s.disagreed),
+            "rationalized": sum(1 for s in state if s.source == "rationalized"),
+            "no_answer": sum(1 for s in state if s.answer is None),
+            "on_disagreement": on_disagreement,
+        }
+    if isinstance(backend, _OpenAIBackend):
+        usage = backend.usage.as_dict()
+        usage.pop("cost", None)  # priced in the QC report, where a price change reruns nothing
+        usage["total_prompt_tokens"] = backend.total_prompt_tokens
+        usage["total_completion_tokens"] = backend.total_completion_tokens
+    else:
+        usage = {"requests_sent": 0, "generated": sum(s.attempts for s in state)}
+    report["usage"] = usage
+    return table, report
+
+
+def _ordered(counts: Counter[str]) -> dict[str, int]:
+    known = [r for r in (*QC_REASONS, "disagrees_with_label") if counts.get(r)]
+    return {r: counts[r] for r in known + sorted(set(counts) - set(known))}
+
+
+def merge_shards(
+    tables: Sequence[pl.DataFrame], reports: Sequence[Mapping[str, Any]]
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """One style's rationales and report from its shards; refuses overlapping or missing ones."""
+    if not tables or len(tables) != len(reports):
+        raise TeacherError(f"got {len(tables)} shard tables and {len(reports)} shard reports.")
+    shard_counts = {r.get("shards") for r in reports}
+    if shard_counts != {len(tables)}:
+        raise TeacherError(
+            f"the shard reports say {sorted(map(str, shard_counts))} shards but {len(tables)} "
+            "were given; rerun the rationale jobs so that every shard comes from one setting."
+        )
+    table = pl.concat(tables, how="vertical").sort("subject_id")
+    dupes = table.height - table["subject_id"].n_unique()
+    if dupes:
+        raise TeacherError(f"{dupes} subjects appear in more than one shard; rerun the shards.")
+    return table, _sum_reports(reports)
+
+
+def _sum_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for rep in reports:
+        for key, value in rep.items():
+            if isinstance(value, Mapping):
+                out[key] = _sum_reports([out.get(key, {}), value])
+            elif isinstance(value, bool) or not isinstance(value, int | float) or key == "shards":
+                out.setdefault(key, value)  # a setting, the same in every shard
+            elif key == "requests_per_subject_max":
+                out[key] = max(out.get(key, 0), value)
+            else:
+                out[key] = out.get(key, 0) + value
+    return out
+
+
+def usage_cost(usage: Mapping[str, Any], price: Mapping[str, float] | None) -> dict[str, Any]:
+    """Cost of this run's tokens and of all tokens behind the rationales, per million tokens."""
+    if not price or all(price.get(k) is None for k in ("input", "output")):
+        return {"cost_this_run": None, "cost_total": None}
+    per_input, per_output = price.get("input") or 0.0, price.get("output") or 0.0
+
+    def cost(prompt: int, completion: int) -> float:
+        return round((prompt * per_input + completion * per_output) / 1e6, 6)
+
+    return {
+        "cost_this_run": cost(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+        "cost_total": cost(
+            usage.get("total_prompt_tokens", 0), usage.get("total_completion_tokens", 0)
+        ),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# QC table of a finished rationale file
+# --------------------------------------------------------------------------------------------
+# How rationales (an LLM's above all) name the risk factors, besides their labels. Matched as
+# whole words, case-insensitively.
+_RISK_WORDINGS: dict[str, tuple[str, ...]] = {
+    "hypertension": ("high blood pressure", "hypertensive"),
+    "type2_diabetes": ("diabetes", "diabetic", "t2dm"),
+    "hyperlipidaemia": (
+        "hyperlipidaemia",
+        "hyperlipidemia",
+        "dyslipidaemia",
+        "dyslipidemia",
+        "high cholesterol",
+        "hypercholesterolaemia",
+        "hypercholesterolemia",
+    ),
+    "obesity": ("obese",),
+    "depression": ("depressive",),
+    "hearing_loss": ("hearing impairment", "deafness"),
+    "vision_loss": ("visual impairment", "blindness"),
+    "stroke": ("cerebral infarction", "cerebrovascular accident"),
+    "tbi": ("head injury", "tbi"),
+    "smoking": ("smoker", "tobacco"),
+    "alcohol": ("alcohol",),
+    "atrial_fibrillation": ("afib",),
+    "ckd": ("ckd", "kidney disease"),
+    "sleep_apnoea": ("sleep apnea",),
+    "social_isolation": ("socially isolated",),
+    "physical_inactivity": ("sedentary",),
+    "memory_complaint": ("memory complaints", "memory loss", "forgetfulness"),
+    "cognitive_symptoms": ("disorientation", "amnesia", "altered mental status"),
+    "mci": ("mci",),
+}
+# Drug names (and a few classes) a rationale may cite -> the ATC prefixes that ground them.
+_DRUG_WORDINGS: dict[str, tuple[str, ...]] = {
+    "statin": ("ATC/C10AA",),
+    "anticoagulant": ("ATC/B01AA", "ATC/B01AF"),
+    "antidepressant": ("ATC/N06A",),
+    "cholinesterase inhibitor": ("ATC/N06DA",),
+    "aspirin": ("ATC/B01AC06",),
+    "nitroglycerin": ("ATC/C01DA02",),
+    "alendronate": ("ATC/M05BA04",),
+    "insulin": ("ATC/A10A",),
+}
+for _code, _name in ATC_DESCRIPTIONS.items():
+    for _part in re.split(r" and | \(|\)", _name):
+        _word = _part.strip().removesuffix(" sodium")
+        if len(_word) > 3 and _word not in ("eye drops", "topical"):  # forms, not drugs
+            _DRUG_WORDINGS.setdefault(_word, ())
+            _DRUG_WORDINGS[_word] += (f"ATC/{_code}",)
+_NEGATION = re.compile(
+    r"\b(?:no|not|without|absence of|absent|denies|negative for|none of|free of|lacks?|never)\b",
+    re.IGNORECASE,
+)
+
+
+def _mention_pattern(words: Sequence[str]) -> re.Pattern[str]:
+    alternatives = sorted({w.lower() for w in words}, key=len, reverse=True)
+    return re.compile(
+        r"(?<![\w-])(?:" + "|".join(re.escape(w) for w in alternatives) + r")(?![\w-])",
+        re.IGNORECASE,
+    )
+
+
+_MENTIONS: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [
+    (f"risk:{f.name}", _mention_pattern([f.label, *_RISK_WORDINGS.get(f.name, ())]), f.prefixes)
+    for f in RISK_FACTORS.values()
+] + [(f"drug:{w}", _mention_pattern([w]), prefixes) for w, prefixes in _DRUG_WORDINGS.items()]
+
+
+def _asserted(text: str, start: int) -> bool:
+    """False when the mention is negated in its own clause ("no history of stroke")."""
+    before = re.split(r"[.;:!?\n]", text[max(0, start - 60) : start])[-1]
+    return not _NEGATION.search(before)
+
+
+def named_entities(rationale: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The conditions and drugs a rationale says the patient has: (name, grounding prefixes).
+    Negated mentions ("no diabetes") claim nothing and are left out."""
+    return [
+        (name, prefixes)
+        for name, pattern, prefixes in _MENTIONS
+        if any(_asserted(rationale, m.start()) for m in pattern.finditer(rationale))
+    ]
 
 
 def grounded_fraction(rationale: str, codes: Sequence[str]) -> float:
-    """Share of the risk factors a rationale names that are present in the subject's record."""
-    named = [f for f in RISK_FACTORS.values() if f.label.lower() in rationale.lower()]
+    """Share of the conditions and drugs a rationale names (risk factors by their label or a
+    common wording, drugs from the code dictionary) that are present in the subject's record.
+    1.0 when it names none."""
+    named = named_entities(rationale)
     if not named:
         return 1.0
-    present = {f.label for f in named if any(code_in(c, f.prefixes) for c in codes)}
-    return len(present) / len(named)
+    present = sum(1 for _, prefixes in named if any(code_in(c, prefixes) for c in codes))
+    return present / len(named)
 
 
 def conclusion_direction(rationale: str) -> bool | None:
@@ -264,7 +851,8 @@ def conclusion_direction(rationale: str) -> bool | None:
 
 
 def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.DataFrame:
-    """Per rationale: length, grounding in the subject's record, agreement with its label."""
+    """Per rationale: length, grounding in the subject's record, agreement with its label, and
+    (for files written by `generate_rationales`) the generation's QC verdict and attempts."""
     codes = dict(histories.select("subject_id", "codes").iter_rows())
     rows = []
     for sid, style, label, text in rationales.select(
@@ -281,7 +869,7 @@ def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.Dat
                 "label_consistent": None if direction is None else direction == bool(label),
             }
         )
-    return pl.DataFrame(
+    table = pl.DataFrame(
         rows,
         schema={
             "subject_id": pl.Int64,
@@ -292,3 +880,46 @@ def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.Dat
             "label_consistent": pl.Boolean,
         },
     )
+    verdict = {
+        "source": pl.String,
+        "attempts": pl.Int32,
+        "qc_pass": pl.Boolean,
+        "qc_failures": pl.String,
+    }
+    extra = [
+        (rationales[c] if c in rationales.columns else pl.Series(c, [None] * table.height))
+        .cast(dtype)
+        .alias(c)
+        for c, dtype in verdict.items()
+    ]
+    return table.with_columns(extra)
+
+
+def qc_report(
+    qc: pl.DataFrame,
+    generation: Mapping[str, Any],
+    price: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The QC report of one teacher/style: the generation's counts (kept, regenerated, dropped
+    per reason, label-blind outcomes), usage and cost, and the distribution of the checks."""
+    words = qc["n_words"].cast(pl.Float64)
+    consistent = qc["label_consistent"].drop_nulls()
+    report = dict(generation)
+    report["usage"] = {**dict(generation.get("usage") or {})}
+    report["usage"].update(usage_cost(report["usage"], price))
+    report["distribution"] = {
+        "rationales": qc.height,
+        "words_mean": _round(words.mean()),
+        "words_p05": _round(words.quantile(0.05)),
+        "words_median": _round(words.median()),
+        "words_p95": _round(words.quantile(0.95)),
+        "grounded_fraction_mean": _round(qc["grounded_fraction"].mean()),
+        "fully_grounded_share": _round((qc["grounded_fraction"] >= 1.0).mean()),
+        "label_consistent_share": _round(consistent.mean()) if consistent.len() else None,
+        "conclusion_undetermined": qc.height - consistent.len(),
+    }
+    return report
+
+
+def _round(value: Any) -> float | None:
+    return None if value is None else round(float(value), 4)

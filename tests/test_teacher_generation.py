@@ -1,0 +1,476 @@
+"""Teacher generation: QC-driven regeneration, label-blind (STaR) mode, shards, usage and cost.
+
+The fake OpenAI server plays the teacher through a `responder` that reads the prompt (is the
+outcome given? which subject?) and the sampling settings (which attempt is this?), so every
+count the generator reports can be predicted exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fake_openai_server import FakeOpenAIServer  # noqa: E402
+
+from rationale_bench.teacher import (  # noqa: E402
+    OUTCOME_WORDS,
+    QC_REASONS,
+    QCSettings,
+    TeacherError,
+    generate_rationales,
+    merge_shards,
+    qc_failures,
+    shard_of,
+    split_answer,
+    teacher_inputs,
+    usage_cost,
+)
+
+FILLER = (
+    "The record lists several routine visits, laboratory tests and prescriptions over the "
+    "years, and the pattern of care gives a picture of the patient's overall health."
+)
+
+
+def good_rationale(more_likely: bool, style: str = "free_form") -> str:
+    direction = "more likely" if more_likely else "less likely"
+    if style == "step_by_step":
+        return (
+            f"1. Age and sex: see the header.\n2. Modifiable risk factors: {FILLER}\n"
+            "3. Cognitive and prodromal signs: none stand out.\n4. Weighing the evidence: "
+            f"mixed.\n5. Conclusion: a dementia diagnosis within five years is {direction}."
+        )
+    return f"{FILLER} Overall, a dementia diagnosis within five years is {direction}."
+
+
+def user_prompt(body: dict[str, Any]) -> str:
+    return next(m["content"] for m in body["messages"] if m["role"] == "user")
+
+
+def outcome_in(prompt: str) -> bool | None:
+    """The outcome a label-aware prompt states (None: a label-blind prompt)."""
+    if OUTCOME_WORDS[False] in prompt:
+        return False
+    if OUTCOME_WORDS[True] in prompt:
+        return True
+    return None
+
+
+def subject_of(prompt: str) -> int:
+    return int(re.search(r"SUBJECT (\d+)", prompt).group(1))
+
+
+CFG_BASE: dict[str, Any] = {
+    "name": "fake",
+    "backend": "openai",
+    "prompts": {
+        "system": "sys",
+        "free_form": "{history}\n{question}\nThe actual outcome was: {outcome}.",
+        "step_by_step": "{history}\n{question}\nOutcome: {outcome}. Steps.",
+        "blind_free_form": "{history}\n{question}\nEnd with 'Answer: Yes/No'.",
+        "blind_step_by_step": "{history}\n{question}\nSteps, then Answer.",
+    },
+    "question": "Will it happen?",
+    "max_history_lines": 20,
+    "allowed_hosts": [],
+}
+
+
+@pytest.fixture
+def subjects(synthetic_histories) -> pl.DataFrame:
+    """20 teacher subjects, both labels present; the header carries the subject id so the
+    fake teacher knows whom it is answering."""
+    pool = teacher_inputs(synthetic_histories)
+    picked = pl.concat(
+        [pool.filter(pl.col("label")).head(6), pool.filter(~pl.col("label")).head(14)]
+    )
+    return picked.with_columns(
+        header=pl.format("SUBJECT {} ", pl.col("subject_id")) + pl.col("header")
+    )
+
+
+def config(base_url: str, **extra: Any) -> dict[str, Any]:
+    cfg = json.loads(json.dumps(CFG_BASE))
+    cfg["openai"] = {
+        "base_url": base_url,
+        "model": "m",
+        "api_key_env": None,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "max_tokens": 200,
+        "seed": 7,
+        "concurrency": 4,
+        "request_timeout_s": 10,
+        "max_attempts": 2,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+# ---------------------------------------------------------------------------- QC checks
+
+
+@pytest.mark.parametrize(
+    "text, style, label, reason",
+    [
+        ("", "free_form", True, "empty"),
+        (
+            "I'm sorry, I cannot provide medical predictions. " + FILLER,
+            "free_form",
+            True,
+            "refusal",
+        ),
+        (
+            "As an AI language model I will try. " + good_rationale(True),
+            "free_form",
+            True,
+            "refusal",
+        ),
+        (
+            "The actual outcome was a diagnosis. " + good_rationale(True),
+            "free_form",
+            True,
+            "label_leak",
+        ),
+        ("Yes. " + good_rationale(True), "free_form", True, "label_leak"),
+        (
+            "The patient was later diagnosed with dementia. " + FILLER,
+            "free_form",
+            True,
+            "label_leak",
+        ),
+        ("Short and more likely.", "free_form", True, "too_short"),
+        (" ".join(["word"] * 500), "free_form", True, "too_long"),
+        (good_rationale(True), "step_by_step", True, "no_conclusion"),
+        ("The record shows hypertension. " + good_rationale(True), "free_form", True, "ungrounded"),
+        (good_rationale(False), "free_form", True, "label_inconsistent"),
+    ],
+)
+def test_each_qc_check_fires(text: str, style: str, label: bool, reason: str) -> None:
+    failures = qc_failures(text, style, label, ["ICD10/E11.9"], QCSettings())
+    assert reason in failures and reason in QC_REASONS
+
+
+def test_good_rationales_pass_qc() -> None:
+    for style in ("free_form", "step_by_step"):
+        for label in (True, False):
+            assert qc_failures(good_rationale(label, style), style, label, [], QCSettings()) == []
+    grounded = "The record shows hypertension. " + good_rationale(True)
+    assert qc_failures(grounded, "free_form", True, ["ICD10/I10"], QCSettings()) == []
+
+
+def test_split_answer() -> None:
+    assert split_answer("Reasoning here.\n\nAnswer: Yes\n") == ("Reasoning here.", True)
+    assert split_answer("Reasoning.\n**Final answer:** no") == ("Reasoning.", False)
+    assert split_answer("Reasoning without an answer.") == ("Reasoning without an answer.", None)
+
+
+def test_qc_settings_are_checked() -> None:
+    with pytest.raises(TeacherError, match="on_failure"):
+        QCSettings.from_config({"qc": {"on_failure": "maybe"}})
+    with pytest.raises(TeacherError, match="unknown keys"):
+        QCSettings.from_config({"qc": {"min_word": 3}})
+
+
+# ---------------------------------------------------------------------------- regeneration
+
+
+def test_failing_rationales_are_regenerated_with_a_new_draw(subjects, tmp_path) -> None:
+    """First draw (seed 7) of every third subject is too short; the regeneration (seed 8,
+    temperature raised) is fine. Every count is predictable; a rerun sends nothing."""
+    sids = subjects["subject_id"].to_list()
+    bad = set(sids[::3])
+
+    def responder(body: dict[str, Any]) -> str:
+        prompt = user_prompt(body)
+        if subject_of(prompt) in bad and body["seed"] == 7:
+            return "Too short."
+        return good_rationale(outcome_in(prompt))
+
+    cache = tmp_path / "cache.jsonl"
+    with FakeOpenAIServer(responder=responder) as server:
+        cfg = config(server.base_url, qc={"max_attempts": 3, "regenerate_temperature": 0.9})
+        table, report = generate_rationales(subjects, "free_form", cfg, cache)
+        assert server.requests_received == len(sids) + len(bad)
+        retried = [b for b in server.request_bodies if b["seed"] == 8]
+        assert len(retried) == len(bad) and all(b["temperature"] == 0.9 for b in retried)
+        server.reset_counters()
+        again, report2 = generate_rationales(subjects, "free_form", cfg, cache)
+        assert server.requests_received == 0 and report2["usage"]["requests_sent"] == 0
+    assert table["qc_pass"].all() and table.height == len(sids)
+    assert report["first_attempt_failures"] == {"too_short": len(bad)}
+    assert report["regenerated"] == report["recovered_by_regeneration"] == len(bad)
+    assert report["dropped"] == 0 and report["final_failures"] == {}
+    redone = table.filter(pl.col("subject_id").is_in(list(bad)))
+    assert (redone["attempts"] == 2).all()
+    assert all(json.loads(s)["seed"] == 8 for s in redone["sampling"])
+    assert again["rationale"].to_list() == table["rationale"].to_list()
+    usage = report["usage"]
+    assert usage["requests_sent"] == len(sids) + len(bad) and usage["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize("on_failure", ["keep", "drop"])
+def test_rationales_failing_every_attempt_are_kept_flagged_or_dropped(
+    subjects, tmp_path, on_failure
+) -> None:
+    sids = subjects["subject_id"].to_list()
+    hopeless = set(sids[:2])
+
+    def responder(body: dict[str, Any]) -> str:
+        prompt = user_prompt(body)
+        if subject_of(prompt) in hopeless:
+            return "I'm sorry, but I cannot provide a prediction about a real patient. " + FILLER
+        return good_rationale(outcome_in(prompt))
+
+    with FakeOpenAIServer(responder=responder) as server:
+        cfg = config(server.base_url, qc={"max_attempts": 3, "on_failure": on_failure})
+        table, report = generate_rationales(subjects, "free_form", cfg, tmp_path / "c.jsonl")
+        per_subject = {}
+        for body in server.request_bodies:
+            sid = subject_of(user_prompt(body))
+            per_subject[sid] = per_subject.get(sid, 0) + 1
+    assert all(per_subject[s] == 3 for s in hopeless)  # max_attempts draws, then given up
+    assert report["first_attempt_failures"] == {"refusal": 2}
+    assert report["final_failures"] == {"refusal": 2}
+    failing = table.filter(~pl.col("qc_pass"))
+    if on_failure == "keep":
+        assert table.height == len(sids) and report["kept_failing_qc"] == 2
+        assert set(failing["subject_id"]) == hopeless
+        assert set(failing["qc_failures"]) == {"refusal"}
+    else:
+        assert failing.height == 0 and set(table["subject_id"]) == set(sids) - hopeless
+        assert report["dropped"] == 2 and report["dropped_by_reason"] == {"refusal": 2}
+
+
+# ---------------------------------------------------------------------------- label-blind
+
+
+def blind_teacher(body: dict[str, Any]) -> str:
+    """Predicts 'Yes' for everyone when blind; explains the given outcome when told it."""
+    prompt = user_prompt(body)
+    outcome = outcome_in(prompt)
+    if outcome is None:
+        return good_rationale(True) + "\nAnswer: Yes"
+    return good_rationale(outcome)
+
+
+@pytest.mark.parametrize("on_disagreement", ["rationalize", "drop"])
+def test_label_blind_keeps_agreeing_and_rationalizes_or_drops_the_rest(
+    subjects, tmp_path, on_disagreement
+) -> None:
+    n_pos = int(subjects["label"].sum())
+    n_neg = subjects.height - n_pos
+    with FakeOpenAIServer(responder=blind_teacher) as server:
+        cfg = config(
+            server.base_url,
+            mode="label_blind",
+            label_blind={"on_disagreement": on_disagreement},
+        )
+        table, report = generate_rationales(subjects, "free_form", cfg, tmp_path / "c.jsonl")
+        bodies = list(server.request_bodies)
+    blind = [b for b in bodies if outcome_in(user_prompt(b)) is None]
+    assert len(blind) == subjects.height  # every subject predicted once, without its label
+    hinted = [b for b in bodies if outcome_in(user_prompt(b)) is not None]
+    stats = report["label_blind"]
+    assert stats["agreed"] == n_pos and stats["disagreed"] == n_neg and stats["no_answer"] == 0
+    assert (table.filter(pl.col("source") == "agreed")["label"]).all()
+    assert "Answer:" not in "".join(table["rationale"])  # the answer line is not training text
+    assert table["teacher_answer"].all()  # the blind prediction is recorded
+    if on_disagreement == "rationalize":
+        assert len(hinted) == n_neg and stats["rationalized"] == n_neg
+        assert all(outcome_in(user_prompt(b)) is False for b in hinted)
+        assert table.height == subjects.height and table["qc_pass"].all()
+        assert set(table.filter(~pl.col("label"))["source"]) == {"rationalized"}
+    else:
+        assert hinted == [] and stats["rationalized"] == 0
+        assert table.height == n_pos and report["dropped_by_reason"] == {
+            "disagrees_with_label": n_neg
+        }
+
+
+def test_label_blind_retries_a_missing_answer(subjects, tmp_path) -> None:
+    def responder(body: dict[str, Any]) -> str:
+        if body["seed"] == 7:  # the first draw forgets the answer line
+            return good_rationale(True)
+        return blind_teacher(body)
+
+    with FakeOpenAIServer(responder=responder) as server:
+        cfg = config(server.base_url, mode="label_blind", qc={"max_attempts": 2})
+        table, report = generate_rationales(subjects, "free_form", cfg, tmp_path / "c.jsonl")
+    assert report["first_attempt_failures"]["missing_answer"] == subjects.height
+    assert report["label_blind"]["agreed"] == int(subjects["label"].sum())
+    assert table.height == subjects.height
+
+
+def test_label_blind_needs_a_predicting_teacher_and_a_blind_prompt(subjects, tmp_path) -> None:
+    with pytest.raises(TeacherError, match="template"):
+        generate_rationales(
+            subjects,
+            "free_form",
+            {"name": "t", "backend": "template", "seed": 0, "mode": "label_blind"},
+            tmp_path / "c",
+        )
+    cfg = config("http://127.0.0.1:9/v1", mode="label_blind")
+    cfg["prompts"]["blind_free_form"] = "{history} {outcome}"
+    with pytest.raises(TeacherError, match="must not show"):
+        generate_rationales(subjects, "free_form", cfg, tmp_path / "c")
+
+
+# ---------------------------------------------------------------------------- shards
+
+
+def test_template_shards_merge_to_the_unsharded_result(synthetic_histories, tmp_path) -> None:
+    cfg = {"name": "template", "backend": "template", "seed": 0}
+    whole, whole_report = generate_rationales(synthetic_histories, "step_by_step", cfg, tmp_path)
+    parts = [
+        generate_rationales(synthetic_histories, "step_by_step", cfg, tmp_path, shard=i, n_shards=3)
+        for i in range(3)
+    ]
+    sizes = [t.height for t, _ in parts]
+    assert max(sizes) - min(sizes) <= 1  # balanced
+    merged, report = merge_shards([t for t, _ in parts], [r for _, r in parts])
+    assert merged.equals(whole.sort("subject_id"))
+    assert report["subjects"] == whole_report["subjects"] == whole.height
+    assert report["shards"] == 3
+    with pytest.raises(TeacherError, match="more than one shard"):
+        merge_shards([parts[0][0], parts[0][0]], [dict(parts[0][1], shards=2)] * 2)
+    with pytest.raises(TeacherError, match="shards"):
+        merge_shards([t for t, _ in parts[:2]], [r for _, r in parts[:2]])
+    with pytest.raises(TeacherError, match="does not exist"):
+        shard_of(synthetic_histories, 3, 3)
+
+
+def test_sharded_caches_are_reused_by_another_shard_layout(subjects, tmp_path) -> None:
+    """Shards write their own cache files; a run with another layout reads them all, so
+    nothing is paid twice."""
+    with FakeOpenAIServer(responder=lambda b: good_rationale(outcome_in(user_prompt(b)))) as srv:
+        cfg = config(srv.base_url)
+        caches = [tmp_path / f"cache.{i}.jsonl" for i in range(2)]
+        for i in range(2):
+            generate_rationales(subjects, "free_form", cfg, caches[i], shard=i, n_shards=2)
+        assert srv.requests_received == subjects.height
+        srv.reset_counters()
+        _, report = generate_rationales(
+            subjects, "free_form", cfg, tmp_path / "cache.0of1.jsonl", cache_read_also=caches
+        )
+        assert srv.requests_received == 0
+    assert report["usage"]["cache_hits"] == subjects.height
+    assert report["usage"]["total_completion_tokens"] > 0  # cached answers still count here
+
+
+# ---------------------------------------------------------------------------- usage
+
+
+def test_usage_cost_per_million_tokens() -> None:
+    usage = {
+        "prompt_tokens": 2_000_000,
+        "completion_tokens": 500_000,
+        "total_prompt_tokens": 4_000_000,
+        "total_completion_tokens": 1_000_000,
+    }
+    cost = usage_cost(usage, {"input": 0.5, "output": 2.0})
+    assert cost == {"cost_this_run": 2.0, "cost_total": 4.0}
+    assert usage_cost(usage, None) == {"cost_this_run": None, "cost_total": None}
+
+
+def test_progress_goes_to_the_log_as_lines(subjects, tmp_path, monkeypatch) -> None:
+    log = io.StringIO()  # not a terminal, like a Snakemake job's log file
+    monkeypatch.setattr(sys, "stderr", log)
+    with FakeOpenAIServer(responder=lambda b: good_rationale(outcome_in(user_prompt(b)))) as srv:
+        generate_rationales(subjects, "free_form", config(srv.base_url), tmp_path / "c.jsonl")
+    text = log.getvalue()
+    assert "\r" not in text
+    last = [line for line in text.splitlines() if "free_form label_aware attempt 1" in line][-1]
+    assert f"{subjects.height}/{subjects.height}" in last and "req" in last
+
+
+# ---------------------------------------------------------------------------- QC report
+
+
+def test_qc_table_and_report_carry_the_generation_verdict(synthetic_histories, tmp_path) -> None:
+    from rationale_bench.teacher import qc_report, quality_control
+
+    cfg = {"name": "template", "backend": "template", "seed": 0}
+    table, generation = generate_rationales(synthetic_histories, "free_form", cfg, tmp_path)
+    flagged = table.with_columns(
+        qc_pass=pl.int_range(pl.len()) % 2 == 0,
+        qc_failures=pl.when(pl.int_range(pl.len()) % 2 == 0).then(None).otherwise(pl.lit("x")),
+    )
+    qc = quality_control(flagged, synthetic_histories)
+    assert qc.height == table.height
+    assert qc["qc_pass"].to_list() == flagged["qc_pass"].to_list()
+    assert set(qc["source"]) == {"label_aware"} and (qc["attempts"] == 1).all()
+    report = qc_report(qc, generation, {"input": 1.0, "output": None})
+    assert report["kept"] == table.height and report["usage"]["cost_total"] == 0.0
+    dist = report["distribution"]
+    assert dist["rationales"] == table.height and dist["label_consistent_share"] == 1.0
+    assert dist["words_p05"] <= dist["words_median"] <= dist["words_p95"]
+    # a table from before this change (no verdict columns) still gets a QC table
+    old = quality_control(
+        table.drop("qc_pass", "qc_failures", "source", "attempts"), synthetic_histories
+    )
+    assert old["qc_pass"].null_count() == old.height
+
+
+def test_rationale_job_settings_hold_only_what_changes_that_style() -> None:
+    from rationale_bench.teacher import rationale_settings
+
+    prompts = {k: f"{k} {{history}}" for k in CFG_BASE["prompts"]}
+    config = {
+        "serialization": {"question": "q?"},
+        "teacher": {
+            "name": "t",
+            "backend": "openai",
+            "mode": "label_aware",
+            "qc": {"max_attempts": 3},
+            "seed": 0,
+            "openai": {"model": "m"},
+            "allowed_hosts": [],
+            "max_history_lines": 10,
+            "prompts": prompts,
+            "label_blind": {"on_disagreement": "drop"},
+            "shards": 2,
+            "price_per_million_tokens": {"input": 1.0, "output": 2.0},
+            "review": {"per_stratum": 5},
+        },
+    }
+    before = rationale_settings(config, "free_form")
+    assert set(before["prompts"]) == {"system", "free_form"} and "label_blind" not in before
+    config["teacher"]["prompts"] = {**prompts, "step_by_step": "edited", "blind_free_form": "x"}
+    config["teacher"].update(shards=5, price_per_million_tokens={}, review={})
+    assert rationale_settings(config, "free_form") == before
+    config["teacher"]["qc"] = {"max_attempts": 4}
+    assert rationale_settings(config, "free_form") != before
+    config["teacher"]["mode"] = "label_blind"
+    blind = rationale_settings(config, "free_form")
+    assert blind["prompts"]["blind_free_form"] == "x" and blind["label_blind"]["on_disagreement"]
+
+
+@pytest.mark.parametrize(
+    "text, codes, expected",
+    [
+        # common wordings of risk factors count, as do drugs from the code dictionary
+        ("She has high blood pressure and takes amlodipine.", ["ICD10/I10", "ATC/C08CA01"], 1.0),
+        ("He is diabetic, on metformin.", ["ICD10/E11.9"], 0.5),  # metformin not in the record
+        ("A statin was prescribed for high cholesterol.", ["ATC/C10AA05", "ICD10/E78.5"], 1.0),
+        ("Atrial fibrillation is treated with warfarin.", ["ICD10/I48.91"], 0.5),
+        # negated mentions claim nothing
+        ("There is no history of stroke, diabetes or depression.", [], 1.0),
+        ("Hypertension is documented; no diabetes.", ["ICD10/I10"], 1.0),
+        ("Hypertension is documented, and diabetes.", ["ICD10/I10"], 0.5),
+        ("Nothing of note.", [], 1.0),
+    ],
+)
+def test_grounding_sees_wordings_drugs_and_negation(text, codes, expected) -> None:
+    from rationale_bench.teacher import grounded_fraction
+
+    assert grounded_fraction(text, codes) == pytest.approx(expected)

@@ -1,0 +1,125 @@
+"""The teacher stage as a workflow: sharded DAG, global resource, and a real sharded run
+against the fault-injecting fake server (resharding reuses every cached answer)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_helpers import REPO, dry_run, snakemake
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fake_openai_server import FakeOpenAIServer, mixed_faults  # noqa: E402
+
+
+def write_config(workdir: Path, **teacher: object) -> Path:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["teacher"].update(teacher)
+    path = workdir / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    return tmp_path
+
+
+def test_shards_are_separate_jobs_under_the_global_teacher_resource(workdir: Path) -> None:
+    path = write_config(workdir, shards=3)
+    result = snakemake(workdir, "-n", configfile=path)
+    out = result.stdout + result.stderr
+    counts = dry_run(workdir, configfile=path)
+    assert counts["generate_rationales"] == 6  # 2 styles x 3 shards
+    assert counts["merge_rationale_shards"] == 2 and counts["rationale_qc"] == 2
+    assert counts["finetune"] == 12  # downstream unchanged
+    jobs = out.split("rule generate_rationales:")[1:]
+    outputs = sorted(j.split("output: ")[1].split(",")[0] for j in jobs)
+    assert outputs == sorted(
+        f"results/rationales/template/shards/{style}/{i}-of-3.parquet"
+        for style in ("free_form", "step_by_step")
+        for i in range(3)
+    )
+    # every shard job holds one unit of the global resource the profile caps (teacher_jobs: 1)
+    assert all("teacher_jobs=1" in j.split("resources:")[1].splitlines()[0] for j in jobs)
+    assert "teacher_jobs: 1" in (REPO / "profiles/default/config.yaml").read_text()
+
+
+def test_one_shard_keeps_the_plain_dag(workdir: Path) -> None:
+    counts = dry_run(workdir, configfile=write_config(workdir, shards=1))
+    assert counts["generate_rationales"] == 2 and "merge_rationale_shards" not in counts
+
+
+def test_label_blind_template_is_refused_before_any_job(workdir: Path) -> None:
+    path = write_config(workdir, mode="label_blind")
+    result = snakemake(workdir, "-n", configfile=path, check=False)
+    assert result.returncode != 0
+    assert "'label_blind' needs a teacher that predicts" in result.stdout + result.stderr
+
+
+def test_unknown_qc_key_is_a_config_error(workdir: Path) -> None:
+    path = write_config(workdir, qc={"max_attempt": 2})
+    result = snakemake(workdir, "-n", configfile=path, check=False)
+    assert result.returncode != 0 and "max_attempt" in result.stdout + result.stderr
+
+
+SECRET = "sk-workflow-SECRET-4711"
+
+
+@pytest.mark.slow
+def test_sharded_run_with_faults_then_reshard_sends_nothing(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two shards against a faulty endpoint that wants an API key; QC report with counts and
+    cost; then three shards: every answer comes from the two-shard caches. The key appears in
+    no output, cache or log."""
+    monkeypatch.setenv("RB_TEACHER_KEY", SECRET)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["data"]["synthetic"]["n_subjects"] = 400
+    target = "results/rationales/fake/free_form.qc.json"
+    with FakeOpenAIServer(
+        faults=mixed_faults(0.2), max_faults_per_content=2, stall_s=1.5, require_api_key=SECRET
+    ) as srv:
+        config["teacher"].update(
+            name="fake",
+            backend="openai",
+            shards=2,
+            qc={"max_attempts": 2},
+            price_per_million_tokens={"input": 1.0, "output": 2.0},
+            openai={
+                "base_url": srv.base_url,
+                "request_timeout_s": 1,
+                "concurrency": 8,
+                "api_key_env": "RB_TEACHER_KEY",
+            },
+        )
+        path = workdir / "fake.yaml"
+        path.write_text(yaml.safe_dump(config))
+        snakemake(workdir, "-c2", target, configfile=path)
+        report = json.loads((workdir / target).read_text())
+        sent = srv.requests_received
+        # the fake's echo answers are too short: every subject is regenerated once, then kept
+        assert report["first_attempt_failures"] == {"too_short": report["subjects"]}
+        assert report["kept_failing_qc"] == report["subjects"] == report["kept"]
+        assert report["usage"]["requests_sent"] == sent  # retries included
+        assert report["usage"]["cache_hits"] == 0 and report["usage"]["cost_total"] > 0
+        srv.reset_counters()
+        config["teacher"]["shards"] = 3
+        path.write_text(yaml.safe_dump(config))
+        snakemake(workdir, "-c2", target, configfile=path)
+        assert srv.requests_received == 0
+    report = json.loads((workdir / target).read_text())
+    assert report["shards"] == 3 and report["usage"]["requests_sent"] == 0
+    assert report["usage"]["cache_hits"] == 2 * report["subjects"]
+    logs = "".join(p.read_text() for p in (workdir / "results/logs").rglob("*.log"))
+    assert "HTTP Request" not in logs  # no per-request lines from the HTTP library
+    assert "attempt 1" in logs and "req/s" in logs  # progress lines
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
