@@ -7,6 +7,7 @@ rule baseline:
     input:
         histories=REFERENCE_HISTORIES,
         cohort="results/cohort/cohort.parquet",
+        eligible=get_eligible_subjects(),
     output:
         predictions=f"{BASELINE_DIR}/predictions.parquet",
         metrics=f"{BASELINE_DIR}/metrics.json",

@@ -158,6 +158,21 @@ def get_prompt_files():
     )
 
 
+ELIGIBLE_SUBJECTS = (
+    f"results/rationales/{config['teacher']['name']}/eligible_subjects.parquet"
+)
+
+
+def get_eligible_subjects():
+    """The training pool file when the teacher can drop subjects and the grid uses rationales
+    (every fine-tune and baseline then waits for it), else nothing."""
+    from rationale_bench.teacher import drops_subjects
+
+    if drops_subjects(config["teacher"]) and get_rationale_files():
+        return ELIGIBLE_SUBJECTS
+    return []
+
+
 def get_model_source(wildcards):
     """What a model's jobs wait for: its built folder, its local folder, or its fetch."""
     source = config["models"][wildcards.model]["source"]

@@ -10,6 +10,7 @@ rule evaluate:
         prompts=PROMPTS,
         cohort="results/cohort/cohort.parquet",
         model=get_model_source,
+        eligible=get_eligible_subjects(),
     output:
         predictions=f"{RUN_DIR}/predictions.parquet",
         metrics=f"{RUN_DIR}/metrics.json",

@@ -45,6 +45,7 @@ rule finetune:
         cohort="results/cohort/cohort.parquet",
         rationales=get_rationales,
         model=get_model_source,
+        eligible=get_eligible_subjects(),
     output:
         adapter=directory(f"{RUN_DIR}/adapter"),
         train_log=f"{RUN_DIR}/train_log.jsonl",

@@ -162,3 +162,21 @@ rule review_summary:
         scale_max=config["teacher"]["review"]["scale_max"],
     script:
         "../workflow_scripts/review_summary.py"
+
+
+if teacher_lib.drops_subjects(config["teacher"]):
+
+    rule eligible_subjects:
+        """Subjects with a usable rationale in every style the grid trains on: the training
+        pool of every format and baseline, so matched configurations keep the same subjects.
+        """
+        input:
+            get_rationale_files(),
+        output:
+            ELIGIBLE_SUBJECTS,
+        log:
+            "results/logs/eligible_subjects.log",
+        conda:
+            "../envs/data.yaml"
+        script:
+            "../workflow_scripts/eligible_subjects.py"

@@ -5,7 +5,7 @@ import polars as pl
 
 from rationale_bench.baselines import run_baseline
 from rationale_bench.metrics import to_jsonable
-from rationale_bench.workflow import start, write_parquet
+from rationale_bench.workflow import read_cohort, start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
@@ -15,7 +15,7 @@ cfg["bootstrap_seed"] = smk.params.evaluation["bootstrap_seed"]
 predictions, metrics = run_baseline(
     smk.wildcards.kind,
     pl.read_parquet(smk.input.histories),
-    pl.read_parquet(smk.input.cohort),
+    read_cohort(smk, log),
     int(smk.wildcards.n_train),
     int(smk.wildcards.seed),
     cfg,

@@ -5,14 +5,14 @@ import polars as pl
 
 from rationale_bench.evaluate import evaluate_configuration, few_shot_arm_prompts, write_metrics
 from rationale_bench.models import resolve_model
-from rationale_bench.workflow import start, write_parquet
+from rationale_bench.workflow import read_cohort, start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
 trained = hasattr(smk.input, "run")
 model_path = resolve_model(smk.params.model)
 prompts = pl.read_parquet(smk.input.prompts)
-cohort = pl.read_parquet(smk.input.cohort)
+cohort = read_cohort(smk, log)
 if hasattr(smk.input, "histories"):
     prompts = few_shot_arm_prompts(
         prompts,

@@ -4,7 +4,7 @@ import polars as pl
 
 from rationale_bench.finetune import TrainingJob, remove_stale_evaluation, train
 from rationale_bench.models import resolve_model
-from rationale_bench.workflow import start
+from rationale_bench.workflow import read_cohort, start
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
@@ -23,5 +23,5 @@ job = TrainingJob(
 )
 remove_stale_evaluation(smk.params.stale)
 rationales = pl.read_parquet(smk.input.rationales) if smk.input.rationales else None
-run = train(job, pl.read_parquet(smk.input.prompts), pl.read_parquet(smk.input.cohort), rationales)
+run = train(job, pl.read_parquet(smk.input.prompts), read_cohort(smk, log), rationales)
 log.info("trained %d steps, final loss %.4f", run["optimizer_steps"], run["final_loss"])

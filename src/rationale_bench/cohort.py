@@ -581,6 +581,19 @@ def training_subset(cohort: pl.DataFrame, n_train: int, seed: int) -> pl.DataFra
     return keyed.sort("_rank", "label", "_hash").head(n_train).drop("_hash", "_rank")
 
 
+def restrict_training(cohort: pl.DataFrame, eligible: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """The cohort whose train split keeps only ``eligible`` subjects (a ``subject_id`` frame).
+
+    Used when the teacher drops subjects (no usable rationale in some style): every format and
+    baseline of a matched configuration must still train on the same subjects, so the subjects
+    go from the training pool of all of them. Tuning and held_out are never touched, so the
+    evaluation set stays the same. Returns the cohort and how many train subjects left.
+    """
+    keep = pl.col("subject_id").is_in(eligible["subject_id"].implode())
+    removed = cohort.filter((pl.col("split") == "train") & ~keep).height
+    return cohort.filter((pl.col("split") != "train") | keep), removed
+
+
 def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame:
     """Table 1 by split and label: size, age, sex, follow-up and risk-factor prevalence.
 

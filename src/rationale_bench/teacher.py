@@ -693,6 +693,33 @@ def _ordered(counts: Counter[str]) -> dict[str, int]:
     return {r: counts[r] for r in known + sorted(set(counts) - set(known))}
 
 
+def drops_subjects(teacher: Mapping[str, Any]) -> bool:
+    """Whether the teacher settings can leave a subject without a rationale of some style."""
+    blind_drop = (teacher.get("mode") == "label_blind") and (
+        (teacher.get("label_blind") or {}).get("on_disagreement") == "drop"
+    )
+    return blind_drop or (teacher.get("qc") or {}).get("on_failure") == "drop"
+
+
+def eligible_subjects(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """Subjects (``subject_id, split``) with a non-empty rationale in every style table given.
+
+    The training pool when the teacher drops subjects: the same subjects for every format.
+    """
+    if not tables:
+        raise TeacherError("eligible_subjects needs at least one rationale table.")
+    usable = [
+        t.filter(pl.col("rationale").is_not_null() & (pl.col("rationale").str.strip_chars() != ""))
+        .select("subject_id", "split")
+        .unique()
+        for t in tables
+    ]
+    common = usable[0]
+    for other in usable[1:]:
+        common = common.join(other.select("subject_id"), on="subject_id", how="semi")
+    return common.sort("subject_id")
+
+
 def merge_shards(
     tables: Sequence[pl.DataFrame], reports: Sequence[Mapping[str, Any]]
 ) -> tuple[pl.DataFrame, dict[str, Any]]:

@@ -50,3 +50,17 @@ def write_parquet(frame: pl.DataFrame, path: str | Path) -> None:
 def write_json(obj: Any, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=2, default=str))
+
+
+def read_cohort(snakemake: Any, log: logging.Logger) -> pl.DataFrame:
+    """The job's cohort; when the teacher dropped subjects (input ``eligible``), its train split
+    keeps only those with a rationale in every style, for every format and baseline alike."""
+    from rationale_bench.cohort import restrict_training
+
+    cohort = pl.read_parquet(snakemake.input.cohort)
+    eligible = list(getattr(snakemake.input, "eligible", []) or [])
+    if not eligible:
+        return cohort
+    cohort, removed = restrict_training(cohort, pl.read_parquet(eligible[0]))
+    log.info("%d training subjects without a usable rationale left the training pool", removed)
+    return cohort
