@@ -451,3 +451,134 @@ def test_wandb_and_mlflow_are_fed_offline(tmp_path, monkeypatch):
     assert ("mlflow.uri", (tmp_path / "mlruns").resolve().as_uri()) in calls
     assert ("wandb.log", 3, 0.5) in calls and ("mlflow.log", 3, 0.5) in calls
     assert calls[-2:] == [("wandb.finish",), ("mlflow.end",)]
+
+
+def test_shards_are_disjoint_and_cover_the_batch():
+    from rationale_bench.finetune import shard
+
+    micro = [7, 3, 9, 1, 4]
+    parts = [shard(micro, r, 2) for r in range(2)]
+    assert parts == [[7, 9, 4], [3, 1]]
+    assert shard([5], 1, 2) == []
+
+
+def test_two_processes_train_like_one(tmp_path, tiny_model_dir, prompts, synthetic_cohort):
+    """torchrun, 2 CPU processes (gloo): same steps and weights as one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rationale_bench.finetune import write_job_spec
+
+    cohort, _ = synthetic_cohort
+    prompts.write_parquet(tmp_path / "prompts.parquet")
+    cohort.write_parquet(tmp_path / "cohort.parquet")
+    # 47 per micro-batch: 24 + 23 subjects per process, then a lone subject that leaves the
+    # second process with an empty shard; accumulation exercises DDP's no_sync.
+    settings = {"batch_size": 47, "gradient_accumulation_steps": 2, "epochs": 2}
+    single = make_job(tmp_path, tiny_model_dir, "label_only", name="single", **settings)
+    ddp = make_job(tmp_path, tiny_model_dir, "label_only", name="ddp", **settings)
+    spec = tmp_path / "job.json"
+    write_job_spec(spec, ddp, tmp_path / "prompts.parquet", tmp_path / "cohort.parquet", None)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=src, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + ["-m", "rationale_bench.finetune", "--job", str(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_1 = train(single, prompts, cohort, None)
+    run_2 = json.loads(ddp.run_path.read_text())
+    assert run_2["world_size"] == 2 and run_1["world_size"] == 1
+    # The shards add up to every example once an epoch: disjoint and covering.
+    assert run_2["examples_trained"] == run_1["examples_trained"] == 2 * 48
+    assert run_2["optimizer_steps"] == run_1["optimizer_steps"] == 2
+    # Only rank 0 writes.
+    assert "[rank 0] saved the trained weights" in out.stderr
+    assert "[rank 1] saved" not in out.stderr
+    for a, b in zip(read_log(single), read_log(ddp), strict=True):
+        assert a["tokens"] == b["tokens"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    wa, wb = adapter_weights(single), adapter_weights(ddp)
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-6)
+
+
+FINETUNE_PARAMS = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import (
+    ConfigSettings, DAGSettings, OutputSettings, ResourceSettings, StorageSettings,
+)
+workdir, snakefile = Path(sys.argv[1]), Path(sys.argv[2])
+with SnakemakeApi(OutputSettings()) as api:
+    workflow = api.workflow(
+        resource_settings=ResourceSettings(),
+        config_settings=ConfigSettings(configfiles=[workdir / "config.yaml"]),
+        storage_settings=StorageSettings(),
+        snakefile=snakefile,
+        workdir=workdir,
+    )
+    dag = workflow.dag(DAGSettings())
+    dag.execute_workflow(executor="dryrun")
+    jobs = [j for j in dag.workflow_api._workflow.dag.jobs if j.rule.name == "finetune"]
+    print("PARAMS=" + json.dumps([
+        {"launch": dict(j.params.launch), "training": dict(j.params.training),
+         "reporting": dict(j.params.reporting), "gpu": j.resources.get("gpu")}
+        for j in jobs
+    ]))
+"""
+
+
+@pytest.mark.parametrize(
+    "gpus, launcher, command",
+    [
+        (0, "torchrun", []),
+        (1, "torchrun", []),
+        (4, "torchrun", ["torchrun", "--standalone", "--nproc_per_node=4"]),
+        (
+            2,
+            "accelerate",
+            ["accelerate", "launch", "--multi_gpu", "--num_processes=2", "--num_machines=1"],
+        ),
+    ],
+)
+def test_finetune_rule_builds_the_launch_command(tmp_path, gpus, launcher, command):
+    """Dry run: the rule's launch command and GPU request follow models.<m>.resources.gpu."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    config["models"]["tiny"]["resources"] = {"gpu": gpus}
+    config["models"]["tiny"]["training"].update(launcher=launcher, report_to=["tensorboard"])
+    config["grid"].update(format=["label_only"], n_train=[300], seed=[1])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    out = subprocess.run(
+        [sys.executable, "-c", FINETUNE_PARAMS, str(tmp_path), str(repo / "Snakefile")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(repo / "src")),
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("PARAMS="))
+    (job,) = json.loads(line[len("PARAMS=") :])
+    assert job["launch"] == {"command": command, "processes": max(1, gpus)}
+    assert job["gpu"] == gpus
+    # Tracking and launcher settings reach the job but are not part of what reruns it.
+    assert job["reporting"]["report_to"] == ["tensorboard"]
+    assert "report_to" not in job["training"] and "launcher" not in job["training"]
+    assert job["training"]["precision"] == "auto"

@@ -859,6 +859,7 @@ def _train(
     model.eval()
     job.out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(job.out_dir)
+    log.info("saved the trained weights to %s (%d process(es))", job.out_dir, dp.world_size)
     final = [json.loads(line) for line in job.log_path.read_text().splitlines()]
     run.update(
         {
