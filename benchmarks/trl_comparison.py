@@ -341,7 +341,8 @@ def main() -> None:
             f"{r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB"
         )
     print(f"ratio ours / TRL: {rate['ours'] / rate['trl']:.2f}x tokens/s (target >= 1.0)")
-    per_step = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours["losses"], base["losses"], strict=True)]
+    pairs = zip(ours["losses"], base["losses"], strict=True)
+    per_step = [abs(a - b) / max(abs(b), 1e-12) for a, b in pairs]
     k = max(2, len(ours["losses"]) // 4)
 
     def tail(xs: list[float]) -> tuple[float, float]:
