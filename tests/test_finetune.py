@@ -582,3 +582,17 @@ def test_finetune_rule_builds_the_launch_command(tmp_path, gpus, launcher, comma
     assert job["reporting"]["report_to"] == ["tensorboard"]
     assert "report_to" not in job["training"] and "launcher" not in job["training"]
     assert job["training"]["precision"] == "auto"
+
+
+def test_smollm2_config_is_valid_and_uses_the_training_switches():
+    from pathlib import Path
+
+    from rationale_bench.cli import load_config
+    from rationale_bench.study import training_settings
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "smollm2.yaml")
+    (name,) = config["grid"]["model"]
+    assert config["models"][name]["source"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    settings = training_settings(config, name)
+    assert settings["method"] == "lora" and settings["group_by_length"] is True
+    assert settings["batch_size"] * settings["gradient_accumulation_steps"] == 16
