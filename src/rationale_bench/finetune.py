@@ -563,6 +563,7 @@ def _save_checkpoint(
             "step": step,
             "fingerprint": fp,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         },
         tmp / "state.pt",
     )
@@ -665,6 +666,8 @@ def _train(
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_step = state["step"]
         if dp.is_main:
             log.info("resuming from checkpoint at step %d/%d", start_step, total_steps)
@@ -698,6 +701,8 @@ def _train(
     )
     stop = {"sigterm": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+    # Each subject's share of a step's loss denominator, known before any forward pass.
+    subject_weights = [loss_weight_total(subject, label_weight) for subject in examples]
     examples_seen = 0
     model.train()
     log_file = None
@@ -707,9 +712,7 @@ def _train(
             t0 = time.time()
             step_batches = micro_batches[step * accum : (step + 1) * accum]
             # The step's loss is the token mean over all its micro-batches and processes.
-            total_weight = loss_weight_total(
-                [e for micro in step_batches for i in micro for e in examples[i]], label_weight
-            )
+            total_weight = sum(subject_weights[i] for micro in step_batches for i in micro)
             # Sums of the step's parts, then tokens and padded slots.
             totals = torch.zeros(10, dtype=torch.float64, device=device)
             for k, micro in enumerate(step_batches):
@@ -844,8 +847,8 @@ def _train(
         "n_cases": int(frame["label"].sum()),
         "optimizer_steps": total_steps,
         "resumed_from_step": start_step,
-        # Examples the processes trained on, summed: an epoch's worth each epoch, whatever
-        # the number of processes (shards are disjoint and cover each micro-batch).
+        # Examples the processes trained on in this run (since the resumed step), summed: an
+        # epoch's worth each epoch, whatever the number of processes (disjoint, covering shards).
         "examples_trained": int(seen.item()),
         "subjects_sha256": hashlib.sha256(
             json.dumps(frame["subject_id"].to_list()).encode()
