@@ -596,3 +596,64 @@ def test_smollm2_config_is_valid_and_uses_the_training_switches():
     settings = training_settings(config, name)
     assert settings["method"] == "lora" and settings["group_by_length"] is True
     assert settings["batch_size"] * settings["gradient_accumulation_steps"] == 16
+
+
+def test_finetune_rule_launches_two_processes(tmp_path, tiny_model_dir, prompts, synthetic_cohort):
+    """The rule itself with resources.gpu: 2: its script starts torchrun (2 gloo processes)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cohort, _ = synthetic_cohort
+    results = tmp_path / "results"
+    (results / "prompts" / "tiny").mkdir(parents=True)
+    (results / "cohort").mkdir()
+    shutil.copytree(tiny_model_dir, results / "models" / "tiny")
+    prompts.write_parquet(results / "prompts" / "tiny" / "timeline_recent.parquet")
+    cohort.write_parquet(results / "cohort" / "cohort.parquet")
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    config["models"]["tiny"].update(max_seq_len=512, resources={"gpu": 2, "cpus_per_task": 2})
+    config["models"]["tiny"]["training"].update(epochs=1, batch_size=8)
+    config["grid"].update(format=["label_only"], n_train=[48], seed=[1])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run_dir = results / "runs" / "model=tiny" / "format=label_only" / "n_train=48" / "seed=1"
+    bin_dir = str(Path(sys.executable).parent)  # where torchrun is installed
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", str((run_dir / "run.json").relative_to(tmp_path))]
+        + ["--snakefile", str(repo / "Snakefile"), "--directory", str(tmp_path)]
+        + ["--configfile", str(tmp_path / "config.yaml"), "--cores", "2"]
+        + ["--allowed-rules", "finetune"],
+        capture_output=True,
+        text=True,
+        env=dict(
+            os.environ, PYTHONPATH=str(repo / "src"), PATH=bin_dir + os.pathsep + os.environ["PATH"]
+        ),
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = next((results / "logs" / "finetune").rglob("*.log")).read_text()
+    assert "launching: torchrun --standalone --nproc_per_node=2 -m rationale_bench.finetune" in log
+    assert "[rank 0] saved the trained weights" in log and "(2 process(es))" in log
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["world_size"] == 2 and run["examples_trained"] == 48
+    assert (run_dir / "adapter" / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_precision_trains_in_bf16_on_a_gpu(
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort
+):
+    cohort, _ = synthetic_cohort
+    job = make_job(tmp_path, tiny_model_dir, "label_only", precision="auto")
+    run = train(job, prompts, cohort, None)
+    assert run["device"] == "cuda"
+    assert run["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert all(np.isfinite(r["loss"]) for r in read_log(job))
+    fp16 = make_job(tmp_path, tiny_model_dir, "label_only", name="fp16", precision="fp16")
+    assert train(fp16, prompts, cohort, None)["precision"] == "fp16"
+    assert read_log(fp16)[-1]["loss_scale"] > 0
