@@ -1,6 +1,8 @@
 # Base models and fine-tuning: one job per configuration, with the same subjects, steps and
 # schedule for every format of a matched (model, n_train, seed).
 
+from rationale_bench.launch import job_launch, reporting_settings, result_settings
+
 
 rule build_tiny_model:
     """The default study's base model: a BPE tokenizer and a small Llama, both trained on the
@@ -39,7 +41,9 @@ rule fetch_model:
 
 
 rule finetune:
-    """Completion-only SFT of one configuration; checkpoints and resumes after SIGTERM."""
+    """Completion-only SFT of one configuration; checkpoints and resumes after SIGTERM. With
+    resources.gpu > 1 the script starts one data-parallel process per GPU (torchrun or
+    accelerate launch) inside the one SLURM task that holds the job's GPUs."""
     input:
         prompts=PROMPTS,
         cohort="results/cohort/cohort.parquet",
@@ -60,7 +64,14 @@ rule finetune:
         mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
         runtime=get_job_resource("runtime", scale_with_attempt=True),
     params:
-        training=get_training_settings,
+        # What shapes the weights; tracking and launcher switches rerun no training.
+        training=lambda w: result_settings(training_settings_of(w.model)),
+        reporting=lambda w: reporting_settings(training_settings_of(w.model)),
+        # One process per GPU (data parallel) when the model's resources.gpu > 1.
+        launch=lambda w: job_launch(
+            config["models"][w.model]["resources"]["gpu"],
+            training_settings_of(w.model),
+        ),
         model=get_model_settings,
         checkpoint_dir=f"results/checkpoints/model={{model}}/serialization={{serialization}}/format={{format}}/n_train={{n_train}}/seed={{seed}}",
         # The evaluation of an earlier training of this configuration: removed when training

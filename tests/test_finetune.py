@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -211,3 +212,448 @@ def test_all_formats_share_subjects_steps_and_schedule(
     assert runs["length_matched_filler"]["mean_completion_tokens"] == pytest.approx(
         runs["free_form"]["mean_completion_tokens"], rel=0.05
     )
+
+
+def read_log(job):
+    return [json.loads(x) for x in job.log_path.read_text().splitlines()]
+
+
+def adapter_weights(job):
+    from safetensors.torch import load_file
+
+    return load_file(job.out_dir / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_trains_close_to_fp32(
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, precision
+):
+    cohort, _ = synthetic_cohort
+    ref_job = make_job(tmp_path, tiny_model_dir, "label_only", name="ref")
+    ref = train(ref_job, prompts, cohort, None)
+    job = make_job(tmp_path, tiny_model_dir, "label_only", name=precision, precision=precision)
+    run = train(job, prompts, cohort, None)
+    assert ref["precision"] == "fp32"  # 'auto' on CPU
+    assert run["precision"] == precision
+    log = read_log(job)
+    assert len(log) == run["optimizer_steps"] == ref["optimizer_steps"]
+    # Autocast really ran in low precision (the losses differ), and still trained sensibly.
+    assert log[0]["loss"] != pytest.approx(read_log(ref_job)[0]["loss"])
+    assert run["final_loss"] == pytest.approx(ref["final_loss"], rel=0.05)
+    if precision == "fp16":
+        assert all(r["loss_scale"] > 0 for r in log)
+        assert not all(r["overflow"] for r in log)
+    else:
+        assert "loss_scale" not in log[0]
+
+
+def test_unknown_precision_is_refused():
+    from rationale_bench.finetune import resolve_precision
+
+    with pytest.raises(TrainingError, match="precision 'fp8' is unknown"):
+        resolve_precision("fp8", torch.device("cpu"))
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(
+    tiny_model_dir, prompts, synthetic_cohort, rationales, tiny_tokenizer
+):
+    from rationale_bench.finetune import encode_examples, load_model
+
+    cohort, _ = synthetic_cohort
+    frame = build_examples(prompts, cohort, rationales, "free_form", 8, seed=1)
+    batch = formats.collate(
+        [e for s in encode_examples(frame, "free_form", tiny_tokenizer, 512) for e in s],
+        tiny_tokenizer.pad_token_id,
+    )
+    results = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model, _ = load_model(
+            str(tiny_model_dir), dict(TRAINING, gradient_checkpointing=checkpointing)
+        )
+        model.train()
+        calls = {"n": 0}
+        layer = model.base_model.model.model.layers[0].self_attn
+        layer.register_forward_hook(lambda *_, c=calls: c.update(n=c["n"] + 1))
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss = segment_losses(out.logits, batch["labels"], batch["segments"], 1.0)["loss"]
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results[checkpointing] = (float(loss.detach()), grads, calls["n"])
+    (loss_a, grads_a, calls_a), (loss_b, grads_b, calls_b) = results[False], results[True]
+    # Checkpointing is on: the attention runs again during the backward pass (torch stops the
+    # recomputation once it has the tensors it needs, so the MLP is not a reliable witness).
+    assert (calls_a, calls_b) == (1, 2)
+    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-7)
+
+
+def test_accumulation_of_two_micro_batches_equals_one_double_batch(
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, rationales
+):
+    cohort, _ = synthetic_cohort
+    # free_form: examples of different lengths, so a per-micro-batch mean would not match.
+    one = make_job(tmp_path, tiny_model_dir, "free_form", name="1x16", batch_size=16)
+    two = make_job(
+        tmp_path,
+        tiny_model_dir,
+        "free_form",
+        name="2x8",
+        batch_size=8,
+        gradient_accumulation_steps=2,
+    )
+    a, b = (train(j, prompts, cohort, rationales) for j in (one, two))
+    assert a["optimizer_steps"] == b["optimizer_steps"] == 3
+    for ra, rb in zip(read_log(one), read_log(two), strict=True):
+        assert ra["tokens"] == rb["tokens"]
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+        assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-4)
+    wa, wb = adapter_weights(one), adapter_weights(two)
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-6)
+
+
+def test_accumulation_keeps_steps_equal_across_formats(
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, rationales
+):
+    cohort, _ = synthetic_cohort
+    steps = {
+        fmt: train(
+            make_job(
+                tmp_path,
+                tiny_model_dir,
+                fmt,
+                name=fmt,
+                batch_size=5,
+                gradient_accumulation_steps=2,
+                epochs=2,
+                checkpoint_every=0,
+            ),
+            prompts,
+            cohort,
+            rationales,
+        )["optimizer_steps"]
+        for fmt in ("label_only", "free_form", "multitask")
+    }
+    # 48 subjects: 10 micro-batches an epoch, 20 in 2 epochs, 10 steps of 2.
+    assert set(steps.values()) == {10}
+
+
+def test_length_grouping_keeps_each_epoch_and_cuts_padding():
+    from rationale_bench.finetune import padding_fraction
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 400, size=203).tolist()
+    plain = batch_schedule(203, 8, 3, seed=4)
+    grouped = batch_schedule(203, 8, 3, seed=4, lengths=lengths)
+    assert grouped == batch_schedule(203, 8, 3, seed=4, lengths=lengths)
+    assert len(grouped) == len(plain) == 3 * 26
+    for epoch in range(3):
+        seen = [i for b in grouped[epoch * 26 : (epoch + 1) * 26] for i in b]
+        assert sorted(seen) == list(range(203))
+    per_subject = [[n] for n in lengths]
+    assert padding_fraction(grouped, per_subject) < 0.5 * padding_fraction(plain, per_subject)
+
+
+def test_length_grouping_in_training_is_shared_by_formats(
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, rationales, caplog
+):
+    cohort, _ = synthetic_cohort
+    runs = {}
+    with caplog.at_level("INFO", logger="rationale_bench.finetune"):
+        for fmt in ("label_only", "free_form"):
+            job = make_job(tmp_path, tiny_model_dir, fmt, name=fmt, group_by_length=True)
+            runs[fmt] = (train(job, prompts, cohort, rationales), read_log(job))
+    run, log = runs["label_only"]
+    assert run["padding_fraction"] < run["padding_fraction_ungrouped"]
+    assert "saved" in caplog.text and "without length grouping" in caplog.text
+    assert run["examples_trained"] == 48
+    assert runs["free_form"][0]["optimizer_steps"] == run["optimizer_steps"]
+    assert (
+        runs["free_form"][0]["padding_fraction"]
+        < runs["free_form"][0]["padding_fraction_ungrouped"]
+    )
+    assert all(0 <= r["padding_fraction"] < 1 for r in log)
+
+
+def test_length_grouping_gives_every_format_the_same_batches(
+    prompts, synthetic_cohort, rationales, tiny_tokenizer
+):
+    from rationale_bench.finetune import encode_examples, grouping_lengths
+
+    cohort, _ = synthetic_cohort
+    schedules = []
+    for fmt in ("label_only", "free_form", "step_by_step"):
+        frame = build_examples(prompts, cohort, rationales, fmt, 48, seed=1)
+        keys = grouping_lengths(encode_examples(frame, fmt, tiny_tokenizer, 512))
+        assert len(set(keys)) > 5  # the prompts really differ in length
+        schedules.append(batch_schedule(48, 8, 2, seed=1, lengths=keys))
+    assert schedules[0] == schedules[1] == schedules[2]
+
+
+def test_tensorboard_receives_every_step(tmp_path, tiny_model_dir, prompts, synthetic_cohort):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cohort, _ = synthetic_cohort
+    job = make_job(tmp_path, tiny_model_dir, "label_only", report_to=["tensorboard"])
+    run = train(job, prompts, cohort, None)
+    events = EventAccumulator(str(tmp_path / "run" / "tracking" / "tensorboard"))
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == list(range(1, run["optimizer_steps"] + 1))
+    assert losses[-1].value == pytest.approx(run["final_loss"], rel=1e-5)
+
+
+def test_missing_tracker_package_is_a_clear_error(
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, monkeypatch
+):
+    import sys
+
+    cohort, _ = synthetic_cohort
+    monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail
+    job = make_job(tmp_path, tiny_model_dir, "label_only", report_to=["wandb"])
+    with pytest.raises(TrainingError, match="'wandb' but its package is not installed"):
+        train(job, prompts, cohort, None)
+    assert not job.log_path.exists()
+
+
+def test_wandb_and_mlflow_are_fed_offline(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from rationale_bench.finetune import Trackers
+
+    calls = []
+    run = types.SimpleNamespace(
+        log=lambda values, step: calls.append(("wandb.log", step, values["train/loss"])),
+        finish=lambda: calls.append(("wandb.finish",)),
+    )
+    wandb = types.SimpleNamespace(init=lambda **kw: calls.append(("wandb.init", kw)) or run)
+    mlflow = types.SimpleNamespace(
+        set_tracking_uri=lambda uri: calls.append(("mlflow.uri", uri)),
+        set_experiment=lambda name: calls.append(("mlflow.experiment", name)),
+        start_run=lambda run_name: calls.append(("mlflow.start", run_name)),
+        log_params=lambda params: calls.append(("mlflow.params", sorted(params))),
+        log_metrics=lambda values, step: calls.append(("mlflow.log", step, values["loss"])),
+        end_run=lambda: calls.append(("mlflow.end",)),
+    )
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+    trackers = Trackers(["wandb", "mlflow"], tmp_path, "r1", {"lr": 1}, "proj", offline=True)
+    trackers.log({"step": 3, "loss": 0.5}, 3)
+    trackers.close()
+    init = calls[0][1]
+    assert init["mode"] == "offline" and init["project"] == "proj" and init["name"] == "r1"
+    assert ("mlflow.uri", (tmp_path / "mlruns").resolve().as_uri()) in calls
+    assert ("wandb.log", 3, 0.5) in calls and ("mlflow.log", 3, 0.5) in calls
+    assert calls[-2:] == [("wandb.finish",), ("mlflow.end",)]
+
+
+def test_shards_are_disjoint_and_cover_the_batch():
+    from rationale_bench.finetune import shard
+
+    micro = [7, 3, 9, 1, 4]
+    parts = [shard(micro, r, 2) for r in range(2)]
+    assert parts == [[7, 9, 4], [3, 1]]
+    assert shard([5], 1, 2) == []
+
+
+def test_two_processes_train_like_one(tmp_path, tiny_model_dir, prompts, synthetic_cohort):
+    """torchrun, 2 CPU processes (gloo): same steps and weights as one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rationale_bench.finetune import write_job_spec
+
+    cohort, _ = synthetic_cohort
+    prompts.write_parquet(tmp_path / "prompts.parquet")
+    cohort.write_parquet(tmp_path / "cohort.parquet")
+    # 47 per micro-batch: 24 + 23 subjects per process, then a lone subject that leaves the
+    # second process with an empty shard; accumulation exercises DDP's no_sync.
+    settings = {"batch_size": 47, "gradient_accumulation_steps": 2, "epochs": 2}
+    single = make_job(tmp_path, tiny_model_dir, "label_only", name="single", **settings)
+    ddp = make_job(tmp_path, tiny_model_dir, "label_only", name="ddp", **settings)
+    spec = tmp_path / "job.json"
+    write_job_spec(spec, ddp, tmp_path / "prompts.parquet", tmp_path / "cohort.parquet", None)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=src, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + ["-m", "rationale_bench.finetune", "--job", str(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_1 = train(single, prompts, cohort, None)
+    run_2 = json.loads(ddp.run_path.read_text())
+    assert run_2["world_size"] == 2 and run_1["world_size"] == 1
+    # The shards add up to every example once an epoch: disjoint and covering.
+    assert run_2["examples_trained"] == run_1["examples_trained"] == 2 * 48
+    assert run_2["optimizer_steps"] == run_1["optimizer_steps"] == 2
+    # Only rank 0 writes.
+    assert "[rank 0] saved the trained weights" in out.stderr
+    assert "[rank 1] saved" not in out.stderr
+    for a, b in zip(read_log(single), read_log(ddp), strict=True):
+        assert a["tokens"] == b["tokens"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    wa, wb = adapter_weights(single), adapter_weights(ddp)
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-6)
+
+
+FINETUNE_PARAMS = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import (
+    ConfigSettings, DAGSettings, OutputSettings, ResourceSettings, StorageSettings,
+)
+workdir, snakefile = Path(sys.argv[1]), Path(sys.argv[2])
+with SnakemakeApi(OutputSettings()) as api:
+    workflow = api.workflow(
+        resource_settings=ResourceSettings(),
+        config_settings=ConfigSettings(configfiles=[workdir / "config.yaml"]),
+        storage_settings=StorageSettings(),
+        snakefile=snakefile,
+        workdir=workdir,
+    )
+    dag = workflow.dag(DAGSettings())
+    dag.execute_workflow(executor="dryrun")
+    jobs = [j for j in dag.workflow_api._workflow.dag.jobs if j.rule.name == "finetune"]
+    print("PARAMS=" + json.dumps([
+        {"launch": dict(j.params.launch), "training": dict(j.params.training),
+         "reporting": dict(j.params.reporting), "gpu": j.resources.get("gpu")}
+        for j in jobs
+    ]))
+"""
+
+
+@pytest.mark.parametrize(
+    "gpus, launcher, command",
+    [
+        (0, "torchrun", []),
+        (1, "torchrun", []),
+        (4, "torchrun", ["torchrun", "--standalone", "--nproc_per_node=4"]),
+        (
+            2,
+            "accelerate",
+            ["accelerate", "launch", "--multi_gpu", "--num_processes=2", "--num_machines=1"],
+        ),
+    ],
+)
+def test_finetune_rule_builds_the_launch_command(tmp_path, gpus, launcher, command):
+    """Dry run: the rule's launch command and GPU request follow models.<m>.resources.gpu."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    config["models"]["tiny"]["resources"] = {"gpu": gpus}
+    config["models"]["tiny"]["training"].update(launcher=launcher, report_to=["tensorboard"])
+    config["grid"].update(format=["label_only"], n_train=[300], seed=[1])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    out = subprocess.run(
+        [sys.executable, "-c", FINETUNE_PARAMS, str(tmp_path), str(repo / "Snakefile")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(repo / "src")),
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("PARAMS="))
+    (job,) = json.loads(line[len("PARAMS=") :])
+    assert job["launch"] == {"command": command, "processes": max(1, gpus)}
+    assert job["gpu"] == gpus
+    # Tracking and launcher settings reach the job but are not part of what reruns it.
+    assert job["reporting"]["report_to"] == ["tensorboard"]
+    assert "report_to" not in job["training"] and "launcher" not in job["training"]
+    assert job["training"]["precision"] == "auto"
+
+
+def test_smollm2_config_is_valid_and_uses_the_training_switches():
+    from pathlib import Path
+
+    from rationale_bench.cli import load_config
+    from rationale_bench.study import training_settings
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "smollm2.yaml")
+    (name,) = config["grid"]["model"]
+    assert config["models"][name]["source"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    settings = training_settings(config, name)
+    assert settings["method"] == "lora" and settings["group_by_length"] is True
+    assert settings["batch_size"] * settings["gradient_accumulation_steps"] == 16
+
+
+def test_finetune_rule_launches_two_processes(tmp_path, tiny_model_dir, prompts, synthetic_cohort):
+    """The rule itself with resources.gpu: 2: its script starts torchrun (2 gloo processes)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cohort, _ = synthetic_cohort
+    results = tmp_path / "results"
+    (results / "prompts" / "tiny").mkdir(parents=True)
+    (results / "cohort").mkdir()
+    shutil.copytree(tiny_model_dir, results / "models" / "tiny")
+    prompts.write_parquet(results / "prompts" / "tiny" / "timeline_recent.parquet")
+    cohort.write_parquet(results / "cohort" / "cohort.parquet")
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    config["models"]["tiny"].update(max_seq_len=512, resources={"gpu": 2, "cpus_per_task": 2})
+    config["models"]["tiny"]["training"].update(epochs=1, batch_size=8)
+    config["grid"].update(format=["label_only"], n_train=[48], seed=[1])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run_dir = results / "runs" / "model=tiny" / "format=label_only" / "n_train=48" / "seed=1"
+    bin_dir = str(Path(sys.executable).parent)  # where torchrun is installed
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", str((run_dir / "run.json").relative_to(tmp_path))]
+        + ["--snakefile", str(repo / "Snakefile"), "--directory", str(tmp_path)]
+        + ["--configfile", str(tmp_path / "config.yaml"), "--cores", "2"]
+        + ["--allowed-rules", "finetune"],
+        capture_output=True,
+        text=True,
+        env=dict(
+            os.environ, PYTHONPATH=str(repo / "src"), PATH=bin_dir + os.pathsep + os.environ["PATH"]
+        ),
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = next((results / "logs" / "finetune").rglob("*.log")).read_text()
+    assert "launching: torchrun --standalone --nproc_per_node=2 -m rationale_bench.finetune" in log
+    assert "[rank 0] saved the trained weights" in log and "(2 process(es))" in log
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["world_size"] == 2 and run["examples_trained"] == 48
+    assert (run_dir / "adapter" / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_precision_trains_in_bf16_on_a_gpu(
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort
+):
+    cohort, _ = synthetic_cohort
+    job = make_job(tmp_path, tiny_model_dir, "label_only", precision="auto")
+    run = train(job, prompts, cohort, None)
+    assert run["device"] == "cuda"
+    assert run["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert all(np.isfinite(r["loss"]) for r in read_log(job))
+    fp16 = make_job(tmp_path, tiny_model_dir, "label_only", name="fp16", precision="fp16")
+    assert train(fp16, prompts, cohort, None)["precision"] == "fp16"
+    assert read_log(fp16)[-1]["loss_scale"] > 0

@@ -12,6 +12,7 @@ time limit or a preemption); a rerun with the same settings resumes from the che
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ import torch
 
 from rationale_bench import formats
 from rationale_bench.cohort import training_subset
+from rationale_bench.launch import REPORTING_KEYS
 from rationale_bench.templates import PromptTemplate, template_for_model
 
 log = logging.getLogger(__name__)
@@ -155,14 +157,77 @@ def encode_examples(
     return per_subject
 
 
-def batch_schedule(n_subjects: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
-    """Subject indices of every micro-batch, seeded by the configuration seed only."""
+def batch_schedule(
+    n_subjects: int,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    lengths: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """Subject indices of every micro-batch, seeded by the configuration seed only.
+
+    With ``lengths`` (one per subject), each epoch's shuffled order is cut into groups of
+    ``GROUP_BATCHES`` micro-batches, each group sorted by length (longest first), then the
+    micro-batches of the epoch are shuffled: batches of similar length, less padding. Every
+    epoch still visits every subject once, and the number of micro-batches is the same as
+    without grouping (groups hold a whole number of micro-batches).
+    """
     rng = np.random.default_rng(seed)
     batches = []
     for _ in range(epochs):
         order = rng.permutation(n_subjects)
-        batches += [order[i : i + batch_size].tolist() for i in range(0, n_subjects, batch_size)]
+        if lengths is not None:
+            group = batch_size * GROUP_BATCHES
+            order = np.concatenate(
+                [
+                    sorted(order[i : i + group], key=lambda k: -lengths[k])
+                    for i in range(0, n_subjects, group)
+                ]
+            ).astype(int)
+        epoch = [order[i : i + batch_size].tolist() for i in range(0, n_subjects, batch_size)]
+        if lengths is not None:
+            epoch = [epoch[k] for k in rng.permutation(len(epoch))]
+        batches += epoch
     return batches
+
+
+def grouping_lengths(examples: Sequence[Sequence[formats.EncodedExample]]) -> list[int]:
+    """What length grouping sorts by: the prompt tokens of each subject's first example.
+
+    The prompt, unlike the completion, is the same in every format, so all formats of a matched
+    configuration still get the same subjects in the same batches.
+    """
+    return [sum(1 for k in subject[0].segments if k == formats.PROMPT) for subject in examples]
+
+
+# Micro-batches per length group: large enough to find similar lengths, small enough that the
+# order stays random at the scale of an epoch (the choice of Hugging Face's length grouping).
+GROUP_BATCHES = 50
+
+
+def padding_fraction(
+    batches: Sequence[Sequence[int]],
+    example_lengths: Sequence[Sequence[int]],
+    world_size: int = 1,
+) -> float:
+    """Share of the right-padded token slots that are padding, over a whole schedule.
+
+    ``example_lengths`` holds the token lengths of each subject's examples; under data
+    parallelism each process pads only its own shard of a micro-batch.
+    """
+    slots = real = 0
+    for batch in batches:
+        for rank in range(world_size):
+            lens = [n for i in shard(batch, rank, world_size) for n in example_lengths[i]]
+            if lens:
+                slots += len(lens) * max(lens)
+                real += sum(lens)
+    return (slots - real) / max(1, slots)
+
+
+def shard(micro_batch: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """This process's part of a micro-batch under data parallelism (disjoint, covering)."""
+    return list(micro_batch[rank::world_size])
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
@@ -175,10 +240,15 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
-def segment_losses(
+def segment_sums(
     logits: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor, label_loss_weight: float
 ) -> dict[str, torch.Tensor]:
-    """Completion-only loss and its parts. Shifted so position t predicts token t+1."""
+    """Summed token losses of one batch by part, and their token counts.
+
+    Sums, not means, so that a step's loss can be normalised over all its micro-batches (and
+    processes) at once: 2 micro-batches of 8 then give the same step as 1 of 16. Shifted so
+    position t predicts token t+1.
+    """
     logits = logits[:, :-1].float()
     targets = labels[:, 1:]
     kinds = segments[:, 1:]
@@ -192,15 +262,56 @@ def segment_losses(
     is_label = in_loss & (kinds == formats.LABEL)
     is_rationale = in_loss & (kinds == formats.RATIONALE)
     weights = in_loss.float() + is_label.float() * (label_loss_weight - 1.0)
-    total = (token_loss * weights).sum() / weights.sum()
-    summed = (token_loss * in_loss).sum()
     return {
-        "loss": total,
-        "label_loss": (token_loss * is_label).sum() / is_label.sum().clamp(min=1),
-        "rationale_loss": (token_loss * is_rationale).sum() / is_rationale.sum().clamp(min=1),
-        "label_share": (token_loss * is_label).sum() / summed.clamp(min=1e-12),
-        "n_loss_tokens": in_loss.sum(),
-        "n_label_tokens": is_label.sum(),
+        "weighted": (token_loss * weights).sum(),
+        "weight": weights.sum(),
+        "summed": (token_loss * in_loss).sum(),
+        "label": (token_loss * is_label).sum(),
+        "n_label": is_label.sum().float(),
+        "rationale": (token_loss * is_rationale).sum(),
+        "n_rationale": is_rationale.sum().float(),
+        "n_loss_tokens": in_loss.sum().float(),
+    }
+
+
+# The parts of segment_sums that a step adds up over micro-batches and processes.
+SUM_KEYS = (
+    "weighted",
+    "weight",
+    "summed",
+    "label",
+    "n_label",
+    "rationale",
+    "n_rationale",
+    "n_loss_tokens",
+)
+
+
+def loss_weight_total(
+    examples: Sequence[formats.EncodedExample], label_loss_weight: float
+) -> float:
+    """The denominator of a step's loss, known before any forward pass (same in every process)."""
+    total = 0.0
+    for e in examples:
+        # Position t predicts token t+1: the first token is never a target.
+        for label, kind in zip(e.labels[1:], e.segments[1:], strict=True):
+            if label != formats.IGNORE_INDEX:
+                total += label_loss_weight if kind == formats.LABEL else 1.0
+    return total
+
+
+def segment_losses(
+    logits: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor, label_loss_weight: float
+) -> dict[str, torch.Tensor]:
+    """Completion-only loss of one batch and its parts (means over the batch's tokens)."""
+    sums = segment_sums(logits, labels, segments, label_loss_weight)
+    return {
+        "loss": sums["weighted"] / sums["weight"],
+        "label_loss": sums["label"] / sums["n_label"].clamp(min=1),
+        "rationale_loss": sums["rationale"] / sums["n_rationale"].clamp(min=1),
+        "label_share": sums["label"] / sums["summed"].clamp(min=1e-12),
+        "n_loss_tokens": sums["n_loss_tokens"],
+        "n_label_tokens": sums["n_label"],
     }
 
 
@@ -214,13 +325,22 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
 
 
 def load_model(model_path: str, training: Mapping[str, Any]) -> tuple[Any, Any]:
-    """Base model and tokenizer; wrapped with LoRA adapters unless full fine-tuning is asked."""
+    """Base model and tokenizer; wrapped with LoRA adapters unless full fine-tuning is asked.
+
+    Weights stay in fp32 (the optimizer's master copy); lower precision comes from autocast.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if training.get("gradient_checkpointing"):
+        # Non-reentrant: works with frozen inputs (LoRA) and with DDP, and keeps RNG state.
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
+        model.config.use_cache = False
     if training["method"] == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -242,6 +362,168 @@ def load_model(model_path: str, training: Mapping[str, Any]) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a job really uses: 'auto' is bf16 on a GPU that has it, else fp32."""
+    if precision not in PRECISIONS:
+        raise TrainingError(
+            f"training.precision '{precision}' is unknown; use one of {', '.join(PRECISIONS)}."
+        )
+    if device.type == "cuda":
+        has_bf16 = torch.cuda.is_bf16_supported()
+        if precision == "auto":
+            return "bf16" if has_bf16 else "fp32"
+        if precision == "bf16" and not has_bf16:
+            raise TrainingError(
+                f"training.precision is bf16 but {torch.cuda.get_device_name(device)} has no "
+                "bf16 support; use fp16 (with loss scaling) or fp32."
+            )
+        return precision
+    # CPU autocast supports bf16 and fp16; 'auto' keeps the exact, reproducible fp32 path.
+    return "fp32" if precision == "auto" else precision
+
+
+def autocast(precision: str, device: torch.device) -> Any:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass
+class DataParallel:
+    """Where this process stands in a data-parallel job (torchrun / accelerate launch)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    started_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            torch.distributed.all_reduce(values)
+        return values
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.started_here and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def data_parallel_from_env() -> DataParallel:
+    """Join the process group a launcher set up (WORLD_SIZE > 1), else one process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DataParallel()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    started = False
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        torch.distributed.init_process_group(backend=backend)
+        started = True
+    return DataParallel(rank, world_size, local_rank, started)
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+class Trackers:
+    """Optional experiment tracking next to train_log.jsonl (which is always written)."""
+
+    def __init__(
+        self,
+        report_to: Sequence[str],
+        log_dir: Path,
+        run_name: str,
+        config: Mapping[str, Any],
+        project: str,
+        offline: bool,
+    ) -> None:
+        self.sinks: list[tuple[str, Any]] = []
+        check_trackers(report_to)
+        for name in report_to:
+            module = _import_tracker(name)
+            if name == "tensorboard":
+                writer = module.SummaryWriter(log_dir=str(log_dir / "tensorboard"))
+                writer.add_text("config", json.dumps(config, default=str))
+                self.sinks.append((name, writer))
+            elif name == "wandb":
+                run = module.init(
+                    project=project,
+                    name=run_name,
+                    config=dict(config),
+                    dir=str(log_dir),
+                    mode="offline" if offline else "online",
+                    reinit=True,
+                )
+                self.sinks.append((name, run))
+            else:  # mlflow
+                if offline:
+                    # A local file store: nothing leaves the machine.
+                    module.set_tracking_uri((log_dir / "mlruns").resolve().as_uri())
+                module.set_experiment(project)
+                module.start_run(run_name=run_name)
+                module.log_params({k: json.dumps(v, default=str) for k, v in config.items()})
+                self.sinks.append((name, module))
+
+    def log(self, record: Mapping[str, float], step: int) -> None:
+        values = {k: float(v) for k, v in record.items() if k != "step"}
+        for name, sink in self.sinks:
+            if name == "tensorboard":
+                for key, value in values.items():
+                    sink.add_scalar(f"train/{key}", value, step)
+            elif name == "wandb":
+                sink.log({f"train/{k}": v for k, v in values.items()}, step=step)
+            else:
+                sink.log_metrics(values, step=step)
+
+    def close(self) -> None:
+        for name, sink in self.sinks:
+            if name == "tensorboard":
+                sink.close()
+            elif name == "wandb":
+                sink.finish()
+            else:
+                sink.end_run()
+        self.sinks = []
+
+
+def check_trackers(report_to: Sequence[str]) -> None:
+    for name in report_to:
+        if name not in TRACKERS:
+            raise TrainingError(
+                f"training.report_to '{name}' is unknown; use any of {', '.join(TRACKERS)}."
+            )
+        _import_tracker(name)
+
+
+def _import_tracker(name: str) -> Any:
+    import importlib
+
+    module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+    package = {"tensorboard": "tensorboard==2.21.0", "wandb": "wandb", "mlflow": "mlflow"}
+    try:
+        return importlib.import_module(module[name])
+    except ImportError as err:
+        raise TrainingError(
+            f"training.report_to includes '{name}' but its package is not installed ({err}). "
+            f"Install it (pip install {package[name]}; see the 'tracking' extra in "
+            f"pyproject.toml) or remove '{name}' from training.report_to."
+        ) from err
+
+
 def fingerprint(job: TrainingJob, subject_ids: Sequence[int], examples_digest: str) -> str:
     """What a checkpoint must match to be resumed: settings, subjects and targets."""
     payload = json.dumps(
@@ -250,7 +532,7 @@ def fingerprint(job: TrainingJob, subject_ids: Sequence[int], examples_digest: s
             "fmt": job.fmt,
             "n_train": job.n_train,
             "seed": job.seed,
-            "training": job.training,
+            "training": {k: v for k, v in job.training.items() if k not in REPORTING_KEYS},
             "subjects": list(subject_ids),
             "examples": examples_digest,
         },
@@ -261,7 +543,14 @@ def fingerprint(job: TrainingJob, subject_ids: Sequence[int], examples_digest: s
 
 
 def _save_checkpoint(
-    path: Path, model: Any, optimizer: Any, scheduler: Any, step: int, fp: str, log_path: Path
+    path: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any,
+    step: int,
+    fp: str,
+    log_path: Path,
 ) -> None:
     """Trainable weights, optimizer, schedule, RNG and the step log so far, replaced atomically.
 
@@ -278,9 +567,11 @@ def _save_checkpoint(
             "model": trainable,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "step": step,
             "fingerprint": fp,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         },
         tmp / "state.pt",
     )
@@ -304,11 +595,35 @@ def _load_checkpoint(path: Path, fp: str) -> dict[str, Any] | None:
 def train(
     job: TrainingJob, prompts: pl.DataFrame, cohort: pl.DataFrame, rationales: pl.DataFrame | None
 ) -> dict[str, Any]:
-    """Fine-tune one configuration and save the adapter (or full weights), log and run card."""
+    """Fine-tune one configuration and save the adapter (or full weights), log and run card.
+
+    Under a launcher (WORLD_SIZE > 1) every process builds the same schedule and trains on its
+    shard of each micro-batch; the loss is normalised over the whole step of all processes, so
+    the optimizer steps are those of one process with the same global batch. Only rank 0 writes.
+    """
+    dp = data_parallel_from_env()
+    try:
+        return _train(job, prompts, cohort, rationales, dp)
+    finally:
+        dp.close()
+
+
+def _train(
+    job: TrainingJob,
+    prompts: pl.DataFrame,
+    cohort: pl.DataFrame,
+    rationales: pl.DataFrame | None,
+    dp: DataParallel,
+) -> dict[str, Any]:
     t_start = time.time()
     cfg = job.training
+    if dp.is_main:
+        check_trackers(cfg.get("report_to", []))  # before minutes of model loading
     seed_everything(job.seed)
+    device = torch.device(f"cuda:{dp.local_rank}" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(cfg.get("precision", "auto"), device)
     model, tokenizer = load_model(job.model_path, cfg)
+    model.to(device)
     frame = build_examples(prompts, cohort, rationales, job.fmt, job.n_train, job.seed)
     # One entry per subject: batches are drawn over subjects, so every format of a matched
     # configuration takes the same steps (a multitask subject brings its two examples along).
@@ -318,14 +633,38 @@ def train(
     digest = hashlib.sha256(json.dumps([e.input_ids for e in flat]).encode()).hexdigest()
     fp = fingerprint(job, frame["subject_id"].to_list(), digest)
 
-    micro_batches = batch_schedule(len(examples), cfg["batch_size"], cfg["epochs"], job.seed)
+    prompt_lengths = grouping_lengths(examples)
+    example_lengths = [[len(e.input_ids) for e in subject] for subject in examples]
+    micro_batches = batch_schedule(
+        len(examples),
+        cfg["batch_size"],
+        cfg["epochs"],
+        job.seed,
+        prompt_lengths if cfg.get("group_by_length") else None,
+    )
+    padding = padding_fraction(micro_batches, example_lengths, dp.world_size)
+    padding_ungrouped = padding_fraction(
+        batch_schedule(len(examples), cfg["batch_size"], cfg["epochs"], job.seed),
+        example_lengths,
+        dp.world_size,
+    )
+    if dp.is_main:
+        log.info(
+            "padding: %.1f%% of token slots (%.1f%% without length grouping; %.1f%% saved)",
+            100 * padding,
+            100 * padding_ungrouped,
+            100 * (padding_ungrouped - padding),
+        )
     accum = cfg["gradient_accumulation_steps"]
     total_steps = math.ceil(len(micro_batches) / accum)
+    label_weight = cfg["label_loss_weight"]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, int(cfg["warmup_ratio"] * total_steps))
     )
+    # fp16 needs loss scaling (its range is too small for small gradients); bf16 does not.
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     start_step = 0
     state = _load_checkpoint(job.checkpoint_dir, fp)
@@ -333,112 +672,220 @@ def train(
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_step = state["step"]
-        log.info("resuming from checkpoint at step %d/%d", start_step, total_steps)
+        if dp.is_main:
+            log.info("resuming from checkpoint at step %d/%d", start_step, total_steps)
 
+    forward_model = model
+    if dp.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward_model = DistributedDataParallel(
+            model, device_ids=[dp.local_rank] if device.type == "cuda" else None
+        )
+
+    if dp.is_main:
+        job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if start_step:
+            # Steps logged after the checkpoint are redone; drop them so each step appears once.
+            saved = (job.checkpoint_dir / "train_log.jsonl").read_text().splitlines()
+            kept = [line for line in saved if json.loads(line)["step"] <= start_step]
+            job.log_path.write_text("".join(line + "\n" for line in kept))
+    trackers = (
+        Trackers(
+            cfg.get("report_to", []),
+            job.run_path.parent / "tracking",
+            f"{job.fmt}-n{job.n_train}-s{job.seed}",
+            cfg,
+            cfg.get("tracking_project", "rationale-bench"),
+            cfg.get("tracking_offline", True),
+        )
+        if dp.is_main
+        else None
+    )
     stop = {"sigterm": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
-    job.log_path.parent.mkdir(parents=True, exist_ok=True)
-    if start_step:
-        # Steps logged after the checkpoint are redone; drop them so each step appears once.
-        saved = (job.checkpoint_dir / "train_log.jsonl").read_text().splitlines()
-        kept = [line for line in saved if json.loads(line)["step"] <= start_step]
-        job.log_path.write_text("".join(line + "\n" for line in kept))
-    mode = "a" if start_step else "w"
+    # Each subject's share of a step's loss denominator, known before any forward pass.
+    subject_weights = [loss_weight_total(subject, label_weight) for subject in examples]
+    examples_seen = 0
     model.train()
+    log_file = None
     try:
-        with job.log_path.open(mode) as log_file:
-            for step in range(start_step, total_steps):
-                t0 = time.time()
-                parts_sum: dict[str, float] = {}
-                n_tokens = 0
-                for micro in micro_batches[step * accum : (step + 1) * accum]:
-                    batch = formats.collate(
-                        [e for i in micro for e in examples[i]], tokenizer.pad_token_id
+        log_file = job.log_path.open("a" if start_step else "w") if dp.is_main else None
+        for step in range(start_step, total_steps):
+            t0 = time.time()
+            step_batches = micro_batches[step * accum : (step + 1) * accum]
+            # The step's loss is the token mean over all its micro-batches and processes.
+            total_weight = sum(subject_weights[i] for micro in step_batches for i in micro)
+            # Sums of the step's parts, then tokens and padded slots.
+            totals = torch.zeros(10, dtype=torch.float64, device=device)
+            for k, micro in enumerate(step_batches):
+                mine = shard(micro, dp.rank, dp.world_size)
+                # A process with no subject in this micro-batch (the last one of an epoch
+                # can be smaller than the world) still takes part in DDP's gradient
+                # exchange, with a zero-weighted copy of an example.
+                weight = 1.0 if mine else 0.0
+                batch_examples = [e for i in (mine or micro[:1]) for e in examples[i]]
+                batch = {
+                    key: value.to(device)
+                    for key, value in formats.collate(
+                        batch_examples, tokenizer.pad_token_id
+                    ).items()
+                }
+                last = k == len(step_batches) - 1
+                sync = (
+                    forward_model.no_sync()
+                    if dp.world_size > 1 and not last
+                    else contextlib.nullcontext()
+                )
+                with sync:
+                    with autocast(precision, device):
+                        out = forward_model(
+                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                        )
+                    sums = segment_sums(
+                        out.logits, batch["labels"], batch["segments"], label_weight
                     )
-                    out = model(
-                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                    )
-                    parts = segment_losses(
-                        out.logits, batch["labels"], batch["segments"], cfg["label_loss_weight"]
-                    )
-                    check_finite(parts["loss"], step + 1)
-                    (parts["loss"] / accum).backward()
-                    n_tokens += int(batch["attention_mask"].sum())
-                    for key, value in parts.items():
-                        parts_sum[key] = parts_sum.get(key, 0.0) + float(value.detach()) / accum
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"]))
-                if not math.isfinite(grad_norm) or grad_norm > cfg["max_grad_norm_abort"]:
-                    raise TrainingError(
-                        f"gradient norm {grad_norm:.3g} at step {step + 1} exceeds "
-                        f"training.max_grad_norm_abort={cfg['max_grad_norm_abort']}: "
-                        "training exploded."
-                    )
-                lr = scheduler.get_last_lr()[0]
+                    # DDP averages gradients over processes; scale so they add up instead.
+                    loss = sums["weighted"] * (weight * dp.world_size / total_weight)
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                mask = batch["attention_mask"]
+                parts = [sums[key].detach().double() for key in SUM_KEYS]
+                parts += [mask.sum().double(), (mask.numel() - mask.sum()).double()]
+                totals += weight * torch.stack(parts)
+                examples_seen += len(batch_examples) if mine else 0
+            totals = dp.all_sum(totals)
+            totals = totals.cpu()
+            weighted, weight_sum, summed, label, n_label, rationale, n_rationale = totals[
+                :7
+            ].tolist()
+            step_loss = weighted / max(weight_sum, 1e-12)
+            check_finite(torch.tensor(step_loss), step + 1)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"]))
+            # Under fp16 an infinite norm is an overflow: the scaler skips the step and lowers
+            # its scale. Otherwise it means the training exploded.
+            overflow = scaler is not None and not math.isfinite(grad_norm)
+            if not overflow and (
+                not math.isfinite(grad_norm) or grad_norm > cfg["max_grad_norm_abort"]
+            ):
+                raise TrainingError(
+                    f"gradient norm {grad_norm:.3g} at step {step + 1} exceeds "
+                    f"training.max_grad_norm_abort={cfg['max_grad_norm_abort']}: "
+                    "training exploded."
+                )
+            lr = scheduler.get_last_lr()[0]
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
                 optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                elapsed = max(time.time() - t0, 1e-9)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed = max(time.time() - t0, 1e-9)
+            n_tokens, n_padding = int(totals[8]), int(totals[9])
+            done = step + 1
+            if dp.is_main:
                 record = {
-                    "step": step + 1,
-                    "loss": parts_sum["loss"],
-                    "label_loss": parts_sum["label_loss"],
-                    "rationale_loss": parts_sum["rationale_loss"],
-                    "label_loss_share": parts_sum["label_share"],
+                    "step": done,
+                    "loss": step_loss,
+                    "label_loss": label / max(n_label, 1.0),
+                    "rationale_loss": rationale / max(n_rationale, 1.0),
+                    "label_loss_share": label / max(summed, 1e-12),
                     "learning_rate": lr,
                     "grad_norm": grad_norm,
                     "tokens": n_tokens,
                     "tokens_per_s": n_tokens / elapsed,
+                    "padding_fraction": n_padding / max(1, n_tokens + n_padding),
                 }
+                if scaler is not None:
+                    record["loss_scale"] = scaler.get_scale()
+                    record["overflow"] = overflow
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
-                done = step + 1
-                if stop["sigterm"] or (
-                    cfg["checkpoint_every"]
-                    and done % cfg["checkpoint_every"] == 0
-                    and done < total_steps
-                ):
+                trackers.log(record, done)
+            # Every process must stop at the same step, whichever got the signal.
+            flag = torch.tensor([float(stop["sigterm"])], device=device)
+            preempted = bool(dp.all_sum(flag).item() > 0)
+            if preempted or (
+                cfg["checkpoint_every"]
+                and done % cfg["checkpoint_every"] == 0
+                and done < total_steps
+            ):
+                if dp.is_main:
                     _save_checkpoint(
-                        job.checkpoint_dir, model, optimizer, scheduler, done, fp, job.log_path
+                        job.checkpoint_dir,
+                        model,
+                        optimizer,
+                        scheduler,
+                        scaler,
+                        done,
+                        fp,
+                        job.log_path,
                     )
-                if stop["sigterm"]:
-                    raise Preempted(
-                        f"SIGTERM at step {done}/{total_steps}; checkpoint saved, rerun to resume."
-                    )
+                dp.barrier()
+            if preempted:
+                raise Preempted(
+                    f"SIGTERM at step {done}/{total_steps}; checkpoint saved, rerun to resume."
+                )
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if log_file is not None:
+            log_file.close()
+        if trackers is not None:
+            trackers.close()
 
-    model.eval()
-    job.out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(job.out_dir)
-    final = [json.loads(line) for line in job.log_path.read_text().splitlines()]
-    run = {
+    seen = dp.all_sum(torch.tensor([float(examples_seen)], dtype=torch.float64, device=device))
+    run: dict[str, Any] = {
         "model_path": job.model_path,
         "format": job.fmt,
         "n_train": job.n_train,
         "seed": job.seed,
         "method": cfg["method"],
         "training": dict(cfg),
+        "precision": precision,
+        "world_size": dp.world_size,
         "n_subjects": len(examples),
         "n_examples": len(flat),
         "n_cases": int(frame["label"].sum()),
         "optimizer_steps": total_steps,
         "resumed_from_step": start_step,
+        # Examples the processes trained on in this run (since the resumed step), summed: an
+        # epoch's worth each epoch, whatever the number of processes (disjoint, covering shards).
+        "examples_trained": int(seen.item()),
         "subjects_sha256": hashlib.sha256(
             json.dumps(frame["subject_id"].to_list()).encode()
         ).hexdigest(),
         "mean_completion_tokens": float(np.mean([e.n_completion_tokens for e in flat])),
-        "tokens_trained": int(sum(r["tokens"] for r in final)),
-        "final_loss": final[-1]["loss"],
-        "mean_label_loss_share": float(np.mean([r["label_loss_share"] for r in final])),
-        "wall_s": time.time() - t_start,
-        # Where it ran: the devices SLURM granted (gres/--gpus) and the job id, for the run card.
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "versions": library_versions(),
+        "padding_fraction": padding,
+        "padding_fraction_ungrouped": padding_ungrouped,
     }
+    if not dp.is_main:
+        return run
+    model.eval()
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(job.out_dir)
+    log.info("saved the trained weights to %s (%d process(es))", job.out_dir, dp.world_size)
+    final = [json.loads(line) for line in job.log_path.read_text().splitlines()]
+    run.update(
+        {
+            "tokens_trained": int(sum(r["tokens"] for r in final)),
+            "final_loss": final[-1]["loss"],
+            "mean_label_loss_share": float(np.mean([r["label_loss_share"] for r in final])),
+            "wall_s": time.time() - t_start,
+            # Where it ran: the devices SLURM granted (gres/--gpus) and the job id.
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "device": device.type,
+            "versions": library_versions(),
+        }
+    )
     job.run_path.write_text(json.dumps(run, indent=2, default=str))
     shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
     return run
@@ -453,3 +900,57 @@ def library_versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
     }
+
+
+def write_job_spec(
+    path: Path,
+    job: TrainingJob,
+    prompts: str | Path,
+    cohort: str | Path,
+    rationales: str | Path | None,
+) -> None:
+    """Everything a launched training process needs, as JSON (paths, not data)."""
+    fields = {k: str(v) if isinstance(v, Path) else v for k, v in vars(job).items()}
+    spec = {
+        "job": fields,
+        "prompts": str(prompts),
+        "cohort": str(cohort),
+        "rationales": str(rationales) if rationales else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec, indent=2, default=str))
+
+
+def train_from_spec(path: Path) -> dict[str, Any]:
+    spec = json.loads(Path(path).read_text())
+    fields = dict(spec["job"])
+    for key in ("out_dir", "log_path", "run_path", "checkpoint_dir"):
+        fields[key] = Path(fields[key])
+    rationales = pl.read_parquet(spec["rationales"]) if spec["rationales"] else None
+    return train(
+        TrainingJob(**fields),
+        pl.read_parquet(spec["prompts"]),
+        pl.read_parquet(spec["cohort"]),
+        rationales,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m rationale_bench.finetune --job spec.json``: what a launcher starts per GPU."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--job", required=True, type=Path, help="job spec from write_job_spec")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format=f"[rank {os.environ.get('RANK', '0')}] %(message)s"
+    )
+    try:
+        train_from_spec(args.job)
+    except Preempted as err:
+        log.warning("%s", err)
+        raise SystemExit(1) from err
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""Fine-tuning throughput, peak memory and loss agreement against TRL's SFTTrainer (baseline).
+
+Both train the same model on the same tokenised examples (free-form rationale format of a
+synthetic cohort, prompt masked: completion-only loss) with the same batches in the same order,
+the same optimizer (AdamW), learning rate, cosine schedule without warm-up, clipping, precision
+and number of steps. Ours: `rationale_bench.finetune.train`. Baseline: `trl.SFTTrainer` on a
+pre-tokenised dataset (`input_ids` + `completion_mask`, `completion_only_loss=True`), fed in our
+batch order (`train_sampling_strategy="sequential"`). Each method runs in its own process, so
+peak memory (max RSS; on a GPU, peak allocated) is its own; both times include loading the model
+and saving the result (ours also tokenising the examples, which TRL is handed ready-made). The
+batches are identical and, with the same seed, so are the starting weights (LoRA adapters
+included, as measured), so the per-step losses should agree to float rounding; the verdict
+compares the mean loss of the last quarter of the steps against the steps' noise.
+
+Prints tokens/s of each, the ratio ours / TRL (target >= 1), the loss agreement and, on a GPU,
+model FLOPs utilisation (6 x parameters x tokens/s, over the device's dense bf16 peak).
+
+Run: python benchmarks/trl_comparison.py [--model tiny|smollm2-arch] [--method full|lora]
+  tiny: the locally built tiny Llama of the default study (no download).
+  smollm2-arch: SmolLM2-135M's architecture, randomly initialised (no download; same compute).
+Needs the 'bench' extra (trl==1.16.0, datasets==5.2.0); without it the script says so and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+QUESTION_STYLE = "free_form"
+# Dense bf16 tensor-core peaks (FLOP/s) for the MFU line; other devices print no MFU.
+PEAK_BF16 = {
+    "H100 SXM": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+}
+
+
+def prepare(workdir: Path, n_subjects: int, arch: str) -> dict:
+    """Synthetic cohort, histories, tiny tokenizer (+ model), prompts and template rationales."""
+    import polars as pl
+
+    from rationale_bench.cli import load_config
+    from rationale_bench.cohort import build_cohort
+    from rationale_bench.serialize import build_histories, build_prompts, history_text
+    from rationale_bench.synthetic import generate_events
+    from rationale_bench.teacher import generate_rationales
+    from rationale_bench.tinymodel import build_tiny_model
+
+    config = load_config(REPO / "config.yaml")
+    model_cfg = config["models"]["tiny"]
+    events = generate_events(n_subjects, seed=7)
+    cohort, _ = build_cohort(events, config["cohort"])
+    histories = build_histories(events, cohort, config["serialization"])
+    train = histories.filter(pl.col("split") == "train")
+    texts = [history_text(h, lines) for h, lines in train.select("header", "lines").iter_rows()]
+    model_dir = workdir / "model"
+    build = dict(model_cfg["build"], pretrain_steps=20, max_seq_len=model_cfg["max_seq_len"])
+    build_tiny_model(texts, build, model_dir)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if arch == "smollm2-arch":
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        # SmolLM2-135M's shape; its 49,152-token embedding holds every tiny-tokenizer id.
+        torch.manual_seed(0)
+        LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=49_152,
+                hidden_size=576,
+                intermediate_size=1536,
+                num_hidden_layers=30,
+                num_attention_heads=9,
+                num_key_value_heads=3,
+                max_position_embeddings=2048,
+                tie_word_embeddings=True,
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        ).save_pretrained(model_dir)
+    prompts = build_prompts(
+        histories, tokenizer, config["serialization"], model_cfg["max_prompt_tokens"]
+    )
+    rationales, _ = generate_rationales(
+        histories,
+        QUESTION_STYLE,
+        {"name": "template", "backend": "template", "seed": 0},
+        workdir / "teacher_cache.jsonl",
+    )
+    for name, frame in (("prompts", prompts), ("cohort", cohort), ("rationales", rationales)):
+        frame.write_parquet(workdir / f"{name}.parquet")
+    return {"model_dir": str(model_dir), "max_seq_len": model_cfg["max_seq_len"]}
+
+
+def training_settings(args: argparse.Namespace) -> dict:
+    return {
+        "method": args.method,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+        "learning_rate": args.learning_rate,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "gradient_accumulation_steps": 1,
+        "warmup_ratio": 0.0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "max_grad_norm_abort": 1e9,
+        "label_loss_weight": 1.0,
+        "checkpoint_every": 0,
+        "precision": "auto",
+        "gradient_checkpointing": False,
+        "group_by_length": False,
+    }
+
+
+def load_inputs(workdir: Path):
+    import polars as pl
+
+    return (
+        pl.read_parquet(workdir / "prompts.parquet"),
+        pl.read_parquet(workdir / "cohort.parquet"),
+        pl.read_parquet(workdir / "rationales.parquet"),
+    )
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_ours(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
+    from rationale_bench.finetune import TrainingJob, train
+
+    prompts, cohort, rationales = load_inputs(workdir)
+    out = workdir / "ours"
+    job = TrainingJob(
+        model_path=prep["model_dir"],
+        fmt=QUESTION_STYLE,
+        n_train=args.n_train,
+        seed=args.seed,
+        training=training_settings(args),
+        max_seq_len=prep["max_seq_len"],
+        out_dir=out / "adapter",
+        log_path=out / "train_log.jsonl",
+        run_path=out / "run.json",
+        checkpoint_dir=out / "checkpoint",
+    )
+    start = time.perf_counter()
+    run = train(job, prompts, cohort, rationales)
+    elapsed = time.perf_counter() - start
+    log = [json.loads(x) for x in job.log_path.read_text().splitlines()]
+    return {
+        "seconds": elapsed,
+        "tokens": sum(r["tokens"] for r in log),
+        "losses": [r["loss"] for r in log],
+        "steps": run["optimizer_steps"],
+        "peak_mb": peak_memory_mb(),
+        "precision": run["precision"],
+    }
+
+
+def run_trl(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from rationale_bench import formats
+    from rationale_bench.finetune import batch_schedule, build_examples, encode_examples
+
+    prompts, cohort, rationales = load_inputs(workdir)
+    tokenizer = AutoTokenizer.from_pretrained(prep["model_dir"])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    frame = build_examples(prompts, cohort, rationales, QUESTION_STYLE, args.n_train, args.seed)
+    examples = encode_examples(frame, QUESTION_STYLE, tokenizer, prep["max_seq_len"])
+    # Our batch order, laid out for a sequential sampler: the same examples in the same batches.
+    order = [
+        i for b in batch_schedule(len(examples), args.batch_size, args.epochs, args.seed) for i in b
+    ]
+    rows = [examples[i][0] for i in order]
+    dataset = Dataset.from_dict(
+        {
+            "input_ids": [e.input_ids for e in rows],
+            "completion_mask": [[int(k != formats.PROMPT) for k in e.segments] for e in rows],
+        }
+    )
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    config = SFTConfig(
+        output_dir=str(workdir / "trl"),
+        per_device_train_batch_size=args.batch_size,
+        num_train_epochs=1,
+        max_steps=math.ceil(len(rows) / args.batch_size),
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        train_sampling_strategy="sequential",
+        completion_only_loss=True,
+        max_length=None,
+        bf16=bf16,
+        use_cpu=not cuda,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=args.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    peft_config = None
+    if args.method == "lora":
+        from peft import LoraConfig
+
+        lora = training_settings(args)["lora"]
+        peft_config = LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=lora["target_modules"],
+            task_type="CAUSAL_LM",
+        )
+    start = time.perf_counter()
+    trainer = SFTTrainer(
+        model=prep["model_dir"],
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train()
+    trainer.save_model(str(workdir / "trl" / "final"))
+    elapsed = time.perf_counter() - start
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    return {
+        "seconds": elapsed,
+        "tokens": sum(len(e.input_ids) for e in rows),
+        "losses": losses,
+        "steps": trainer.state.global_step,
+        "peak_mb": peak_memory_mb(),
+        "precision": "bf16" if bf16 else "fp32",
+    }
+
+
+def mfu_line(params: int, tokens_per_s: float) -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    if peak is None:
+        return f"MFU: no peak FLOP/s known for {name}"
+    return f"MFU ({name}, bf16 peak {peak / 1e12:.0f} TFLOP/s): " + (
+        f"{6 * params * tokens_per_s / peak:.1%}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["tiny", "smollm2-arch"], default="tiny")
+    parser.add_argument("--method", choices=["full", "lora"], default="full")
+    parser.add_argument("--subjects", type=int, default=2500, help="synthetic cohort size")
+    parser.add_argument("--n-train", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--which", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.which:
+        prep = json.loads((args.workdir / "prep.json").read_text())
+        run = run_ours if args.which == "ours" else run_trl
+        print("RESULT=" + json.dumps(run(args.workdir, prep, args)))
+        return
+    try:
+        import datasets  # noqa: F401
+        import trl
+    except ImportError as err:
+        print(
+            f"skipped: TRL is not installed ({err}). Install the 'bench' extra "
+            "(pip install trl==1.16.0 datasets==5.2.0) to compare against SFTTrainer."
+        )
+        return
+    if args.n_train % args.batch_size:
+        parser.error("--n-train must be a multiple of --batch-size (full batches in both).")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        prep = prepare(workdir, args.subjects, args.model)
+        (workdir / "prep.json").write_text(json.dumps(prep))
+        results = {}
+        for which in ("trl", "ours"):
+            cmd = [sys.executable, __file__, "--which", which, "--workdir", str(workdir)]
+            for key in ("model", "method", "n_train", "batch_size", "epochs", "learning_rate"):
+                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+            cmd += ["--seed", str(args.seed)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{which} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+            line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT="))
+            results[which] = json.loads(line[len("RESULT=") :])
+        from transformers import AutoModelForCausalLM
+
+        n_params = sum(
+            p.numel() for p in AutoModelForCausalLM.from_pretrained(prep["model_dir"]).parameters()
+        )
+
+    ours, base = results["ours"], results["trl"]
+    if ours["steps"] != base["steps"] or ours["tokens"] != base["tokens"]:
+        sys.exit(f"not the same work: ours {ours}, trl {base}")
+    rate = {k: r["tokens"] / r["seconds"] for k, r in results.items()}
+    print(
+        f"{args.model} ({n_params:,} parameters), {args.method} fine-tuning, {args.n_train} "
+        f"subjects x {args.epochs} epochs, batch {args.batch_size}, {ours['steps']} steps, "
+        f"{ours['tokens']:,} tokens, precision {ours['precision']} / {base['precision']}, "
+        f"trl {trl.__version__}"
+    )
+    for name, r in (("TRL SFTTrainer", base), ("rationale_bench", ours)):
+        print(
+            f"{name:16s} {rate['trl' if r is base else 'ours']:10.0f} tokens/s, "
+            f"{r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB"
+        )
+    print(f"ratio ours / TRL: {rate['ours'] / rate['trl']:.2f}x tokens/s (target >= 1.0)")
+    pairs = zip(ours["losses"], base["losses"], strict=True)
+    per_step = [abs(a - b) / max(abs(b), 1e-12) for a, b in pairs]
+    k = max(2, len(ours["losses"]) // 4)
+
+    def tail(xs: list[float]) -> tuple[float, float]:
+        last = xs[-k:]
+        mean = sum(last) / k
+        sd = math.sqrt(sum((x - mean) ** 2 for x in last) / (k - 1))
+        return mean, sd / math.sqrt(k)
+
+    (m_o, se_o), (m_b, se_b) = tail(ours["losses"]), tail(base["losses"])
+    agree = abs(m_o - m_b) <= 2 * math.sqrt(se_o**2 + se_b**2) + 1e-4
+    print(
+        f"loss, mean of the last {k} steps: ours {m_o:.4f} +- {se_o:.4f}, TRL {m_b:.4f} +- "
+        f"{se_b:.4f}: {'agree' if agree else 'DISAGREE'} within noise; largest per-step "
+        f"relative difference {max(per_step):.2e} (same batches)"
+    )
+    line = mfu_line(n_params, rate["ours"])
+    if line:
+        print(line.replace("MFU", "MFU ours"))
+        print(mfu_line(n_params, rate["trl"]).replace("MFU", "MFU TRL"))
+
+
+if __name__ == "__main__":
+    main()
