@@ -621,7 +621,15 @@ def test_finetune_rule_launches_two_processes(tmp_path, tiny_model_dir, prompts,
     config["models"]["tiny"]["training"].update(epochs=1, batch_size=8)
     config["grid"].update(format=["label_only"], n_train=[48], seed=[1])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    run_dir = results / "runs" / "model=tiny" / "format=label_only" / "n_train=48" / "seed=1"
+    run_dir = (
+        results
+        / "runs"
+        / "model=tiny"
+        / "serialization=timeline_recent"
+        / "format=label_only"
+        / "n_train=48"
+        / "seed=1"
+    )
     bin_dir = str(Path(sys.executable).parent)  # where torchrun is installed
     out = subprocess.run(
         [sys.executable, "-m", "snakemake", str((run_dir / "run.json").relative_to(tmp_path))]
