@@ -494,3 +494,22 @@ def test_nothing_finished_yet():
     assert "No label-only SFT results" in text and "3 grid cells without results" in text
     errors = study_report.matched_error_analysis(preds)
     assert errors["crosstab"].height == 0
+
+
+def test_serialization_axis_is_a_matched_factor(tmp_path):
+    """Formats are paired within a serialization variant, never across variants."""
+    configs = [
+        dict(c, serialization=v)
+        for c in grid_configurations(models=("tiny",), sizes=(50,), seeds=(1,))
+        for v in ("timeline_recent", "markdown_recent")
+    ]
+    entries = write_grid(tmp_path / "runs", configs)
+    assert "serialization=markdown_recent" in str(entries[1].predictions)
+    paths = study_report.write_study_report(entries, tmp_path / "report", n_boot=50)
+    table = pl.read_csv(paths["metrics"])
+    assert set(table["serialization"]) == {"timeline_recent", "markdown_recent"}
+    paired = pl.read_csv(paths["paired"])
+    assert paired.height == 2 * 2  # two rationale formats x two variants
+    assert paired.group_by("serialization").len()["len"].to_list() == [2, 2]
+    summary = pl.read_csv(paths["summary"])
+    assert "serialization" in set(summary["by"])  # Δ by variant, too

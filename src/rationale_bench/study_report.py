@@ -41,11 +41,17 @@ from rationale_bench.study import GRID_AXES
 
 REFERENCE = "label_only"
 # dtypes of the grid axes, for empty tables (nothing has finished yet).
-AXIS_DTYPES = {"model": pl.String, "format": pl.String, "n_train": pl.Int64, "seed": pl.Int64}
+AXIS_DTYPES = {
+    "model": pl.String,
+    "serialization": pl.String,
+    "format": pl.String,
+    "n_train": pl.Int64,
+    "seed": pl.Int64,
+}
 
 # Configuration keys that a table may carry besides the grid axes (a future grid may vary the
-# teacher or the serialization); tables other than predictions are matched on those present.
-EXTRA_FACTORS: tuple[str, ...] = ("teacher", "serialization")
+# teacher); tables other than predictions are matched on those present.
+EXTRA_FACTORS: tuple[str, ...] = ("teacher",)
 KNOWN_FACTORS: tuple[str, ...] = (*GRID_AXES, *EXTRA_FACTORS)
 
 # Columns of predictions.parquet (see evaluate.py); anything else in the long table is a factor.
