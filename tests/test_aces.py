@@ -240,3 +240,24 @@ def test_prefix_regex_needs_something():
     with pytest.raises(ValueError, match="at least one prefix"):
         prefix_regex([])
     assert re.fullmatch(r"\^\(\?:ICD10/F03\|ATC/N06DA\)", prefix_regex(["ICD10/F03", "ATC/N06DA"]))
+
+
+def test_concept_ids_export_their_descendant_codes():
+    codes = pl.DataFrame(
+        {
+            "code": ["OMOP/378419", "ICD10/F03.90", "OMOP/320128"],
+            "description": [None, None, None],
+            "parent_codes": [["OMOP/4182210"], ["OMOP/378419", "OMOP/4182210"], []],
+        }
+    )
+    cfg = cohort_cfg(outcome_code_prefixes=[], outcome={"concept_ids": [4182210]})
+    rx = aces_task(cfg, codes)["predicates"]["outcome_code"]["code"]["regex"]
+    universe = pl.DataFrame({"code": [*codes["code"], "OMOP/4182210", "ICD10/F03.9", "OMOP/37"]})
+    expected = {"OMOP/4182210", "OMOP/378419", "ICD10/F03.90"}
+    assert _matched(universe, pl.col("code").str.contains(rx)) == expected
+    defn = resolve_definition(cfg)
+    assert _matched(universe, outcome_code_expr(defn, codes)) == expected
+    # Without the codes table only the concept itself is exported.
+    assert _matched(universe, pl.col("code").str.contains(prefix_regex([], None, [4182210]))) == {
+        "OMOP/4182210"
+    }

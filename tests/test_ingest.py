@@ -105,7 +105,10 @@ def test_meds_dataset_is_cleaned_counted_and_keeps_its_code_names(tmp_path, meds
         (3, D(2015, 1, 1), "BAR/2", None),
         (3, D(2015, 2, 2), "ICD10/i10", None),
     ]
-    assert codes.rows() == [("FOO/1", "a local code"), ("ICD10/I10", "Essential hypertension")]
+    assert codes.rows() == [
+        ("FOO/1", "a local code", []),
+        ("ICD10/I10", "Essential hypertension", []),
+    ]
     golden = [
         (r["check"], r["column"], r["n_rows"], r["action"]) for r in quality.iter_rows(named=True)
     ]
@@ -154,7 +157,9 @@ def test_meds_without_metadata_writes_an_empty_codes_table(tmp_path):
     meds_frame(SHARD_1).write_parquet(path)
     _, codes, _ = run_meds(tmp_path, path)
     assert codes.height == 0
-    assert codes.schema == pl.Schema({"code": pl.String, "description": pl.String})
+    assert codes.schema == pl.Schema(
+        {"code": pl.String, "description": pl.String, "parent_codes": pl.List(pl.String)}
+    )
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,10 @@ cross-check it. Two differences are inherent and written into the file as commen
   cases whatever their follow-up (PLP ``includeAllOutcomes``). On the subjects both keep, the
   labels agree; the subjects only we keep are cases with short follow-up.
 
+With the ingest's codes table (``codes``), ``outcome.concept_ids`` / ``drug_concept_ids`` are
+written as the exact list of codes they match (the concepts and their descendants through
+parent_codes), since ACES has no concept hierarchy of its own.
+
 Case:control sampling and splits are not part of a task definition and are not exported.
 """
 
@@ -26,21 +30,29 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import yaml
 
 from rationale_bench.cohort import (
     DAYS_PER_YEAR,
     OMOP_PREFIX,
     STATIC_CODES,
+    concept_codes,
     outcome_prefixes,
     resolve_definition,
 )
 
 
 def prefix_regex(
-    prefixes: Sequence[str], regex: str | None = None, concept_ids: Sequence[int] = ()
+    prefixes: Sequence[str],
+    regex: str | None = None,
+    concept_ids: Sequence[int] = (),
+    codes: pl.DataFrame | None = None,
 ) -> str:
-    """One regex (searched, as ACES does with polars ``str.contains``) for a code set."""
+    """One regex (searched, as ACES does with polars ``str.contains``) for a code set.
+
+    With ``codes`` (parent_codes), concept ids match their descendant codes as well.
+    """
     parts = []
     if prefixes:
         parts.append("^(?:" + "|".join(re.escape(p) for p in prefixes) + ")")
@@ -49,6 +61,10 @@ def prefix_regex(
     if concept_ids:
         ids = "|".join(str(int(c)) for c in concept_ids)
         parts.append(f"^{re.escape(OMOP_PREFIX)}(?:{ids})$")
+        own = {f"{OMOP_PREFIX}{int(c)}" for c in concept_ids}
+        below = [c for c in concept_codes(concept_ids, codes) if c not in own]
+        if below:
+            parts.append("^(?:" + "|".join(re.escape(c) for c in below) + ")$")
     if not parts:
         raise ValueError("an ACES predicate needs at least one prefix, regex or concept id.")
     return "|".join(parts)
@@ -84,8 +100,11 @@ def _days(n: int) -> str:
     return f"{n} days"
 
 
-def aces_task(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The ACES task configuration (predicates, trigger, windows) of a cohort definition."""
+def aces_task(cfg: Mapping[str, Any], codes: pl.DataFrame | None = None) -> dict[str, Any]:
+    """The ACES task configuration (predicates, trigger, windows) of a cohort definition.
+
+    ``codes`` (the ingest's codes table) expands concept ids to their descendant codes.
+    """
     defn = resolve_definition(cfg)
     index, outcome = defn["index"], defn["outcome"]
     strategy = index["strategy"]
@@ -98,7 +117,7 @@ def aces_task(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "outcome_code": {
             "code": {
                 "regex": prefix_regex(
-                    outcome_prefixes(defn), outcome["regex"], outcome["concept_ids"]
+                    outcome_prefixes(defn), outcome["regex"], outcome["concept_ids"], codes
                 )
             }
         },
@@ -108,6 +127,7 @@ def aces_task(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     defn["exclusion_drug_prefixes"],
                     outcome["drug_regex"],
                     outcome["drug_concept_ids"],
+                    codes,
                 )
             }
         },
@@ -218,10 +238,12 @@ def _header(defn: Mapping[str, Any]) -> str:
     return "".join(f"# {line}\n" for line in lines)
 
 
-def write_aces_task(cfg: Mapping[str, Any], path: str | Path) -> Path:
+def write_aces_task(
+    cfg: Mapping[str, Any], path: str | Path, codes: pl.DataFrame | None = None
+) -> Path:
     """Write :func:`aces_task` as YAML with a header on what ACES cannot express."""
     defn = resolve_definition(cfg)
-    text = _header(defn) + yaml.safe_dump(aces_task(defn), sort_keys=False, width=100)
+    text = _header(defn) + yaml.safe_dump(aces_task(defn, codes), sort_keys=False, width=100)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

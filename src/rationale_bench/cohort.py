@@ -212,32 +212,58 @@ def outcome_prefixes(defn: Mapping[str, Any]) -> tuple[str, ...]:
     return OUTCOME_TIERS[defn["outcome"]["tier"]]
 
 
+def concept_codes(concept_ids: Sequence[int], codes: pl.DataFrame | None = None) -> list[str]:
+    """``OMOP/<id>`` of each concept and every code below one of them, sorted.
+
+    "Below" reads the ``parent_codes`` column of the ingest's codes table (MEDS
+    codes.parquet convention; for OMOP written from concept_ancestor, already transitive), so
+    configured concept ids also match their descendants and the codes mapped from them.
+    Without ``codes`` (or without the column) only the concepts themselves match.
+    """
+    own = {f"{OMOP_PREFIX}{int(c)}" for c in concept_ids}
+    if not own or codes is None or "parent_codes" not in codes.columns:
+        return sorted(own)
+    below = (
+        codes.select("code", "parent_codes")
+        .explode("parent_codes")
+        .filter(pl.col("parent_codes").is_in(list(own)))
+        .get_column("code")
+    )
+    return sorted(own | set(below.to_list()))
+
+
 def code_set(
     expr: pl.Expr,
     prefixes: Sequence[str],
     regex: str | None = None,
     concept_ids: Sequence[int] = (),
+    codes: pl.DataFrame | None = None,
 ) -> pl.Expr:
-    """Codes matching any prefix, the regex (searched, anchor it with ^) or an OMOP concept id."""
+    """Codes matching any prefix, the regex (searched, anchor it with ^) or an OMOP concept id
+    (with its descendants when ``codes`` carries parent_codes, see :func:`concept_codes`)."""
     parts = [matches_any(expr, prefixes)]
     if regex:
         parts.append(expr.str.contains(regex).fill_null(False))
     if concept_ids:
-        parts.append(expr.is_in([f"{OMOP_PREFIX}{c}" for c in concept_ids]).fill_null(False))
+        parts.append(expr.is_in(concept_codes(concept_ids, codes)).fill_null(False))
     return pl.any_horizontal(parts)
 
 
-def outcome_code_expr(defn: Mapping[str, Any]) -> pl.Expr:
+def outcome_code_expr(defn: Mapping[str, Any], codes: pl.DataFrame | None = None) -> pl.Expr:
     """True for events carrying an outcome (diagnosis) code."""
     o = defn["outcome"]
-    return code_set(pl.col("code"), outcome_prefixes(defn), o["regex"], o["concept_ids"])
+    return code_set(pl.col("code"), outcome_prefixes(defn), o["regex"], o["concept_ids"], codes)
 
 
-def drug_expr(defn: Mapping[str, Any]) -> pl.Expr:
+def drug_expr(defn: Mapping[str, Any], codes: pl.DataFrame | None = None) -> pl.Expr:
     """True for events carrying an anti-dementia drug code."""
     o = defn["outcome"]
     return code_set(
-        pl.col("code"), defn["exclusion_drug_prefixes"], o["drug_regex"], o["drug_concept_ids"]
+        pl.col("code"),
+        defn["exclusion_drug_prefixes"],
+        o["drug_regex"],
+        o["drug_concept_ids"],
+        codes,
     )
 
 
@@ -328,7 +354,10 @@ def find_index_times(
 
 
 def _outcome_in_window(
-    events: pl.LazyFrame, indexed: pl.LazyFrame, defn: Mapping[str, Any]
+    events: pl.LazyFrame,
+    indexed: pl.LazyFrame,
+    defn: Mapping[str, Any],
+    codes: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """Per indexed subject: outcome or drug at/before index, the label and the outcome time.
 
@@ -342,9 +371,10 @@ def _outcome_in_window(
     horizon = pl.duration(days=defn["horizon_days"])
     within = pl.duration(days=o["confirmation"]["within_days"])
     rule = o["confirmation"]["rule"]
+    is_code, is_drug = outcome_code_expr(defn, codes), drug_expr(defn, codes)
     tagged = (
-        events.filter(outcome_code_expr(defn) | drug_expr(defn))
-        .with_columns(is_code=outcome_code_expr(defn), is_drug=drug_expr(defn))
+        events.filter(is_code | is_drug)
+        .with_columns(is_code=is_code, is_drug=is_drug)
         .join(indexed.select("subject_id", "index_time"), on="subject_id")
     )
     at_or_before = pl.col("time") <= pl.col("index_time")
@@ -411,7 +441,10 @@ def _sample_train_controls(
 
 
 def build_cohort(
-    events: pl.LazyFrame | pl.DataFrame, cfg: Mapping[str, Any], check_splits: bool = True
+    events: pl.LazyFrame | pl.DataFrame,
+    cfg: Mapping[str, Any],
+    check_splits: bool = True,
+    codes: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Build the cohort and its attrition table from MEDS events.
 
@@ -420,6 +453,8 @@ def build_cohort(
     split``. Inputs are the events strictly before ``input_end_time`` (the index time minus
     ``cohort.blackout_days``); the outcome window is (index_time, index_time + horizon].
     ``check_splits`` requires cases and non-cases in every split (off only for tiny fixtures).
+    ``codes`` is the ingest's codes table: with ``parent_codes``, ``outcome.concept_ids`` and
+    ``drug_concept_ids`` also match every descendant code (OMOP concept_ancestor).
     Attrition: one row per step, the first row is the input, counts never increase.
     """
     defn = resolve_definition(cfg)
@@ -460,7 +495,7 @@ def build_cohort(
 
     index_times = find_index_times(events, known.lazy(), defn)
     indexed = known.lazy().join(index_times, on="subject_id")
-    labelled = _outcome_in_window(events, indexed, defn).collect()
+    labelled = _outcome_in_window(events, indexed, defn, codes).collect()
     record(index_step_name(defn), labelled, labelled=True)
     if labelled.height == 0:
         raise CohortError(

@@ -26,7 +26,9 @@ EVENTS_SCHEMA = {
     "code": pl.String,
     "numeric_value": pl.Float32,
 }
-CODES_SCHEMA = {"code": pl.String, "description": pl.String}
+# parent_codes: the MEDS metadata/codes.parquet column of a code's ancestors (for OMOP, every
+# ``OMOP/<id>`` above it in concept_ancestor); an empty list when the source has none.
+CODES_SCHEMA = {"code": pl.String, "description": pl.String, "parent_codes": pl.List(pl.String)}
 QUALITY_COLUMNS = ("check", "file", "column", "n_rows", "action", "detail")
 BARE_CODES = ("MEDS_BIRTH", "MEDS_DEATH")
 # Code systems the pipeline knows (the part of a code before '/'); others are counted.
@@ -419,11 +421,30 @@ def empty_codes() -> pl.DataFrame:
 
 
 def write_codes(codes: pl.DataFrame, path: str | Path) -> int:
-    """Write the code-name table (MEDS metadata/codes.parquet convention): one row per code."""
+    """Write the code table (MEDS metadata/codes.parquet convention): one row per code.
+
+    Columns ``code, description, parent_codes``; a table without ``parent_codes`` gets empty
+    lists, and a code listed twice keeps its named row and the union of its parents.
+    """
+    parents = (
+        pl.col("parent_codes").cast(pl.List(pl.String)).fill_null([])
+        if "parent_codes" in codes.columns
+        else pl.lit([], dtype=pl.List(pl.String))
+    )
     codes = codes.select(
-        pl.col("code").cast(pl.String), pl.col("description").cast(pl.String)
+        pl.col("code").cast(pl.String),
+        pl.col("description").cast(pl.String),
+        parents.alias("parent_codes"),
     ).filter(pl.col("code").is_not_null())
-    codes = codes.sort("code", pl.col("description").is_null()).unique("code", keep="first")
+    union = codes.group_by("code").agg(
+        pl.col("parent_codes").list.explode(keep_nulls=False, empty_as_null=False).unique().sort()
+    )
+    codes = (
+        codes.sort("code", pl.col("description").is_null())
+        .unique("code", keep="first")
+        .drop("parent_codes")
+        .join(union, on="code")
+    )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     codes.sort("code").write_parquet(path)
     return codes.height
