@@ -248,3 +248,79 @@ def write_aces_task(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out
+
+
+def compare_labels(
+    ours: pl.DataFrame, aces_labels: pl.DataFrame, horizon_days: int
+) -> dict[str, Any]:
+    """Agreement of our cohort with ACES output on the same MEDS data and task.
+
+    ``ours``: ``subject_id, index_time, label, followup_days`` (cohort.parquet);
+    ``aces_labels``: ACES's MEDS label file (``subject_id, prediction_time, boolean_value``),
+    one row per eligible trigger: each subject's first is taken (see the module docstring).
+    Returns the subject counts of each side, the labels compared on the subjects both keep
+    (exact match rate and a confusion table keyed ``"ours=<bool> aces=<bool>"``) and the
+    reason for every difference:
+
+    - ``index differs``: both keep the subject at different index times;
+    - ``label differs at the same index``: both keep it at the same time, the labels differ;
+    - ``only ours: case with short follow-up``: expected (ACES applies follow-up to cases);
+    - ``only ours: other`` and ``only ACES``: unexpected, the definitions disagree.
+    """
+    first = (
+        aces_labels.select(
+            "subject_id",
+            aces_time=pl.col("prediction_time").cast(pl.Datetime("us")),
+            aces_label=pl.col("boolean_value").cast(pl.Boolean),
+        )
+        .sort("subject_id", "aces_time")
+        .unique("subject_id", keep="first", maintain_order=True)
+    )
+    mine = ours.select(
+        "subject_id",
+        index_time=pl.col("index_time").cast(pl.Datetime("us")),
+        label=pl.col("label").cast(pl.Boolean),
+        followup_days="followup_days",
+    )
+    both = mine.join(first, on="subject_id", how="inner")
+    only_ours = mine.join(first, on="subject_id", how="anti")
+    only_aces = first.join(mine, on="subject_id", how="anti")
+    same_index = pl.col("index_time") == pl.col("aces_time")
+    confusion = {
+        f"ours={a} aces={b}": both.filter(
+            (pl.col("label") == a) & (pl.col("aces_label") == b)
+        ).height
+        for a in (True, False)
+        for b in (True, False)
+    }
+    short_case = pl.col("label") & (pl.col("followup_days") < horizon_days)
+    reasons = {
+        "index differs": both.filter(~same_index).height,
+        "label differs at the same index": both.filter(
+            same_index & (pl.col("label") != pl.col("aces_label"))
+        ).height,
+        "only ours: case with short follow-up": only_ours.filter(short_case).height,
+        "only ours: other": only_ours.filter(~short_case).height,
+        "only ACES": only_aces.height,
+    }
+    agree = both.filter(pl.col("label") == pl.col("aces_label")).height
+    return {
+        "n_ours": mine.height,
+        "n_aces_rows": aces_labels.height,
+        "n_aces_subjects": first.height,
+        "n_compared": both.height,
+        "n_same_index": both.filter(same_index).height,
+        "label_agreement": agree / both.height if both.height else float("nan"),
+        "confusion": confusion,
+        "reasons": reasons,
+        "examples": {
+            "index differs": both.filter(~same_index)["subject_id"].head(5).to_list(),
+            "label differs at the same index": both.filter(
+                same_index & (pl.col("label") != pl.col("aces_label"))
+            )["subject_id"]
+            .head(5)
+            .to_list(),
+            "only ours: other": only_ours.filter(~short_case)["subject_id"].head(5).to_list(),
+            "only ACES": only_aces["subject_id"].head(5).to_list(),
+        },
+    }
