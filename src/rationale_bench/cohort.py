@@ -29,6 +29,7 @@ from rationale_bench.codes import (
     ANTI_DEMENTIA_DRUG_PREFIXES,
     OUTCOME_TIERS,
     RISK_FACTORS,
+    describe_many,
     matches_any,
 )
 
@@ -52,8 +53,14 @@ ATTRITION_COUNTS = (
     "n_died_in_window",
 )
 
+# Table 1 lists the cohort's most prevalent ICD-10 3-character categories in fixed slots
+# ("condition k", "n condition k", "% condition k"), so its count columns are known in advance.
+TOP_CONDITIONS = 10
+ICD10_CATEGORY = r"^ICD10/([A-Z][0-9][0-9A-Z])"
 # Count columns of Table 1 (small-cell suppression applies to these).
-TABLE_ONE_COUNTS = ("n",)
+TABLE_ONE_COUNTS = ("n", *(f"n condition {k}" for k in range(1, TOP_CONDITIONS + 1)))
+# Percentages computed from a Table 1 count: blanked when that count is suppressed.
+TABLE_ONE_PERCENTS = {f"% condition {k}": f"n condition {k}" for k in range(1, TOP_CONDITIONS + 1)}
 
 DEFAULTS: dict[str, Any] = {
     "min_age": 65,
@@ -629,10 +636,40 @@ def restrict_training(cohort: pl.DataFrame, eligible: pl.DataFrame) -> tuple[pl.
     return cohort.filter((pl.col("split") != "train") | keep), removed
 
 
+def top_conditions(
+    cohort: pl.DataFrame, history_codes: pl.DataFrame, n: int = TOP_CONDITIONS
+) -> pl.DataFrame:
+    """``category, name, n_subjects``: the ``n`` ICD-10 3-character categories (``I10``) that
+    the most cohort subjects have among their input events; ties by category code."""
+    categories = (
+        history_codes.join(cohort.select("subject_id"), on="subject_id", how="semi")
+        .select("subject_id", category=pl.col("code").str.extract(ICD10_CATEGORY, 1))
+        .drop_nulls()
+        .unique()
+    )
+    top = (
+        categories.group_by("category")
+        .agg(n_subjects=pl.len().cast(pl.Int64))
+        .sort(["n_subjects", "category"], descending=[True, False])
+        .head(n)
+    )
+    names = describe_many(f"ICD10/{c}" for c in top["category"])
+    return top.with_columns(
+        name=pl.col("category").map_elements(
+            lambda c: names.get(f"ICD10/{c}") or c, return_dtype=pl.String
+        )
+    ).select("category", "name", "n_subjects")
+
+
 def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame:
-    """Table 1 by split and label: size, age, sex, follow-up and risk-factor prevalence.
+    """Table 1 by split and label: size, age, sex, follow-up, risk-factor prevalence and the
+    cohort's most frequent conditions.
 
     ``history_codes`` holds ``subject_id, code`` of input events (strictly before index).
+    Conditions: the :data:`TOP_CONDITIONS` ICD-10 3-character categories most prevalent in the
+    whole cohort (:func:`top_conditions`), the same in every row, as ``condition k`` (code and
+    name), ``n condition k`` and ``% condition k`` (subjects of the row with the category);
+    unused slots (fewer categories in the data) are null.
     """
     flags = []
     for name, factor in RISK_FACTORS.items():
@@ -646,6 +683,30 @@ def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame
     table = cohort
     for flag in flags:
         table = table.join(flag, on="subject_id", how="left")
+    top = top_conditions(cohort, history_codes)
+    condition_cols: list[pl.Expr] = []
+    for k in range(1, TOP_CONDITIONS + 1):
+        if k > top.height:
+            condition_cols += [
+                pl.lit(None, dtype=pl.String).alias(f"condition {k}"),
+                pl.lit(None, dtype=pl.Int64).alias(f"n condition {k}"),
+                pl.lit(None, dtype=pl.Float64).alias(f"% condition {k}"),
+            ]
+            continue
+        category, name = top["category"][k - 1], top["name"][k - 1]
+        has = (
+            history_codes.filter(pl.col("code").str.extract(ICD10_CATEGORY, 1) == category)
+            .select("subject_id")
+            .unique()
+            .with_columns(pl.lit(True).alias(f"_c{k}"))
+        )
+        table = table.join(has, on="subject_id", how="left")
+        flag = pl.col(f"_c{k}").fill_null(False)
+        condition_cols += [
+            pl.lit(f"{category} {name}" if name != category else category).alias(f"condition {k}"),
+            flag.sum().cast(pl.Int64).alias(f"n condition {k}"),
+            flag.mean().mul(100).round(1).alias(f"% condition {k}"),
+        ]
     factor_cols = [
         pl.col(name)
         .fill_null(False)
@@ -664,11 +725,30 @@ def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame
             (pl.col("sex") == "F").mean().mul(100).round(1).alias("% female"),
             pl.col("followup_days").median().alias("follow-up days median"),
             *factor_cols,
+            *condition_cols,
         )
         .with_columns(pl.col("split").cast(pl.Enum(list(SPLITS))))
         .sort("split", "label")
         .with_columns(pl.col("split").cast(pl.String))
     )
+
+
+def suppress_table_one(table: pl.DataFrame, threshold: int | None) -> pl.DataFrame:
+    """Table 1 as published: small counts shown as ``"<threshold>"`` (:func:`suppress_small_cells`
+    on :data:`TABLE_ONE_COUNTS`) and the percentage of each suppressed condition count blanked,
+    since the row's n would give the count back."""
+    if threshold is None or threshold <= 1:
+        return table
+    small = {
+        pct: (pl.col(count) > 0) & (pl.col(count) < threshold)
+        for pct, count in TABLE_ONE_PERCENTS.items()
+        if pct in table.columns
+    }
+    blanked = table.with_columns(
+        pl.when(hidden).then(None).otherwise(pl.col(pct)).alias(pct)
+        for pct, hidden in small.items()
+    )
+    return suppress_small_cells(blanked, TABLE_ONE_COUNTS, threshold)
 
 
 def suppress_small_cells(
