@@ -20,6 +20,7 @@ from rationale_bench.data_quality import (
     KNOWN_VOCABULARIES,
     DataError,
     QualityReport,
+    check_meds_conformance,
     clean_events,
     empty_codes,
     normalize_events,
@@ -120,6 +121,7 @@ def ingest(
         path = data_cfg["meds"]["path"]
         events, file = meds_events(path), str(path)
         codes = meds_codes(path, report)
+        check_meds_conformance(meds_files(path), report)
     elif source == "first_occurrence":
         from rationale_bench.first_occurrence import first_occurrence_events
 
