@@ -98,9 +98,11 @@ rule build_cohort:
     """Index per cohort.index.strategy (default: the first eligible visit); exclude prior ADRD
     or anti-dementia drugs; label the (index, index + horizon] window; drop non-cases without
     full follow-up; split patients by hash; export the task definition as an ACES task YAML.
+    OMOP concept ids in the outcome also match their descendants (parent_codes of codes.parquet).
     """
     input:
         events="results/data/events.parquet",
+        codes="results/data/codes.parquet",
     output:
         cohort="results/cohort/cohort.parquet",
         attrition="results/cohort/attrition.csv",

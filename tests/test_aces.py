@@ -9,13 +9,20 @@ polars ``str.contains``, which is how ACES evaluates them on MEDS data.
 from __future__ import annotations
 
 import re
+from datetime import datetime as DT
 
 import polars as pl
 import pytest
 import yaml
 from conftest import cohort_cfg
 
-from rationale_bench.aces import aces_task, not_prefix_regex, prefix_regex, write_aces_task
+from rationale_bench.aces import (
+    aces_task,
+    compare_labels,
+    not_prefix_regex,
+    prefix_regex,
+    write_aces_task,
+)
 from rationale_bench.codes import OUTCOME_TIERS, matches_any
 from rationale_bench.cohort import drug_expr, outcome_code_expr, resolve_definition
 
@@ -240,3 +247,66 @@ def test_prefix_regex_needs_something():
     with pytest.raises(ValueError, match="at least one prefix"):
         prefix_regex([])
     assert re.fullmatch(r"\^\(\?:ICD10/F03\|ATC/N06DA\)", prefix_regex(["ICD10/F03", "ATC/N06DA"]))
+
+
+def test_concept_ids_export_their_descendant_codes():
+    codes = pl.DataFrame(
+        {
+            "code": ["OMOP/378419", "ICD10/F03.90", "OMOP/320128"],
+            "description": [None, None, None],
+            "parent_codes": [["OMOP/4182210"], ["OMOP/378419", "OMOP/4182210"], []],
+        }
+    )
+    cfg = cohort_cfg(outcome_code_prefixes=[], outcome={"concept_ids": [4182210]})
+    rx = aces_task(cfg, codes)["predicates"]["outcome_code"]["code"]["regex"]
+    universe = pl.DataFrame({"code": [*codes["code"], "OMOP/4182210", "ICD10/F03.9", "OMOP/37"]})
+    expected = {"OMOP/4182210", "OMOP/378419", "ICD10/F03.90"}
+    assert _matched(universe, pl.col("code").str.contains(rx)) == expected
+    defn = resolve_definition(cfg)
+    assert _matched(universe, outcome_code_expr(defn, codes)) == expected
+    # Without the codes table only the concept itself is exported.
+    assert _matched(universe, pl.col("code").str.contains(prefix_regex([], None, [4182210]))) == {
+        "OMOP/4182210"
+    }
+
+
+def test_compare_labels_takes_the_first_trigger_and_names_every_difference():
+    ours = pl.DataFrame(
+        {
+            "subject_id": [1, 2, 3, 4, 5, 6],
+            "index_time": [DT(2010, 1, 1), DT(2011, 1, 1), DT(2012, 1, 1)]
+            + [DT(2013, 1, 1), DT(2014, 1, 1), DT(2015, 1, 1)],
+            "label": [True, False, False, True, True, False],
+            "followup_days": [2000, 2000, 2000, 2000, 300, 2000],
+        }
+    )
+    aces_labels = pl.DataFrame(
+        {
+            # 1 agrees (its later trigger says False and is ignored); 2 disagrees at the same
+            # index; 3 has another index; 4 agrees; 5 (short-follow-up case) and 6 are ours only.
+            "subject_id": [1, 1, 2, 3, 4, 7],
+            "prediction_time": [DT(2010, 2, 1), DT(2010, 1, 1), DT(2011, 1, 1)]
+            + [DT(2012, 6, 1), DT(2013, 1, 1), DT(2016, 1, 1)],
+            "boolean_value": [False, True, True, False, True, False],
+        }
+    )
+    result = compare_labels(ours, aces_labels, horizon_days=1826)
+    assert result["n_ours"] == 6 and result["n_aces_rows"] == 6
+    assert result["n_aces_subjects"] == 5 and result["n_compared"] == 4
+    assert result["n_same_index"] == 3
+    assert result["label_agreement"] == 0.75
+    assert result["confusion"] == {
+        "ours=True aces=True": 2,
+        "ours=True aces=False": 0,
+        "ours=False aces=True": 1,
+        "ours=False aces=False": 1,
+    }
+    assert result["reasons"] == {
+        "index differs": 1,
+        "label differs at the same index": 1,
+        "only ours: case with short follow-up": 1,
+        "only ours: other": 1,
+        "only ACES": 1,
+    }
+    assert result["examples"]["label differs at the same index"] == [2]
+    assert result["examples"]["only ACES"] == [7]

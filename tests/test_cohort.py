@@ -567,3 +567,87 @@ def test_resolve_definition_does_not_mutate_its_input():
     before = copy.deepcopy(cfg)
     defn = resolve_definition(cfg)
     assert cfg == before and defn["outcome"]["confirmation"]["rule"] == "none"
+
+
+def _table_one_fixture() -> tuple[pl.DataFrame, pl.DataFrame]:
+    cohort = pl.DataFrame(
+        {
+            "subject_id": [1, 2, 3, 4, 5, 6],
+            "label": [True, True, False, False, False, False],
+            "age": [70.0, 72.0, 68.0, 69.0, 71.0, 66.0],
+            "sex": ["F", "M", "F", "F", "M", "M"],
+            "followup_days": [900, 1200, 1826, 1900, 2000, 1830],
+            "split": ["train", "train", "train", "train", "held_out", "held_out"],
+        }
+    )
+    history = pl.DataFrame(
+        {
+            "subject_id": [1, 1, 1, 2, 2, 3, 3, 4, 5, 6, 9, 9],
+            "code": [
+                "ICD10/I10",
+                "ICD10/I10.9",  # the same category twice: one subject
+                "ATC/C09AA05",  # not ICD-10: not a condition
+                "ICD10/I10",
+                "ICD10/R41.3",
+                "ICD10/I10",
+                "ICD10/E11",
+                "ICD10/E11.2",
+                "ATC/N06DA02",  # not ICD-10: not a condition
+                "ICD10/H90.3",
+                "ICD10/Z99",  # subject 9 is not in the cohort
+                "ICD10/Z99.1",
+            ],
+        }
+    )
+    return cohort, history
+
+
+def test_table_one_lists_the_cohorts_top_icd10_categories_by_split_and_label():
+    from rationale_bench.cohort import TABLE_ONE_COUNTS, TOP_CONDITIONS, table_one, top_conditions
+
+    cohort, history = _table_one_fixture()
+    top = top_conditions(cohort, history)
+    # I10: 3 subjects, E11: 2, then H90 and R41 (1 each, by code); Z99 is outside the cohort.
+    assert top.select("category", "n_subjects").rows() == [
+        ("I10", 3),
+        ("E11", 2),
+        ("H90", 1),
+        ("R41", 1),
+    ]
+    assert top["name"][0] == "Essential (primary) hypertension"
+    table = table_one(cohort, history)
+    # Existing columns are kept, every count column of TABLE_ONE_COUNTS is present.
+    for column in ("n", "age mean", "% female", "follow-up days median"):
+        assert column in table.columns
+    assert set(TABLE_ONE_COUNTS) <= set(table.columns) and len(TABLE_ONE_COUNTS) == 11
+    rows = {(r["split"], r["label"]): r for r in table.iter_rows(named=True)}
+    assert set(rows) == {("train", False), ("train", True), ("held_out", False)}
+    assert {r["condition 1"] for r in rows.values()} == {"I10 Essential (primary) hypertension"}
+    assert rows[("train", True)]["n condition 1"] == 2  # subjects 1 and 2
+    assert rows[("train", True)]["% condition 1"] == 100.0
+    assert rows[("train", False)]["n condition 1"] == 1  # subject 3
+    assert rows[("train", False)]["n condition 2"] == 2  # E11: subjects 3 and 4
+    assert rows[("held_out", False)]["n condition 3"] == 1  # H90: subject 6
+    assert rows[("held_out", False)]["% condition 3"] == 50.0
+    assert rows[("train", True)]["n condition 4"] == 1  # R41: subject 2
+    # Fewer than TOP_CONDITIONS categories: the remaining slots are null.
+    assert TOP_CONDITIONS == 10
+    assert all(r["condition 5"] is None and r["n condition 10"] is None for r in rows.values())
+
+
+def test_table_one_suppression_hides_small_condition_counts_and_their_percentages():
+    from rationale_bench.cohort import suppress_table_one, table_one
+
+    cohort, history = _table_one_fixture()
+    table = table_one(cohort, history)
+    out = suppress_table_one(table, 2)
+    rows = {(r["split"], r["label"]): r for r in out.iter_rows(named=True)}
+    assert rows[("train", True)]["n condition 1"] == "2"
+    assert rows[("train", True)]["% condition 1"] == 100.0
+    assert rows[("train", False)]["n condition 1"] == "<2"
+    assert rows[("train", False)]["% condition 1"] is None  # would give the count back
+    assert rows[("held_out", False)]["n condition 1"] == "0"  # zero is not a small cell
+    assert rows[("held_out", False)]["% condition 1"] == 0.0
+    assert rows[("train", False)]["n"] == "2"
+    assert rows[("train", True)]["n condition 10"] is None
+    assert suppress_table_one(table, None).equals(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -124,3 +125,27 @@ def test_every_format_and_control_is_a_grid_value(workdir, tmp_path):
     counts = dry_run(workdir, configfile=path)
     assert counts["finetune"] == 20 and counts["evaluate"] == 32  # arms are evaluated only
     assert counts["generate_rationales"] == 1
+
+
+def test_cohort_reruns_when_the_code_table_changes(workdir):
+    """build_cohort reads codes.parquet (parent_codes expand OMOP concept ids): a newer code
+    table alone reruns the cohort and what follows, not the ingest."""
+    files = [
+        "results/data/events.parquet",
+        "results/data/codes.parquet",
+        "results/data/data_quality.csv",
+        "results/cohort/cohort.parquet",
+        "results/cohort/attrition.csv",
+        "results/cohort/aces_task.yaml",
+    ]
+    for age, name in enumerate(files):
+        path = workdir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        os.utime(path, (1_000_000 + age, 1_000_000 + age))
+    target = "results/cohort/cohort.parquet"
+    args = ("--rerun-triggers", "mtime")
+    assert "build_cohort" not in dry_run(workdir, target, *args)
+    os.utime(workdir / "results/data/codes.parquet", (2_000_000, 2_000_000))
+    counts = dry_run(workdir, target, *args)
+    assert counts["build_cohort"] == 1 and "synthesize_events" not in counts

@@ -91,6 +91,7 @@ def run_meds(tmp_path, path):
 def test_meds_dataset_is_cleaned_counted_and_keeps_its_code_names(tmp_path, meds_dataset):
     events, codes, quality = run_meds(tmp_path, meds_dataset)
     assert events.rows() == [
+        (1, None, "SEX/F", None),
         (1, D(1950, 1, 1), "MEDS_BIRTH", None),
         (1, D(2010, 1, 1), "LAB/LDL", 130.0),
         (1, D(2010, 1, 1), "LAB/LDL", 131.0),
@@ -98,20 +99,24 @@ def test_meds_dataset_is_cleaned_counted_and_keeps_its_code_names(tmp_path, meds
         (1, D(2011, 1, 1), "FOO/1", None),
         (1, D(2019, 5, 5, 23), "MEDS_DEATH", None),
         (1, D(2019, 5, 5, 23, 30), "VISIT/INPATIENT", None),
-        (1, None, "SEX/F", None),
         (2, D(2012, 3, 3), "ICD10/I10", None),
         (3, D(1960, 1, 1), "MEDS_BIRTH", None),
         (3, D(1960, 1, 1), "SEX/M", None),
         (3, D(2015, 1, 1), "BAR/2", None),
         (3, D(2015, 2, 2), "ICD10/i10", None),
     ]
-    assert codes.rows() == [("FOO/1", "a local code"), ("ICD10/I10", "Essential hypertension")]
+    assert codes.rows() == [
+        ("FOO/1", "a local code", []),
+        ("ICD10/I10", "Essential hypertension", []),
+    ]
     golden = [
         (r["check"], r["column"], r["n_rows"], r["action"]) for r in quality.iter_rows(named=True)
     ]
     assert golden == [
         ("duplicate code row", "code", 2, "first kept (warning)"),
         ("code names read", None, 3, "info"),
+        # SEX/F and ICD10/E11 (no time) after timed rows, 1949 after 1950.
+        ("shard not sorted by subject_id, time", "subject_id, time", 3, "kept (warning)"),
         ("events checked", None, 17, "info"),
         ("event after death", "time", 1, "dropped"),
         ("event before birth", "time", 1, "dropped"),
@@ -154,7 +159,9 @@ def test_meds_without_metadata_writes_an_empty_codes_table(tmp_path):
     meds_frame(SHARD_1).write_parquet(path)
     _, codes, _ = run_meds(tmp_path, path)
     assert codes.height == 0
-    assert codes.schema == pl.Schema({"code": pl.String, "description": pl.String})
+    assert codes.schema == pl.Schema(
+        {"code": pl.String, "description": pl.String, "parent_codes": pl.List(pl.String)}
+    )
 
 
 @pytest.mark.parametrize(
@@ -340,3 +347,70 @@ def test_synthetic_rule_writes_the_three_ingest_files(tmp_path):
     quality = pl.read_csv(data / "data_quality.csv")
     assert quality.select("check", "n_rows").rows() == [("events checked", n_events)]
     assert pl.read_parquet(data / "codes.parquet").height == 0
+
+
+def test_meds_shards_are_checked_against_the_official_meds_schema(tmp_path):
+    """meds.DataSchema types, one shard per subject and sorted shards: warnings, with counts."""
+    from rationale_bench.data_quality import check_meds_conformance
+
+    good, bad = tmp_path / "0.parquet", tmp_path / "1.parquet"
+    meds_frame(SHARD_1).write_parquet(good)  # sorted, MEDS types
+    meds_frame([SHARD_1[0], SHARD_0[0], SHARD_0[3]]).with_columns(
+        pl.col("subject_id").cast(pl.Int32), pl.col("numeric_value").cast(pl.Float64)
+    ).write_parquet(bad)
+    report = QualityReport()
+    check_meds_conformance([good, bad], report)
+    rows = {(r["check"], r["file"]): r for r in report.rows}
+    assert set(rows) == {
+        ("not the MEDS data schema", str(bad)),
+        ("subject in several shards", f"{good}, {bad}"),
+        ("shard not sorted by subject_id, time", str(bad)),
+    }
+    schema_row = rows[("not the MEDS data schema", str(bad))]
+    assert schema_row["column"] == "subject_id, numeric_value" and schema_row["n_rows"] == 3
+    assert "subject_id is int32, not int64" in schema_row["detail"]
+    assert rows[("subject in several shards", f"{good}, {bad}")]["n_rows"] == 1  # subject 2
+    assert rows[("shard not sorted by subject_id, time", str(bad))]["n_rows"] == 1  # 1 after 2
+
+
+def test_ingested_events_and_codes_follow_the_meds_schemas(tmp_path, meds_dataset):
+    import meds
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def plain(schema: pa.Schema) -> pa.Schema:
+        # parquet stores string and large_string alike; polars writes the latter.
+        def fix(t: pa.DataType) -> pa.DataType:
+            if pa.types.is_large_string(t):
+                return pa.string()
+            if pa.types.is_list(t) or pa.types.is_large_list(t):
+                return pa.list_(fix(t.value_type))
+            return t
+
+        return pa.schema([pa.field(f.name, fix(f.type)) for f in schema])
+
+    events, codes, _ = run_meds(tmp_path, meds_dataset)
+    out = tmp_path / "out"
+    meds.DataSchema.validate(plain(pq.read_schema(out / "events.parquet")))
+    meds.CodeMetadataSchema.validate(plain(pq.read_schema(out / "codes.parquet")))
+    # Sorted by subject and time, one birth per subject, nothing after a death.
+    assert events.equals(events.sort("subject_id", "time", nulls_last=False, maintain_order=True))
+    deaths = events.filter(pl.col("code") == "MEDS_DEATH").select("subject_id", death="time")
+    after = events.join(deaths, on="subject_id").filter(
+        pl.col("time").dt.date() > pl.col("death").dt.date()
+    )
+    assert after.height == 0
+
+
+def test_conflicting_deaths_are_counted():
+    report = QualityReport()
+    rows = [
+        (1, D(1950, 1, 1), "MEDS_BIRTH", None),
+        (1, D(1950, 1, 1), "SEX/F", None),
+        (1, D(2019, 1, 1), "MEDS_DEATH", None),
+        (1, D(2020, 1, 1), "MEDS_DEATH", None),
+    ]
+    clean_events(meds_frame(rows).lazy(), report, "x.parquet")
+    assert [
+        r["n_rows"] for r in report.rows if r["check"] == "subject with conflicting deaths"
+    ] == [1]

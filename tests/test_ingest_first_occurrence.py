@@ -55,10 +55,10 @@ EXPECTED = [
     (2, "1945-07-01", "SEX/M"),
     (2, "2009-01-02", "VISIT/ASSESSMENT"),
     (2, "2022-10-31", "OBSERVATION_PERIOD/END"),
+    (3, None, "SEX/M"),  # no usable birth year: sex stays, static, without time (MEDS: first)
     (3, "2000-01-01", "ICD10/I10"),
     (3, "2010-01-01", "VISIT/ASSESSMENT"),
     (3, "2022-10-31", "OBSERVATION_PERIOD/END"),
-    (3, None, "SEX/M"),  # no usable birth year: sex stays, static, without time
     (4, "1950-07-01", "MEDS_BIRTH"),
     (4, "1950-07-01", "OBSERVATION_PERIOD/START"),
     (4, "2022-10-31", "OBSERVATION_PERIOD/END"),
@@ -134,7 +134,9 @@ def test_wide_table_becomes_meds_events(tmp_path):
         }
     )
     assert rows(events) == EXPECTED
-    assert codes.schema == pl.Schema({"code": pl.String, "description": pl.String})
+    assert codes.schema == pl.Schema(
+        {"code": pl.String, "description": pl.String, "parent_codes": pl.List(pl.String)}
+    )
     assert codes.height == 0
     golden = [
         (r["check"], r["column"], r["n_rows"], r["action"]) for r in quality.iter_rows(named=True)

@@ -8,6 +8,7 @@ from datetime import datetime
 import polars as pl
 import pytest
 
+from rationale_bench.cohort import build_cohort
 from rationale_bench.data_quality import DataError
 from rationale_bench.ingest import ingest
 
@@ -161,14 +162,14 @@ EXPECTED_EVENTS = [
 ]
 
 EXPECTED_CODES = {
-    "ATC/N06DA02": "donepezil",
-    "ICD10/F03.90": "Unspecified dementia without behavioral disturbance",
-    "ICD9/401.9": "Unspecified essential hypertension",
-    "OMOP/2002": "aspirin 81 MG Oral Tablet",
-    "OMOP/3004410": "Hemoglobin A1c",
-    "OMOP/320128": "Essential hypertension",
-    "OMOP/4000": "Computed tomography of chest",
-    "VISIT/5555": "Custom visit",
+    "ATC/N06DA02": ("donepezil", ["OMOP/2001"]),
+    "ICD10/F03.90": ("Unspecified dementia without behavioral disturbance", ["OMOP/4182210"]),
+    "ICD9/401.9": ("Unspecified essential hypertension", ["OMOP/320128"]),
+    "OMOP/2002": ("aspirin 81 MG Oral Tablet", []),
+    "OMOP/3004410": ("Hemoglobin A1c", []),
+    "OMOP/320128": ("Essential hypertension", []),
+    "OMOP/4000": ("Computed tomography of chest", []),
+    "VISIT/5555": ("Custom visit", []),
 }
 
 
@@ -228,8 +229,11 @@ def test_omop_cdm_becomes_meds_events_and_code_names(tmp_path, kind):
         }
     )
     assert as_tuples(events) == EXPECTED_EVENTS
-    assert codes.schema == pl.Schema({"code": pl.String, "description": pl.String})
-    assert dict(codes.iter_rows()) == EXPECTED_CODES
+    assert codes.schema == pl.Schema(
+        {"code": pl.String, "description": pl.String, "parent_codes": pl.List(pl.String)}
+    )
+    # Without concept_ancestor a mapped code's parent is the standard concept of its events.
+    assert {c: (d, p) for c, d, p in codes.iter_rows()} == EXPECTED_CODES
 
     def n(check, column=None):
         rows = quality.filter(pl.col("check") == check)
@@ -322,3 +326,126 @@ def test_duckdb_missing_gives_install_hint(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_duckdb)
     with pytest.raises(DataError, match=r"rationale-bench\[omop\]"):
         run(tmp_path, str(path))
+
+
+# Concept hierarchy: Dementia (4182210) > Alzheimer's disease (378419) > early onset (4043378);
+# donepezil (715997, ingredient) > donepezil 10 MG tablet (2001). concept_ancestor is transitive
+# and lists every concept as its own ancestor, as the OHDSI vocabulary does.
+def hierarchy_cdm() -> dict[str, dict[str, list]]:
+    people = [1, 2, 3, 4, 5]
+    return {
+        "person": {
+            "person_id": people,
+            "gender_concept_id": [8532, 8507, 8532, 8507, 8532],
+            "year_of_birth": [1940, 1941, 1942, 1943, 1944],
+        },
+        "observation_period": {
+            "person_id": people,
+            "observation_period_start_date": ["2000-01-01"] * 5,
+            "observation_period_end_date": ["2020-12-31"] * 5,
+        },
+        "visit_occurrence": {
+            "person_id": people,
+            "visit_concept_id": [9202] * 5,
+            "visit_start_date": ["2010-01-01"] * 5,
+        },
+        "condition_occurrence": {
+            "person_id": [1, 2, 3, 4],
+            "condition_concept_id": [378419, 4043378, 320128, 378419],
+            "condition_start_date": ["2012-01-01", "2013-01-01", "2013-01-01", "2014-01-01"],
+            "condition_source_value": ["x", "y", "z", "F0390"],
+            "condition_source_concept_id": [0, 0, 0, 1001],
+        },
+        "drug_exposure": {
+            "person_id": [5],
+            "drug_concept_id": [2001],
+            "drug_exposure_start_date": ["2009-01-01"],
+        },
+        "concept": {
+            "concept_id": [4182210, 378419, 4043378, 320128, 1001, 715997, 2001],
+            "concept_name": [
+                "Dementia",
+                "Alzheimer's disease",
+                "Alzheimer's disease with early onset",
+                "Essential hypertension",
+                "Unspecified dementia",
+                "donepezil",
+                "donepezil 10 MG Oral Tablet",
+            ],
+            "vocabulary_id": [
+                "SNOMED",
+                "SNOMED",
+                "SNOMED",
+                "SNOMED",
+                "ICD10CM",
+                "RxNorm",
+                "RxNorm",
+            ],
+            "concept_code": ["52448006", "26929004", "416780008", "59621000", "F03.90", "1", "2"],
+        },
+        "concept_ancestor": {
+            "ancestor_concept_id": [
+                4182210,
+                4182210,
+                4182210,
+                378419,
+                378419,
+                4043378,
+                715997,
+                2001,
+            ],
+            "descendant_concept_id": [
+                4182210,
+                378419,
+                4043378,
+                378419,
+                4043378,
+                4043378,
+                2001,
+                2001,
+            ],
+            "min_levels_of_separation": [0, 1, 2, 0, 1, 0, 1, 0],
+            "max_levels_of_separation": [0, 1, 2, 0, 1, 0, 1, 0],
+        },
+    }
+
+
+CONCEPT_COHORT = {
+    "min_age": 65,
+    "min_prior_observation_days": 730,
+    "outcome_code_prefixes": [],
+    "exclusion_drug_prefixes": [],
+    "outcome": {"concept_ids": [4182210], "drug_concept_ids": [715997]},
+}
+
+
+@pytest.mark.parametrize("kind", ["csv", "duckdb"])
+def test_concept_ids_match_descendants_through_concept_ancestor(tmp_path, kind):
+    _, events, codes, quality = run(tmp_path, write_cdm(tmp_path, kind, hierarchy_cdm()))
+    parents = {c: p for c, _, p in codes.iter_rows()}
+    assert parents["OMOP/378419"] == ["OMOP/4182210"]
+    assert parents["OMOP/4043378"] == ["OMOP/378419", "OMOP/4182210"]
+    # An ICD-10 code mapped from a source concept keeps its standard concept and its ancestors.
+    assert parents["ICD10/F03.90"] == ["OMOP/378419", "OMOP/4182210"]
+    assert parents["OMOP/2001"] == ["OMOP/715997"]
+    assert parents["OMOP/320128"] == []
+    assert quality.filter(pl.col("check") == "concept ancestry read")["n_rows"].to_list() == [4]
+
+    cohort, attrition = build_cohort(events, CONCEPT_COHORT, check_splits=False, codes=codes)
+    labels = dict(cohort.select("subject_id", "label").iter_rows())
+    # 1: child concept, 2: grandchild, 4: ICD-10 code of a child concept, 3: not dementia;
+    # 5: a descendant of the donepezil ingredient before index excludes the subject.
+    assert labels == {1: True, 2: True, 3: False, 4: True}
+    drug_step = attrition.filter(pl.col("step") == "no anti-dementia drug at or before index")
+    assert drug_step["n_excluded"].to_list() == [1]
+
+    # Without the hierarchy only the concept itself matches: nobody is a case.
+    flat, _ = build_cohort(events, CONCEPT_COHORT, check_splits=False)
+    assert dict(flat.select("subject_id", "label").iter_rows()) == dict.fromkeys(range(1, 6), False)
+
+
+def test_concept_ancestor_without_its_columns_stops(tmp_path):
+    tables = hierarchy_cdm()
+    tables["concept_ancestor"] = {"ancestor_concept_id": [1], "child": [2]}
+    with pytest.raises(DataError, match=r"'descendant_concept_id' missing.*concept_ancestor"):
+        run(tmp_path, write_cdm(tmp_path, "csv", tables))

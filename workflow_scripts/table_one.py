@@ -1,6 +1,6 @@
 import polars as pl
 
-from rationale_bench.cohort import TABLE_ONE_COUNTS, suppress_small_cells, table_one
+from rationale_bench.cohort import suppress_table_one, table_one
 from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821
@@ -8,4 +8,4 @@ cohort = pl.read_parquet(snakemake.input.cohort)  # noqa: F821
 codes = pl.read_parquet(snakemake.input.histories, columns=["subject_id", "codes"])  # noqa: F821
 table = table_one(cohort, codes.explode("codes").rename({"codes": "code"}).drop_nulls())
 threshold = snakemake.params.small_cell_threshold  # noqa: F821
-suppress_small_cells(table, TABLE_ONE_COUNTS, threshold).write_csv(snakemake.output[0])  # noqa: F821
+suppress_table_one(table, threshold).write_csv(snakemake.output[0])  # noqa: F821

@@ -15,6 +15,10 @@ cross-check it. Two differences are inherent and written into the file as commen
   cases whatever their follow-up (PLP ``includeAllOutcomes``). On the subjects both keep, the
   labels agree; the subjects only we keep are cases with short follow-up.
 
+With the ingest's codes table (``codes``), ``outcome.concept_ids`` / ``drug_concept_ids`` are
+written as the exact list of codes they match (the concepts and their descendants through
+parent_codes), since ACES has no concept hierarchy of its own.
+
 Case:control sampling and splits are not part of a task definition and are not exported.
 """
 
@@ -26,21 +30,29 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import yaml
 
 from rationale_bench.cohort import (
     DAYS_PER_YEAR,
     OMOP_PREFIX,
     STATIC_CODES,
+    concept_codes,
     outcome_prefixes,
     resolve_definition,
 )
 
 
 def prefix_regex(
-    prefixes: Sequence[str], regex: str | None = None, concept_ids: Sequence[int] = ()
+    prefixes: Sequence[str],
+    regex: str | None = None,
+    concept_ids: Sequence[int] = (),
+    codes: pl.DataFrame | None = None,
 ) -> str:
-    """One regex (searched, as ACES does with polars ``str.contains``) for a code set."""
+    """One regex (searched, as ACES does with polars ``str.contains``) for a code set.
+
+    With ``codes`` (parent_codes), concept ids match their descendant codes as well.
+    """
     parts = []
     if prefixes:
         parts.append("^(?:" + "|".join(re.escape(p) for p in prefixes) + ")")
@@ -49,6 +61,10 @@ def prefix_regex(
     if concept_ids:
         ids = "|".join(str(int(c)) for c in concept_ids)
         parts.append(f"^{re.escape(OMOP_PREFIX)}(?:{ids})$")
+        own = {f"{OMOP_PREFIX}{int(c)}" for c in concept_ids}
+        below = [c for c in concept_codes(concept_ids, codes) if c not in own]
+        if below:
+            parts.append("^(?:" + "|".join(re.escape(c) for c in below) + ")$")
     if not parts:
         raise ValueError("an ACES predicate needs at least one prefix, regex or concept id.")
     return "|".join(parts)
@@ -84,8 +100,11 @@ def _days(n: int) -> str:
     return f"{n} days"
 
 
-def aces_task(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The ACES task configuration (predicates, trigger, windows) of a cohort definition."""
+def aces_task(cfg: Mapping[str, Any], codes: pl.DataFrame | None = None) -> dict[str, Any]:
+    """The ACES task configuration (predicates, trigger, windows) of a cohort definition.
+
+    ``codes`` (the ingest's codes table) expands concept ids to their descendant codes.
+    """
     defn = resolve_definition(cfg)
     index, outcome = defn["index"], defn["outcome"]
     strategy = index["strategy"]
@@ -98,7 +117,7 @@ def aces_task(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "outcome_code": {
             "code": {
                 "regex": prefix_regex(
-                    outcome_prefixes(defn), outcome["regex"], outcome["concept_ids"]
+                    outcome_prefixes(defn), outcome["regex"], outcome["concept_ids"], codes
                 )
             }
         },
@@ -108,6 +127,7 @@ def aces_task(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     defn["exclusion_drug_prefixes"],
                     outcome["drug_regex"],
                     outcome["drug_concept_ids"],
+                    codes,
                 )
             }
         },
@@ -218,11 +238,89 @@ def _header(defn: Mapping[str, Any]) -> str:
     return "".join(f"# {line}\n" for line in lines)
 
 
-def write_aces_task(cfg: Mapping[str, Any], path: str | Path) -> Path:
+def write_aces_task(
+    cfg: Mapping[str, Any], path: str | Path, codes: pl.DataFrame | None = None
+) -> Path:
     """Write :func:`aces_task` as YAML with a header on what ACES cannot express."""
     defn = resolve_definition(cfg)
-    text = _header(defn) + yaml.safe_dump(aces_task(defn), sort_keys=False, width=100)
+    text = _header(defn) + yaml.safe_dump(aces_task(defn, codes), sort_keys=False, width=100)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out
+
+
+def compare_labels(
+    ours: pl.DataFrame, aces_labels: pl.DataFrame, horizon_days: int
+) -> dict[str, Any]:
+    """Agreement of our cohort with ACES output on the same MEDS data and task.
+
+    ``ours``: ``subject_id, index_time, label, followup_days`` (cohort.parquet);
+    ``aces_labels``: ACES's MEDS label file (``subject_id, prediction_time, boolean_value``),
+    one row per eligible trigger: each subject's first is taken (see the module docstring).
+    Returns the subject counts of each side, the labels compared on the subjects both keep
+    (exact match rate and a confusion table keyed ``"ours=<bool> aces=<bool>"``) and the
+    reason for every difference:
+
+    - ``index differs``: both keep the subject at different index times;
+    - ``label differs at the same index``: both keep it at the same time, the labels differ;
+    - ``only ours: case with short follow-up``: expected (ACES applies follow-up to cases);
+    - ``only ours: other`` and ``only ACES``: unexpected, the definitions disagree.
+    """
+    first = (
+        aces_labels.select(
+            "subject_id",
+            aces_time=pl.col("prediction_time").cast(pl.Datetime("us")),
+            aces_label=pl.col("boolean_value").cast(pl.Boolean),
+        )
+        .sort("subject_id", "aces_time")
+        .unique("subject_id", keep="first", maintain_order=True)
+    )
+    mine = ours.select(
+        "subject_id",
+        index_time=pl.col("index_time").cast(pl.Datetime("us")),
+        label=pl.col("label").cast(pl.Boolean),
+        followup_days="followup_days",
+    )
+    both = mine.join(first, on="subject_id", how="inner")
+    only_ours = mine.join(first, on="subject_id", how="anti")
+    only_aces = first.join(mine, on="subject_id", how="anti")
+    same_index = pl.col("index_time") == pl.col("aces_time")
+    confusion = {
+        f"ours={a} aces={b}": both.filter(
+            (pl.col("label") == a) & (pl.col("aces_label") == b)
+        ).height
+        for a in (True, False)
+        for b in (True, False)
+    }
+    short_case = pl.col("label") & (pl.col("followup_days") < horizon_days)
+    reasons = {
+        "index differs": both.filter(~same_index).height,
+        "label differs at the same index": both.filter(
+            same_index & (pl.col("label") != pl.col("aces_label"))
+        ).height,
+        "only ours: case with short follow-up": only_ours.filter(short_case).height,
+        "only ours: other": only_ours.filter(~short_case).height,
+        "only ACES": only_aces.height,
+    }
+    agree = both.filter(pl.col("label") == pl.col("aces_label")).height
+    return {
+        "n_ours": mine.height,
+        "n_aces_rows": aces_labels.height,
+        "n_aces_subjects": first.height,
+        "n_compared": both.height,
+        "n_same_index": both.filter(same_index).height,
+        "label_agreement": agree / both.height if both.height else float("nan"),
+        "confusion": confusion,
+        "reasons": reasons,
+        "examples": {
+            "index differs": both.filter(~same_index)["subject_id"].head(5).to_list(),
+            "label differs at the same index": both.filter(
+                same_index & (pl.col("label") != pl.col("aces_label"))
+            )["subject_id"]
+            .head(5)
+            .to_list(),
+            "only ours: other": only_ours.filter(~short_case)["subject_id"].head(5).to_list(),
+            "only ACES": only_aces["subject_id"].head(5).to_list(),
+        },
+    }

@@ -29,6 +29,7 @@ from rationale_bench.codes import (
     ANTI_DEMENTIA_DRUG_PREFIXES,
     OUTCOME_TIERS,
     RISK_FACTORS,
+    describe_many,
     matches_any,
 )
 
@@ -52,8 +53,14 @@ ATTRITION_COUNTS = (
     "n_died_in_window",
 )
 
+# Table 1 lists the cohort's most prevalent ICD-10 3-character categories in fixed slots
+# ("condition k", "n condition k", "% condition k"), so its count columns are known in advance.
+TOP_CONDITIONS = 10
+ICD10_CATEGORY = r"^ICD10/([A-Z][0-9][0-9A-Z])"
 # Count columns of Table 1 (small-cell suppression applies to these).
-TABLE_ONE_COUNTS = ("n",)
+TABLE_ONE_COUNTS = ("n", *(f"n condition {k}" for k in range(1, TOP_CONDITIONS + 1)))
+# Percentages computed from a Table 1 count: blanked when that count is suppressed.
+TABLE_ONE_PERCENTS = {f"% condition {k}": f"n condition {k}" for k in range(1, TOP_CONDITIONS + 1)}
 
 DEFAULTS: dict[str, Any] = {
     "min_age": 65,
@@ -212,32 +219,58 @@ def outcome_prefixes(defn: Mapping[str, Any]) -> tuple[str, ...]:
     return OUTCOME_TIERS[defn["outcome"]["tier"]]
 
 
+def concept_codes(concept_ids: Sequence[int], codes: pl.DataFrame | None = None) -> list[str]:
+    """``OMOP/<id>`` of each concept and every code below one of them, sorted.
+
+    "Below" reads the ``parent_codes`` column of the ingest's codes table (MEDS
+    codes.parquet convention; for OMOP written from concept_ancestor, already transitive), so
+    configured concept ids also match their descendants and the codes mapped from them.
+    Without ``codes`` (or without the column) only the concepts themselves match.
+    """
+    own = {f"{OMOP_PREFIX}{int(c)}" for c in concept_ids}
+    if not own or codes is None or "parent_codes" not in codes.columns:
+        return sorted(own)
+    below = (
+        codes.select("code", "parent_codes")
+        .explode("parent_codes")
+        .filter(pl.col("parent_codes").is_in(list(own)))
+        .get_column("code")
+    )
+    return sorted(own | set(below.to_list()))
+
+
 def code_set(
     expr: pl.Expr,
     prefixes: Sequence[str],
     regex: str | None = None,
     concept_ids: Sequence[int] = (),
+    codes: pl.DataFrame | None = None,
 ) -> pl.Expr:
-    """Codes matching any prefix, the regex (searched, anchor it with ^) or an OMOP concept id."""
+    """Codes matching any prefix, the regex (searched, anchor it with ^) or an OMOP concept id
+    (with its descendants when ``codes`` carries parent_codes, see :func:`concept_codes`)."""
     parts = [matches_any(expr, prefixes)]
     if regex:
         parts.append(expr.str.contains(regex).fill_null(False))
     if concept_ids:
-        parts.append(expr.is_in([f"{OMOP_PREFIX}{c}" for c in concept_ids]).fill_null(False))
+        parts.append(expr.is_in(concept_codes(concept_ids, codes)).fill_null(False))
     return pl.any_horizontal(parts)
 
 
-def outcome_code_expr(defn: Mapping[str, Any]) -> pl.Expr:
+def outcome_code_expr(defn: Mapping[str, Any], codes: pl.DataFrame | None = None) -> pl.Expr:
     """True for events carrying an outcome (diagnosis) code."""
     o = defn["outcome"]
-    return code_set(pl.col("code"), outcome_prefixes(defn), o["regex"], o["concept_ids"])
+    return code_set(pl.col("code"), outcome_prefixes(defn), o["regex"], o["concept_ids"], codes)
 
 
-def drug_expr(defn: Mapping[str, Any]) -> pl.Expr:
+def drug_expr(defn: Mapping[str, Any], codes: pl.DataFrame | None = None) -> pl.Expr:
     """True for events carrying an anti-dementia drug code."""
     o = defn["outcome"]
     return code_set(
-        pl.col("code"), defn["exclusion_drug_prefixes"], o["drug_regex"], o["drug_concept_ids"]
+        pl.col("code"),
+        defn["exclusion_drug_prefixes"],
+        o["drug_regex"],
+        o["drug_concept_ids"],
+        codes,
     )
 
 
@@ -328,7 +361,10 @@ def find_index_times(
 
 
 def _outcome_in_window(
-    events: pl.LazyFrame, indexed: pl.LazyFrame, defn: Mapping[str, Any]
+    events: pl.LazyFrame,
+    indexed: pl.LazyFrame,
+    defn: Mapping[str, Any],
+    codes: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
     """Per indexed subject: outcome or drug at/before index, the label and the outcome time.
 
@@ -342,9 +378,10 @@ def _outcome_in_window(
     horizon = pl.duration(days=defn["horizon_days"])
     within = pl.duration(days=o["confirmation"]["within_days"])
     rule = o["confirmation"]["rule"]
+    is_code, is_drug = outcome_code_expr(defn, codes), drug_expr(defn, codes)
     tagged = (
-        events.filter(outcome_code_expr(defn) | drug_expr(defn))
-        .with_columns(is_code=outcome_code_expr(defn), is_drug=drug_expr(defn))
+        events.filter(is_code | is_drug)
+        .with_columns(is_code=is_code, is_drug=is_drug)
         .join(indexed.select("subject_id", "index_time"), on="subject_id")
     )
     at_or_before = pl.col("time") <= pl.col("index_time")
@@ -411,7 +448,10 @@ def _sample_train_controls(
 
 
 def build_cohort(
-    events: pl.LazyFrame | pl.DataFrame, cfg: Mapping[str, Any], check_splits: bool = True
+    events: pl.LazyFrame | pl.DataFrame,
+    cfg: Mapping[str, Any],
+    check_splits: bool = True,
+    codes: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Build the cohort and its attrition table from MEDS events.
 
@@ -420,6 +460,8 @@ def build_cohort(
     split``. Inputs are the events strictly before ``input_end_time`` (the index time minus
     ``cohort.blackout_days``); the outcome window is (index_time, index_time + horizon].
     ``check_splits`` requires cases and non-cases in every split (off only for tiny fixtures).
+    ``codes`` is the ingest's codes table: with ``parent_codes``, ``outcome.concept_ids`` and
+    ``drug_concept_ids`` also match every descendant code (OMOP concept_ancestor).
     Attrition: one row per step, the first row is the input, counts never increase.
     """
     defn = resolve_definition(cfg)
@@ -460,7 +502,7 @@ def build_cohort(
 
     index_times = find_index_times(events, known.lazy(), defn)
     indexed = known.lazy().join(index_times, on="subject_id")
-    labelled = _outcome_in_window(events, indexed, defn).collect()
+    labelled = _outcome_in_window(events, indexed, defn, codes).collect()
     record(index_step_name(defn), labelled, labelled=True)
     if labelled.height == 0:
         raise CohortError(
@@ -594,10 +636,40 @@ def restrict_training(cohort: pl.DataFrame, eligible: pl.DataFrame) -> tuple[pl.
     return cohort.filter((pl.col("split") != "train") | keep), removed
 
 
+def top_conditions(
+    cohort: pl.DataFrame, history_codes: pl.DataFrame, n: int = TOP_CONDITIONS
+) -> pl.DataFrame:
+    """``category, name, n_subjects``: the ``n`` ICD-10 3-character categories (``I10``) that
+    the most cohort subjects have among their input events; ties by category code."""
+    categories = (
+        history_codes.join(cohort.select("subject_id"), on="subject_id", how="semi")
+        .select("subject_id", category=pl.col("code").str.extract(ICD10_CATEGORY, 1))
+        .drop_nulls()
+        .unique()
+    )
+    top = (
+        categories.group_by("category")
+        .agg(n_subjects=pl.len().cast(pl.Int64))
+        .sort(["n_subjects", "category"], descending=[True, False])
+        .head(n)
+    )
+    names = describe_many(f"ICD10/{c}" for c in top["category"])
+    return top.with_columns(
+        name=pl.col("category").map_elements(
+            lambda c: names.get(f"ICD10/{c}") or c, return_dtype=pl.String
+        )
+    ).select("category", "name", "n_subjects")
+
+
 def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame:
-    """Table 1 by split and label: size, age, sex, follow-up and risk-factor prevalence.
+    """Table 1 by split and label: size, age, sex, follow-up, risk-factor prevalence and the
+    cohort's most frequent conditions.
 
     ``history_codes`` holds ``subject_id, code`` of input events (strictly before index).
+    Conditions: the :data:`TOP_CONDITIONS` ICD-10 3-character categories most prevalent in the
+    whole cohort (:func:`top_conditions`), the same in every row, as ``condition k`` (code and
+    name), ``n condition k`` and ``% condition k`` (subjects of the row with the category);
+    unused slots (fewer categories in the data) are null.
     """
     flags = []
     for name, factor in RISK_FACTORS.items():
@@ -611,6 +683,30 @@ def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame
     table = cohort
     for flag in flags:
         table = table.join(flag, on="subject_id", how="left")
+    top = top_conditions(cohort, history_codes)
+    condition_cols: list[pl.Expr] = []
+    for k in range(1, TOP_CONDITIONS + 1):
+        if k > top.height:
+            condition_cols += [
+                pl.lit(None, dtype=pl.String).alias(f"condition {k}"),
+                pl.lit(None, dtype=pl.Int64).alias(f"n condition {k}"),
+                pl.lit(None, dtype=pl.Float64).alias(f"% condition {k}"),
+            ]
+            continue
+        category, name = top["category"][k - 1], top["name"][k - 1]
+        has = (
+            history_codes.filter(pl.col("code").str.extract(ICD10_CATEGORY, 1) == category)
+            .select("subject_id")
+            .unique()
+            .with_columns(pl.lit(True).alias(f"_c{k}"))
+        )
+        table = table.join(has, on="subject_id", how="left")
+        flag = pl.col(f"_c{k}").fill_null(False)
+        condition_cols += [
+            pl.lit(f"{category} {name}" if name != category else category).alias(f"condition {k}"),
+            flag.sum().cast(pl.Int64).alias(f"n condition {k}"),
+            flag.mean().mul(100).round(1).alias(f"% condition {k}"),
+        ]
     factor_cols = [
         pl.col(name)
         .fill_null(False)
@@ -629,11 +725,30 @@ def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame
             (pl.col("sex") == "F").mean().mul(100).round(1).alias("% female"),
             pl.col("followup_days").median().alias("follow-up days median"),
             *factor_cols,
+            *condition_cols,
         )
         .with_columns(pl.col("split").cast(pl.Enum(list(SPLITS))))
         .sort("split", "label")
         .with_columns(pl.col("split").cast(pl.String))
     )
+
+
+def suppress_table_one(table: pl.DataFrame, threshold: int | None) -> pl.DataFrame:
+    """Table 1 as published: small counts shown as ``"<threshold>"`` (:func:`suppress_small_cells`
+    on :data:`TABLE_ONE_COUNTS`) and the percentage of each suppressed condition count blanked,
+    since the row's n would give the count back."""
+    if threshold is None or threshold <= 1:
+        return table
+    small = {
+        pct: (pl.col(count) > 0) & (pl.col(count) < threshold)
+        for pct, count in TABLE_ONE_PERCENTS.items()
+        if pct in table.columns
+    }
+    blanked = table.with_columns(
+        pl.when(hidden).then(None).otherwise(pl.col(pct)).alias(pct)
+        for pct, hidden in small.items()
+    )
+    return suppress_small_cells(blanked, TABLE_ONE_COUNTS, threshold)
 
 
 def suppress_small_cells(

@@ -26,7 +26,9 @@ EVENTS_SCHEMA = {
     "code": pl.String,
     "numeric_value": pl.Float32,
 }
-CODES_SCHEMA = {"code": pl.String, "description": pl.String}
+# parent_codes: the MEDS metadata/codes.parquet column of a code's ancestors (for OMOP, every
+# ``OMOP/<id>`` above it in concept_ancestor); an empty list when the source has none.
+CODES_SCHEMA = {"code": pl.String, "description": pl.String, "parent_codes": pl.List(pl.String)}
 QUALITY_COLUMNS = ("check", "file", "column", "n_rows", "action", "detail")
 BARE_CODES = ("MEDS_BIRTH", "MEDS_DEATH")
 # Code systems the pipeline knows (the part of a code before '/'); others are counted.
@@ -226,7 +228,8 @@ def clean_events(
     a missing time on a code that is not static (``SEX/``), events before the subject's birth or
     after their death (grace 0 days), and exact duplicate rows. Kept with a warning: subjects
     without a birth or sex event (the cohort's attrition table excludes them) and codes of an
-    unknown code system. The rows are deduplicated and sorted by subject and time; the count
+    unknown code system. The rows are deduplicated and sorted by subject and time (null-time
+    static codes first, as MEDS orders them); the count
     is before deduplication, so the caller can count the duplicates it writes.
     """
     events = normalize_events(events, file)
@@ -235,6 +238,7 @@ def clean_events(
         _birth=pl.col("time").filter(code == "MEDS_BIRTH").min(),
         _death=pl.col("time").filter(code == "MEDS_DEATH").min(),
         _n_births=pl.col("time").filter(code == "MEDS_BIRTH").n_unique(),
+        _n_deaths=pl.col("time").filter(code == "MEDS_DEATH").n_unique(),
         _has_sex=code.str.starts_with("SEX/").any(),
     )
     reason = (
@@ -282,6 +286,7 @@ def clean_events(
         .select(
             no_birth=pl.col("_birth").is_null().sum(),
             many_births=(pl.col("_n_births") > 1).sum(),
+            many_deaths=(pl.col("_n_deaths") > 1).sum(),
             no_sex=(~pl.col("_has_sex")).sum(),
         )
         .collect()
@@ -301,6 +306,14 @@ def clean_events(
         "time",
         "kept (warning)",
         "several MEDS_BIRTH times; the earliest is used",
+    )
+    report.count(
+        "subject with conflicting deaths",
+        int(subjects["many_deaths"][0]),
+        file,
+        "time",
+        "kept (warning)",
+        "several MEDS_DEATH times; the earliest is used, events after it are dropped",
     )
     report.count(
         "subject without sex",
@@ -380,9 +393,107 @@ def clean_events(
         flagged.filter(pl.col("_reason").is_null())
         .select(list(EVENTS_SCHEMA))
         .unique(keep="first")
-        .sort("subject_id", "time", "code", "numeric_value", nulls_last=True)
+        # MEDS order: by subject, then time with static (null-time) codes first.
+        .sort(
+            "subject_id",
+            "time",
+            "code",
+            "numeric_value",
+            nulls_last=[False, False, True, True],
+        )
     )
     return clean, n_in - n_dropped
+
+
+def check_meds_conformance(files: Sequence[Path], report: QualityReport) -> None:
+    """Check MEDS shards against the official schema package (``meds``) and the MEDS layout rules.
+
+    Per shard, its parquet schema against ``meds.DataSchema`` (``subject_id`` int64 non-null,
+    ``time`` timestamp[us], ``code`` string non-null, optional ``numeric_value`` float32): a
+    column that is castable but not MEDS-typed is counted as a warning (it is cast on ingest;
+    unusable types stop in :func:`normalize_events`). Across shards: a subject's rows must be
+    in one shard, and within a shard sorted by ``subject_id`` then ``time`` (nulls, i.e. static
+    codes, first); both are counted as warnings, since the ingest gathers and sorts anyway.
+    ``large_string`` for ``string`` is not counted: parquet stores both alike (polars writes
+    the former), only the Arrow schema hint differs.
+    """
+    import meds
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from flexible_schema.exceptions import SchemaValidationError
+
+    for file in files:
+        schema = pq.read_schema(file)
+        try:
+            meds.DataSchema.validate(schema)
+        except SchemaValidationError as error:
+            wrong = [
+                (col, want, got)
+                for col, want, got in error.mistyped_cols or []
+                if not (pa.types.is_string(want) and pa.types.is_large_string(got))
+            ]
+            missing = ", ".join(error.missing_req_cols or [])
+            if not wrong and not missing:
+                continue
+            mistyped = ", ".join(f"{col} is {got}, not {want}" for col, want, got in wrong)
+            report.add(
+                "not the MEDS data schema",
+                str(file),
+                ", ".join(col for col, _, _ in wrong) or missing,
+                pq.read_metadata(file).num_rows,
+                "kept (warning)",
+                f"meds {meds.__version__} DataSchema: "
+                + (f"mistyped {mistyped}" if mistyped else "")
+                + (f"missing {missing}" if missing else "")
+                + "; MEDS wants subject_id int64, time timestamp[us], code string, "
+                "numeric_value float32 (cast on ingest)",
+            )
+    if not files:
+        return
+    keys = [
+        pl.scan_parquet(f)
+        .select(
+            pl.col("subject_id").cast(pl.Int64, strict=False),
+            pl.col("time").cast(pl.Datetime("us"), strict=False),
+        )
+        .with_columns(_file=pl.lit(i, dtype=pl.Int32))
+        for i, f in enumerate(files)
+    ]
+    frame = pl.concat(keys)
+    split = (
+        frame.group_by("subject_id")
+        .agg(n=pl.col("_file").n_unique())
+        .filter(pl.col("n") > 1)
+        .select(pl.len())
+        .collect()
+        .item()
+    )
+    report.count(
+        "subject in several shards",
+        split,
+        ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else ""),
+        "subject_id",
+        "kept (warning)",
+        "MEDS keeps each subject in one shard; the ingest gathers all shards",
+    )
+    for i, file in enumerate(files):
+        shard = frame.filter(pl.col("_file") == i)
+        # A run is a block of consecutive rows of one subject; within it, a row is out of order
+        # when its time is earlier than a time above it (a null time, static, belongs first).
+        run = (pl.col("subject_id") != pl.col("subject_id").shift(1)).fill_null(True).cum_sum()
+        earlier = pl.col("time").cum_max().forward_fill().shift(1).over(run)
+        out_of_order = (pl.col("subject_id") < pl.col("subject_id").shift(1)) | (
+            (pl.col("time") < earlier) | (pl.col("time").is_null() & earlier.is_not_null())
+        )
+        n = shard.select(out_of_order.fill_null(False).sum()).collect().item()
+        report.count(
+            "shard not sorted by subject_id, time",
+            n,
+            str(file),
+            "subject_id, time",
+            "kept (warning)",
+            "rows before the previous row's subject or time; the ingest sorts the events",
+        )
 
 
 def write_events(
@@ -419,11 +530,30 @@ def empty_codes() -> pl.DataFrame:
 
 
 def write_codes(codes: pl.DataFrame, path: str | Path) -> int:
-    """Write the code-name table (MEDS metadata/codes.parquet convention): one row per code."""
+    """Write the code table (MEDS metadata/codes.parquet convention): one row per code.
+
+    Columns ``code, description, parent_codes``; a table without ``parent_codes`` gets empty
+    lists, and a code listed twice keeps its named row and the union of its parents.
+    """
+    parents = (
+        pl.col("parent_codes").cast(pl.List(pl.String)).fill_null([])
+        if "parent_codes" in codes.columns
+        else pl.lit([], dtype=pl.List(pl.String))
+    )
     codes = codes.select(
-        pl.col("code").cast(pl.String), pl.col("description").cast(pl.String)
+        pl.col("code").cast(pl.String),
+        pl.col("description").cast(pl.String),
+        parents.alias("parent_codes"),
     ).filter(pl.col("code").is_not_null())
-    codes = codes.sort("code", pl.col("description").is_null()).unique("code", keep="first")
+    union = codes.group_by("code").agg(
+        pl.col("parent_codes").list.explode(keep_nulls=False, empty_as_null=False).unique().sort()
+    )
+    codes = (
+        codes.sort("code", pl.col("description").is_null())
+        .unique("code", keep="first")
+        .drop("parent_codes")
+        .join(union, on="code")
+    )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     codes.sort("code").write_parquet(path)
     return codes.height

@@ -3,7 +3,8 @@
 Every source (``data.source``) ends the same way: its events pass the shared data-quality
 checks (:mod:`rationale_bench.data_quality`) and three files are written,
 ``events.parquet`` (``subject_id, time, code, numeric_value``), ``codes.parquet`` (``code,
-description``: the MEDS metadata/codes.parquet convention) and ``data_quality.csv``.
+description, parent_codes``: the MEDS metadata/codes.parquet convention; parent_codes come from
+OMOP's concept_ancestor or a MEDS dataset's own table, else empty) and ``data_quality.csv``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rationale_bench.data_quality import (
     KNOWN_VOCABULARIES,
     DataError,
     QualityReport,
+    check_meds_conformance,
     clean_events,
     empty_codes,
     normalize_events,
@@ -62,7 +64,8 @@ def meds_codes_file(path: str | Path) -> Path | None:
 
 
 def meds_codes(path: str | Path, report: QualityReport) -> pl.DataFrame:
-    """Code names from the dataset's own metadata/codes.parquet; an empty table without one."""
+    """Code names (and parent_codes, when given) from the dataset's metadata/codes.parquet;
+    an empty table without one."""
     file = meds_codes_file(path)
     if file is None:
         return empty_codes()
@@ -80,7 +83,22 @@ def meds_codes(path: str | Path, report: QualityReport) -> pl.DataFrame:
         "a code should appear once in metadata/codes.parquet",
     )
     report.add("code names read", str(file), None, codes.height, "info")
-    return codes.select(pl.col("code").cast(pl.String), pl.col("description").cast(pl.String))
+    parents = pl.lit(None, dtype=pl.List(pl.String))
+    if "parent_codes" in codes.columns:
+        dtype = codes.schema["parent_codes"]
+        if not (
+            dtype == pl.Null or (isinstance(dtype, pl.List) and dtype.inner in (pl.String, pl.Null))
+        ):
+            raise DataError(
+                f"{file}: column 'parent_codes' has type {dtype}, expected a list of strings "
+                "(the MEDS codes.parquet schema). Fix the dataset's metadata."
+            )
+        parents = pl.col("parent_codes").cast(pl.List(pl.String))
+    return codes.select(
+        pl.col("code").cast(pl.String),
+        pl.col("description").cast(pl.String),
+        parents.alias("parent_codes"),
+    )
 
 
 def meds_events(path: str | Path) -> pl.LazyFrame:
@@ -103,6 +121,7 @@ def ingest(
         path = data_cfg["meds"]["path"]
         events, file = meds_events(path), str(path)
         codes = meds_codes(path, report)
+        check_meds_conformance(meds_files(path), report)
     elif source == "first_occurrence":
         from rationale_bench.first_occurrence import first_occurrence_events
 

@@ -17,6 +17,13 @@ Persons: gender 8507 / 8532 -> ``SEX/M`` / ``SEX/F``; birth from birth_datetime 
 year/month/day of birth (missing month -> 1 July, missing day -> the 15th); death ->
 ``MEDS_DEATH``; visits -> ``VISIT/<kind>``; observation periods -> ``OBSERVATION_PERIOD/START``
 and ``/END``; measurement ``value_as_number`` -> ``numeric_value``.
+
+Concept hierarchy: every code of a clinical event gets ``parent_codes`` in codes.parquet (the
+MEDS convention): ``OMOP/<standard concept>`` of the events that carry it (so an ICD-10 code
+mapped from a source value keeps its SNOMED concept) and, when the CDM has ``concept_ancestor``,
+``OMOP/<ancestor>`` for every ancestor of those concepts (the table is already transitive). The
+cohort's ``outcome.concept_ids`` then match descendants by looking up parent_codes. A code that
+came from several concepts gets the union of their parents.
 """
 
 from __future__ import annotations
@@ -118,7 +125,8 @@ EVENT_TABLES = (
     "visit_occurrence",
     "death",
 )
-VOCABULARY_TABLES = ("concept", "concept_relationship")
+VOCABULARY_TABLES = ("concept", "concept_relationship", "concept_ancestor")
+LINKS_SCHEMA = {"code": pl.String, "concept_id": pl.Int64}
 
 
 class TableSource:
@@ -173,22 +181,36 @@ class TableSource:
     def has(self, table: str) -> bool:
         return table in self._tables
 
-    def read(self, table: str) -> pl.DataFrame:
-        """The table with lower-case column names; CSV values as text, empty cells null."""
+    def read(self, table: str, columns: list[str] | None = None) -> pl.DataFrame:
+        """The table with lower-case column names; CSV values as text, empty cells null.
+
+        ``columns`` (lower case) selects them while reading, for large vocabulary tables.
+        """
         found = self._tables[table]
         if self._duckdb is not None:
-            frame = pl.from_arrow(self._duckdb.sql(f"select * from {found}").to_arrow_table())
-        elif isinstance(found, Path) and found.is_dir():
-            frame = pl.read_parquet(found / "*.parquet")
-        elif found.suffix.lower() == ".parquet":
-            frame = pl.read_parquet(found)
+            names = "*"
+            if columns:
+                have = self._duckdb.sql(f"select * from {found} limit 0").columns
+                names = ", ".join(f'"{c}"' for c in have if c.lower() in columns) or "*"
+            frame = pl.from_arrow(self._duckdb.sql(f"select {names} from {found}").to_arrow_table())
+        elif isinstance(found, Path) and (found.is_dir() or found.suffix.lower() == ".parquet"):
+            scan = pl.scan_parquet(found / "*.parquet" if found.is_dir() else found)
+            frame = _select_lower(scan, columns).collect()
         else:
             separator = "\t" if found.suffix.lower() == ".tsv" else ","
-            frame = pl.read_csv(found, separator=separator, infer_schema=False)
+            scan = pl.scan_csv(found, separator=separator, infer_schema=False)
+            frame = _select_lower(scan, columns).collect()
             frame = frame.with_columns(
                 pl.when(pl.all().str.strip_chars() != "").then(pl.all()).name.keep()
             )
         return frame.rename({c: c.lower() for c in frame.columns})
+
+
+def _select_lower(scan: pl.LazyFrame, columns: list[str] | None) -> pl.LazyFrame:
+    """The columns whose lower-case names are in ``columns`` (all when None)."""
+    if not columns:
+        return scan
+    return scan.select([c for c in scan.collect_schema().names() if c.lower() in columns])
 
 
 def _connect_duckdb(path: Path) -> Any:
@@ -328,8 +350,12 @@ def _clinical_events(
     cfg: Mapping[str, Any],
     formats: list[str],
     report: QualityReport,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Events and (code, description) rows of one clinical table."""
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Events, (code, description) rows and (code, concept_id) links of one clinical table.
+
+    A link ties a written code to the standard concept of an event that carries it (for
+    ``OMOP/<id>`` codes: the concept itself), for the parent_codes of codes.parquet.
+    """
     file = source.where(table.name)
     frame = source.read(table.name)
     require_columns(
@@ -461,7 +487,79 @@ def _clinical_events(
     codes = pl.concat(
         [mapped.select("code", "description"), *names], how="vertical_relaxed"
     ).unique()
-    return events, codes
+    links = pl.concat(
+        [
+            rows.join(mapped.select("_row", "code"), on="_row")
+            .filter(pl.col("concept_id") != 0)
+            .select("code", "concept_id"),
+            fallback.select("code", concept_id="concept"),
+        ],
+        how="vertical_relaxed",
+    ).unique()
+    return events, codes, links.cast(LINKS_SCHEMA)
+
+
+def _ancestors(
+    source: TableSource, concept_ids: pl.Series, report: QualityReport
+) -> pl.DataFrame | None:
+    """(concept_id, ancestor_id) pairs from concept_ancestor for ``concept_ids``, self excluded.
+
+    Only the two id columns are read and only the rows of concepts in the data are kept, so
+    a full vocabulary's concept_ancestor (tens of millions of rows) is not held as text.
+    """
+    if not source.has("concept_ancestor"):
+        report.add(
+            "table absent",
+            str(source.path),
+            "concept_ancestor",
+            0,
+            "info",
+            "no concept hierarchy: outcome.concept_ids match the concepts themselves "
+            "(and codes mapped from them), not their descendants",
+        )
+        return None
+    file = source.where("concept_ancestor")
+    wanted = ["ancestor_concept_id", "descendant_concept_id"]
+    frame = source.read("concept_ancestor", wanted)
+    require_columns(frame.schema, wanted, file, "the OMOP concept_ancestor table")
+    pairs = (
+        frame.select(
+            concept_id=_integer(frame, "descendant_concept_id", file),
+            ancestor_id=_integer(frame, "ancestor_concept_id", file),
+        )
+        .filter(
+            pl.col("concept_id").is_in(concept_ids.implode())
+            & (pl.col("concept_id") != pl.col("ancestor_id"))
+        )
+        .unique()
+    )
+    report.add(
+        "concept ancestry read",
+        file,
+        None,
+        pairs.height,
+        "info",
+        f"ancestor links of {pairs['concept_id'].n_unique()} concepts in the data "
+        "(parent_codes of codes.parquet)",
+    )
+    return pairs
+
+
+def parent_codes(links: pl.DataFrame, ancestry: pl.DataFrame | None) -> pl.DataFrame:
+    """``code, parent_codes``: each code's concepts and their ancestors as ``OMOP/<id>``.
+
+    A code is never its own parent (``OMOP/<id>`` and its concept id are the same thing).
+    """
+    parents = [links.select("code", parent="concept_id")]
+    if ancestry is not None:
+        parents.append(links.join(ancestry, on="concept_id").select("code", parent="ancestor_id"))
+    return (
+        pl.concat(parents)
+        .with_columns(parent=pl.lit("OMOP/") + pl.col("parent").cast(pl.String))
+        .filter(pl.col("parent") != pl.col("code"))
+        .group_by("code")
+        .agg(parent_codes=pl.col("parent").unique().sort())
+    )
 
 
 def _known_persons(
@@ -631,15 +729,17 @@ def omop_events(
     drug_atc = _drug_atc(source, concepts, report)
     events = [person_events]
     codes = []
+    links = [pl.DataFrame(schema=LINKS_SCHEMA)]
     for table in CLINICAL_TABLES:
         if not source.has(table.name):
             report.add("table absent", str(source.path), table.name, 0, "info", "no such events")
             continue
-        table_events, table_codes = _clinical_events(
+        table_events, table_codes, table_links = _clinical_events(
             source, table, concepts, drug_atc, persons, cfg, formats, report
         )
         events.append(table_events)
         codes.append(table_codes)
+        links.append(table_links)
     for table, columns, concept_column in (
         ("death", [("death_date", "death_datetime", "MEDS_DEATH")], None),
         (
@@ -668,5 +768,11 @@ def omop_events(
         pl.concat(codes, how="vertical_relaxed")
         if codes
         else pl.DataFrame(schema={"code": pl.String, "description": pl.String})
+    )
+    all_links = pl.concat(links).unique()
+    ancestry = _ancestors(source, all_links["concept_id"].unique(), report)
+    # Full join: a code with parents but no name (no concept table) is still listed.
+    all_codes = all_codes.join(
+        parent_codes(all_links, ancestry), on="code", how="full", coalesce=True
     )
     return all_events.lazy(), all_codes
