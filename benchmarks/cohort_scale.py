@@ -1,4 +1,4 @@
-"""Scale benchmark: synthetic MEDS events -> cohort -> histories, at N and at a baseline N/10.
+"""Scale benchmark: synthetic MEDS events -> cohort -> histories -> prompts, at N and at N/10.
 
 Each stage runs in its own child process, so its peak resident memory (``ru_maxrss``) is its
 own, and reads the previous stage's files with lazy polars (``scan_parquet``), as the workflow
@@ -9,7 +9,10 @@ the baseline run at N/10 in the same invocation (10x is linear scaling).
     python benchmarks/cohort_scale.py --subjects 100000    # 100,000 vs 10,000
     python benchmarks/cohort_scale.py --subjects 100000 --threads 2 --workdir /tmp/scale
 
-Target (issue #3): 1,000,000 subjects, cohort + histories, under 10 minutes and 8 GB on 2 cores.
+The prompts stage fits every history to the default study's token budget with a BPE tokenizer
+trained on the first 2,000 histories (as the tiny model's is; no download).
+
+Target (issue #3): 1,000,000 subjects, cohort + prompts, under 10 minutes and 8 GB on 2 cores.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-STAGES = ("generate", "cohort", "histories")
+STAGES = ("generate", "cohort", "histories", "prompts")
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -51,7 +54,7 @@ def run_stage(stage: str, n_subjects: int, workdir: Path, seed: int, chunk_size:
     import pyarrow.parquet as pq
 
     from rationale_bench.cohort import build_cohort
-    from rationale_bench.serialize import build_histories
+    from rationale_bench.serialize import build_histories, build_prompts, history_of
     from rationale_bench.synthetic import write_events
 
     events_path = workdir / "events.parquet"
@@ -80,10 +83,24 @@ def run_stage(stage: str, n_subjects: int, workdir: Path, seed: int, chunk_size:
         out["held_out_cases"] = int(cohort.filter(pl.col("split") == "held_out")["label"].sum())
     elif stage == "histories":
         cohort = pl.read_parquet(cohort_path)
-        histories = build_histories(pl.scan_parquet(events_path), cohort, config["serialization"])
+        variant = config["grid"]["serialization"][0]
+        cfg = dict(config["serialization"], variant=variant)
+        histories = build_histories(pl.scan_parquet(events_path), cohort, cfg)
         histories.write_parquet(workdir / "histories.parquet")
         out["rows_out"] = histories.height
         out["input_events"] = int(histories["n_events"].sum())
+    elif stage == "prompts":
+        from rationale_bench.tinymodel import train_tokenizer
+
+        histories = pl.read_parquet(workdir / "histories.parquet")
+        sample = [history_of(row) for row in histories.head(2000).iter_rows(named=True)]
+        tokenizer = train_tokenizer(sample, config["models"]["tiny"]["build"]["vocab_size"])
+        t0 = time.perf_counter()  # the tokenizer stands in for the model's: not timed
+        budget = config["models"]["tiny"]["max_prompt_tokens"]
+        prompts = build_prompts(histories, tokenizer, config["serialization"], budget)
+        prompts.write_parquet(workdir / "prompts.parquet")
+        out["rows_out"] = prompts.height
+        out["truncated"] = float(prompts["truncated"].mean())
     else:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     out["seconds"] = time.perf_counter() - t0
