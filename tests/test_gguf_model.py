@@ -185,6 +185,7 @@ def test_smollm2_from_gguf_fine_tunes_and_scores(
         for line in job.log_path.read_text().splitlines()
         if "loss" in json.loads(line)
     ]
+    print("losses:", [round(loss, 3) for loss in losses])
     assert run["optimizer_steps"] == 4 and len(losses) == 4
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]

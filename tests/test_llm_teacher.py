@@ -20,7 +20,7 @@ from workflow_helpers import REPO
 
 from rationale_bench import models
 from rationale_bench.cli import load_config
-from rationale_bench.teacher import generate_rationales
+from rationale_bench.teacher import generate_rationales, rationale_settings
 
 pytestmark = [
     pytest.mark.slow,
@@ -94,8 +94,9 @@ def llama_server(tmp_path_factory):
 
 
 def teacher_config(tmp_path: Path, base_url: str) -> dict:
-    """The teacher section as a study would write it, with the schema's defaults filled in."""
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    """What a free_form rationale job gets from a study config with this teacher (schema
+    defaults filled in)."""
+    config = yaml.safe_load((REPO / "configs" / "smollm2_offline.yaml").read_text())
     config["teacher"] = {
         "name": "smollm2",
         "backend": "openai",
@@ -113,7 +114,7 @@ def teacher_config(tmp_path: Path, base_url: str) -> dict:
     }
     path = tmp_path / "teacher.yaml"
     path.write_text(yaml.safe_dump(config))
-    return load_config(path)["teacher"]
+    return rationale_settings(load_config(path), "free_form")
 
 
 def test_smollm2_served_by_llama_cpp_writes_rationales(llama_server, synthetic_histories, tmp_path):
@@ -131,6 +132,7 @@ def test_smollm2_served_by_llama_cpp_writes_rationales(llama_server, synthetic_h
     assert all(text.strip() for text in table["rationale"].to_list())
     assert set(table["teacher"].to_list()) == {"smollm2"}
     usage = report["usage"]
+    print("usage:", usage, "\nfirst rationale:", table["rationale"][0])
     assert usage["requests_sent"] >= 4 and usage["failures"] == 0
     assert usage["prompt_tokens"] > 4 * 100 and 4 <= usage["completion_tokens"] <= 4 * 40
 

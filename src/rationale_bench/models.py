@@ -181,7 +181,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> dict
     """
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     if dtype not in GGUF_DTYPES:
         raise ModelSourceError(
@@ -191,14 +191,28 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> dict
     out_dir = Path(out_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        # Dense weights (not GGUF blocks): a plain model that trains and saves like any other.
         model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=getattr(torch, dtype)
+            gguf_path.parent,
+            gguf_file=gguf_path.name,
+            dtype=getattr(torch, dtype),
+            quantization_config=GgufConfig(dequantize=True),
         )
     except ImportError as error:
         raise ModelSourceError(
             f"reading {gguf_path} needs the 'gguf' package ({error}); install the pinned "
             "requirements (pip install -e .)."
         ) from error
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        # Nothing is left quantized; without this, save_pretrained refuses a GGUF-loaded model.
+        quantizer.remove_quantization_config(model)
+    packed = [name for name, module in model.named_modules() if "Gguf" in type(module).__name__]
+    if packed:
+        raise ModelSourceError(
+            f"{gguf_path}: {len(packed)} layers stayed in GGUF blocks after dequantizing "
+            f"(e.g. {packed[0]}); this transformers version cannot convert the file."
+        )
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
