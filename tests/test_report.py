@@ -10,8 +10,18 @@ from rationale_bench.report import _truncation_lines, truncation_table
 def write_prompts(path, truncated, dropped, tokens):
     path.parent.mkdir(parents=True, exist_ok=True)
     pl.DataFrame(
-        {"n_tokens": tokens, "truncated": truncated, "n_lines_dropped": dropped},
-        schema={"n_tokens": pl.Int32, "truncated": pl.Boolean, "n_lines_dropped": pl.Int32},
+        {
+            "n_tokens": tokens,
+            "truncated": truncated,
+            "n_lines_dropped": dropped,
+            "n_events_dropped": [3 * d for d in dropped],
+        },
+        schema={
+            "n_tokens": pl.Int32,
+            "truncated": pl.Boolean,
+            "n_lines_dropped": pl.Int32,
+            "n_events_dropped": pl.Int32,
+        },
     ).write_parquet(path)
 
 
@@ -27,11 +37,13 @@ def test_truncation_rate_per_model_and_serialization(tmp_path):
     ]
     assert table["truncation_rate"].to_list() == [0.5, 0.0]
     assert table["mean_lines_dropped"].to_list() == [2.0, 0.0]
+    assert table["mean_events_dropped"].to_list() == [6.0, 0.0]
     assert table["max_tokens"].to_list() == [100, 70]
     out = tmp_path / "truncation.csv"
     table.write_csv(out)
     lines = _truncation_lines(out)
     assert "- tiny / timeline_recent: 50.0% of 4 histories cut" in lines[3]
+    assert "2.0 oldest lines, 6.0 events dropped" in lines[3]
     assert lines[4].startswith("- big / markdown_recent: 0.0% of 2 histories")
 
 

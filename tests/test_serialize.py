@@ -286,3 +286,30 @@ def test_template_tokens_count_against_the_budget(synthetic_histories, tiny_toke
     ]
     assert exact == wrapped["n_tokens"].to_list()
     assert wrapped["n_lines_dropped"].sum() > plain["n_lines_dropped"].sum()
+
+
+@pytest.mark.parametrize("variant", SERIALIZATIONS)
+def test_every_input_event_is_behind_exactly_one_line(synthetic_events, synthetic_cohort, variant):
+    cohort = synthetic_cohort[0].head(200)
+    histories = build_histories(synthetic_events, cohort, {"variant": variant})
+    per_line = histories["line_events"].list.sum().fill_null(0)
+    assert (per_line == histories["n_events"]).all()
+    assert (histories["line_events"].list.len() == histories["lines"].list.len()).all()
+
+
+def test_events_dropped_count_the_dropped_lines_events(varied_subject, tiny_tokenizer):
+    events, cohort = varied_subject
+    histories = build_histories(events, cohort, {"variant": "timeline_recent"})
+    row = histories.row(0, named=True)
+    assert row["line_events"] == [1, 2, 1, 2, 1]  # visits, newest first
+    question = "\nQuestion: " + QUESTION["question"] + "\n"
+    two_lines = len(tiny_tokenizer(history_of(row, 2) + question)["input_ids"])
+    prompts = build_prompts(histories, tiny_tokenizer, QUESTION, two_lines)
+    assert prompts["n_lines_dropped"][0] == 3
+    assert prompts["n_events_dropped"][0] == sum(row["line_events"][2:]) == 4
+
+
+def test_chunks_give_the_same_prompts(synthetic_histories, tiny_tokenizer):
+    whole = build_prompts(synthetic_histories.head(300), tiny_tokenizer, QUESTION, 160)
+    chunked = build_prompts(synthetic_histories.head(300), tiny_tokenizer, QUESTION, 160, None, 64)
+    assert whole.equals(chunked)

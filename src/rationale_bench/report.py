@@ -18,7 +18,7 @@ from rationale_bench import study_report
 from rationale_bench.serialize import truncation_summary
 from rationale_bench.study import GRID_AXES
 
-TRUNCATION_COLUMNS = ["n_tokens", "truncated", "n_lines_dropped"]
+TRUNCATION_COLUMNS = ["n_tokens", "truncated", "n_lines_dropped", "n_events_dropped"]
 
 MATCH_AXES = tuple(a for a in GRID_AXES if a != "format")
 
@@ -151,6 +151,7 @@ def truncation_table(prompt_paths: Sequence[str]) -> pl.DataFrame:
         "n_prompts": pl.Int64,
         "truncation_rate": pl.Float64,
         "mean_lines_dropped": pl.Float64,
+        "mean_events_dropped": pl.Float64,
         "mean_tokens": pl.Float64,
         "max_tokens": pl.Int64,
     }
@@ -167,7 +168,8 @@ def _truncation_lines(path: Path) -> list[str]:
     lines += [
         f"- {r['model']} / {r['serialization']}: {100 * r['truncation_rate']:.1f}% of "
         f"{r['n_prompts']} histories cut to the token budget (mean {r['mean_lines_dropped']:.1f} "
-        f"oldest lines dropped; mean {r['mean_tokens']:.0f}, max {r['max_tokens']} tokens)."
+        f"oldest lines, {r['mean_events_dropped']:.1f} events dropped; mean "
+        f"{r['mean_tokens']:.0f}, max {r['max_tokens']} tokens)."
         for r in table.iter_rows(named=True)
     ]
     return lines

@@ -86,6 +86,7 @@ HISTORY_COLUMNS = [
     "header",
     "lines",
     "sections",
+    "line_events",
     "n_events",
     "n_unknown_codes",
     "codes",
@@ -231,6 +232,7 @@ def _visit_lines(frame: pl.DataFrame, label: pl.Expr | None, text: pl.Expr) -> p
         .group_by("subject_id", "time")
         .agg(
             pl.col("text").unique().sort(),
+            pl.len().alias("n"),
             *([label.first().alias("when")] if label is not None else []),
         )
         .sort("subject_id", "time", descending=[False, True])
@@ -240,6 +242,7 @@ def _visit_lines(frame: pl.DataFrame, label: pl.Expr | None, text: pl.Expr) -> p
                 pl.col("text").list.join("; "), pl.col("when") if label is not None else None
             ),
             section=pl.lit(""),
+            n="n",
         )
     )
 
@@ -249,9 +252,10 @@ def _event_lines(frame: pl.DataFrame, label: pl.Expr | None) -> pl.DataFrame:
     return (
         frame.with_columns(text=_event_text(pl.col("description"), pl.col("numeric_value")))
         .with_columns(line=_with_time(pl.col("text"), label))
-        .unique(["subject_id", "time", "line"])
+        .group_by("subject_id", "time", "line")
+        .agg(n=pl.len())
         .sort("subject_id", "time", "line", descending=[False, True, True])
-        .select("subject_id", "line", section=pl.lit(""))
+        .select("subject_id", "line", section=pl.lit(""), n="n")
     )
 
 
@@ -264,10 +268,11 @@ def _first_occurrence_lines(frame: pl.DataFrame, label: pl.Expr | None) -> pl.Da
             pl.col("description").first(),
             pl.col("index_time").first(),
             pl.col("age").first(),
+            n=pl.len(),
         )
         .with_columns(line=_with_time(pl.col("description"), label))
         .sort("subject_id", "time", "line", descending=[False, True, True])
-        .select("subject_id", "line", section=pl.lit(""))
+        .select("subject_id", "line", section=pl.lit(""), n="n")
     )
 
 
@@ -328,7 +333,7 @@ def _markdown_lines(frame: pl.DataFrame, encoding: str) -> pl.DataFrame:
     return (
         per_code.with_columns(line="- " + text)
         .sort("subject_id", "time", "line", descending=[False, True, False])
-        .select("subject_id", "line", "section")
+        .select("subject_id", "line", "section", "n")
     )
 
 
@@ -364,7 +369,8 @@ def build_histories(
     ``cfg``: ``variant``, ``time_encoding`` (null: the variant's own), ``lookback_days``.
     ``code_names``: the data's own ``code, description`` table (may be None).
     Columns: :data:`HISTORY_COLUMNS`; ``lines`` newest first, ``sections`` the markdown section of
-    each line (empty strings for other variants), ``codes`` the distinct input codes (for
+    each line (empty strings for other variants), ``line_events`` the input events each line
+    stands for (a visit's events, a code's records), ``codes`` the distinct input codes (for
     grounding checks, baselines and Table 1), ``n_unknown_codes`` input events whose code has
     no known name (kept as the bare code).
     """
@@ -396,7 +402,7 @@ def build_histories(
     else:
         lines = _markdown_lines(frame, encoding)
     per_subject = lines.group_by("subject_id", maintain_order=True).agg(
-        lines=pl.col("line"), sections=pl.col("section")
+        lines=pl.col("line"), sections=pl.col("section"), line_events=pl.col("n").cast(pl.Int32)
     )
     stats = frame.group_by("subject_id").agg(
         n_events=pl.len(),
@@ -412,6 +418,7 @@ def build_histories(
             header=_header(variant),
             lines=pl.col("lines").fill_null([]),
             sections=pl.col("sections").fill_null([]),
+            line_events=pl.col("line_events").fill_null([]),
             n_events=pl.col("n_events").fill_null(0).cast(pl.Int32),
             n_unknown_codes=pl.col("n_unknown_codes").fill_null(0).cast(pl.Int32),
             codes=pl.col("codes").fill_null([]),
@@ -520,8 +527,12 @@ def _kept_lines(
     record is not tokenized to the end just to be dropped.
     """
     n = histories.height
-    n_lines = histories["lines"].list.len().fill_null(0).to_numpy().astype(np.int64)
-    texts = (histories["lines"].explode().drop_nulls() + "\n").to_list()
+    # Every line holds at least one token, so no more than budget lines can ever fit: the rest
+    # of a long record is never looked at.
+    cap = int(budget.max(initial=0)) + 1
+    lines = histories["lines"].list.head(cap)
+    n_lines = lines.list.len().fill_null(0).to_numpy().astype(np.int64)
+    texts = (lines.explode().drop_nulls() + "\n").to_list()
     starts = np.concatenate([[0], np.cumsum(n_lines)[:-1]]).astype(np.int64)
     tokens = np.full(len(texts), -1, dtype=np.int64)
     if not texts:
@@ -564,6 +575,30 @@ def build_prompts(
     cfg: Mapping[str, Any],
     max_prompt_tokens: int,
     template: PromptTemplate | None = None,
+    chunk_size: int = 50_000,
+) -> pl.DataFrame:
+    """Fit each history to ``max_prompt_tokens`` of this tokenizer, dropping the oldest lines.
+
+    Subjects are fitted ``chunk_size`` at a time, so memory stays bounded for any cohort size;
+    see :func:`_fit_prompts` for how. Columns: ``subject_id, split, label, age, sex,
+    history_text, prompt, n_tokens, truncated, n_lines_dropped, n_events_dropped``.
+    """
+    return pl.concat(
+        [
+            _fit_prompts(
+                histories.slice(start, chunk_size), tokenizer, cfg, max_prompt_tokens, template
+            )
+            for start in range(0, max(1, histories.height), chunk_size)
+        ]
+    )
+
+
+def _fit_prompts(
+    histories: pl.DataFrame,
+    tokenizer: Any,
+    cfg: Mapping[str, Any],
+    max_prompt_tokens: int,
+    template: PromptTemplate | None = None,
 ) -> pl.DataFrame:
     """Fit each history to ``max_prompt_tokens`` of this tokenizer, dropping the oldest lines.
 
@@ -574,9 +609,8 @@ def build_prompts(
     All token counts are batched: the distinct headers and lines are tokenized once, the kept
     prefix of newest lines comes from their cumulative sum, and every prompt is then checked
     exactly (BPE merges across line breaks can differ from the sum), dropping one more line
-    from the prompts that are over, batch by batch.
-    Columns: ``subject_id, split, label, age, sex, history_text, prompt, n_tokens, truncated,
-    n_lines_dropped``.
+    from the prompts that are over, batch by batch, and giving lines back where the sum
+    overestimated.
     """
     question = question_block(cfg["question"])
     template = template or PLAIN
@@ -680,6 +714,7 @@ def build_prompts(
             "n_tokens": n_tokens,
             "truncated": keep < n_lines,
             "n_lines_dropped": n_lines - keep,
+            "n_events_dropped": _events_after(histories, keep),
         },
         schema={
             "history_text": pl.String,
@@ -687,11 +722,21 @@ def build_prompts(
             "n_tokens": pl.Int32,
             "truncated": pl.Boolean,
             "n_lines_dropped": pl.Int32,
+            "n_events_dropped": pl.Int32,
         },
     )
     return pl.concat(
         [histories.select("subject_id", "split", "label", "age", "sex"), extra], how="horizontal"
     )
+
+
+def _events_after(histories: pl.DataFrame, keep: np.ndarray) -> np.ndarray:
+    """Input events behind each subject's dropped lines (its lines after the first ``keep``)."""
+    if "line_events" not in histories.columns:
+        return (histories["lines"].list.len().to_numpy() - keep).astype(np.int64)
+    frame = pl.DataFrame({"events": histories["line_events"], "keep": keep})
+    dropped = frame.select(pl.col("events").list.slice(pl.col("keep")).list.sum())
+    return dropped.to_series().fill_null(0).to_numpy().astype(np.int64)
 
 
 def truncation_summary(prompts: pl.DataFrame) -> dict[str, float]:
@@ -700,6 +745,9 @@ def truncation_summary(prompts: pl.DataFrame) -> dict[str, float]:
         "n_prompts": prompts.height,
         "truncation_rate": float(prompts["truncated"].mean() or 0.0),
         "mean_lines_dropped": float(prompts["n_lines_dropped"].mean() or 0.0),
+        "mean_events_dropped": float(prompts["n_events_dropped"].mean() or 0.0)
+        if "n_events_dropped" in prompts.columns
+        else float("nan"),
         "mean_tokens": float(prompts["n_tokens"].mean() or 0.0),
         "max_tokens": int(prompts["n_tokens"].max() or 0),
     }
