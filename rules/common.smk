@@ -150,6 +150,14 @@ def get_rationale_files(suffix=".parquet"):
     return [f"results/rationales/{teacher}/{style}{suffix}" for style in sorted(styles)]
 
 
+def get_review_files():
+    """The human-review summary, once reviewers' filled sheets are in review.filled_dir."""
+    filled = Path(config["teacher"]["review"]["filled_dir"])
+    if any(filled.glob("*.csv")):
+        return ["results/review/scores.csv", "results/review/agreement.csv"]
+    return []
+
+
 def get_prompt_files():
     """Every model's prompts in every serialization of the grid (for the truncation table)."""
     return expand(

@@ -14,6 +14,7 @@ rule report:
         rationale_qc=get_rationale_files(".qc.parquet"),
         rationales=get_rationale_files(),
         prompts=get_prompt_files(),
+        review=get_review_files(),
     output:
         readme="results/report/README.md",
         run_card=report(

@@ -52,3 +52,37 @@ def test_no_prompts_gives_an_empty_table_and_no_section(tmp_path):
     assert table.height == 0 and "truncation_rate" in table.columns
     table.write_csv(tmp_path / "t.csv")
     assert _truncation_lines(tmp_path / "t.csv") == []
+
+
+def test_human_review_on_the_front_page(tmp_path):
+    from rationale_bench.report import _review_lines
+
+    scores = tmp_path / "review_scores.csv"
+    agreement = tmp_path / "review_agreement.csv"
+    pl.DataFrame(
+        {
+            "teacher": ["template", "template"],
+            "style": ["free_form", "free_form"],
+            "criterion": ["faithful_grounding", "medical_accuracy"],
+            "n_ratings": [8, 8],
+            "n_items": [4, 4],
+            "mean": [4.25, 3.5],
+            "sd": [0.5, None],
+        }
+    ).write_csv(scores)
+    assert _review_lines(scores, agreement)[-2] == "- One reviewer so far: no agreement statistic."
+    pl.DataFrame(
+        {
+            "criterion": ["medical_accuracy"],
+            "reviewers": ["ann vs bob"],
+            "n_items": [4],
+            "statistic": ["cohen_kappa"],
+            "kappa": [0.6],
+            "kappa_quadratic": [0.7],
+        }
+    ).write_csv(agreement)
+    lines = _review_lines(scores, agreement)
+    assert "- template / free_form, faithful grounding: mean 4.25 (SD 0.50), 4 items" in lines[3]
+    assert "(SD n/a)" in lines[4]
+    assert "ann vs bob, 4 items): Cohen's kappa 0.60." in lines[5]
+    assert _review_lines(tmp_path / "absent.csv", agreement) == []

@@ -123,3 +123,15 @@ def test_sharded_run_with_faults_then_reshard_sends_nothing(
     for path in workdir.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_filled_review_sheets_feed_the_report(workdir: Path) -> None:
+    filled = workdir / "review" / "filled"
+    filled.mkdir(parents=True)
+    (filled / "ann.csv").write_text("item_id\n")
+    out = snakemake(workdir, "-n", configfile=write_config(workdir))
+    counts = dry_run(workdir, configfile=write_config(workdir))
+    assert counts["review_sheet"] == 1 and counts["review_summary"] == 1
+    report_job = (out.stdout + out.stderr).split("\nrule report:")[1].split("output:")[0]
+    assert "results/review/scores.csv" in report_job
+    assert "results/review/agreement.csv" in report_job

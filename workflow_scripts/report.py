@@ -22,5 +22,6 @@ paths = write_report(
     rationale_paths=list(getattr(smk.input, "rationales", [])),
     workflow_dir=Path(smk.scriptdir).parent,
     prompt_paths=list(getattr(smk.input, "prompts", [])),
+    review_paths=list(getattr(smk.input, "review", [])),
 )
 log.info("report written: %s", sorted(paths))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -84,11 +85,14 @@ def write_report(
     rationale_paths: Sequence[str] = (),
     workflow_dir: Path | None = None,
     prompt_paths: Sequence[str] = (),
+    review_paths: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write every table and figure, and README.md with the computed headline.
 
     ``prompt_paths`` (``results/prompts/{model}/{serialization}.parquet``) give the truncation
-    table: how often each model's token budget cut a history.
+    table: how often each model's token budget cut a history. ``review_paths`` (the human
+    review's ``scores.csv`` and ``agreement.csv``, when reviewers filled sheets) are copied in
+    and summarized on the front page.
 
     ``partial`` reports whatever configurations have finished (their files exist) and lists
     the rest as missing; the full report requires every file (Snakemake guarantees it).
@@ -116,6 +120,10 @@ def write_report(
         table1=table1,
         rationale_qc=qc,
     )
+    for path in review_paths:
+        name = f"review_{Path(path).name}"
+        paths[name.removesuffix(".csv")] = out_dir / name
+        shutil.copyfile(path, out_dir / name)
     paths["truncation"] = out_dir / "truncation.csv"
     truncation_table(prompt_paths).write_csv(paths["truncation"])
     table = pl.read_csv(paths["metrics"])
@@ -175,6 +183,32 @@ def _truncation_lines(path: Path) -> list[str]:
     return lines
 
 
+def _review_lines(scores_path: Path, agreement_path: Path) -> list[str]:
+    """The human review on the front page: mean scores per teacher and style, and agreement."""
+    if not scores_path.exists():
+        return []
+    lines = ["", "## Human review of rationales", ""]
+    scores = pl.read_csv(scores_path)
+    for r in scores.iter_rows(named=True):
+        sd = "n/a" if r["sd"] is None else f"{r['sd']:.2f}"
+        lines.append(
+            f"- {r['teacher']} / {r['style']}, {r['criterion'].replace('_', ' ')}: mean "
+            f"{r['mean']:.2f} (SD {sd}), {r['n_items']} items, {r['n_ratings']} ratings."
+        )
+    agreement = pl.read_csv(agreement_path) if agreement_path.exists() else pl.DataFrame()
+    for r in agreement.iter_rows(named=True):
+        kappa = "n/a" if r["kappa"] is None else f"{r['kappa']:.2f}"
+        name = "Cohen's" if r["statistic"] == "cohen_kappa" else "Fleiss'"
+        lines.append(
+            f"- Agreement on {r['criterion'].replace('_', ' ')} ({r['reviewers']}, "
+            f"{r['n_items']} items): {name} kappa {kappa}."
+        )
+    if not agreement.height:
+        lines.append("- One reviewer so far: no agreement statistic.")
+    lines.append("- Tables: `review_scores.csv`, `review_agreement.csv`.")
+    return lines
+
+
 def readme_text(paths: dict[str, Path], out_dir: Path, partial: bool) -> str:
     """The report's front page: the computed headline, then what each file holds."""
     headline = paths["headline"].read_text().strip()
@@ -202,6 +236,7 @@ def readme_text(paths: dict[str, Path], out_dir: Path, partial: bool) -> str:
         "## Figures",
         *[f"- `figures/{name}` (and .svg)" for name in figures],
         *_truncation_lines(out_dir / "truncation.csv"),
+        *_review_lines(out_dir / "review_scores.csv", out_dir / "review_agreement.csv"),
         "",
     ]
     return "\n".join(lines)
