@@ -19,8 +19,7 @@ import time
 
 import polars as pl
 
-from rationale_bench.codes import ADRD_CODE_PREFIXES, ANTI_DEMENTIA_DRUG_PREFIXES
-from rationale_bench.cohort import build_cohort
+from rationale_bench.cohort import build_cohort, resolve_definition
 from rationale_bench.serialize import (
     SERIALIZATIONS,
     build_histories,
@@ -31,15 +30,7 @@ from rationale_bench.serialize import (
 from rationale_bench.synthetic import generate_events
 from rationale_bench.tinymodel import train_tokenizer
 
-COHORT = {
-    "min_age": 65,
-    "min_prior_observation_days": 730,
-    "horizon_days": 1826,
-    "index_event_prefixes": ["VISIT/"],
-    "outcome_code_prefixes": list(ADRD_CODE_PREFIXES),
-    "exclusion_drug_prefixes": list(ANTI_DEMENTIA_DRUG_PREFIXES),
-    "split": {"seed": 1, "tuning_fraction": 0.1, "held_out_fraction": 0.3},
-}
+COHORT = resolve_definition({})  # the default cohort definition
 QUESTION = "Will this patient be diagnosed with dementia within 5 years? Answer Yes or No."
 
 

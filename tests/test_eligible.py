@@ -6,8 +6,7 @@ import shutil
 
 import polars as pl
 import pytest
-import yaml
-from workflow_helpers import REPO, dry_run, snakemake
+from workflow_helpers import REPO, dry_run, snakemake, study_with_teacher
 
 from rationale_bench.cohort import restrict_training, training_subset
 from rationale_bench.finetune import TrainingError, build_examples
@@ -70,14 +69,6 @@ def test_restricted_pool_keeps_evaluation_splits_and_feeds_every_format(
     assert small <= set(label_only["subject_id"])
 
 
-def study_config(tmp_path, **teacher) -> str:
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["teacher"].update(teacher)
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture
 def workdir(tmp_path):
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
@@ -85,7 +76,7 @@ def workdir(tmp_path):
 
 
 def test_drop_mode_makes_every_training_job_wait_for_the_pool(workdir, tmp_path):
-    path = study_config(tmp_path, qc={"on_failure": "drop"})
+    path = study_with_teacher(tmp_path, qc={"on_failure": "drop"})
     counts = dry_run(workdir, configfile=path)
     assert counts["eligible_subjects"] == 1
     out = snakemake(workdir, "-n", configfile=path)

@@ -10,19 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO, dry_run, snakemake
+from workflow_helpers import REPO, dry_run, snakemake, study_with_teacher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_openai_server import FakeOpenAIServer, mixed_faults  # noqa: E402
 
-
-def write_config(workdir: Path, **teacher: object) -> Path:
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["teacher"].update(teacher)
-    path = workdir / "study.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+write_config = study_with_teacher
 
 
 @pytest.fixture

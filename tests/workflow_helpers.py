@@ -35,6 +35,17 @@ def snakemake(
     return result
 
 
+def study_with_teacher(folder: Path, **teacher: object) -> Path:
+    """config.yaml with these teacher settings, written to ``folder/study.yaml``."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["teacher"].update(teacher)
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def dry_run(workdir: Path, *args: str, configfile: Path | None = None) -> Counter:
     result = snakemake(workdir, "-n", *args, configfile=configfile)
     return job_counts(result.stdout + result.stderr)
