@@ -175,11 +175,24 @@ ELIGIBLE_SUBJECTS = (
 def get_eligible_subjects():
     """The training pool file when the teacher can drop subjects and the grid uses rationales
     (every fine-tune and baseline then waits for it), else nothing."""
-    from rationale_bench.teacher import drops_subjects
-
-    if drops_subjects(config["teacher"]) and get_rationale_files():
+    if study.drops_subjects(config["teacher"]) and get_rationale_files():
         return ELIGIBLE_SUBJECTS
     return []
+
+
+def model_source_input():
+    """The model input of a model's jobs: a plain pattern when every grid model has the same kind
+    of source (a function costs time for each of a grid's jobs), else :func:`get_model_source`.
+    """
+    kinds = {
+        models.source_kind(config["models"][m]["source"])
+        for m in config["grid"]["model"]
+    }
+    if kinds <= {"built", "gguf"}:
+        return "results/models/{model}"
+    if kinds == {"hub"}:
+        return "results/hub/{model}.json"
+    return get_model_source
 
 
 def get_model_source(wildcards):
@@ -301,13 +314,21 @@ def get_serialization_settings():
     )
 
 
-def get_training_settings(wildcards):
-    return training_settings_of(wildcards.model)
-
-
 @functools.cache
 def training_settings_of(model):
     return study.training_settings(config, model)
+
+
+def get_result_settings(wildcards):
+    return result_settings_of(wildcards.model)
+
+
+@functools.cache
+def result_settings_of(model):
+    """The training settings that shape a model's weights (computed once per model)."""
+    from rationale_bench.launch import result_settings
+
+    return result_settings(training_settings_of(model))
 
 
 def get_rationales(wildcards):
@@ -318,5 +339,6 @@ def get_rationales(wildcards):
     return f"results/rationales/{config['teacher']['name']}/{style}.parquet"
 
 
-# A plain pattern, not a function: functions cost time for every one of a grid's jobs.
+# Plain patterns, not functions: functions cost time for every one of a grid's jobs.
 PROMPTS = "results/prompts/{model}/{serialization}.parquet"
+MODEL_SOURCE = model_source_input()

@@ -9,7 +9,7 @@ rule evaluate:
         unpack(get_trained_model),
         prompts=PROMPTS,
         cohort="results/cohort/cohort.parquet",
-        model=get_model_source,
+        model=MODEL_SOURCE,
         eligible=get_eligible_subjects(),
     output:
         predictions=f"{RUN_DIR}/predictions.parquet",
@@ -27,11 +27,5 @@ rule evaluate:
         evaluation=get_settings("evaluation"),
         question=config["serialization"]["question"],
         model=get_model_settings,
-        configuration=lambda wildcards: {
-            "serialization": wildcards.serialization,
-            "format": wildcards.format,
-            "n_train": int(wildcards.n_train),
-            "seed": int(wildcards.seed),
-        },
     script:
         "../workflow_scripts/evaluate.py"

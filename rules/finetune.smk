@@ -1,8 +1,6 @@
 # Base models and fine-tuning: one job per configuration, with the same subjects, steps and
 # schedule for every format of a matched (model, n_train, seed).
 
-from rationale_bench.launch import job_launch, reporting_settings, result_settings
-
 
 rule build_tiny_model:
     """The default study's base model: a BPE tokenizer and a small Llama, both trained on the
@@ -73,7 +71,7 @@ rule finetune:
         prompts=PROMPTS,
         cohort="results/cohort/cohort.parquet",
         rationales=get_rationales,
-        model=get_model_source,
+        model=MODEL_SOURCE,
         eligible=get_eligible_subjects(),
     output:
         adapter=directory(f"{RUN_DIR}/adapter"),
@@ -89,14 +87,9 @@ rule finetune:
         mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
         runtime=get_job_resource("runtime", scale_with_attempt=True),
     params:
-        # What shapes the weights; tracking and launcher switches rerun no training.
-        training=lambda w: result_settings(training_settings_of(w.model)),
-        reporting=lambda w: reporting_settings(training_settings_of(w.model)),
-        # One process per GPU (data parallel) when the model's resources.gpu > 1.
-        launch=lambda w: job_launch(
-            config["models"][w.model]["resources"]["gpu"],
-            training_settings_of(w.model),
-        ),
+        # What shapes the weights. Tracking, the launcher and the GPU count (one data-parallel
+        # process per GPU) are read by the script from the config: they rerun no training.
+        training=get_result_settings,
         model=get_model_settings,
         checkpoint_dir=f"results/checkpoints/model={{model}}/serialization={{serialization}}/format={{format}}/n_train={{n_train}}/seed={{seed}}",
         # The evaluation of an earlier training of this configuration: removed when training

@@ -5,10 +5,14 @@
 
 import glob
 
-from rationale_bench import teacher as teacher_lib  # noqa: E402
+from rationale_bench.study import (  # noqa: E402
+    check_teacher_config,
+    drops_subjects,
+    rationale_settings,
+)
 
 try:
-    teacher_lib.check_teacher_config(config)
+    check_teacher_config(config)
 except ValueError as error:
     raise WorkflowError(str(error)) from None
 
@@ -39,9 +43,7 @@ if SHARDS == 1:
             # Global cap (profiles/default): teacher jobs running at once share one endpoint.
             teacher_jobs=1,
         params:
-            teacher=lambda wildcards: teacher_lib.rationale_settings(
-                config, wildcards.style
-            ),
+            teacher=lambda wildcards: rationale_settings(config, wildcards.style),
             cache_dir=f"{RATIONALES}/cache",
             shard=0,
             n_shards=1,
@@ -67,9 +69,7 @@ else:
         resources:
             teacher_jobs=1,
         params:
-            teacher=lambda wildcards: teacher_lib.rationale_settings(
-                config, wildcards.style
-            ),
+            teacher=lambda wildcards: rationale_settings(config, wildcards.style),
             cache_dir=f"{RATIONALES}/cache",
             shard=lambda wildcards: int(wildcards.shard),
             n_shards=SHARDS,
@@ -164,7 +164,7 @@ rule review_summary:
         "../workflow_scripts/review_summary.py"
 
 
-if teacher_lib.drops_subjects(config["teacher"]):
+if drops_subjects(config["teacher"]):
 
     rule eligible_subjects:
         """Subjects with a usable rationale in every style the grid trains on: the training

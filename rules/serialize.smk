@@ -24,7 +24,7 @@ rule build_prompts:
     prompt budget, measured with the model's own tokenizer."""
     input:
         histories="results/histories/{serialization}.parquet",
-        model=get_model_source,
+        model=MODEL_SOURCE,
     output:
         "results/prompts/{model}/{serialization}.parquet",
     log:

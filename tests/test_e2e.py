@@ -151,6 +151,17 @@ def test_learning_rate_edit_reruns_only_that_model(finished_study):
     assert runs and all("model=tiny_lora/" in p for p in runs)
 
 
+def test_tracking_launcher_and_gpu_edits_rerun_nothing(finished_study):
+    workdir, config = finished_study
+
+    def switch(study):
+        study["training"].update(report_to=["tensorboard"], launcher="accelerate")
+        study["models"]["tiny"].setdefault("resources", {}).update(gpu=2)
+
+    counts, _ = edited(workdir, config, switch)
+    assert "finetune" not in counts and "evaluate" not in counts
+
+
 def test_teacher_edit_reruns_rationales_and_only_rationale_formats(finished_study):
     workdir, config = finished_study
     counts, outputs = edited(workdir, config, lambda s: s.setdefault("teacher", {}).update(seed=5))

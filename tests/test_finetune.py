@@ -531,8 +531,8 @@ with SnakemakeApi(OutputSettings()) as api:
     dag.execute_workflow(executor="dryrun")
     jobs = [j for j in dag.workflow_api._workflow.dag.jobs if j.rule.name == "finetune"]
     print("PARAMS=" + json.dumps([
-        {"launch": dict(j.params.launch), "training": dict(j.params.training),
-         "reporting": dict(j.params.reporting), "gpu": j.resources.get("gpu")}
+        {"training": dict(j.params.training), "params": sorted(j.params.keys()),
+         "gpu": j.resources.get("gpu")}
         for j in jobs
     ]))
 """
@@ -576,12 +576,21 @@ def test_finetune_rule_builds_the_launch_command(tmp_path, gpus, launcher, comma
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("PARAMS="))
     (job,) = json.loads(line[len("PARAMS=") :])
-    assert job["launch"] == {"command": command, "processes": max(1, gpus)}
     assert job["gpu"] == gpus
-    # Tracking and launcher settings reach the job but are not part of what reruns it.
-    assert job["reporting"]["report_to"] == ["tensorboard"]
+    # Tracking, launcher and GPU count are not params (a change in params reruns the job): the
+    # script reads them from the config.
     assert "report_to" not in job["training"] and "launcher" not in job["training"]
+    assert not {"launch", "reporting"} & set(job["params"])
     assert job["training"]["precision"] == "auto"
+    from rationale_bench.cli import load_config
+    from rationale_bench.launch import job_runtime
+    from rationale_bench.study import training_settings
+
+    validated = load_config(tmp_path / "config.yaml")  # what the script's snakemake.config is
+    reporting, launch = job_runtime(validated, "tiny")
+    assert launch == {"command": command, "processes": max(1, gpus)}
+    assert reporting["report_to"] == ["tensorboard"] and reporting["launcher"] == launcher
+    assert dict(job["training"], **reporting) == training_settings(validated, "tiny")
 
 
 def test_smollm2_config_is_valid_and_uses_the_training_switches():

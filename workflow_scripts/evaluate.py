@@ -10,6 +10,14 @@ from rationale_bench.workflow import read_cohort, start, write_parquet
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
 trained = hasattr(smk.input, "run")
+# The configuration is in the job's wildcards (a param function per job would cost a
+# 504-configuration dry run time).
+configuration = {
+    "serialization": smk.wildcards.serialization,
+    "format": smk.wildcards.format,
+    "n_train": int(smk.wildcards.n_train),
+    "seed": int(smk.wildcards.seed),
+}
 model_path = resolve_model(smk.params.model)
 prompts = pl.read_parquet(smk.input.prompts)
 cohort = read_cohort(smk, log)
@@ -19,7 +27,7 @@ if hasattr(smk.input, "histories"):
         pl.read_parquet(smk.input.histories),
         cohort,
         pl.read_parquet(smk.input.rationales) if hasattr(smk.input, "rationales") else None,
-        smk.params.configuration,
+        configuration,
         smk.params.question,
         model_path,
         smk.params.model["max_seq_len"],
@@ -29,7 +37,7 @@ if hasattr(smk.input, "histories"):
 predictions, summary = evaluate_configuration(
     model_path,
     Path(smk.input.adapter) if trained else None,
-    json.loads(Path(smk.input.run).read_text()) if trained else smk.params.configuration,
+    json.loads(Path(smk.input.run).read_text()) if trained else configuration,
     prompts,
     cohort,
     smk.params.evaluation,

@@ -7,17 +7,19 @@ from pathlib import Path
 import polars as pl
 
 from rationale_bench.finetune import TrainingJob, remove_stale_evaluation, train, write_job_spec
+from rationale_bench.launch import job_runtime
 from rationale_bench.models import resolve_model
 from rationale_bench.workflow import read_cohort, start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
+reporting, launch = job_runtime(smk.config, smk.wildcards.model)
 job = TrainingJob(
     model_path=resolve_model(smk.params.model),
     fmt=smk.wildcards.format,
     n_train=int(smk.wildcards.n_train),
     seed=int(smk.wildcards.seed),
-    training={**smk.params.training, **smk.params.reporting},
+    training={**smk.params.training, **reporting},
     max_seq_len=smk.params.model["max_seq_len"],
     out_dir=Path(smk.output.adapter),
     log_path=Path(smk.output.train_log),
@@ -27,7 +29,6 @@ job = TrainingJob(
 )
 remove_stale_evaluation(smk.params.stale)
 cohort = read_cohort(smk, log)
-launch = smk.params.launch
 if launch["command"]:
     # One process per GPU; they read the same spec and only rank 0 writes the outputs. The
     # cohort travels as a file (restricted to the eligible subjects when the teacher dropped any).

@@ -51,6 +51,20 @@ def job_launch(n_gpus: int, training: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def job_runtime(config: Mapping[str, Any], model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(reporting settings, launch) of a model's fine-tuning jobs, from the whole config.
+
+    The finetune script reads these from the config, not from its params: Snakemake reruns a job
+    whose params changed, and switching a tracker, the launcher or the GPU count (data parallel:
+    the same weights) must not retrain anything.
+    """
+    from rationale_bench.study import training_settings
+
+    training = training_settings(config, model)
+    gpus = int(config["models"][model]["resources"]["gpu"])
+    return reporting_settings(training), job_launch(gpus, training)
+
+
 def result_settings(training: Mapping[str, Any]) -> dict[str, Any]:
     """The training settings that shape the trained weights."""
     return {k: v for k, v in training.items() if k not in REPORTING_KEYS}

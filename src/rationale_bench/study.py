@@ -131,11 +131,54 @@ def training_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
 
 
 def model_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """What a job needs to load a model (training overrides excluded: they have their own slice)."""
-    settings = {k: v for k, v in config["models"][model].items() if k != "training"}
+    """What a job needs to load a model. Training overrides have their own slice; the cluster
+    resources and the cost-planning assumptions change no result, so editing them reruns
+    nothing."""
+    settings = {
+        k: v
+        for k, v in config["models"][model].items()
+        if k not in ("training", "resources", "plan")
+    }
     settings["name"] = model
     # The system prompt shapes every prompt the model reads, so it is part of the model's slice.
     serialization = config.get("serialization", {})
     settings["system_prompt"] = serialization.get("system_prompt")
     settings["answer_words"] = serialization.get("answer_words", ["Yes", "No"])
     return canonical(settings)
+
+
+def check_teacher_config(config: Mapping[str, Any]) -> None:
+    """Settings the schema cannot rule out; raised before any job runs."""
+    teacher = config["teacher"]
+    if teacher.get("mode") == "label_blind" and teacher.get("backend") == "template":
+        raise ValueError(
+            "teacher.mode 'label_blind' needs a teacher that predicts the outcome; the "
+            "'template' teacher only explains a known one. Set teacher.backend to 'openai' or "
+            "teacher.mode to 'label_aware'."
+        )
+
+
+def rationale_settings(config: Mapping[str, Any], style: str) -> dict[str, Any]:
+    """The settings one style's rationale jobs get (their Snakemake params): only what changes
+    those rationales, so editing another style's prompt, the shard count, the price table or
+    the review settings reruns no teacher job. Keys sorted, so key order never does either."""
+    teacher = config["teacher"]
+    keys = ["name", "backend", "mode", "qc"]
+    if teacher["backend"] == "template":
+        return canonical({k: teacher[k] for k in [*keys, "seed"]})
+    settings = {k: teacher[k] for k in [*keys, "openai", "allowed_hosts", "max_history_lines"]}
+    prompts = teacher["prompts"]
+    settings["prompts"] = {"system": prompts["system"], style: prompts[style]}
+    if teacher["mode"] == "label_blind":
+        settings["label_blind"] = teacher["label_blind"]
+        settings["prompts"][f"blind_{style}"] = prompts[f"blind_{style}"]
+    settings["question"] = config["serialization"]["question"]
+    return canonical(settings)
+
+
+def drops_subjects(teacher: Mapping[str, Any]) -> bool:
+    """Whether the teacher settings can leave a subject without a rationale of some style."""
+    blind_drop = (teacher.get("mode") == "label_blind") and (
+        (teacher.get("label_blind") or {}).get("on_disagreement") == "drop"
+    )
+    return blind_drop or (teacher.get("qc") or {}).get("on_failure") == "drop"

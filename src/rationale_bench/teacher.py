@@ -28,6 +28,13 @@ import polars as pl
 from rationale_bench.codes import ATC_DESCRIPTIONS, RISK_FACTORS, code_in
 from rationale_bench.serialize import history_of
 
+# The teacher's config slices live in study.py (the Snakefile imports them without polars).
+from rationale_bench.study import (  # noqa: F401
+    check_teacher_config,
+    drops_subjects,
+    rationale_settings,
+)
+
 STYLES = ("free_form", "step_by_step")
 TEACHER_SPLITS = ("train", "tuning")
 OUTCOME_WORDS = {
@@ -443,37 +450,6 @@ class _Subject:
     disagreed: bool = False
 
 
-def check_teacher_config(config: Mapping[str, Any]) -> None:
-    """Settings the schema cannot rule out; raised before any job runs."""
-    teacher = config["teacher"]
-    if teacher.get("mode") == "label_blind" and teacher.get("backend") == "template":
-        raise TeacherError(
-            "teacher.mode 'label_blind' needs a teacher that predicts the outcome; the "
-            "'template' teacher only explains a known one. Set teacher.backend to 'openai' or "
-            "teacher.mode to 'label_aware'."
-        )
-
-
-def rationale_settings(config: Mapping[str, Any], style: str) -> dict[str, Any]:
-    """The settings one style's rationale jobs get (their Snakemake params): only what changes
-    those rationales, so editing another style's prompt, the shard count, the price table or
-    the review settings reruns no teacher job. Keys sorted, so key order never does either."""
-    from rationale_bench.study import canonical
-
-    teacher = config["teacher"]
-    keys = ["name", "backend", "mode", "qc"]
-    if teacher["backend"] == "template":
-        return canonical({k: teacher[k] for k in [*keys, "seed"]})
-    settings = {k: teacher[k] for k in [*keys, "openai", "allowed_hosts", "max_history_lines"]}
-    prompts = teacher["prompts"]
-    settings["prompts"] = {"system": prompts["system"], style: prompts[style]}
-    if teacher["mode"] == "label_blind":
-        settings["label_blind"] = teacher["label_blind"]
-        settings["prompts"][f"blind_{style}"] = prompts[f"blind_{style}"]
-    settings["question"] = config["serialization"]["question"]
-    return canonical(settings)
-
-
 def cache_path(cache_dir: Path, style: str, shard: int, n_shards: int) -> Path:
     """The cache file a shard appends to (unsharded runs keep the plain name)."""
     name = f"{style}.jsonl" if n_shards == 1 else f"{style}.shard{shard}of{n_shards}.jsonl"
@@ -691,14 +667,6 @@ def generate_rationales(
 def _ordered(counts: Counter[str]) -> dict[str, int]:
     known = [r for r in (*QC_REASONS, "disagrees_with_label") if counts.get(r)]
     return {r: counts[r] for r in known + sorted(set(counts) - set(known))}
-
-
-def drops_subjects(teacher: Mapping[str, Any]) -> bool:
-    """Whether the teacher settings can leave a subject without a rationale of some style."""
-    blind_drop = (teacher.get("mode") == "label_blind") and (
-        (teacher.get("label_blind") or {}).get("on_disagreement") == "drop"
-    )
-    return blind_drop or (teacher.get("qc") or {}).get("on_failure") == "drop"
 
 
 def eligible_subjects(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
