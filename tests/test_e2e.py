@@ -17,6 +17,13 @@ STUDY = REPO / "tests" / "configs" / "tiny.yaml"
 SERIALIZATION = "serialization=markdown_recent"  # the tiny study's students read markdown
 
 
+def run_folder(results, fmt):
+    """A run folder of the tiny study (n_train 64, seed 1)."""
+    return (
+        results / "runs" / "model=tiny" / SERIALIZATION / f"format={fmt}" / "n_train=64" / "seed=1"
+    )
+
+
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("study")
@@ -50,29 +57,9 @@ def test_outputs_are_complete_and_consistent(finished_study):
         assert (results / "report" / "figures" / f"{figure}.svg").exists()
     paired = pl.read_csv(results / "report" / "paired.csv")
     assert paired.height == 8  # 2 models x (2 rationale formats + 2 arms), vs label_only
-    zero_shot = json.loads(
-        (
-            results
-            / "runs"
-            / "model=tiny"
-            / SERIALIZATION
-            / "format=zero_shot"
-            / "n_train=64"
-            / "seed=1"
-            / "metrics.json"
-        ).read_text()
-    )
+    zero_shot = json.loads((run_folder(results, "zero_shot") / "metrics.json").read_text())
     assert zero_shot["scoring_mode"] == "direct"
-    assert not (
-        results
-        / "runs"
-        / "model=tiny"
-        / SERIALIZATION
-        / "format=zero_shot"
-        / "n_train=64"
-        / "seed=1"
-        / "adapter"
-    ).exists()
+    assert not (run_folder(results, "zero_shot") / "adapter").exists()
     readme = (results / "report" / "README.md").read_text()
     mean = table.filter(pl.col("format") == "label_only")["auroc"].mean()
     assert f"{mean:.3f}" in readme  # the headline is computed from the results
@@ -90,15 +77,7 @@ def test_outputs_are_complete_and_consistent(finished_study):
         rationales = pl.read_parquet(results / "rationales" / "template" / f"{style}.parquet")
         assert not held_out & set(rationales["subject_id"])  # the teacher never saw held-out
 
-    run_dir = (
-        results
-        / "runs"
-        / "model=tiny"
-        / SERIALIZATION
-        / "format=free_form"
-        / "n_train=64"
-        / "seed=1"
-    )
+    run_dir = run_folder(results, "free_form")
     predictions = pl.read_parquet(run_dir / "predictions.parquet")
     for column in (
         "subject_id",
@@ -117,18 +96,7 @@ def test_outputs_are_complete_and_consistent(finished_study):
 
     # Matched formats trained on the same subjects for the same number of steps.
     runs = [
-        json.loads(
-            (
-                results
-                / "runs"
-                / "model=tiny"
-                / SERIALIZATION
-                / f"format={f}"
-                / "n_train=64"
-                / "seed=1"
-                / "run.json"
-            ).read_text()
-        )
+        json.loads((run_folder(results, f) / "run.json").read_text())
         for f in ("label_only", "free_form", "step_by_step")
     ]
     assert len({r["subjects_sha256"] for r in runs}) == 1

@@ -311,5 +311,7 @@ def test_events_dropped_count_the_dropped_lines_events(varied_subject, tiny_toke
 
 def test_chunks_give_the_same_prompts(synthetic_histories, tiny_tokenizer):
     whole = build_prompts(synthetic_histories.head(300), tiny_tokenizer, QUESTION, 160)
-    chunked = build_prompts(synthetic_histories.head(300), tiny_tokenizer, QUESTION, 160, None, 64)
+    chunked = build_prompts(
+        synthetic_histories.head(300), tiny_tokenizer, QUESTION, 160, chunk_size=64
+    )
     assert whole.equals(chunked)

@@ -34,7 +34,7 @@ import torch
 from rationale_bench import formats
 from rationale_bench.cohort import training_subset
 from rationale_bench.launch import REPORTING_KEYS
-from rationale_bench.templates import PromptTemplate, template_for_model
+from rationale_bench.templates import PLAIN, PromptTemplate, template_for_model
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +135,11 @@ def encode_examples(
     fmt: str,
     tokenizer: Any,
     max_seq_len: int,
-    template: PromptTemplate | None = None,
+    template: PromptTemplate = PLAIN,
 ) -> list[list[formats.EncodedExample]]:
     """Token-level examples per subject (several for multitask), with filler made to measure."""
     spec = formats.format_spec(fmt)
-    words = template.answer_words if template is not None else formats.DEFAULT_ANSWER_WORDS
+    words = template.answer_words
     per_subject = []
     for row in frame.iter_rows(named=True):
         text = row["rationale"]

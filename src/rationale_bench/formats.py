@@ -13,21 +13,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rationale_bench.templates import DEFAULT_ANSWER_WORDS, PLAIN, PromptTemplate
+
 if TYPE_CHECKING:
     import torch
 
-    from rationale_bench.templates import PromptTemplate
-
 ANSWER_PREFIX = "Answer:"
-# The default answer words (serialization.answer_words); the trained token is " Yes" / " No".
-DEFAULT_ANSWER_WORDS = ("Yes", "No")
-ANSWER_WORDS = {True: " Yes", False: " No"}
 
 
 def answer_words(words: Sequence[str] = DEFAULT_ANSWER_WORDS) -> dict[bool, str]:
     """The answer word of each label as written after ``Answer:`` (with its leading space)."""
     yes, no = words
     return {True: f" {yes}", False: f" {no}"}
+
+
+# The default answer words as trained: " Yes" / " No".
+ANSWER_WORDS = answer_words()
 
 
 RATIONALE_PREFIX = "Reasoning: "
@@ -191,10 +192,8 @@ class EncodedExample:
         return sum(1 for s in self.segments if s != PROMPT)
 
 
-def prompt_ids(tokenizer: Any, prompt: str, template: PromptTemplate | None = None) -> list[int]:
+def prompt_ids(tokenizer: Any, prompt: str, template: PromptTemplate = PLAIN) -> list[int]:
     """Token ids of a prompt as the model reads it (in its chat template, if it has one)."""
-    if template is None:
-        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     text = template.render(prompt)
     return list(tokenizer(text, add_special_tokens=template.add_special_tokens)["input_ids"])
 
@@ -204,7 +203,7 @@ def encode_example(
     prompt: str,
     segments: Sequence[tuple[int, str]],
     max_seq_len: int,
-    template: PromptTemplate | None = None,
+    template: PromptTemplate = PLAIN,
 ) -> EncodedExample:
     """Token ids, loss labels (prompt masked) and segment kinds of one training example.
 
@@ -217,10 +216,7 @@ def encode_example(
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
         kinds += [kind] * len(ids)
-    if template is not None:
-        end = template.end_token_ids(tokenizer)
-    else:
-        end = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    end = template.end_token_ids(tokenizer)
     input_ids += end
     kinds += [EOS] * len(end)
     # Every example that has an answer slot must carry the answer word in its loss (only the

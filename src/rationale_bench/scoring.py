@@ -154,13 +154,12 @@ def score_subjects(
     prompts: pl.DataFrame,
     fmt: str,
     cfg: dict[str, Any],
-    template: PromptTemplate | None = None,
+    template: PromptTemplate = PLAIN,
 ) -> pl.DataFrame:
     """Score every row of ``prompts``; returns probability, forced flag and generated text.
 
     ``template`` wraps each prompt as in training (the model's chat template, or plain text).
     """
-    template = template or PLAIN
     answer_ids = formats.answer_token_ids(tokenizer, template.answer_words)
     slot = tokenizer(formats.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
     prompt_ids = [

@@ -574,7 +574,7 @@ def build_prompts(
     tokenizer: Any,
     cfg: Mapping[str, Any],
     max_prompt_tokens: int,
-    template: PromptTemplate | None = None,
+    template: PromptTemplate = PLAIN,
     chunk_size: int = 50_000,
 ) -> pl.DataFrame:
     """Fit each history to ``max_prompt_tokens`` of this tokenizer, dropping the oldest lines.
@@ -598,7 +598,7 @@ def _fit_prompts(
     tokenizer: Any,
     cfg: Mapping[str, Any],
     max_prompt_tokens: int,
-    template: PromptTemplate | None = None,
+    template: PromptTemplate = PLAIN,
 ) -> pl.DataFrame:
     """Fit each history to ``max_prompt_tokens`` of this tokenizer, dropping the oldest lines.
 
@@ -613,7 +613,6 @@ def _fit_prompts(
     overestimated.
     """
     question = question_block(cfg["question"])
-    template = template or PLAIN
     add_special = template.add_special_tokens
     counter = TokenCounter(tokenizer)
     prompt_counter = TokenCounter(tokenizer, add_special_tokens=add_special)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rationale_bench.formats import FORMATS
+from rationale_bench.templates import DEFAULT_ANSWER_WORDS
 
 # The order of the grid axes is the order of the parts of a config_id path.
 GRID_AXES: tuple[str, ...] = ("model", "serialization", "format", "n_train", "seed")
@@ -143,7 +144,7 @@ def model_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     # The system prompt shapes every prompt the model reads, so it is part of the model's slice.
     serialization = config.get("serialization", {})
     settings["system_prompt"] = serialization.get("system_prompt")
-    settings["answer_words"] = serialization.get("answer_words", ["Yes", "No"])
+    settings["answer_words"] = serialization.get("answer_words", list(DEFAULT_ANSWER_WORDS))
     return canonical(settings)
 
 

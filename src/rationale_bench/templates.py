@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# The default (positive, negative) answer words (serialization.answer_words).
+DEFAULT_ANSWER_WORDS: tuple[str, str] = ("Yes", "No")
 USER_SENTINEL = "\u2063USER\u2063"
 ASSISTANT_SENTINEL = "\u2063ASSISTANT\u2063"
 CHAT_TEMPLATE_SETTINGS = ("auto", "none")
@@ -43,7 +45,7 @@ class PromptTemplate:
     end_of_turn: str | None = None
     strip_user: bool = False
     # The (yes, no) words written after "Answer:" and scored there (serialization.answer_words).
-    answer_words: tuple[str, str] = ("Yes", "No")
+    answer_words: tuple[str, str] = DEFAULT_ANSWER_WORDS
 
     @property
     def is_chat(self) -> bool:
@@ -107,7 +109,7 @@ def prompt_template(
     tokenizer: Any,
     chat_template: str = "auto",
     system_prompt: str | None = None,
-    answer_words: Sequence[str] = ("Yes", "No"),
+    answer_words: Sequence[str] = DEFAULT_ANSWER_WORDS,
 ) -> PromptTemplate:
     """The template of one model: ``chat_template`` is 'auto' (the tokenizer's own chat template
     when it has one, else plain text), 'none' (plain text) or a Jinja template (an override)."""
@@ -163,5 +165,5 @@ def template_for_model(tokenizer: Any, model_settings: Mapping[str, Any]) -> Pro
         tokenizer,
         model_settings.get("chat_template", "auto") or "auto",
         model_settings.get("system_prompt"),
-        tuple(model_settings.get("answer_words") or ("Yes", "No")),
+        tuple(model_settings.get("answer_words") or DEFAULT_ANSWER_WORDS),
     )

@@ -20,6 +20,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from rationale_bench.templates import DEFAULT_ANSWER_WORDS
+
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -36,7 +38,7 @@ TEMPLATE_PHRASES = [
 
 
 def train_tokenizer(
-    texts: Sequence[str], vocab_size: int, answer_words: Sequence[str] = ("Yes", "No")
+    texts: Sequence[str], vocab_size: int, answer_words: Sequence[str] = DEFAULT_ANSWER_WORDS
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (any text is encodable) trained on ``texts``, in which the
     answer words (with their leading space) are single tokens."""
@@ -116,7 +118,9 @@ def build_tiny_model(texts: Sequence[str], cfg: Mapping[str, Any], out_dir: Path
     if not texts:
         raise ValueError("build_tiny_model: no training histories to train the tokenizer on.")
     torch.manual_seed(cfg["seed"])
-    tokenizer = train_tokenizer(texts, cfg["vocab_size"], cfg.get("answer_words", ("Yes", "No")))
+    tokenizer = train_tokenizer(
+        texts, cfg["vocab_size"], cfg.get("answer_words", DEFAULT_ANSWER_WORDS)
+    )
     tokenizer.model_max_length = cfg["max_seq_len"]
     config = LlamaConfig(
         vocab_size=len(tokenizer),
