@@ -315,3 +315,24 @@ def test_chunks_give_the_same_prompts(synthetic_histories, tiny_tokenizer):
         synthetic_histories.head(300), tiny_tokenizer, QUESTION, 160, chunk_size=64
     )
     assert whole.equals(chunked)
+
+
+@pytest.mark.parametrize("variant", SERIALIZATIONS)
+def test_visible_codes_are_the_codes_of_the_kept_lines(
+    synthetic_events, synthetic_cohort, tiny_tokenizer, variant
+):
+    """What the model can read: every line's codes, only for the lines the budget kept."""
+    cohort = synthetic_cohort[0].head(200)
+    histories = build_histories(synthetic_events, cohort, {"variant": variant})
+    assert (histories["line_codes"].list.len() == histories["lines"].list.len()).all()
+    full = histories["line_codes"].list.eval(pl.element().explode()).list.unique().list.sort()
+    assert full.to_list() == histories["codes"].to_list()  # all lines: the whole history
+    prompts = build_prompts(histories, tiny_tokenizer, QUESTION, max_prompt_tokens=150)
+    assert prompts["truncated"].any()
+    for row, prompt in zip(
+        histories.iter_rows(named=True), prompts.iter_rows(named=True), strict=True
+    ):
+        kept = len(row["lines"]) - prompt["n_lines_dropped"]
+        expected = sorted({c for codes in row["line_codes"][:kept] for c in codes})
+        assert prompt["visible_codes"] == expected
+        assert set(expected) <= set(row["codes"])

@@ -87,6 +87,7 @@ HISTORY_COLUMNS = [
     "lines",
     "sections",
     "line_events",
+    "line_codes",
     "n_events",
     "n_unknown_codes",
     "codes",
@@ -233,6 +234,7 @@ def _visit_lines(frame: pl.DataFrame, label: pl.Expr | None, text: pl.Expr) -> p
         .agg(
             pl.col("text").unique().sort(),
             pl.len().alias("n"),
+            pl.col("code").unique().sort().alias("line_codes"),
             *([label.first().alias("when")] if label is not None else []),
         )
         .sort("subject_id", "time", descending=[False, True])
@@ -243,6 +245,7 @@ def _visit_lines(frame: pl.DataFrame, label: pl.Expr | None, text: pl.Expr) -> p
             ),
             section=pl.lit(""),
             n="n",
+            line_codes="line_codes",
         )
     )
 
@@ -253,9 +256,9 @@ def _event_lines(frame: pl.DataFrame, label: pl.Expr | None) -> pl.DataFrame:
         frame.with_columns(text=_event_text(pl.col("description"), pl.col("numeric_value")))
         .with_columns(line=_with_time(pl.col("text"), label))
         .group_by("subject_id", "time", "line")
-        .agg(n=pl.len())
+        .agg(n=pl.len(), line_codes=pl.col("code").unique().sort())
         .sort("subject_id", "time", "line", descending=[False, True, True])
-        .select("subject_id", "line", section=pl.lit(""), n="n")
+        .select("subject_id", "line", "line_codes", section=pl.lit(""), n="n")
     )
 
 
@@ -272,7 +275,7 @@ def _first_occurrence_lines(frame: pl.DataFrame, label: pl.Expr | None) -> pl.Da
         )
         .with_columns(line=_with_time(pl.col("description"), label))
         .sort("subject_id", "time", "line", descending=[False, True, True])
-        .select("subject_id", "line", section=pl.lit(""), n="n")
+        .select("subject_id", "line", section=pl.lit(""), n="n", line_codes=pl.concat_list("code"))
     )
 
 
@@ -333,7 +336,7 @@ def _markdown_lines(frame: pl.DataFrame, encoding: str) -> pl.DataFrame:
     return (
         per_code.with_columns(line="- " + text)
         .sort("subject_id", "time", "line", descending=[False, True, False])
-        .select("subject_id", "line", "section", "n")
+        .select("subject_id", "line", "section", "n", line_codes=pl.concat_list("code"))
     )
 
 
@@ -402,7 +405,10 @@ def build_histories(
     else:
         lines = _markdown_lines(frame, encoding)
     per_subject = lines.group_by("subject_id", maintain_order=True).agg(
-        lines=pl.col("line"), sections=pl.col("section"), line_events=pl.col("n").cast(pl.Int32)
+        lines=pl.col("line"),
+        sections=pl.col("section"),
+        line_events=pl.col("n").cast(pl.Int32),
+        line_codes=pl.col("line_codes"),
     )
     stats = frame.group_by("subject_id").agg(
         n_events=pl.len(),
@@ -419,6 +425,7 @@ def build_histories(
             lines=pl.col("lines").fill_null([]),
             sections=pl.col("sections").fill_null([]),
             line_events=pl.col("line_events").fill_null([]),
+            line_codes=pl.col("line_codes").fill_null([]),
             n_events=pl.col("n_events").fill_null(0).cast(pl.Int32),
             n_unknown_codes=pl.col("n_unknown_codes").fill_null(0).cast(pl.Int32),
             codes=pl.col("codes").fill_null([]),
@@ -714,6 +721,7 @@ def _fit_prompts(
             "truncated": keep < n_lines,
             "n_lines_dropped": n_lines - keep,
             "n_events_dropped": _events_after(histories, keep),
+            "visible_codes": _codes_kept(histories, keep),
         },
         schema={
             "history_text": pl.String,
@@ -722,11 +730,26 @@ def _fit_prompts(
             "truncated": pl.Boolean,
             "n_lines_dropped": pl.Int32,
             "n_events_dropped": pl.Int32,
+            "visible_codes": pl.List(pl.String),
         },
     )
     return pl.concat(
         [histories.select("subject_id", "split", "label", "age", "sex"), extra], how="horizontal"
     )
+
+
+def _codes_kept(histories: pl.DataFrame, keep: np.ndarray) -> pl.Series:
+    """The distinct codes behind each subject's kept lines: what the model can read.
+
+    Rationale grounding and faithfulness are checked against these, not the full history.
+    """
+    if "line_codes" not in histories.columns:
+        return pl.Series([None] * histories.height, dtype=pl.List(pl.String))
+    frame = pl.DataFrame({"codes": histories["line_codes"], "keep": keep})
+    kept = frame.select(
+        pl.col("codes").list.slice(0, pl.col("keep")).list.eval(pl.element().explode())
+    )
+    return kept.to_series().list.unique().list.sort()
 
 
 def _events_after(histories: pl.DataFrame, keep: np.ndarray) -> np.ndarray:
