@@ -286,9 +286,8 @@ def validity(
         if _fails(float(value), comparison, float(limit)):
             reasons.append(f"{wording} {value:.3g} (limit {comparison} {limit:g})")
     low = row.get("auroc_ci_low")
-    if row.get("format") == reference and gates.get("reference_above_chance", True):
-        if low is None or not low > 0.5:
-            shown = "undefined" if low is None else f"{low:.3f}"
-            reasons.append(f"{reference} not above chance (AUROC 95% CI low {shown} <= 0.5)")
+    checks_chance = row.get("format") == reference and gates.get("reference_above_chance", True)
+    if checks_chance and (low is None or not low > 0.5):
+        shown = "undefined" if low is None else f"{low:.3f}"
+        reasons.append(f"{reference} not above chance (AUROC 95% CI low {shown} <= 0.5)")
     return not reasons, reasons
-
