@@ -98,11 +98,17 @@ def get_run_outputs(name, trained_only=False):
 
 def get_trained_model(wildcards):
     """What a configuration is evaluated with besides its prompts: the adapter and run card of
-    a fine-tuned one, the histories (and teacher rationales) of few-shot demonstrations.
+    a fine-tuned one (and the rationales it trained on), the histories (and teacher rationales)
+    of few-shot demonstrations.
     """
     if study.is_trained(wildcards.format):
         folder = RUN_DIR.format(**wildcards)
-        return {"adapter": f"{folder}/adapter", "run": f"{folder}/run.json"}
+        inputs = {"adapter": f"{folder}/adapter", "run": f"{folder}/run.json"}
+        # The teacher's rationales, to count word-for-word copies among the model's own.
+        rationales = get_rationales(wildcards)
+        if rationales:
+            inputs["rationales"] = rationales
+        return inputs
     if not study.is_few_shot(wildcards.format):
         return {}
     inputs = {"histories": f"results/histories/{wildcards.serialization}.parquet"}

@@ -42,6 +42,7 @@ rule report:
         formats=config["grid"]["format"],
         baseline_formats=config["baselines"]["kinds"],
         bootstrap=get_settings("evaluation"),
+        validity=get_settings("validity"),
         # The whole config: the run card documents all of it.
         study=study.canonical(config),
     script:
@@ -66,6 +67,7 @@ rule report_partial:
         baseline_formats=config["baselines"]["kinds"],
         bootstrap=get_settings("evaluation"),
         study=study.canonical(config),
+        validity=get_settings("validity"),
         partial=True,
     script:
         "../workflow_scripts/report.py"

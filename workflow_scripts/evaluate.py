@@ -34,6 +34,12 @@ if hasattr(smk.input, "histories"):
         smk.params.evaluation,
         smk.params.model,
     )
+# The rationales a fine-tuned rationale format trained on: its own copies of them are counted.
+teacher_rationales = (
+    pl.read_parquet(smk.input.rationales, columns=["rationale"])["rationale"].to_list()
+    if trained and hasattr(smk.input, "rationales")
+    else []
+)
 predictions, summary = evaluate_configuration(
     model_path,
     Path(smk.input.adapter) if trained else None,
@@ -42,6 +48,7 @@ predictions, summary = evaluate_configuration(
     cohort,
     smk.params.evaluation,
     smk.params.model,
+    teacher_rationales,
 )
 log.info("held-out AUROC %.3f (n=%d)", summary["auroc"], summary["n"])
 write_parquet(predictions, smk.output.predictions)

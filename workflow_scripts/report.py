@@ -23,5 +23,6 @@ paths = write_report(
     workflow_dir=Path(smk.scriptdir).parent,
     prompt_paths=list(getattr(smk.input, "prompts", [])),
     review_paths=list(getattr(smk.input, "review", [])),
+    gates=smk.params.validity,
 )
 log.info("report written: %s", sorted(paths))

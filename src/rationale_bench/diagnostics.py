@@ -138,29 +138,31 @@ def faithfulness(
     texts: Sequence[str],
     ages: Sequence[float],
     sexes: Sequence[str],
-    visible_codes: Sequence[Sequence[str]],
+    visible_codes: Sequence[Sequence[str]] | None,
 ) -> dict[str, Any]:
     """Does each rationale describe the patient the model was shown?
 
     ``visible_codes[i]`` are the codes in patient i's prompt (after truncation): a named risk
     factor or drug counts as present when one of its codes is among them, as hallucinated
-    otherwise. Negated mentions ("no diabetes") claim nothing and are not counted.
+    otherwise. Negated mentions ("no diabetes") claim nothing and are not counted. Without
+    ``visible_codes`` only age and sex are checked.
     """
     from rationale_bench.teacher import named_entities
 
     n = len(texts)
     if not n:
         return {k: None for k in FAITHFULNESS_KEYS}
-    age_right = sex_right = named = present = 0
-    for text, age, sex, codes in zip(texts, ages, sexes, visible_codes, strict=True):
-        age_right += stated_age(text) == math.floor(age)
-        sex_right += stated_sex(text) == sex
+    age_right = sum(stated_age(t) == math.floor(a) for t, a in zip(texts, ages, strict=True))
+    sex_right = sum(stated_sex(t) == s for t, s in zip(texts, sexes, strict=True))
+    out = {"age_correct_share": age_right / n, "sex_correct_share": sex_right / n}
+    if visible_codes is None:
+        return out | {k: None for k in FAITHFULNESS_KEYS[2:]}
+    named = present = 0
+    for text, codes in zip(texts, visible_codes, strict=True):
         for _, prefixes in named_entities(text):
             named += 1
             present += any(code_in(c, prefixes) for c in codes)
-    return {
-        "age_correct_share": age_right / n,
-        "sex_correct_share": sex_right / n,
+    return out | {
         "factors_named_per_text": named / n,
         "factor_precision": present / named if named else None,
         "hallucinated_factors_per_text": (named - present) / n,
@@ -210,7 +212,7 @@ def diagnose(
     texts: Sequence[str | None],
     ages: Sequence[float],
     sexes: Sequence[str],
-    visible_codes: Sequence[Sequence[str]],
+    visible_codes: Sequence[Sequence[str]] | None,
     training_texts: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Every diagnostic of one configuration's held-out scoring, as one flat dictionary."""
@@ -286,7 +288,7 @@ def validity(
         if _fails(float(value), comparison, float(limit)):
             reasons.append(f"{wording} {value:.3g} (limit {comparison} {limit:g})")
     low = row.get("auroc_ci_low")
-    checks_chance = row.get("format") == reference and gates.get("reference_above_chance", True)
+    checks_chance = row.get("format") == reference and gates.get("reference_above_chance", False)
     if checks_chance and (low is None or not low > 0.5):
         shown = "undefined" if low is None else f"{low:.3f}"
         reasons.append(f"{reference} not above chance (AUROC 95% CI low {shown} <= 0.5)")

@@ -8,14 +8,14 @@ and the model's own rationale, and a metrics.json with AUROC and its confidence 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from rationale_bench import metrics, scoring
+from rationale_bench import diagnostics, formats, metrics, scoring
 from rationale_bench.study_report import PREDICTION_COLUMNS
 from rationale_bench.templates import template_for_model
 
@@ -40,11 +40,14 @@ def evaluate_configuration(
     cohort: pl.DataFrame,
     cfg: Mapping[str, Any],
     prompt_settings: Mapping[str, Any] | None = None,
+    teacher_rationales: Sequence[str] = (),
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Score held-out (and tuning) subjects; return predictions and the metrics dictionary.
 
     ``run`` holds the configuration (``format``, ``n_train``, ``seed``) and, for fine-tuned
     formats, the training ``method``; without ``adapter_dir`` the base model is scored as is.
+    ``teacher_rationales`` (the texts the model was trained on) let the diagnostics count
+    word-for-word copies among the model's own rationales.
     """
     import torch
 
@@ -83,6 +86,9 @@ def evaluate_configuration(
     )
     forced = held["forced_answer"].to_numpy()
     summary["parsed"] = parsed_summary(held["label"], held["parsed_answer"])
+    summary["diagnostics"] = held_out_diagnostics(
+        held, subjects, run["format"], teacher_rationales
+    )
     summary.update(
         {
             "config": {k: run[k] for k in ("format", "n_train", "seed")},
@@ -102,6 +108,30 @@ def evaluate_configuration(
         .sort("split", "subject_id")
     )
     return predictions, summary
+
+
+def held_out_diagnostics(
+    held: pl.DataFrame, prompts: pl.DataFrame, fmt: str, teacher_rationales: Sequence[str]
+) -> dict[str, Any]:
+    """The mechanism diagnostics of the held-out scoring (see :mod:`diagnostics`).
+
+    Faithfulness is checked against the codes of the prompt the model read (``visible_codes``);
+    prompts without that column (few-shot arms) get no factor counts.
+    """
+    if "visible_codes" in prompts.columns:
+        held = held.join(prompts.select("subject_id", "visible_codes"), on="subject_id")
+    visible = held["visible_codes"].to_list() if "visible_codes" in held.columns else None
+    return diagnostics.diagnose(
+        rationale_first=formats.format_spec(fmt).rationale_first,
+        forced=held["forced_answer"].to_list(),
+        parsed=held["parsed_answer"].to_list(),
+        probabilities=held["predicted_boolean_probability"].to_list(),
+        texts=held["generated_text"].to_list(),
+        ages=held["age"].to_list(),
+        sexes=held["sex"].to_list(),
+        visible_codes=visible,
+        training_texts=teacher_rationales,
+    )
 
 
 def parsed_summary(labels: pl.Series, parsed: pl.Series) -> dict[str, Any]:

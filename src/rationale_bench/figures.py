@@ -181,6 +181,25 @@ def _for_model(frame: pl.DataFrame, model: Any) -> pl.DataFrame:
 
 
 @_styled
+def _mark_degenerate(ax: Any, pairs: pl.DataFrame, metric: str) -> int:
+    """A red x over each pair with a degenerate configuration; returns how many."""
+    if "valid" not in pairs.columns:
+        return 0
+    bad = pairs.filter(~(pl.col("valid").fill_null(False) & pl.col("valid_ref").fill_null(False)))
+    if bad.height:
+        ax.scatter(
+            bad[f"{metric}_ref"].to_numpy(),
+            bad[metric].to_numpy(),
+            s=60,
+            marker="x",
+            color="red",
+            lw=1.2,
+            zorder=4,
+            label="degenerate (excluded)",
+        )
+    return bad.height
+
+
 def paired_configurations(
     metrics_table: pl.DataFrame,
     formats: Sequence[str],
@@ -213,6 +232,8 @@ def paired_configurations(
     ci = [f"{metric}_ci_low", f"{metric}_ci_high"]
     has_ci = all(c in metrics_table.columns for c in ci)
     keep = [metric, *ci] if has_ci else [metric]
+    if "valid" in metrics_table.columns:  # degenerate configurations are marked, not hidden
+        keep.append("valid")
     ref = metrics_table.filter(pl.col("format") == reference).select(
         *axes, *[pl.col(c).alias(f"{c}_ref") for c in keep]
     )
@@ -281,10 +302,12 @@ def paired_configurations(
         n = x.size
         worse = int(np.sum(y < x)) if better_above else int(np.sum(y > x))
         better = int(np.sum(y > x)) if better_above else int(np.sum(y < x))
+        degenerate = _mark_degenerate(ax, j, metric)
         # The counts go in the title so that they never cover a point.
         ax.set_title(
             f"{format_name(fmt)} vs {_short(reference)}\n"
-            f"worse in {worse} of {n} (shaded side), better in {better}",
+            f"worse in {worse} of {n} (shaded side), better in {better}"
+            + (f"\n{degenerate} degenerate (red x, excluded)" if degenerate else ""),
             color=colour,
         )
         ax.text(

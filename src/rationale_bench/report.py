@@ -40,7 +40,21 @@ def plot_paired(table: pl.DataFrame, formats: Sequence[str], path: Path) -> None
         )
         xs = [x_of[f] for f in group["format"]]
         ax.plot(xs, group["auroc"], color="0.6", lw=0.8, marker="o", ms=3, zorder=1)
-    means = table.group_by("format").agg(pl.col("auroc").mean())
+    valid = table.filter(pl.col("valid")) if "valid" in table.columns else table
+    degenerate = table.filter(~pl.col("valid")) if "valid" in table.columns else table.head(0)
+    if degenerate.height:
+        ax.scatter(
+            [x_of[f] for f in degenerate["format"]],
+            degenerate["auroc"],
+            marker="x",
+            s=50,
+            color="red",
+            zorder=3,
+            label=f"degenerate ({degenerate.height}): excluded from the means",
+        )
+        ax.legend(loc="lower left", fontsize=7, frameon=False)
+    # Means over valid configurations only: a degenerate model is never averaged in.
+    means = valid.group_by("format").agg(pl.col("auroc").mean())
     for fmt, mean in means.iter_rows():
         if fmt in x_of:
             ax.hlines(mean, x_of[fmt] - 0.25, x_of[fmt] + 0.25, color="C3", lw=2.5, zorder=2)
@@ -61,7 +75,8 @@ def plot_paired(table: pl.DataFrame, formats: Sequence[str], path: Path) -> None
     ax.set_xlim(-0.5, len(order) - 0.2)
     ax.set_ylabel("held-out AUROC (95% bootstrap CI)")
     ax.set_title(
-        "Each line: one matched (model, training size, seed)\nred: mean over configurations",
+        "Each line: one matched (model, training size, seed)\n"
+        "red: mean over valid configurations",
         fontsize=9,
     )
     fig.tight_layout()
@@ -86,6 +101,7 @@ def write_report(
     workflow_dir: Path | None = None,
     prompt_paths: Sequence[str] = (),
     review_paths: Sequence[str] = (),
+    gates: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write every table and figure, and README.md with the computed headline.
 
@@ -96,6 +112,7 @@ def write_report(
 
     ``partial`` reports whatever configurations have finished (their files exist) and lists
     the rest as missing; the full report requires every file (Snakemake guarantees it).
+    ``gates`` are the config's ``validity`` thresholds (see diagnostics.validity).
     """
     grid = [entry[0] for entry in entries]
     outputs = [study_report.as_outputs(entry) for entry in entries]
@@ -119,6 +136,7 @@ def write_report(
         attrition=attrition,
         table1=table1,
         rationale_qc=qc,
+        gates=gates,
     )
     for path in review_paths:
         name = f"review_{Path(path).name}"
@@ -219,10 +237,19 @@ def readme_text(paths: dict[str, Path], out_dir: Path, partial: bool) -> str:
         "",
         status + headline,
         "",
+        "## Mechanism",
+        "",
+        paths["mechanism_text"].read_text().strip(),
+        "",
         "## Tables",
-        "- `metrics.csv`: one row per fine-tuned configuration, every factor a column.",
+        "- `metrics.csv`: one row per fine-tuned configuration, every factor a column, with its "
+        "diagnostics (compliance, collapse, faithfulness, conclusion agreement, training losses) "
+        "and its validity.",
+        "- `validity.csv`: each configuration valid or degenerate, with the reasons; degenerate "
+        "configurations are left out of the headline, summary and means.",
+        "- `mechanism.csv`: per rationale format, each explanation's measure beside ΔAUROC.",
         "- `paired.csv`: each format minus label_only on the same held-out patients, with "
-        "paired bootstrap 95% CIs and DeLong p-values.",
+        "paired bootstrap 95% CIs and DeLong p-values; `valid` and `excluded_because` per pair.",
         "- `summary.csv`: across configurations, overall and by factor (Wilcoxon signed-rank).",
         "- `baselines.csv`: classical baselines beside label-only SFT, by training size; "
         "`baseline_metrics.csv`: one row per baseline run.",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from rationale_bench import metrics
+from rationale_bench import diagnostics, metrics
 from rationale_bench.formats import FORMATS
 from rationale_bench.study import GRID_AXES
 
@@ -215,6 +216,9 @@ def _get(mapping: Mapping[str, Any] | None, *keys: str) -> Any:
     return value
 
 
+# What every format of a matched configuration must share (checked by check_matched_training).
+MATCHED_RUN_FIELDS = ("subjects_sha256", "batch_order_sha256", "budget")
+
 RUN_COLUMNS = (
     "optimizer_steps",
     "tokens_trained",
@@ -255,12 +259,16 @@ def load_metrics_table(entries: Iterable[Entry]) -> pl.DataFrame:
                 "threshold": m.get("threshold"),
                 "forced_answer_rate": m.get("forced_answer_rate"),
                 **{k: _get(run, k) for k in RUN_COLUMNS},
+                **{k: _get(m, "diagnostics", k) for k in diagnostics.DIAGNOSTIC_KEYS},
+                **{k: _get(run, k) for k in diagnostics.TRAINING_KEYS},
+                **{k: _get(run, k) for k in MATCHED_RUN_FIELDS},
             }
         )
     float_cols = [
         "auroc", "auroc_ci_low", "auroc_ci_high", "auroc_delong_ci_low", "auroc_delong_ci_high",
         "auprc", "prevalence", "brier", "threshold", "forced_answer_rate",
         "mean_completion_tokens", "mean_label_loss_share", "final_loss", "wall_s",
+        *diagnostics.DIAGNOSTIC_KEYS, *diagnostics.TRAINING_KEYS,
     ]  # fmt: skip
     if not rows:
         axes = {a: AXIS_DTYPES.get(a, pl.String) for a in GRID_AXES}
@@ -441,6 +449,126 @@ def paired_factors(paired: pl.DataFrame) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------
+# Validity: matched training checked, degenerate configurations flagged and left out
+# --------------------------------------------------------------------------------------
+
+
+class MatchedTrainingError(ValueError):
+    """Formats of one matched configuration were not trained alike: no paired comparison."""
+
+
+def _differing(group: pl.DataFrame, column: str) -> dict[str, Any] | None:
+    if column not in group.columns:
+        return None
+    values = group.select("format", column).drop_nulls()
+    if values[column].n_unique() <= 1:
+        return None
+    return dict(values.iter_rows())
+
+
+def check_matched_training(table: pl.DataFrame) -> None:
+    """Every fine-tuned format of a matched configuration trained on the same subjects, in the
+    same batch order and (under ``training.budget: equal_steps``) for the same optimizer steps,
+    as their run.json files record; else :class:`MatchedTrainingError` naming the difference.
+    """
+    if "subjects_sha256" not in table.columns:
+        return
+    trained = table.filter(pl.col("subjects_sha256").is_not_null())
+    axes = [f for f in table_factors(trained) if f != "format"]
+    for key, group in _groups(trained, axes):
+        checks = ["subjects_sha256", "batch_order_sha256"]
+        budgets = set(group["budget"].drop_nulls()) if "budget" in group.columns else set()
+        if budgets <= {"equal_steps"}:
+            checks.append("optimizer_steps")
+        for column in checks:
+            differing = _differing(group, column)
+            if differing:
+                raise MatchedTrainingError(
+                    f"{match_id(axes, key)}: the formats' run.json files differ in {column} "
+                    f"({differing}). Matched formats must train on the same subjects, batch "
+                    "order and steps; retrain them with the same config (snakemake --forcerun "
+                    "finetune) instead of comparing them."
+                )
+
+
+def with_validity(
+    table: pl.DataFrame, gates: Mapping[str, Any], reference: str = REFERENCE
+) -> pl.DataFrame:
+    """The metrics table with ``valid`` and ``validity_reasons`` (see diagnostics.validity)."""
+    if not table.height:
+        return table.with_columns(
+            pl.lit(None, pl.Boolean).alias("valid"),
+            pl.lit(None, pl.String).alias("validity_reasons"),
+        )
+    verdicts = [diagnostics.validity(row, gates, reference) for row in table.iter_rows(named=True)]
+    return table.with_columns(
+        pl.Series("valid", [v for v, _ in verdicts], dtype=pl.Boolean),
+        pl.Series("validity_reasons", ["; ".join(r) for _, r in verdicts], dtype=pl.String),
+    )
+
+
+def reason_kind(reason: str) -> str:
+    """'reached the answer slot unforced 0.12 (limit >= 0.95)' -> 'reached the answer slot
+    unforced': what failed, without the numbers, for counting."""
+    return re.sub(r" [-+\d.e]+$", "", reason.split(" (")[0])
+
+
+def validity_sentences(paired: pl.DataFrame, table: pl.DataFrame) -> tuple[str, str]:
+    """(opening, exclusions) of the headline: the opening is set when no pair is valid."""
+    if not paired.height or "valid" not in paired.columns:
+        return "", ""
+    excluded = paired.filter(~pl.col("valid"))
+    if not excluded.height:
+        return "", f"All {paired.height} matched comparisons passed the validity gates."
+    invalid = table.filter(pl.col("valid").not_()) if "valid" in table.columns else table.head(0)
+    kinds: dict[str, int] = {}
+    for reasons in invalid["validity_reasons"].to_list():
+        for kind in {reason_kind(r) for r in reasons.split("; ") if r}:
+            kinds[kind] = kinds.get(kind, 0) + 1
+    listed = ", ".join(f"{k} ({_plural(n, 'configuration')})" for k, n in kinds.items())
+    exclusions = (
+        f"{excluded.height} of {paired.height} matched comparisons were excluded because a "
+        f"configuration in them is degenerate ({invalid.height} of {table.height} "
+        f"configurations: {listed}); see validity.csv."
+    )
+    if excluded.height < paired.height:
+        return "", exclusions
+    opening = (
+        f"No valid comparison: every one of the {paired.height} matched comparisons involves a "
+        "degenerate configuration, so this study does not answer whether rationale SFT helps "
+        "or hurts; the numbers below describe broken models, not a finding."
+    )
+    return opening, exclusions
+
+
+def gate_pairs(paired: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
+    """Paired rows with ``valid`` (both configurations valid) and ``excluded_because``."""
+    axes = paired_factors(paired)
+    if not paired.height or "valid" not in table.columns:
+        return paired.with_columns(
+            pl.lit(True).alias("valid"), pl.lit("", pl.String).alias("excluded_because")
+        )
+    verdict = table.select(*axes, "format", "valid", "validity_reasons")
+    ref = verdict.rename({"format": "reference", "valid": "ref_valid"}).rename(
+        {"validity_reasons": "ref_reasons"}
+    )
+    joined = paired.join(verdict, on=[*axes, "format"], how="left").join(
+        ref, on=[*axes, "reference"], how="left"
+    )
+    fmt_ok = pl.col("valid").fill_null(False)
+    ref_ok = pl.col("ref_valid").fill_null(False)
+    because = pl.concat_str(
+        pl.when(~fmt_ok).then(pl.col("format") + ": " + pl.col("validity_reasons")),
+        pl.when(~ref_ok).then(pl.col("reference") + ": " + pl.col("ref_reasons")),
+        separator="; ",
+        ignore_nulls=True,
+    )
+    return joined.with_columns(
+        (fmt_ok & ref_ok).alias("valid"), because.fill_null("").alias("excluded_because")
+    ).drop("ref_valid", "ref_reasons", "validity_reasons")
+
+
+# --------------------------------------------------------------------------------------
 # Across configurations
 # --------------------------------------------------------------------------------------
 
@@ -567,24 +695,31 @@ def headline(
     missing: Sequence[str] = (),
     baseline_formats: Sequence[str] = ("logistic_regression",),
     alpha: float = 0.05,
+    validity: tuple[str, str] = ("", ""),
 ) -> str:
     """A markdown paragraph stating the main result, computed from the tables.
 
     Uses the ``by == "all"`` rows of ``summary`` (paired, matched configurations) and the
     metrics table (all configurations: grid size, the reference's mean, baselines).  States
-    plainly when a difference is not significant or could not be tested.
+    plainly when a difference is not significant or could not be tested. ``validity`` is
+    :func:`validity_sentences`: a study with no valid comparison says so first, and the
+    exclusions are stated; ``summary`` must then hold only the valid pairs.
     """
     metric = summary["metric"][0] if summary.height and "metric" in summary.columns else "auroc"
     mname = METRIC_NAMES.get(metric, metric)
     ref_name = format_name(reference)
-    out = []
+    opening, exclusions = validity
+    out = [opening] if opening else []
     tuned = metrics_table.filter(~pl.col("format").is_in(list(baseline_formats)))
-    ref_rows = metrics_table.filter(pl.col("format") == reference)[metric].drop_nulls()
+    is_ref = pl.col("format") == reference
+    if "valid" in metrics_table.columns:  # the reference's mean over its valid configurations
+        is_ref = is_ref & pl.col("valid").fill_null(False)
+    ref_rows = metrics_table.filter(is_ref)[metric].drop_nulls()
     if ref_rows.len():
         out.append(
             f"Across {tuned.height} fine-tuned configurations with results "
             f"({_grid_text(tuned)}), {ref_name} reached a mean held-out {mname} of "
-            f"{ref_rows.mean():.3f} ({_plural(ref_rows.len(), 'configuration')})."
+            f"{ref_rows.mean():.3f} ({_plural(ref_rows.len(), 'valid configuration')})."
         )
     else:
         out.append(
@@ -620,6 +755,8 @@ def headline(
         else:
             sentence += f"). Not tested for significance ({row['note']})."
         out.append(sentence)
+    if exclusions:
+        out.append(exclusions)
     paired_formats = set(overall["format"]) if overall.height else set()
     for fmt in baseline_formats:
         rows = metrics_table.filter(pl.col("format") == fmt)[metric].drop_nulls()
@@ -837,8 +974,13 @@ def write_study_report(
     attrition: pl.DataFrame | None = None,
     table1: pl.DataFrame | None = None,
     rationale_qc: pl.DataFrame | None = None,
+    gates: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write every table, the headline and every figure for the outputs that exist.
+
+    ``gates`` (the config's ``validity`` section) mark each configuration valid or degenerate;
+    the headline and summary count only matched pairs of valid configurations, and say how many
+    were excluded and why. Matched formats must have trained alike (check_matched_training).
 
     ``configurations`` (the full grid) defaults to the entries' configurations; cells whose
     predictions or metrics are missing are listed in missing.txt and in the headline.
@@ -852,10 +994,15 @@ def write_study_report(
     out_dir = Path(out_dir)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     table = load_metrics_table(present)
+    check_matched_training(table)
+    table = with_validity(table, gates or {}, reference)
     preds = load_predictions(present)
     missing = missing_cells(grid, [config_id(e.configuration) for e in present])
-    paired = paired_differences(preds, reference=reference, n_boot=n_boot, seed=seed)
-    summary = summary_across_configurations(paired)
+    paired = gate_pairs(
+        paired_differences(preds, reference=reference, n_boot=n_boot, seed=seed), table
+    )
+    summary = summary_across_configurations(paired.filter(pl.col("valid")).drop("valid"))
+    mechanism = mechanism_table(paired, table, reference)
     formats = format_order(table["format"].to_list() if table.height else [], reference)
     rationale_formats = [f for f in formats if f != reference and f not in baseline_formats]
     errors = matched_error_analysis(
@@ -872,6 +1019,9 @@ def write_study_report(
         "error_subjects": out_dir / "error_subjects.csv",
         "missing": out_dir / "missing.txt",
         "headline": out_dir / "headline.md",
+        "validity": out_dir / "validity.csv",
+        "mechanism": out_dir / "mechanism.csv",
+        "mechanism_text": out_dir / "mechanism.md",
     }
     # metrics.csv: one row per fine-tuned configuration; baselines get their own table.
     is_baseline = pl.col("format").is_in(list(baseline_formats))
@@ -885,8 +1035,20 @@ def write_study_report(
     errors["subjects"].write_csv(paths["error_subjects"])
     paths["missing"].write_text("".join(f"{m}\n" for m in missing))
     paths["headline"].write_text(
-        headline(summary, table, reference, missing, baseline_formats) + "\n"
+        headline(
+            summary,
+            table,
+            reference,
+            missing,
+            baseline_formats,
+            validity=validity_sentences(paired, table.filter(~is_baseline)),
+        )
+        + "\n"
     )
+    validity_columns = ["config_id", "format", "valid", "validity_reasons"]
+    table.select(validity_columns).write_csv(paths["validity"])
+    mechanism.write_csv(paths["mechanism"])
+    paths["mechanism_text"].write_text(mechanism_markdown(mechanism))
     fig = out_dir / "figures"
     # Baselines are not matched to a fine-tuned model; their own table and curves show them.
     lm_formats = [f for f in formats if f not in baseline_formats]
@@ -908,3 +1070,163 @@ def write_study_report(
         names.append("rationale_qc")
     paths |= {f"figure_{n}": fig / n for n in names}
     return paths
+
+
+# --------------------------------------------------------------------------------------
+# Mechanism: which explanations of a rationale format's ΔAUROC the diagnostics support
+# --------------------------------------------------------------------------------------
+
+# (column, aggregate name) of each mechanism, averaged over a format's configurations.
+MECHANISM_COLUMNS = {
+    "token_dilution": "mean_label_loss_share",
+    "collapse": "top_generation_share",
+    "distinct": "distinct_generation_share",
+    "copies": "training_copy_share",
+    "age_faithful": "age_correct_share",
+    "factor_precision": "factor_precision",
+    "hallucinated": "hallucinated_factors_per_text",
+    "conclusion_driven": "conclusion_answer_agreement",
+    "answer_loss": "final_answer_loss",
+    "tuning_answer_loss": "tuning_answer_loss",
+}
+# Where a diagnostic starts to count as evidence for its mechanism (documented in the report).
+DILUTION_SHARE = 0.2  # the answer carries under 20% of the completion loss
+FAITHFUL_SHARE = 0.9  # at least 90% of rationales state the right age; 90% of factors present
+DRIVEN_SHARE = 0.9  # the answer follows the rationale's own conclusion in 90% of patients
+LOSS_GAP_NATS = 0.1  # answer-token loss this much above label-only's: less trained
+
+
+def _mean(frame: pl.DataFrame, column: str) -> float | None:
+    if column not in frame.columns:
+        return None
+    value = frame[column].cast(pl.Float64).drop_nulls().drop_nans().mean()
+    return None if value is None else float(value)
+
+
+def mechanism_table(
+    paired: pl.DataFrame, table: pl.DataFrame, reference: str = REFERENCE
+) -> pl.DataFrame:
+    """One row per rationale format: ΔAUROC over valid pairs beside each mechanism's measure.
+
+    Measures are means over the format's configurations in valid pairs (over all its
+    configurations, flagged, when none is valid); ``reference_*`` columns give label-only's.
+    """
+    rows = []
+    valid = table.filter(pl.col("valid")) if "valid" in table.columns else table
+    for fmt in format_order(paired["format"].unique().to_list() if paired.height else []):
+        pairs = paired.filter(pl.col("format") == fmt)
+        kept = pairs.filter(pl.col("valid")) if "valid" in pairs.columns else pairs
+        own = valid.filter(pl.col("format") == fmt)
+        only_degenerate = own.height == 0
+        if only_degenerate:
+            own = table.filter(pl.col("format") == fmt)
+        ref = valid.filter(pl.col("format") == reference)
+        row = {
+            "format": fmt,
+            "n_pairs": pairs.height,
+            "n_valid_pairs": kept.height,
+            "measured_on_degenerate_only": only_degenerate,
+            "mean_delta_auroc": _mean(kept, "auroc_diff"),
+        }
+        row |= {name: _mean(own, column) for name, column in MECHANISM_COLUMNS.items()}
+        row["reference_answer_loss"] = _mean(ref, "final_answer_loss")
+        row["reference_label_loss_share"] = _mean(ref, "mean_label_loss_share")
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+def _verdict(value: float | None, supported: bool, yes: str, no: str) -> str:
+    if value is None:
+        return "not measured"
+    return f"supported: {yes}" if supported else f"ruled out: {no}"
+
+
+def mechanism_verdicts(row: Mapping[str, Any]) -> dict[str, str]:
+    """For one rationale format: each explanation, supported or ruled out, with its number."""
+    share, top = row.get("token_dilution"), row.get("collapse")
+    age, precision = row.get("age_faithful"), row.get("factor_precision")
+    driven, loss, ref_loss = (
+        row.get("conclusion_driven"),
+        row.get("answer_loss"),
+        row.get("reference_answer_loss"),
+    )
+    gap = None if loss is None or ref_loss is None else loss - ref_loss
+    faithful = age is not None and age >= FAITHFUL_SHARE and (precision or 1.0) >= FAITHFUL_SHARE
+    return {
+        "token dilution": _verdict(
+            share,
+            share is not None and share < DILUTION_SHARE,
+            f"the answer carries {share or 0:.0%} of the completion loss",
+            f"the answer carries {share or 0:.0%} of the completion loss",
+        ),
+        "collapse": _verdict(
+            top,
+            top is not None and top > 0.2,
+            f"the most common generation is {top or 0:.0%} of held-out",
+            f"the most common generation is only {top or 0:.0%} of held-out",
+        ),
+        "unfaithful rationales": _verdict(
+            age,
+            not faithful,
+            f"right age in {age or 0:.0%}, factor precision {_pct(precision)}",
+            f"right age in {age or 0:.0%}, factor precision {_pct(precision)}",
+        ),
+        "conclusion-driven answers": _verdict(
+            driven,
+            driven is not None and driven >= DRIVEN_SHARE,
+            f"the answer follows the model's own conclusion in {driven or 0:.0%}",
+            f"the answer follows the model's own conclusion in only {driven or 0:.0%}",
+        ),
+        "under-training": _verdict(
+            gap,
+            gap is not None and gap > LOSS_GAP_NATS,
+            f"answer-token loss {loss or 0:.2f} vs {ref_loss or 0:.2f} nats for label-only",
+            f"answer-token loss {loss or 0:.2f} vs {ref_loss or 0:.2f} nats for label-only",
+        ),
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def mechanism_markdown(mechanism: pl.DataFrame) -> str:
+    """The report's mechanism section: one table, then what the numbers support and rule out."""
+    if not mechanism.height:
+        return "No rationale format was compared with label-only SFT.\n"
+    lines = [
+        "| format | valid pairs | mean ΔAUROC | answer loss share | top generation | "
+        "right age | factor precision | hallucinated / text | conclusion-driven | "
+        "answer loss (label-only) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in mechanism.iter_rows(named=True):
+        delta = r["mean_delta_auroc"]
+        lines.append(
+            f"| {format_name(r['format'])} | {r['n_valid_pairs']} of {r['n_pairs']} | "
+            f"{'n/a' if delta is None else f'{delta:+.3f}'} | {_pct(r['token_dilution'])} | "
+            f"{_pct(r['collapse'])} | {_pct(r['age_faithful'])} | "
+            f"{_pct(r['factor_precision'])} | {_num(r['hallucinated'])} | "
+            f"{_pct(r['conclusion_driven'])} | {_num(r['answer_loss'])} "
+            f"({_num(r['reference_answer_loss'])}) |"
+        )
+    lines.append("")
+    for r in mechanism.iter_rows(named=True):
+        note = (
+            " (measured on degenerate configurations only)"
+            if r["measured_on_degenerate_only"]
+            else ""
+        )
+        lines.append(f"{_cap(format_name(r['format']))}{note}:")
+        lines += [f"- {name}: {text}." for name, text in mechanism_verdicts(r).items()]
+    lines.append(
+        f"\nThresholds: dilution when the answer carries under {DILUTION_SHARE:.0%} of the loss; "
+        f"unfaithful when under {FAITHFUL_SHARE:.0%} state the right age or name present factors; "
+        f"conclusion-driven from {DRIVEN_SHARE:.0%}; under-trained when the answer-token loss is "
+        f"over {LOSS_GAP_NATS} nats above label-only's."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
