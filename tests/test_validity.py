@@ -1,4 +1,4 @@
-"""Mechanism diagnostics on hand-made generations, validity gates, and their effect on the report."""
+"""Mechanism diagnostics on hand-made generations, validity gates, and their effect on reports."""
 
 from __future__ import annotations
 

@@ -86,9 +86,7 @@ def evaluate_configuration(
     )
     forced = held["forced_answer"].to_numpy()
     summary["parsed"] = parsed_summary(held["label"], held["parsed_answer"])
-    summary["diagnostics"] = held_out_diagnostics(
-        held, subjects, run["format"], teacher_rationales
-    )
+    summary["diagnostics"] = held_out_diagnostics(held, subjects, run["format"], teacher_rationales)
     summary.update(
         {
             "config": {k: run[k] for k in ("format", "n_train", "seed")},

@@ -75,8 +75,7 @@ def plot_paired(table: pl.DataFrame, formats: Sequence[str], path: Path) -> None
     ax.set_xlim(-0.5, len(order) - 0.2)
     ax.set_ylabel("held-out AUROC (95% bootstrap CI)")
     ax.set_title(
-        "Each line: one matched (model, training size, seed)\n"
-        "red: mean over valid configurations",
+        "Each line: one matched (model, training size, seed)\nred: mean over valid configurations",
         fontsize=9,
     )
     fig.tight_layout()
