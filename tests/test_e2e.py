@@ -71,6 +71,21 @@ def test_outputs_are_complete_and_consistent(finished_study):
     assert kinds["zero_shot"] == kinds["few_shot_labels"] == "no fine-tuning"
     assert (results / "cohort" / "table1.csv").exists()
 
+    # Every configuration carries its diagnostics and its validity, and the front page shows
+    # the mechanism table.
+    for column in ("answer_slot_rate", "top_generation_share", "age_correct_share", "valid"):
+        assert column in table.columns
+    rationale_rows = table.filter(pl.col("format").is_in(["free_form", "step_by_step"]))
+    assert rationale_rows["answer_slot_rate"].is_between(0, 1).all()
+    assert rationale_rows["distinct_generation_share"].is_between(0, 1).all()
+    validity = pl.read_csv(results / "report" / "validity.csv")
+    assert validity.height == table.height
+    invalid = validity.filter(~pl.col("valid"))
+    assert (invalid["validity_reasons"].str.len_chars() > 0).all()
+    assert "## Mechanism" in readme and "| format | valid pairs | mean ΔAUROC |" in readme
+    if paired.filter(pl.col("valid")).height == 0:
+        assert readme.split("\n")[2].startswith("No valid comparison")
+
     cohort = pl.read_parquet(results / "cohort" / "cohort.parquet")
     held_out = set(cohort.filter(pl.col("split") == "held_out")["subject_id"])
     for style in ("free_form", "step_by_step"):
