@@ -25,13 +25,16 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import torch
 
 from rationale_bench import formats
 from rationale_bench.templates import PLAIN, PromptTemplate, template_for_model
+
+if TYPE_CHECKING:  # polars is imported where frames are built: the batched scoring paths
+    # run without it (benchmarks/gpu_check.py on a bare GPU image).
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +337,8 @@ def score_subjects(
     ``template`` wraps each prompt as in training (the model's chat template, or plain text);
     ``runtime`` (device, precision, batch size) defaults to the model's device in fp32.
     """
+    import polars as pl
+
     answer_ids = formats.answer_token_ids(tokenizer, template.answer_words)
     slot = tokenizer(formats.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
     prompt_ids = [
@@ -512,6 +517,8 @@ def run_scoring_processes(spec: Path, processes: int) -> None:
 
 def merge_shards(work: Path, processes: int) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The processes' scores in the original row order, and one runtime record."""
+    import polars as pl
+
     parts = [pl.read_parquet(work / f"part-{rank}.parquet") for rank in range(processes)]
     scored = pl.concat(parts).sort("__row").drop("__row")
     runtimes = [json.loads((work / f"runtime-{r}.json").read_text()) for r in range(processes)]
@@ -525,6 +532,8 @@ def merge_shards(work: Path, processes: int) -> tuple[pl.DataFrame, dict[str, An
 
 def score_from_spec(spec_path: Path) -> None:
     """One process's share of a multi-GPU scoring job (started by run_scoring_processes)."""
+    import polars as pl
+
     from rationale_bench.finetune import data_parallel_from_env
 
     spec = json.loads(Path(spec_path).read_text())
