@@ -55,3 +55,16 @@ def test_smoke_run_writes_a_smoke_record(gpu_check, tmp_path, monkeypatch):
     assert generation["tokens_per_s"] > 0 and generation["naive_tokens_per_s"] > 0
     # No GPU figure is claimed from a smoke run.
     assert all(t["measured"] is None and t["met"] is None for t in figures["targets"].values())
+
+
+def test_scoring_throughput_smoke_writes_a_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("RATIONALE_BENCH_RESULTS_DIR", str(tmp_path))
+    path = REPO / "benchmarks" / "scoring_throughput.py"
+    spec = importlib.util.spec_from_file_location("scoring_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    record = json.loads(module.main(["--smoke", "--device", "cpu"]).read_text())
+    figures = record["figures"]
+    assert record["smoke"] is True and figures["device"] == "cpu"
+    assert figures["max_probability_difference"] < 1e-5  # both paths read the same probability
+    assert figures["examples_per_s"] > 0 and figures["peak_memory"] == "max RSS"
