@@ -211,10 +211,13 @@ def measure_training(shape: str, method: str, args: argparse.Namespace, device: 
     base = model.get_base_model() if lora_params else model
     fpt = flops_per_token(base, args.seq_len, lora_params)
     peak = peak_flops(device, args.peak_tflops)
+    attention = 12 * base.config.num_hidden_layers * base.config.hidden_size * args.seq_len
     result = {
         "shape": shape,
         "method": method,
-        "precision": args.precision,
+        "seq_len": args.seq_len,
+        # Attention FLOPs over the rest: how `rationale-bench plan` scales to other lengths.
+        "attention_share": attention / (fpt - attention),
         "attention": base.config._attn_implementation,
         "tokens_per_s": tokens / seconds,
         "model_flops_per_token": fpt,
@@ -275,7 +278,14 @@ def measure_scoring(model: Any, args: argparse.Namespace, device: Any) -> dict:
             lambda: [naive_probability(model, s, yes, no, device) for s in subset], device
         )
     ours_rate, naive_rate = len(seqs) / ours_s, len(subset) / naive_s
+    mean_len = sum(len(s) for s in seqs) / len(seqs)
+    config, n = model.config, linear_parameters(model)
     return {
+        "linear_parameters": n,
+        "prompt_tokens_per_s": ours_rate * mean_len,
+        "mean_prompt_tokens": mean_len,
+        # Forward attention (4 L d S) over forward linear FLOPs (2 N), for plan's length scaling.
+        "attention_share": 2 * config.num_hidden_layers * config.hidden_size * mean_len / n,
         "examples": len(seqs),
         "naive_examples": len(subset),
         "prompt_tokens": [args.min_len, args.max_len],
@@ -344,6 +354,7 @@ def measure_generation(model: Any, args: argparse.Namespace, device: Any) -> dic
     ours_rate = generated_tokens(rows, {0, 2}) / ours_s
     naive_rate = generated_tokens(naive_rows, {0, 2}) / naive_s
     return {
+        "linear_parameters": linear_parameters(model),
         "prompts": len(prompts),
         "naive_prompts": len(subset),
         "max_new_tokens": args.new_tokens,
