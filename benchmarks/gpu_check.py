@@ -40,6 +40,7 @@ so that the check never rots. Its JSON is marked smoke and goes to $RATIONALE_BE
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -183,7 +184,9 @@ def train_step_fn(model: Any, batch: dict, optimizer: Any, device: Any, precisio
     return step
 
 
-def measure_training(shape: str, method: str, args: argparse.Namespace, device: Any) -> dict:
+def measure_training(
+    shape: str, method: str, checkpointing: bool, args: argparse.Namespace, device: Any
+) -> dict:
     """Tokens/s, MFU and peak memory of fine-tuning steps, the project's way (fp32 weights and
     AdamW, bf16 autocast on the GPU)."""
     import torch
@@ -195,7 +198,7 @@ def measure_training(shape: str, method: str, args: argparse.Namespace, device: 
 
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
         lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if args.gradient_checkpointing:
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     ids = torch.randint(3, model.config.vocab_size, (args.train_batch, args.seq_len), device=device)
@@ -215,6 +218,7 @@ def measure_training(shape: str, method: str, args: argparse.Namespace, device: 
     result = {
         "shape": shape,
         "method": method,
+        "gradient_checkpointing": checkpointing,
         "seq_len": args.seq_len,
         # Attention FLOPs over the rest: how `rationale-bench plan` scales to other lengths.
         "attention_share": attention / (fpt - attention),
@@ -367,10 +371,22 @@ def measure_generation(model: Any, args: argparse.Namespace, device: Any) -> dic
     }
 
 
+def install_wheels(folder: Path) -> list[str]:
+    """Offline install of the wheels carried to the device (polars, pytest: docs/gpu.md)."""
+    wheels = sorted(str(w) for w in Path(folder).glob("*.whl"))
+    if wheels:
+        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet"]
+        subprocess.run([*cmd, *wheels], check=True)
+    return [Path(w).name for w in wheels]
+
+
 def run_cuda_tests(args: argparse.Namespace) -> dict:
     """tests/test_cuda.py in a subprocess (they skip without a GPU)."""
     if args.smoke or args.skip_tests:
         return {"run": False, "reason": "smoke run" if args.smoke else "--skip-tests"}
+    missing = [m for m in ("pytest", "polars") if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"run": False, "reason": f"not installed: {', '.join(missing)} (carry wheels)"}
     cmd = [
         sys.executable,
         "-m",
@@ -441,10 +457,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, seconds")
     parser.add_argument("--skip-tests", action="store_true", help="do not run tests/test_cuda.py")
     parser.add_argument("--tests-timeout", type=int, default=240)
+    parser.add_argument(
+        "--wheels", type=Path, default=None, help="install these carried wheels first (offline)"
+    )
     parser.add_argument("--precision", default=None, help="bf16 (GPU default) or fp32 (CPU)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU peak")
-    parser.add_argument("--training", default=None, help="shape:method,... to fine-tune")
+    parser.add_argument(
+        "--training", default=None, help="shape:method[:gc],... to fine-tune (gc: checkpointing)"
+    )
     parser.add_argument("--inference", default=None, help="shapes to score and generate with")
     for key in GPU_DEFAULTS:
         parser.add_argument("--" + key.replace("_", "-"), type=int, default=None)
@@ -455,9 +476,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.training is None:
         args.training = (
-            "tiny:full,tiny:lora"
+            "tiny:full,tiny:lora:gc"
             if args.smoke
-            else "llama32_1b:full,llama32_1b:lora,llama31_8b:lora"
+            # The 8B shape's activations at 4 x 2048 tokens need recomputation to fit.
+            else "llama32_1b:full,llama32_1b:lora,llama31_8b:lora:gc"
         )
     if args.inference is None:
         args.inference = "tiny" if args.smoke else "llama32_1b,llama31_8b"
@@ -499,12 +521,16 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("no CUDA device: run with --smoke for the CPU check")
     device = torch.device("cpu" if args.smoke else "cuda:0")
     args.precision = args.precision or ("fp32" if device.type == "cpu" else "bf16")
-    figures: dict[str, Any] = {"device": str(device), "cuda_tests": run_cuda_tests(args)}
+    installed = install_wheels(args.wheels) if args.wheels else []
+    figures: dict[str, Any] = {"device": str(device), "installed_wheels": installed}
+    figures["cuda_tests"] = run_cuda_tests(args)
     figures["training"] = []
     for item in args.training.split(","):
-        shape, method = item.split(":")
-        label = f"fine-tuning {shape} {method}"
-        result = guarded(label, partial(measure_training, shape, method, args, device))
+        shape, method, *flags = item.split(":")
+        checkpointing = args.gradient_checkpointing or "gc" in flags
+        label = f"fine-tuning {shape} {method}{' (checkpointing)' if checkpointing else ''}"
+        measure = partial(measure_training, shape, method, checkpointing, args, device)
+        result = guarded(label, measure)
         figures["training"].append({"shape": shape, "method": method, **result})
     figures["scoring"], figures["generation"] = {}, {}
     for shape in args.inference.split(","):

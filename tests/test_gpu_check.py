@@ -48,6 +48,7 @@ def test_smoke_run_writes_a_smoke_record(gpu_check, tmp_path, monkeypatch):
         assert "error" not in item and item["tokens_per_s"] > 0 and item["mfu"] is None
     lora = figures["training"][1]
     assert 0 < lora["lora_parameters"] < lora["linear_parameters"]
+    assert lora["gradient_checkpointing"] and not figures["training"][0]["gradient_checkpointing"]
     scoring, generation = figures["scoring"]["tiny"], figures["generation"]["tiny"]
     assert "error" not in scoring and "error" not in generation
     # Batched scoring reads the same probabilities as the naive per-example path.
