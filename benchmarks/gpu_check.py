@@ -40,6 +40,7 @@ so that the check never rots. Its JSON is marked smoke and goes to $RATIONALE_BE
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import os
 import subprocess
@@ -495,6 +496,7 @@ def guarded(label: str, fn: Callable[[], dict]) -> dict:
         result = fn()
     except (torch.OutOfMemoryError, RuntimeError) as error:
         result = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+    gc.collect()  # the last shape's model and optimizer, before the next one is built
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     print({k: v for k, v in result.items() if not isinstance(v, list)}, flush=True)
