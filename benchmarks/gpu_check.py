@@ -1,6 +1,6 @@
 """The prepared device check: CUDA tests, fine-tuning MFU, scoring and generation throughput.
 
-One command on one H100/H200-class GPU, no network, no weights (about 5 minutes):
+One command on one H100/H200-class GPU, no network, no weights (sized for 8 minutes; untimed):
 
     PYTHONPATH=src python benchmarks/gpu_check.py
 
