@@ -108,6 +108,9 @@ def test_outputs_are_complete_and_consistent(finished_study):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["scoring_mode"] == "after_rationale"
     assert metrics["n"] == len(held_out)
+    # Where and how it was scored is recorded (on the CPU: fp32, the exact path).
+    assert metrics["device"] in ("cpu", "cuda:0") and metrics["inference"]["processes"] == 1
+    assert metrics["precision"] == "fp32" or metrics["device"] != "cpu"
 
     # Matched formats trained on the same subjects for the same number of steps.
     runs = [

@@ -49,6 +49,9 @@ predictions, summary = evaluate_configuration(
     smk.params.evaluation,
     smk.params.model,
     teacher_rationales,
+    # One scoring process per GPU; read from the config (not params) so that changing the GPU
+    # count, which changes no score, reruns nothing.
+    processes=int(smk.config["models"][smk.wildcards.model].get("resources", {}).get("gpu", 1)),
 )
 log.info("held-out AUROC %.3f (n=%d)", summary["auroc"], summary["n"])
 write_parquet(predictions, smk.output.predictions)

@@ -1,8 +1,10 @@
 """``rationale-bench``: know the cost before submitting, and install the cluster profile.
 
-- ``rationale-bench plan [--configfile F]``: jobs per rule (from a Snakemake dry run, so it is
-  exactly what would run) and estimates of GPU-hours and teacher tokens from the throughputs
-  and sizes assumed in the config's ``plan`` and ``models.<name>.plan`` sections.
+- ``rationale-bench plan [--configfile F] [--results DIR]``: jobs per rule (from a Snakemake dry
+  run, so it is exactly what would run) and estimates of GPU-hours and teacher tokens: study
+  sizes from the config's ``plan`` section, throughputs measured on a GPU
+  (benchmarks/gpu_check.py records in DIR) scaled to each model, each labelled measured or
+  assumed (throughput.py).
 - ``rationale-bench install-profile --account A --partition P [--gpu-partition G]
   [--gpu-request gpus|gres] [--gpu-model M]``: writes a filled copy of ``profiles/slurm`` to
   ``~/.config/snakemake/slurm`` so that ``snakemake --profile slurm`` works as typed.
@@ -23,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from rationale_bench import study
+from rationale_bench import study, throughput
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,33 +46,57 @@ def job_counts(snakemake_output: str) -> Counter:
     return counts
 
 
-def estimate(config: Mapping[str, Any]) -> dict[str, Any]:
+def model_rates(
+    config: Mapping[str, Any], name: str, points: list[dict[str, Any]]
+) -> dict[str, throughput.Rate] | None:
+    """Fine-tuning, prefill and generation rates of one model (None: its size is unknown)."""
+    model = config["models"][name]
+    parameters = throughput.parameter_count(model)
+    if parameters is None:
+        return None
+    plan = config["plan"]
+    method = study.training_settings(config, name)["method"]
+    train_len = plan["prompt_tokens"] + plan["rationale_tokens"]
+    return {
+        "finetune": throughput.rate_for(f"finetune_{method}", parameters, train_len, points),
+        "prefill": throughput.rate_for("prefill", parameters, plan["prompt_tokens"], points),
+        "generate": throughput.rate_for("generate", parameters, plan["prompt_tokens"], points),
+    }
+
+
+def estimate(
+    config: Mapping[str, Any], points: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """GPU-hours of fine-tuning and evaluation and teacher tokens for the whole grid.
 
     Training tokens per configuration: n_train x epochs x (prompt + completion tokens), the
-    completion being a rationale for rationale formats. Evaluation: one prompt pass per scored
-    subject, plus a generated rationale for rationale formats.
+    completion being a rationale for rationale formats. Evaluation: one prompt pass (prefill)
+    per scored subject, plus a generated rationale for rationale formats. Rates come from the
+    GPU measurements in ``points`` (throughput.read_measurements), scaled to each model, or are
+    assumed where none exists; ``rates`` says which. Models of unknown size are listed in
+    ``unsized`` and left out of the hours.
     """
+    points = points or []
     plan = config["plan"]
     gpu_hours = {"finetune": 0.0, "evaluate": 0.0}
     scored = plan["held_out_subjects"] + (
         plan["tuning_subjects"] if config["evaluation"]["calibrate_on_tuning"] else 0
     )
+    rates = {m: model_rates(config, m, points) for m in config["grid"]["model"]}
     for c in study.iter_configurations(config):
-        model = config["models"][c.model]
-        gpus = max(1, model["resources"]["gpu"])
-        throughput = model["plan"]
+        rate = rates[c.model]
+        if rate is None:
+            continue
         training = study.training_settings(config, c.model)
         has_rationale = study.rationale_style(c.format) is not None
         completion = plan["rationale_tokens"] + 3 if has_rationale else 3
         epochs = training["epochs"] if study.is_trained(c.format) else 0
         tokens = c.n_train * epochs * (plan["prompt_tokens"] + completion)
-        gpu_hours["finetune"] += gpus * tokens / throughput["train_tokens_per_s"] / 3600
+        # Data-parallel jobs: the GPUs share the work, so GPU-hours do not change with them.
+        gpu_hours["finetune"] += tokens / rate["finetune"].tokens_per_s / 3600
         generated = scored * plan["rationale_tokens"] if has_rationale else 0
-        prefill = scored * plan["prompt_tokens"] / (10 * throughput["generate_tokens_per_s"])
-        gpu_hours["evaluate"] += (
-            gpus * (generated / throughput["generate_tokens_per_s"] + prefill) / 3600
-        )
+        prefill = scored * plan["prompt_tokens"] / rate["prefill"].tokens_per_s
+        gpu_hours["evaluate"] += (generated / rate["generate"].tokens_per_s + prefill) / 3600
     n_styles = len(
         {
             study.rationale_style(f)
@@ -82,6 +108,8 @@ def estimate(config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "gpu_hours": {k: round(v, 1) for k, v in gpu_hours.items()},
         "gpu_hours_total": round(sum(gpu_hours.values()), 1),
+        "rates": {m: r for m, r in rates.items() if r is not None},
+        "unsized": [m for m, r in rates.items() if r is None],
         "teacher_requests": teacher_requests,
         "teacher_prompt_tokens": teacher_requests * (plan["prompt_tokens"] + 200),
         "teacher_completion_tokens": teacher_requests * plan["rationale_tokens"],
@@ -96,6 +124,16 @@ def load_config(configfile: Path) -> dict[str, Any]:
     validate(config, str(REPO / "schemas" / "config.schema.yaml"))
     study.check_grid(config)
     return config
+
+
+def print_rates(cost: Mapping[str, Any], results: str) -> None:
+    """Each model's rates, and whether they are measured (and where) or assumed."""
+    print(f"throughputs per GPU (tokens/s; measured: GPU check records in {results}):")
+    for name, rates in cost["rates"].items():
+        for kind, rate in rates.items():
+            print(f"  {name:<20} {kind:<9} {rate.tokens_per_s:>12,.0f}  {rate.label}: {rate.basis}")
+    for name in cost["unsized"]:
+        print(f"  {name:<20} size unknown: set models.{name}.parameters; left out of GPU-hours")
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -127,8 +165,10 @@ def plan_command(args: argparse.Namespace) -> int:
     for rule, count in counts.items():
         print(f"  {rule:<22} {count:>6}")
     print(f"  {'total':<22} {sum(counts.values()):>6}")
-    cost = estimate(config)
-    print("estimates for the whole grid (assumptions: config 'plan' and models.<name>.plan):")
+    points = throughput.read_measurements(Path(args.results))
+    cost = estimate(config, points)
+    print_rates(cost, args.results)
+    print("estimates for the whole grid (study sizes assumed in the config's 'plan' section):")
     print(f"  GPU-hours fine-tuning   {cost['gpu_hours']['finetune']:>10,.1f}")
     print(f"  GPU-hours evaluation    {cost['gpu_hours']['evaluate']:>10,.1f}")
     print(f"  GPU-hours total         {cost['gpu_hours_total']:>10,.1f}")
@@ -191,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     plan = sub.add_parser("plan", help="jobs per rule and estimated cost of a study")
     plan.add_argument("--configfile", default="config.yaml")
     plan.add_argument("--directory", default=".", help="the study's working directory")
+    plan.add_argument(
+        "--results",
+        default=str(REPO / "benchmarks" / "results"),
+        help="folder of benchmarks/gpu_check.py records (measured throughputs)",
+    )
     plan.set_defaults(func=plan_command)
     install = sub.add_parser("install-profile", help="install the SLURM profile as 'slurm'")
     install.add_argument("--account", required=True, help="SLURM account (sbatch -A)")

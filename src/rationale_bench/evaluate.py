@@ -41,22 +41,31 @@ def evaluate_configuration(
     cfg: Mapping[str, Any],
     prompt_settings: Mapping[str, Any] | None = None,
     teacher_rationales: Sequence[str] = (),
+    processes: int = 1,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Score held-out (and tuning) subjects; return predictions and the metrics dictionary.
 
     ``run`` holds the configuration (``format``, ``n_train``, ``seed``) and, for fine-tuned
     formats, the training ``method``; without ``adapter_dir`` the base model is scored as is.
     ``teacher_rationales`` (the texts the model was trained on) let the diagnostics count
-    word-for-word copies among the model's own rationales.
+    word-for-word copies among the model's own rationales. ``processes`` > 1 splits the
+    subjects over that many GPUs (one process each).
     """
     import torch
 
     torch.manual_seed(0)
-    model, tokenizer = scoring.load_finetuned(model_path, adapter_dir, run.get("method", "none"))
     splits = ["held_out", "tuning"] if cfg["calibrate_on_tuning"] else ["held_out"]
     subjects = prompts.filter(pl.col("split").is_in(splits))
-    template = template_for_model(tokenizer, prompt_settings or {})
-    scored = scoring.score_subjects(model, tokenizer, subjects, run["format"], dict(cfg), template)
+    scored, runtime = scoring.score_configuration(
+        model_path,
+        adapter_dir,
+        run.get("method", "none"),
+        subjects,
+        run["format"],
+        dict(cfg),
+        prompt_settings or {},
+        processes,
+    )
     scored = scored.join(subjects.select("subject_id", "split"), on="subject_id").join(
         cohort.select("subject_id", pl.col("index_time").alias("prediction_time")), on="subject_id"
     )
@@ -90,6 +99,10 @@ def evaluate_configuration(
     summary.update(
         {
             "config": {k: run[k] for k in ("format", "n_train", "seed")},
+            # Where and how it was scored (device, precision, batch size, OOM back-offs).
+            "device": runtime["device"],
+            "precision": runtime["precision"],
+            "inference": runtime,
             "scoring_mode": held["scoring_mode"][0],
             "threshold": threshold,
             "n_forced_answer": int(np.sum(forced)),

@@ -138,7 +138,7 @@ def model_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     settings = {
         k: v
         for k, v in config["models"][model].items()
-        if k not in ("training", "resources", "plan")
+        if k not in ("training", "resources", "parameters")
     }
     settings["name"] = model
     # The system prompt shapes every prompt the model reads, so it is part of the model's slice.
