@@ -14,7 +14,16 @@ INGEST_OUTPUTS = dict(
 INGEST_SETTINGS = study.canonical(
     {
         key: config["data"][key]
-        for key in ("source", "date_formats", "extra_vocabularies", DATA_SOURCE)
+        for key in (
+            "source",
+            "date_formats",
+            "extra_vocabularies",
+            "extraction_date",
+            "timezone",
+            "max_unparseable_fraction",
+            "sex_values",
+            DATA_SOURCE,
+        )
     }
 )
 INGEST_INPUT = (

@@ -141,6 +141,8 @@ TABLES = {
 }
 
 EXPECTED_EVENTS = [
+    # a condition dated before birth: the code stays, its date is unknown
+    (1, None, "DATE_UNKNOWN/OMOP/320128", None),
     (1, "1940-03-10 00:00:00", "MEDS_BIRTH", None),
     (1, "1940-03-10 00:00:00", "SEX/F", None),
     (1, "2000-01-01 00:00:00", "ICD9/401.9", None),
@@ -212,7 +214,12 @@ def run(tmp_path, path, **omop):
 
 def as_tuples(events: pl.DataFrame) -> list[tuple]:
     return [
-        (s, t.strftime("%Y-%m-%d %H:%M:%S"), c, None if v is None else round(v, 3))
+        (
+            s,
+            None if t is None else t.strftime("%Y-%m-%d %H:%M:%S"),
+            c,
+            None if v is None else round(v, 3),
+        )
         for s, t, c, v in events.iter_rows()
     ]
 
@@ -259,6 +266,7 @@ def test_omop_cdm_becomes_meds_events_and_code_names(tmp_path, kind):
     clinical_out = sum(
         1 for e in EXPECTED_EVENTS if e[2].split("/")[0] in ("ICD9", "ICD10", "ATC", "OMOP")
     )
+    assert n("code kept with unknown date") == [1]
     dropped = quality.filter(
         (pl.col("action") == "dropped") & (pl.col("check") != "exact duplicate event")
     )["n_rows"].sum()

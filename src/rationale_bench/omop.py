@@ -39,8 +39,11 @@ import polars as pl
 from rationale_bench.data_quality import (
     EVENTS_SCHEMA,
     DataError,
+    Plausibility,
     QualityReport,
+    check_parse_rate,
     parse_datetime,
+    report_timezone,
     require_columns,
     strict_integer,
 )
@@ -126,6 +129,11 @@ EVENT_TABLES = (
     "death",
 )
 VOCABULARY_TABLES = ("concept", "concept_relationship", "concept_ancestor")
+# Without these there is no cohort; every other table is optional (skipped with a row in
+# data_quality.csv when absent, empty, malformed or listed in data.omop.skip_tables).
+REQUIRED_TABLES = ("person", "condition_occurrence")
+OPTIONAL_TABLES = tuple(t for t in (*EVENT_TABLES, *VOCABULARY_TABLES) if t not in REQUIRED_TABLES)
+OMOP_FIX = "OMOP CDM column names are fixed by the standard: rename the columns in your export"
 LINKS_SCHEMA = {"code": pl.String, "concept_id": pl.Int64}
 
 
@@ -180,6 +188,11 @@ class TableSource:
 
     def has(self, table: str) -> bool:
         return table in self._tables
+
+    def hide(self, tables: set[str]) -> None:
+        """Treat ``tables`` as absent (data.omop.skip_tables)."""
+        for table in tables:
+            self._tables.pop(table, None)
 
     def read(self, table: str, columns: list[str] | None = None) -> pl.DataFrame:
         """The table with lower-case column names; CSV values as text, empty cells null.
@@ -244,13 +257,32 @@ def _times(
     formats: list[str],
     file: str,
     report: QualityReport,
+    rules: Plausibility | None = None,
 ) -> pl.Series:
-    """Event times from the datetime column when set, else the date; bad ones counted."""
+    """Event times from the datetime column when set, else the date; bad ones counted.
+
+    A date column of which at least data.max_unparseable_fraction does not parse stops
+    (:func:`check_parse_rate`); zoned datetimes follow data.timezone."""
+    rules = rules or Plausibility()
     parts = []
-    if datetime and datetime in frame.columns:
-        parts.append(parse_datetime(pl.col(datetime), frame.schema[datetime], formats))
-    parts.append(parse_datetime(pl.col(date), frame.schema[date], formats))
+    used = [c for c in (datetime, date) if c and c in frame.columns]
+    for column in used:
+        dtype = frame.schema[column]
+        where = f"{file}: column '{column}'"
+        parts.append(parse_datetime(pl.col(column), dtype, formats, rules.timezone, where))
+        report_timezone(
+            report, dtype, rules.timezone, file, column, int(frame[column].is_not_null().sum())
+        )
     times = frame.select(pl.coalesce(parts).alias("time")).to_series()
+    check_parse_rate(
+        file,
+        date,
+        frame[date],
+        frame.select(parts[-1]).to_series(),
+        "dates",
+        f"add the column's format to data.date_formats (now {', '.join(formats)})",
+        rules.max_unparseable_fraction,
+    )
     raw = frame[date].is_not_null()
     if datetime and datetime in frame.columns:
         raw = raw | frame[datetime].is_not_null()
@@ -284,6 +316,7 @@ def _concepts(source: TableSource, report: QualityReport) -> pl.DataFrame | None
         ["concept_id", "concept_name", "vocabulary_id", "concept_code"],
         file,
         "the OMOP concept table",
+        OMOP_FIX,
     )
     return frame.select(
         concept_id=_integer(frame, "concept_id", file),
@@ -306,6 +339,7 @@ def _drug_atc(
         ["concept_id_1", "concept_id_2", "relationship_id"],
         file,
         "the OMOP concept_relationship table",
+        OMOP_FIX,
     )
     links = frame.select(
         a=_integer(frame, "concept_id_1", file),
@@ -350,6 +384,7 @@ def _clinical_events(
     cfg: Mapping[str, Any],
     formats: list[str],
     report: QualityReport,
+    rules: Plausibility | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Events, (code, description) rows and (code, concept_id) links of one clinical table.
 
@@ -359,7 +394,11 @@ def _clinical_events(
     file = source.where(table.name)
     frame = source.read(table.name)
     require_columns(
-        frame.schema, ["person_id", table.concept, table.date], file, f"OMOP {table.name}"
+        frame.schema,
+        ["person_id", table.concept, table.date],
+        file,
+        f"OMOP {table.name}",
+        OMOP_FIX,
     )
     report.add("rows read", file, None, frame.height, "info")
     value = pl.lit(None, dtype=pl.Float32)
@@ -378,7 +417,7 @@ def _clinical_events(
     rows = pl.DataFrame(
         {
             "subject_id": _integer(frame, "person_id", file),
-            "time": _times(frame, table.date, table.datetime, formats, file, report),
+            "time": _times(frame, table.date, table.datetime, formats, file, report, rules),
             "concept_id": _integer(frame, table.concept, file).fill_null(0),
             "source_concept_id": _integer(frame, table.source_concept, file),
             "source_value": (
@@ -451,6 +490,14 @@ def _clinical_events(
         .then(pl.col("source_concept_id"))
     )
     no_concept = fallback.filter(pl.col("concept").is_null())
+    if rows.height and no_concept.height == rows.height:
+        raise DataError(
+            f"{file}: column '{table.concept}': all {rows.height} rows have concept_id 0 and no "
+            f"source concept or readable source value, so no event of {table.name} has a code. "
+            "Map the concepts in your ETL, or (conditions) set "
+            "data.omop.condition_source_vocabulary to read condition_source_value as ICD10 or "
+            "ICD9."
+        )
     report.count(
         "no concept",
         no_concept.height,
@@ -521,7 +568,7 @@ def _ancestors(
     file = source.where("concept_ancestor")
     wanted = ["ancestor_concept_id", "descendant_concept_id"]
     frame = source.read("concept_ancestor", wanted)
-    require_columns(frame.schema, wanted, file, "the OMOP concept_ancestor table")
+    require_columns(frame.schema, wanted, file, "the OMOP concept_ancestor table", OMOP_FIX)
     pairs = (
         frame.select(
             concept_id=_integer(frame, "descendant_concept_id", file),
@@ -589,7 +636,11 @@ def _persons(
     file = source.where("person")
     frame = source.read("person")
     require_columns(
-        frame.schema, ["person_id", "gender_concept_id", "year_of_birth"], file, "OMOP person"
+        frame.schema,
+        ["person_id", "gender_concept_id", "year_of_birth"],
+        file,
+        "OMOP person",
+        OMOP_FIX,
     )
     if frame.height == 0:
         raise DataError(f"{file}: the person table has no rows.")
@@ -671,6 +722,7 @@ def _simple_events(
     report: QualityReport,
     concept_column: str | None = None,
     concepts: pl.DataFrame | None = None,
+    rules: Plausibility | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Events of death, observation_period or visit_occurrence (code per (date, datetime))."""
     empty_codes = pl.DataFrame(schema={"code": pl.String, "description": pl.String})
@@ -682,7 +734,7 @@ def _simple_events(
     required = ["person_id", *(date for date, _, _ in columns)]
     if concept_column:
         required.append(concept_column)
-    require_columns(frame.schema, required, file, f"OMOP {table}")
+    require_columns(frame.schema, required, file, f"OMOP {table}", OMOP_FIX)
     report.add("rows read", file, None, frame.height, "info")
     ids = _integer(frame, "person_id", file)
     codes = empty_codes
@@ -709,7 +761,7 @@ def _simple_events(
             )
     frames = []
     for date, datetime, fixed in columns:
-        times = _times(frame, date, datetime, formats, file, report)
+        times = _times(frame, date, datetime, formats, file, report, rules)
         codes_here = code if concept_column else pl.Series("code", [fixed] * frame.height)
         part = pl.DataFrame({"subject_id": ids, "time": times, "code": codes_here})
         frames.append(part.filter(pl.col("time").is_not_null()))
@@ -717,29 +769,109 @@ def _simple_events(
     return _known_persons(events, persons, file, report), codes
 
 
+def _skip_list(cfg: Mapping[str, Any], source: TableSource, report: QualityReport) -> set[str]:
+    """data.omop.skip_tables, checked: only optional tables can be skipped."""
+    skip = {str(t).lower() for t in (cfg.get("skip_tables") or [])}
+    for table in sorted(skip):
+        if table in REQUIRED_TABLES:
+            raise DataError(
+                f"data.omop.skip_tables lists '{table}', which is required "
+                f"({', '.join(REQUIRED_TABLES)}); remove it from the list."
+            )
+        if table not in OPTIONAL_TABLES:
+            raise DataError(
+                f"data.omop.skip_tables lists '{table}', which is not an OMOP table this ingest "
+                f"reads; choose from {', '.join(OPTIONAL_TABLES)}."
+            )
+        report.add("table skipped", str(source.path), table, 0, "skipped", "data.omop.skip_tables")
+    return skip
+
+
+def _optional(source: TableSource, table: str, report: QualityReport, build, fallback):
+    """``build()`` for an optional table. One that is empty (no data rows: a header only, or
+    not even one) is skipped with a warning row whatever its columns; one that has rows but
+    cannot be read stops, saying that data.omop.skip_tables can leave it out. Skipping a
+    table with data silently would change the cohort (deaths, drugs), so that takes a setting.
+    """
+    try:
+        return build()
+    except (DataError, pl.exceptions.PolarsError) as error:
+        if table in REQUIRED_TABLES:
+            raise
+        if _is_empty(source, table):
+            report.add(
+                "optional table skipped",
+                source.where(table),
+                table,
+                0,
+                "skipped (warning)",
+                f"no data rows and unusable columns ({str(error).splitlines()[0][:200]})",
+            )
+            return fallback
+        raise DataError(
+            f"{str(error).rstrip('.')}. '{table}' is an optional table: to ingest without it, "
+            f"add it to data.omop.skip_tables."
+        ) from None
+
+
+def _is_empty(source: TableSource, table: str) -> bool:
+    try:
+        return source.read(table).height == 0
+    except (DataError, pl.exceptions.PolarsError, OSError):
+        return False
+
+
 def omop_events(
-    cfg: Mapping[str, Any], formats: list[str], report: QualityReport
+    cfg: Mapping[str, Any],
+    formats: list[str],
+    report: QualityReport,
+    rules: Plausibility | None = None,
 ) -> tuple[pl.LazyFrame, pl.DataFrame]:
-    """MEDS-style events (not yet checked by clean_events) and code names of an OMOP CDM."""
+    """MEDS-style events (not yet checked by clean_events) and code names of an OMOP CDM.
+
+    person and condition_occurrence are required; every other table is optional: absent,
+    empty or listed in data.omop.skip_tables means skipped with a row in data_quality.csv;
+    one with data rows that cannot be read stops, naming skip_tables."""
     if not cfg.get("path"):
         raise DataError("data.omop.path is not set; point it at your OMOP CDM tables.")
     source = TableSource(cfg["path"], cfg.get("schema"))
+    skip = _skip_list(cfg, source, report)
+    source.hide(skip)
+    if not source.has("condition_occurrence"):
+        raise DataError(
+            f"{source.path}: the OMOP condition_occurrence table is missing "
+            "(condition_occurrence.csv, .parquet, a folder of parquet parts, or a table in the "
+            "DuckDB file); diagnoses, and so the outcome, come from it."
+        )
     person_events, persons = _persons(source, formats, report)
-    concepts = _concepts(source, report)
-    drug_atc = _drug_atc(source, concepts, report)
+    concepts = _optional(source, "concept", report, lambda: _concepts(source, report), None)
+    drug_atc = _optional(
+        source, "concept_relationship", report, lambda: _drug_atc(source, concepts, report), None
+    )
     events = [person_events]
     codes = []
     links = [pl.DataFrame(schema=LINKS_SCHEMA)]
     for table in CLINICAL_TABLES:
         if not source.has(table.name):
-            report.add("table absent", str(source.path), table.name, 0, "info", "no such events")
+            if table.name not in skip:
+                report.add(
+                    "table absent", str(source.path), table.name, 0, "info", "no such events"
+                )
             continue
-        table_events, table_codes, table_links = _clinical_events(
-            source, table, concepts, drug_atc, persons, cfg, formats, report
+        result = _optional(
+            source,
+            table.name,
+            report,
+            lambda table=table: _clinical_events(
+                source, table, concepts, drug_atc, persons, cfg, formats, report, rules
+            ),
+            None,
         )
-        events.append(table_events)
-        codes.append(table_codes)
-        links.append(table_links)
+        if result is None:
+            continue
+        events.append(result[0])
+        codes.append(result[1])
+        links.append(result[2])
     for table, columns, concept_column in (
         ("death", [("death_date", "death_datetime", "MEDS_DEATH")], None),
         (
@@ -756,8 +888,20 @@ def omop_events(
             "visit_concept_id",
         ),
     ):
-        table_events, table_codes = _simple_events(
-            source, table, columns, persons, formats, report, concept_column, concepts
+        if table in skip:
+            continue
+        empty = (
+            pl.DataFrame(schema=EVENTS_SCHEMA),
+            pl.DataFrame(schema={"code": pl.String, "description": pl.String}),
+        )
+        table_events, table_codes = _optional(
+            source,
+            table,
+            report,
+            lambda table=table, columns=columns, concept_column=concept_column: _simple_events(
+                source, table, columns, persons, formats, report, concept_column, concepts, rules
+            ),
+            empty,
         )
         events.append(table_events)
         codes.append(table_codes)
@@ -770,7 +914,13 @@ def omop_events(
         else pl.DataFrame(schema={"code": pl.String, "description": pl.String})
     )
     all_links = pl.concat(links).unique()
-    ancestry = _ancestors(source, all_links["concept_id"].unique(), report)
+    ancestry = _optional(
+        source,
+        "concept_ancestor",
+        report,
+        lambda: _ancestors(source, all_links["concept_id"].unique(), report),
+        None,
+    )
     # Full join: a code with parents but no name (no concept table) is still listed.
     all_codes = all_codes.join(
         parent_codes(all_links, ancestry), on="code", how="full", coalesce=True
