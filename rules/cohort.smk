@@ -6,6 +6,7 @@ INGEST_OUTPUTS = dict(
     events="results/data/events.parquet",
     codes="results/data/codes.parquet",
     quality="results/data/data_quality.csv",
+    manifest="results/data/manifest.json",
 )
 
 
@@ -26,9 +27,26 @@ INGEST_SETTINGS = study.canonical(
         )
     }
 )
-INGEST_INPUT = (
-    config["data"][DATA_SOURCE].get("path") or f"MISSING: set data.{DATA_SOURCE}.path"
-)
+
+
+def ingest_input_files():
+    """The files ingest reads, each one an input: editing one shard reruns ingest (a folder
+    input would not notice), and foreign files in a MEDS data/ folder stop here, listed.
+    """
+    path = config["data"][DATA_SOURCE].get("path")
+    if not path:
+        return [f"MISSING: set data.{DATA_SOURCE}.path"]
+    try:
+        if DATA_SOURCE == "meds":
+            return [str(f) for f in inputs.meds_files(path, require=False)] or [path]
+        if DATA_SOURCE == "omop":
+            return [str(f) for f in inputs.omop_files(path)]
+    except inputs.InputError as error:
+        raise WorkflowError(str(error)) from None
+    return [path]
+
+
+INGEST_INPUT = ingest_input_files() if DATA_SOURCE != "synthetic" else []
 
 
 if DATA_SOURCE == "synthetic":
@@ -112,10 +130,12 @@ rule build_cohort:
     input:
         events="results/data/events.parquet",
         codes="results/data/codes.parquet",
+        manifest="results/data/manifest.json",
     output:
         cohort="results/cohort/cohort.parquet",
         attrition="results/cohort/attrition.csv",
         aces_task="results/cohort/aces_task.yaml",
+        manifest="results/cohort/manifest.json",
     log:
         "results/logs/build_cohort.log",
     conda:

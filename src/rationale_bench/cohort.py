@@ -21,6 +21,7 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -34,6 +35,7 @@ from rationale_bench.codes import (
     matches_any,
     normalize_codes,
 )
+from rationale_bench.inputs import check_manifest
 
 SPLITS = ("train", "tuning", "held_out")
 DAYS_PER_YEAR = 365.25
@@ -700,6 +702,61 @@ def _where_lost(steps: list[dict[str, Any]], column: str) -> str:
         return "no step removed them"
     what = "cases" if column == "n_cases" else "subjects"
     return f"most {what} ({lost}) were lost at step '{worst}'"
+
+
+def check_training_size(cohort: pl.DataFrame, n_train: Sequence[int]) -> None:
+    """The largest grid.n_train must fit the training split: checked in the cohort job, so
+    that no history, teacher or training job starts on a grid that cannot run."""
+    if not n_train:
+        return
+    available = cohort.filter(pl.col("split") == "train").height
+    largest = max(int(n) for n in n_train)
+    if largest > available:
+        raise CohortError(
+            f"grid.n_train asks for {largest} training subjects, but the cohort's training split "
+            f"has {available} (of {cohort.height} subjects). Lower grid.n_train to at most "
+            f"{available}, add subjects, or change cohort.split fractions."
+        )
+
+
+def run_cohort_stage(
+    events_path: str | Path,
+    codes_path: str | Path,
+    ingest_manifest: str | Path,
+    settings: Mapping[str, Any],
+    n_train: Sequence[int],
+    attrition_path: str | Path,
+    failed_attrition_path: str | Path,
+) -> pl.DataFrame:
+    """The cohort job: check ingest's files against its manifest, build the cohort, check
+    the grid's n_train, write the published attrition table, return the cohort.
+
+    When the cohort fails, the attrition table up to the failing step is written to
+    ``failed_attrition_path`` (Snakemake deletes a failed job's outputs) and the error names it.
+    """
+    for name, path in (("events", events_path), ("codes", codes_path)):
+        check_manifest(ingest_manifest, name, path, "ingest")
+    events = pl.scan_parquet(events_path)
+    # parent_codes of the ingest's code table extend outcome.concept_ids to their descendants.
+    codes = pl.read_parquet(codes_path)
+    threshold = settings["small_cell_threshold"]
+    attrition = None
+    try:
+        cohort, attrition = build_cohort(events, settings, codes=codes)
+        check_training_size(cohort, n_train)
+    except CohortError as error:
+        table = error.attrition if error.attrition is not None else attrition
+        if table is None:
+            raise
+        Path(failed_attrition_path).parent.mkdir(parents=True, exist_ok=True)
+        suppress_small_cells(table, ATTRITION_COUNTS, threshold).write_csv(failed_attrition_path)
+        raise CohortError(
+            f"{error} The attrition table up to this point: {failed_attrition_path}.", table
+        ) from None
+    Path(attrition_path).parent.mkdir(parents=True, exist_ok=True)
+    suppress_small_cells(attrition, ATTRITION_COUNTS, threshold).write_csv(attrition_path)
+    Path(failed_attrition_path).unlink(missing_ok=True)
+    return cohort, attrition
 
 
 def _attrition_table(steps: list[dict[str, Any]]) -> pl.DataFrame:

@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from rationale_bench import inputs
 from rationale_bench.data_quality import (
     CODES_SCHEMA,
     KNOWN_VOCABULARIES,
@@ -29,43 +30,18 @@ from rationale_bench.data_quality import (
     write_codes,
     write_events,
 )
+from rationale_bench.inputs import InputError
 
 MEDS_COLUMNS = ["subject_id", "time", "code", "numeric_value"]
 SOURCES = ("synthetic", "meds", "omop", "first_occurrence")
 
 
 def meds_files(path: str | Path) -> list[Path]:
-    """Parquet files of a MEDS dataset: its data/ folder if present, else the folder itself."""
-    root = Path(path)
-    if root.is_file():
-        return [root]
-    if not root.exists():
-        raise DataError(
-            f"data.meds.path '{root}' does not exist; point it at a MEDS dataset folder."
-        )
-    base = root / "data" if (root / "data").is_dir() else root
-    # A dataset root also holds metadata/*.parquet, which are not events. Hidden files and
-    # '_'-files (_SUCCESS, parquet summary files) are tool bookkeeping; anything else that is
-    # not parquet (a shard saved as .csv) would be half the data skipped without a word.
-    entries = [
-        f
-        for f in sorted(base.rglob("*"))
-        if f.is_file()
-        and "metadata" not in f.relative_to(base).parts[:-1]
-        and not f.name.startswith((".", "_"))
-    ]
-    files = [f for f in entries if f.suffix.lower() == ".parquet"]
-    foreign = [f for f in entries if f.suffix.lower() != ".parquet"]
-    if foreign:
-        listed = ", ".join(str(f.relative_to(base)) for f in foreign[:10])
-        raise DataError(
-            f"data.meds.path '{root}': {len(foreign)} file(s) in {base} are not parquet shards "
-            f"({listed}{', ...' if len(foreign) > 10 else ''}). MEDS data are parquet only; "
-            "convert them to parquet or move them out of the folder."
-        )
-    if not files:
-        raise DataError(f"data.meds.path '{root}': no .parquet files found under {base}.")
-    return files
+    """Parquet shards of a MEDS dataset (:func:`inputs.meds_files`); foreign files stop."""
+    try:
+        return inputs.meds_files(path)
+    except InputError as error:
+        raise DataError(str(error)) from None
 
 
 def meds_codes_file(path: str | Path) -> Path | None:

@@ -1,0 +1,104 @@
+"""Config checks at parse time, with short messages: the first problem and its key path.
+
+The Snakefile validates the config against schemas/config.schema.yaml (which also fills the
+defaults); when that fails, :func:`short_schema_error` replaces the validator's dump of the
+schema with one line. :func:`check_budgets` and :func:`check_training_split` catch, before any
+job runs, settings that would otherwise fail hours later in a training job. No polars here:
+the Snakefile imports this module on every start.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value cannot work; the message names the key path and the fix."""
+
+
+def _key_path(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _subschema(schema: Mapping[str, Any], path: Any) -> Mapping[str, Any]:
+    """The schema node of a config path (properties only; enough for the hint)."""
+    node = schema
+    for part in path:
+        props = node.get("properties", {})
+        if part in props:
+            node = props[part]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return {}
+    return node
+
+
+def short_schema_error(config: Mapping[str, Any], schema_path: str | Path) -> str:
+    """One line for the most relevant schema violation of ``config``: where and what.
+
+    An unknown key gets the closest known keys; other errors say the expected type, value
+    range or choices as JSON Schema words them, and the description of the key if it has one.
+    """
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(dict(config)))
+    if error is None:
+        return "config: the schema check failed, but no single error was found."
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        node = _subschema(schema, error.absolute_path)
+        known = sorted(node.get("properties", {}))
+        extra = sorted(set(error.instance) - set(known))
+        hints = []
+        for key in extra:
+            close = difflib.get_close_matches(key, known, n=2)
+            hints.append(f"'{key}'" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+        prefix = f"{where}." if error.absolute_path else ""
+        return (
+            f"config: unknown key {', '.join(prefix + h for h in hints)}; known keys under "
+            f"{where}: {', '.join(known)}. See schemas/config.schema.yaml."
+        )
+    message = error.message if len(error.message) < 300 else error.message[:300] + " ..."
+    description = _subschema(schema, error.absolute_path).get("description", "")
+    about = f" ({' '.join(str(description).split())[:200]})" if description else ""
+    return f"config: {where}: {message}{about}."
+
+
+def check_budgets(config: Mapping[str, Any]) -> None:
+    """Each grid model's prompt budget must leave room for a completion in max_seq_len."""
+    for name in config["grid"]["model"]:
+        model = config["models"].get(name, {})
+        prompt, total = model.get("max_prompt_tokens"), model.get("max_seq_len")
+        if prompt is not None and total is not None and prompt >= total:
+            raise ConfigError(
+                f"config models.{name}.max_prompt_tokens ({prompt}) must be below "
+                f"models.{name}.max_seq_len ({total}): the rest of max_seq_len holds the "
+                "completion (answer or rationale). Lower max_prompt_tokens or raise max_seq_len."
+            )
+
+
+def check_training_split(config: Mapping[str, Any], cohort_path: str | Path) -> None:
+    """When the cohort exists already, grid.n_train must fit its training split (a changed
+    grid does not rerun the cohort job, which checks the same on its first run)."""
+    path = Path(cohort_path)
+    if not path.is_file():
+        return
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    split = pq.read_table(path, columns=["split"])["split"]
+    n_train = pc.sum(pc.equal(split, "train")).as_py() or 0
+    largest = max(int(n) for n in config["grid"]["n_train"])
+    if largest > n_train:
+        raise ConfigError(
+            f"config grid.n_train asks for {largest} training subjects, but the training split "
+            f"of {path} has {n_train}. Lower grid.n_train to at most {n_train}, or add subjects."
+        )
