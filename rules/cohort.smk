@@ -28,25 +28,12 @@ INGEST_SETTINGS = study.canonical(
     }
 )
 
-
-def ingest_input_files():
-    """The files ingest reads, each one an input: editing one shard reruns ingest (a folder
-    input would not notice), and foreign files in a MEDS data/ folder stop here, listed.
-    """
-    path = config["data"][DATA_SOURCE].get("path")
-    if not path:
-        return [f"MISSING: set data.{DATA_SOURCE}.path"]
-    try:
-        if DATA_SOURCE == "meds":
-            return [str(f) for f in inputs.meds_files(path, require=False)] or [path]
-        if DATA_SOURCE == "omop":
-            return [str(f) for f in inputs.omop_files(path)]
-    except inputs.InputError as error:
-        raise WorkflowError(str(error)) from None
-    return [path]
-
-
-INGEST_INPUT = ingest_input_files() if DATA_SOURCE != "synthetic" else []
+# Each file ingest reads is an input (editing one shard reruns ingest); foreign files in a
+# MEDS data/ folder stop here, listed.
+try:
+    INGEST_INPUT = inputs.ingest_input_files(config["data"])
+except inputs.InputError as error:
+    raise WorkflowError(str(error)) from None
 
 
 if DATA_SOURCE == "synthetic":
@@ -159,5 +146,6 @@ rule table_one:
         "../envs/data.yaml"
     params:
         small_cell_threshold=config["cohort"]["small_cell_threshold"],
+        risk_factor_codes=config["cohort"]["risk_factor_codes"],
     script:
         "../workflow_scripts/table_one.py"

@@ -26,6 +26,9 @@ except WorkflowError:
 try:
     study.check_grid(config)
     config_check.check_budgets(config)
+    config["serialization"]["question"] = config_check.fill_horizon(
+        config["serialization"]["question"], config["cohort"]["horizon_days"]
+    )
     config_check.check_training_split(config, "results/cohort/cohort.parquet")
     for name in config["grid"]["model"]:
         models.source_kind(config["models"][name]["source"])

@@ -90,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
         "confirmation": {"rule": "none", "within_days": 365},
     },
     "blackout_days": 0,
+    "risk_factor_codes": {},
     "case_control": {"controls_per_case": None, "seed": 0},
     "small_cell_threshold": None,
     "split": {"seed": 1, "tuning_fraction": 0.1, "held_out_fraction": 0.3},
@@ -197,7 +198,8 @@ def subject_summary(events: pl.LazyFrame) -> pl.LazyFrame:
 
 def _merge(default: Any, given: Any, path: str) -> Any:
     """``given`` over ``default``, recursively for mappings; unknown keys are errors."""
-    if not isinstance(default, dict) or given is None:
+    # An empty default mapping (risk_factor_codes) is a free-form table, not a key list.
+    if not isinstance(default, dict) or given is None or default == {}:
         return copy.deepcopy(given)
     if not isinstance(given, Mapping):
         raise CohortError(f"{path} must be a mapping, got {given!r}.")
@@ -840,20 +842,38 @@ def top_conditions(
     ).select("category", "name", "n_subjects")
 
 
-def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame:
+def table_one(
+    cohort: pl.DataFrame,
+    history_codes: pl.DataFrame,
+    risk_factor_codes: Mapping[str, Sequence[str]] | None = None,
+) -> pl.DataFrame:
     """Table 1 by split and label: size, age, sex, follow-up, risk-factor prevalence and the
     cohort's most frequent conditions.
 
     ``history_codes`` holds ``subject_id, code`` of input events (strictly before index).
+    Risk factors match their ICD-10 prefixes (:data:`codes.RISK_FACTORS`) plus any codes
+    ``risk_factor_codes`` adds per factor (``cohort.risk_factor_codes``: OMOP concepts or
+    another vocabulary's codes). A factor that cannot be matched in these data (no ICD-10 code
+    in any history and no added codes for it) is null, shown as n/a, never 0%.
     Conditions: the :data:`TOP_CONDITIONS` ICD-10 3-character categories most prevalent in the
     whole cohort (:func:`top_conditions`), the same in every row, as ``condition k`` (code and
     name), ``n condition k`` and ``% condition k`` (subjects of the row with the category);
     unused slots (fewer categories in the data) are null.
     """
+    extra = risk_factor_codes or {}
+    unknown = sorted(set(extra) - set(RISK_FACTORS))
+    if unknown:
+        raise CohortError(
+            f"cohort.risk_factor_codes: unknown risk factor(s) {unknown}; known: "
+            f"{', '.join(RISK_FACTORS)}."
+        )
+    has_icd10 = bool(history_codes["code"].str.starts_with("ICD10/").any())
+    mappable = {name: has_icd10 or bool(extra.get(name)) for name in RISK_FACTORS}
     flags = []
     for name, factor in RISK_FACTORS.items():
+        prefixes = [*factor.prefixes, *extra.get(name, [])]
         has = (
-            history_codes.filter(matches_any(pl.col("code"), factor.prefixes))
+            history_codes.filter(matches_any(pl.col("code"), prefixes))
             .select("subject_id")
             .unique()
             .with_columns(pl.lit(True).alias(name))
@@ -887,12 +907,11 @@ def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame
             flag.mean().mul(100).round(1).alias(f"% condition {k}"),
         ]
     factor_cols = [
-        pl.col(name)
-        .fill_null(False)
-        .mean()
-        .mul(100)
-        .round(1)
-        .alias(f"% {RISK_FACTORS[name].label}")
+        (
+            pl.col(name).fill_null(False).mean().mul(100).round(1)
+            if mappable[name]
+            else pl.lit(None, dtype=pl.Float64)
+        ).alias(f"% {RISK_FACTORS[name].label}")
         for name in RISK_FACTORS
     ]
     return (

@@ -10,6 +10,7 @@ the Snakefile imports this module on every start.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,10 @@ def check_training_split(config: Mapping[str, Any], cohort_path: str | Path) -> 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    split = pq.read_table(path, columns=["split"])["split"]
+    try:
+        split = pq.read_table(path, columns=["split"])["split"]
+    except Exception:  # unreadable or foreign: the cohort job's own checks will say so
+        return
     n_train = pc.sum(pc.equal(split, "train")).as_py() or 0
     largest = max(int(n) for n in config["grid"]["n_train"])
     if largest > n_train:
@@ -102,3 +106,45 @@ def check_training_split(config: Mapping[str, Any], cohort_path: str | Path) -> 
             f"config grid.n_train asks for {largest} training subjects, but the training split "
             f"of {path} has {n_train}. Lower grid.n_train to at most {n_train}, or add subjects."
         )
+
+
+_NUMBER_WORDS = {
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+}
+_YEARS = re.compile(r"\b(\d+|" + "|".join(_NUMBER_WORDS) + r")[ -]years?\b", re.IGNORECASE)
+
+
+def horizon_words(horizon_days: int) -> str:
+    """``1826`` -> ``5 years``, ``3652`` -> ``10 years``, ``365`` -> ``1 year``; a horizon
+    more than two days from whole years is said in days (``1000 days``)."""
+    years = round(horizon_days / 365.25)
+    if years >= 1 and abs(horizon_days - years * 365.25) <= 2:
+        return f"{years} year{'s' if years != 1 else ''}"
+    return f"{horizon_days} days"
+
+
+def fill_horizon(question: str, horizon_days: int) -> str:
+    """The question with ``{horizon}`` filled from cohort.horizon_days: the question (and so
+    every teacher prompt, which quotes it) follows the cohort's outcome window. A question
+    that names a number of years that is not the horizon stops, naming both keys."""
+    words = horizon_words(horizon_days)
+    filled = question.replace("{horizon}", words)
+    for match in _YEARS.finditer(question):
+        said = match.group(1).lower()
+        n = _NUMBER_WORDS.get(said) or int(said)
+        if f"{n} year" not in words:
+            raise ConfigError(
+                f"config serialization.question says '{match.group(0)}', but cohort.horizon_days "
+                f"is {horizon_days} ({words}): the question would ask about another window than "
+                "the labels. Write {horizon} in the question (filled from cohort.horizon_days)."
+            )
+    return filled

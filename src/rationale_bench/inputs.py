@@ -69,6 +69,22 @@ def omop_files(path: str | Path) -> list[Path]:
     return [f for f in sorted(root.rglob("*")) if f.is_file() and not f.name.startswith((".", "_"))]
 
 
+def ingest_input_files(data_cfg: Mapping[str, Any]) -> list[str]:
+    """The files ingest reads, each one a rule input: editing one shard reruns ingest (a folder
+    input would not notice it), and foreign files in a MEDS data/ folder stop at parse time."""
+    source = data_cfg["source"]
+    if source == "synthetic":
+        return []
+    path = data_cfg[source].get("path")
+    if not path:
+        return [f"MISSING: set data.{source}.path"]
+    if source == "meds":
+        return [str(f) for f in meds_files(path, require=False)] or [str(path)]
+    if source == "omop":
+        return [str(f) for f in omop_files(path)]
+    return [str(path)]
+
+
 def file_record(path: str | Path) -> dict[str, Any]:
     """``{"rows", "sha256", "bytes"}`` of a parquet file (rows from its footer)."""
     import pyarrow.parquet as pq
