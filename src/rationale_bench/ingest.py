@@ -26,6 +26,7 @@ from rationale_bench.data_quality import (
     clean_events,
     empty_codes,
     normalize_events,
+    report_timezone,
     require_columns,
     write_codes,
     write_events,
@@ -94,21 +95,30 @@ def meds_codes(path: str | Path, report: QualityReport) -> pl.DataFrame:
     )
 
 
-def meds_events(path: str | Path, timezone: str | None = None) -> pl.LazyFrame:
-    """All shards, each checked for columns and types (errors name the shard), gathered."""
+def meds_events(
+    path: str | Path, timezone: str | None = None, report: QualityReport | None = None
+) -> pl.LazyFrame:
+    """All shards, each checked for columns and types (errors name the shard), gathered;
+    zoned times follow data.timezone, counted per shard in ``report``."""
     files = meds_files(path)
+    shards = []
     for file in files:
-        check_parquet(file)
-    return pl.concat([normalize_events(pl.scan_parquet(f), str(f), timezone) for f in files])
+        rows = check_parquet(file)
+        scan = pl.scan_parquet(file)
+        shards.append(normalize_events(scan, str(file), timezone))
+        dtype = scan.collect_schema().get("time")
+        if report is not None and dtype is not None:
+            report_timezone(report, dtype, timezone, str(file), "time", rows)
+    return pl.concat(shards)
 
 
-def check_parquet(file: Path) -> None:
+def check_parquet(file: Path) -> int:
     """Stop, naming the file, when a shard's parquet footer cannot be read (corrupt or not
     parquet); polars would otherwise fail later without saying which shard."""
     import pyarrow.parquet as pq
 
     try:
-        pq.read_metadata(file)
+        return pq.read_metadata(file).num_rows
     except Exception as error:  # pyarrow raises several types for a damaged file
         raise DataError(
             f"{file}: not a readable parquet file ({type(error).__name__}: "
@@ -130,7 +140,7 @@ def ingest(
     formats = list(data_cfg.get("date_formats") or ["%Y-%m-%d"])
     if source == "meds":
         path = data_cfg["meds"]["path"]
-        events, file = meds_events(path, rules.timezone), str(path)
+        events, file = meds_events(path, rules.timezone, report), str(path)
         codes = meds_codes(path, report)
         check_meds_conformance(meds_files(path), report)
     elif source == "first_occurrence":
