@@ -437,6 +437,15 @@ def test_fractional_ids_are_still_refused():
         strict_integer(frame, "id", "f")
 
 
+def test_meds_subject_ids_stored_as_whole_floats_are_read(tmp_path):
+    frame = meds_rows(person(7)).with_columns(pl.col("subject_id").cast(pl.Float64))
+    events, _ = meds_ingest(tmp_path, frame)
+    assert events["subject_id"].unique().to_list() == [7]
+    frame = frame.with_columns(pl.col("subject_id") + 0.5)
+    with pytest.raises(DataError, match=r"'subject_id' is a float column with 14 values"):
+        meds_ingest(tmp_path / "b", frame)
+
+
 def test_concept_ancestor_stored_as_double_is_read(tmp_path):
     ancestor = {"ancestor_concept_id": [4182210.0], "descendant_concept_id": [320128.0]}
     path = write_omop(tmp_path / "cdm")

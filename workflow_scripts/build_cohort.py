@@ -10,7 +10,7 @@ settings = resolve_definition(snakemake.params.cohort)  # noqa: F821
 inp, out = snakemake.input, snakemake.output  # noqa: F821
 # grid.n_train is read from the config, not a param: changing the grid must not rerun the
 # cohort (the Snakefile checks a changed grid against an existing cohort at parse time).
-cohort, attrition = run_cohort_stage(
+cohort, attrition, read = run_cohort_stage(
     inp.events,
     inp.codes,
     inp.manifest,
@@ -22,4 +22,4 @@ cohort, attrition = run_cohort_stage(
 log.info("attrition:\n%s", attrition)
 write_aces_task(settings, out.aces_task, pl.read_parquet(inp.codes))
 write_parquet(cohort, out.cohort)
-write_manifest(out.manifest, {"cohort": out.cohort})
+write_manifest(out.manifest, {"cohort": out.cohort}, read={"events": read["events"]})

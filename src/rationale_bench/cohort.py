@@ -729,15 +729,18 @@ def run_cohort_stage(
     n_train: Sequence[int],
     attrition_path: str | Path,
     failed_attrition_path: str | Path,
-) -> pl.DataFrame:
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """The cohort job: check ingest's files against its manifest, build the cohort, check
-    the grid's n_train, write the published attrition table, return the cohort.
+    the grid's n_train, write the published attrition table; returns the cohort, the attrition
+    table and the records (rows, digest) of the files read.
 
     When the cohort fails, the attrition table up to the failing step is written to
     ``failed_attrition_path`` (Snakemake deletes a failed job's outputs) and the error names it.
     """
-    for name, path in (("events", events_path), ("codes", codes_path)):
-        check_manifest(ingest_manifest, name, path, "ingest")
+    read = {
+        name: check_manifest(ingest_manifest, name, path, "ingest")
+        for name, path in (("events", events_path), ("codes", codes_path))
+    }
     events = pl.scan_parquet(events_path)
     # parent_codes of the ingest's code table extend outcome.concept_ids to their descendants.
     codes = pl.read_parquet(codes_path)
@@ -758,7 +761,7 @@ def run_cohort_stage(
     Path(attrition_path).parent.mkdir(parents=True, exist_ok=True)
     suppress_small_cells(attrition, ATTRITION_COUNTS, threshold).write_csv(attrition_path)
     Path(failed_attrition_path).unlink(missing_ok=True)
-    return cohort, attrition
+    return cohort, attrition, read
 
 
 def _attrition_table(steps: list[dict[str, Any]]) -> pl.DataFrame:

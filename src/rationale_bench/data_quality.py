@@ -329,7 +329,16 @@ def normalize_events(events: pl.LazyFrame, file: str, timezone: str | None = Non
             "Re-export it or remove it from the dataset."
         ) from None
     require_columns(schema, ("subject_id", "time", "code"), file, "MEDS events")
-    if not schema["subject_id"].is_integer():
+    if schema["subject_id"].is_float():
+        # Ids written as whole-number floats (a pandas export with NaN) are still ids.
+        sid = pl.col("subject_id")
+        fractional = events.select((sid.is_not_null() & (sid != sid.floor())).sum()).collect()
+        if fractional.item():
+            raise DataError(
+                f"{file}: column 'subject_id' is a float column with {fractional.item()} "
+                "values that are not whole numbers; MEDS subject ids are int64. Fix the export."
+            )
+    elif not schema["subject_id"].is_integer():
         raise DataError(
             f"{file}: column 'subject_id' has type {schema['subject_id']}, expected an integer. "
             "MEDS subject ids are int64; map them to integers in your ETL."

@@ -101,9 +101,16 @@ def file_record(path: str | Path) -> dict[str, Any]:
     }
 
 
-def write_manifest(path: str | Path, files: Mapping[str, str | Path]) -> dict[str, Any]:
-    """Record each written file (name -> path) with its rows and digest, as JSON."""
-    records = {name: {"path": str(p), **file_record(p)} for name, p in files.items()}
+def write_manifest(
+    path: str | Path, files: Mapping[str, str | Path], read: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Record each written file (name -> path) with its rows and digest, as JSON; ``read``
+    (name -> record) adds what the stage read, under ``"read"``."""
+    records: dict[str, Any] = {
+        name: {"path": str(p), **file_record(p)} for name, p in files.items()
+    }
+    if read:
+        records["read"] = dict(read)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
     return records
