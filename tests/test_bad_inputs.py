@@ -689,3 +689,23 @@ def test_plausibility_defaults_follow_the_schema():
         0.5,
     )
     assert normalize_code(" icd10/g30.9 ") == "ICD10/G30.9"
+
+
+def test_model_id_not_cached_without_network_is_one_line(monkeypatch):
+    import huggingface_hub
+
+    from rationale_bench.models import ModelSourceError, fetch
+
+    class ConnectError(Exception):  # what httpx raises without a network
+        pass
+
+    def offline(**kwargs):
+        raise ConnectError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(ModelSourceError) as error:
+        fetch("HuggingFaceTB/SmolLM2-135M-Instruc", None, None, "HF_TOKEN")
+    message = str(error.value)
+    assert "hub cannot be reached (ConnectError)" in message
+    assert "huggingface-cli download HuggingFaceTB/SmolLM2-135M-Instruc" in message
+    assert error.value.__cause__ is None and "\n" not in message
