@@ -709,3 +709,10 @@ def test_model_id_not_cached_without_network_is_one_line(monkeypatch):
     assert "hub cannot be reached (ConnectError)" in message
     assert "huggingface-cli download HuggingFaceTB/SmolLM2-135M-Instruc" in message
     assert error.value.__cause__ is None and "\n" not in message
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("data:\n  source: [meds\ngrid: {}\n")
+    with pytest.raises(config_check.ConfigError, match=r"config.yaml, line 3, column 5: not valid"):
+        config_check.check_yaml_file(path)

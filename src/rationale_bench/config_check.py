@@ -148,3 +148,18 @@ def fill_horizon(question: str, horizon_days: int) -> str:
                 "the labels. Write {horizon} in the question (filled from cohort.horizon_days)."
             )
     return filled
+
+
+def check_yaml_file(path: str | Path) -> None:
+    """Stop with the file, line and column of a YAML syntax error (Snakemake's own message
+    names neither). A missing file is left to Snakemake, whose message is clear."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}.") from None
