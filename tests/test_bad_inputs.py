@@ -716,3 +716,13 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
     path.write_text("data:\n  source: [meds\ngrid: {}\n")
     with pytest.raises(config_check.ConfigError, match=r"config.yaml, line 3, column 5: not valid"):
         config_check.check_yaml_file(path)
+
+
+def test_other_omop_gender_concepts_are_reported_and_mappable(tmp_path):
+    person_table = {**PERSON, "gender_concept_id": [8532, 45878463]}
+    events, quality = omop_ingest(tmp_path, person=person_table)
+    assert checks(quality, "unknown gender concept") == [(1, "kept (warning)")]
+    assert "seen: [45878463]" in detail(quality, "unknown gender concept")
+    path = write_omop(tmp_path / "b" / "cdm", person=person_table)
+    events, _ = run_ingest(tmp_path / "b", "omop", {"path": path}, sex_values={"45878463": "F"})
+    assert sorted(events.filter(pl.col("code") == "SEX/F")["subject_id"].to_list()) == [1, 2]

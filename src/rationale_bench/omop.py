@@ -625,7 +625,10 @@ def _known_persons(
 
 
 def _persons(
-    source: TableSource, formats: list[str], report: QualityReport
+    source: TableSource,
+    formats: list[str],
+    report: QualityReport,
+    sex_values: Mapping[str, str] | None = None,
 ) -> tuple[pl.DataFrame, pl.Series]:
     """Birth and sex events of the person table, and the person ids."""
     if not source.has("person"):
@@ -659,14 +662,21 @@ def _persons(
             "needs one row per person."
         )
     gender = _integer(frame, "gender_concept_id", file)
-    sex = gender.replace_strict(GENDER, default=None, return_dtype=pl.String)
+    # data.sex_values maps further gender concepts ({"45878463": F}); keys are text.
+    mapping = {**GENDER}
+    for key, letter in (sex_values or {}).items():
+        if str(key).strip().isdigit():
+            mapping[int(key)] = letter
+    sex = gender.replace_strict(mapping, default=None, return_dtype=pl.String)
+    unknown = gender.filter(sex.is_null()).drop_nulls().unique().sort().head(5).to_list()
     report.count(
         "unknown gender concept",
         int(sex.is_null().sum()),
         file,
         "gender_concept_id",
         "kept (warning)",
-        "not 8507 (male) or 8532 (female); no SEX/ event, the cohort excludes these persons",
+        f"not 8507 (male) or 8532 (female) (seen: {unknown}); no SEX/ event, the cohort "
+        "excludes these persons; map other concepts with data.sex_values",
     )
 
     def number(column: str) -> pl.Expr:
@@ -843,7 +853,8 @@ def omop_events(
             "(condition_occurrence.csv, .parquet, a folder of parquet parts, or a table in the "
             "DuckDB file); diagnoses, and so the outcome, come from it."
         )
-    person_events, persons = _persons(source, formats, report)
+    rules = rules or Plausibility()
+    person_events, persons = _persons(source, formats, report, rules.sex_values)
     concepts = _optional(source, "concept", report, lambda: _concepts(source, report), None)
     drug_atc = _optional(
         source, "concept_relationship", report, lambda: _drug_atc(source, concepts, report), None
