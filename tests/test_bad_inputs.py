@@ -429,6 +429,8 @@ def test_integral_float_ids_are_accepted():
     frame = pl.DataFrame({"id": [4180628.0, 1.0], "text": ["4180628.0", " 7 "]})
     assert strict_integer(frame, "id", "f").to_list() == [4180628, 1]
     assert strict_integer(frame, "text", "f").to_list() == [4180628, 7]
+    big = pl.DataFrame({"id": ["9007199254740993"]})  # above 2**53: exact, not via float
+    assert strict_integer(big, "id", "f").to_list() == [9007199254740993]
 
 
 def test_fractional_ids_are_still_refused():

@@ -293,10 +293,15 @@ def strict_integer(frame: pl.DataFrame, column: str, file: str) -> pl.Series:
         return values.cast(pl.Int64)
     # Ids stored as DOUBLE (4180628.0) or as text of one ("4180628.0") are integers as long
     # as every value is whole; 4180628.5 is not an id.
-    number = values.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    text = values.cast(pl.String).str.strip_chars()
+    number = text.cast(pl.Float64, strict=False)
     whole = number.is_not_null() & (number == number.floor()) & (number.abs() < 2**53)
+    # Text integers parse exactly (ids above 2**53 included); the float route is the fallback.
     parsed = pl.select(
-        pl.when(whole).then(number.cast(pl.Int64, strict=False)).otherwise(None)
+        pl.coalesce(
+            text.cast(pl.Int64, strict=False),
+            pl.when(whole).then(number.cast(pl.Int64, strict=False)),
+        )
     ).to_series()
     bad = values.is_not_null() & parsed.is_null()
     if bad.any():
