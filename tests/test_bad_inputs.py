@@ -465,9 +465,18 @@ def test_header_only_optional_table_with_generic_columns_is_skipped(tmp_path):
     assert "MEDS_DEATH" not in events["code"].to_list()
 
 
-def test_malformed_optional_table_with_rows_stops_naming_skip_tables(tmp_path):
-    with pytest.raises(DataError, match=r"'death_date' missing.*add it to data.omop.skip_tables"):
-        omop_ingest(tmp_path, death="V1,V2\n1,2010-01-01\n")
+def test_optional_table_with_generic_column_names_is_skipped_with_a_warning(tmp_path):
+    events, quality = omop_ingest(tmp_path, death="column0,column1\n1,2010-01-01\n")
+    assert checks(quality, "optional table skipped") == [(0, "skipped (warning)")]
+    assert "'death_date' missing" in detail(quality, "optional table skipped")
+    assert "non-cases who died are not censored" in detail(quality, "optional table skipped")
+    assert "MEDS_DEATH" not in events["code"].to_list()
+
+
+def test_bad_values_in_a_well_formed_optional_table_stop(tmp_path):
+    death = "person_id,death_date\n1,01/02/2010\n2,03/04/2011\n"
+    with pytest.raises(DataError, match=r"column 'death_date'.*add it to data.omop.skip_tables"):
+        omop_ingest(tmp_path, death=death)
 
 
 def test_skip_tables_leaves_an_optional_table_out_explicitly(tmp_path):

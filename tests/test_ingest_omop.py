@@ -452,8 +452,10 @@ def test_concept_ids_match_descendants_through_concept_ancestor(tmp_path, kind):
     assert dict(flat.select("subject_id", "label").iter_rows()) == dict.fromkeys(range(1, 6), False)
 
 
-def test_concept_ancestor_without_its_columns_stops(tmp_path):
+def test_concept_ancestor_without_its_columns_is_skipped_with_a_warning(tmp_path):
     tables = hierarchy_cdm()
     tables["concept_ancestor"] = {"ancestor_concept_id": [1], "child": [2]}
-    with pytest.raises(DataError, match=r"'descendant_concept_id' missing.*concept_ancestor"):
-        run(tmp_path, write_cdm(tmp_path, "csv", tables))
+    _, _, _, quality = run(tmp_path, write_cdm(tmp_path, "csv", tables))
+    skipped = quality.filter(pl.col("check") == "optional table skipped")
+    assert skipped.select("column", "action").rows() == [("concept_ancestor", "skipped (warning)")]
+    assert "'descendant_concept_id' missing" in skipped["detail"][0]

@@ -118,6 +118,11 @@ class DataError(CohortError):
     """The input data cannot be ingested as it is; the message says where and what to do."""
 
 
+class MissingColumnsError(DataError):
+    """A table lacks columns it needs: its structure is wrong (an optional OMOP table with
+    generic column names is skipped on this error; see omop._optional)."""
+
+
 @dataclass
 class QualityReport:
     """Rows of the data-quality table: what was checked, where, how many rows, what was done."""
@@ -197,7 +202,7 @@ def require_columns(
     """
     missing = [c for c in required if c not in schema]
     if missing:
-        raise DataError(
+        raise MissingColumnsError(
             f"{file}: column(s) {', '.join(repr(c) for c in missing)} missing; {what} needs "
             f"them (found: {', '.join(schema) or 'no columns'}). {fix}."
         )

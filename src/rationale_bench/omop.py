@@ -39,6 +39,7 @@ import polars as pl
 from rationale_bench.data_quality import (
     EVENTS_SCHEMA,
     DataError,
+    MissingColumnsError,
     Plausibility,
     QualityReport,
     check_parse_rate,
@@ -133,6 +134,16 @@ VOCABULARY_TABLES = ("concept", "concept_relationship", "concept_ancestor")
 # data_quality.csv when absent, empty, malformed or listed in data.omop.skip_tables).
 REQUIRED_TABLES = ("person", "condition_occurrence")
 OPTIONAL_TABLES = tuple(t for t in (*EVENT_TABLES, *VOCABULARY_TABLES) if t not in REQUIRED_TABLES)
+# What the cohort loses when an optional table is skipped (said in data_quality.csv).
+OPTIONAL_LOSS = {
+    "death": "no deaths, so non-cases who died are not censored at death",
+    "drug_exposure": "no drugs, so anti-dementia drug exclusions cannot apply",
+    "observation_period": "follow-up comes from the first and last records",
+    "visit_occurrence": "no visits, so the default index (first eligible visit) has no events",
+    "concept": "codes are not named and source concepts are not mapped",
+    "concept_relationship": "drugs are not mapped to ATC",
+    "concept_ancestor": "outcome.concept_ids match only the concepts themselves",
+}
 OMOP_FIX = "OMOP CDM column names are fixed by the standard: rename the columns in your export"
 LINKS_SCHEMA = {"code": pl.String, "concept_id": pl.Int64}
 
@@ -798,24 +809,27 @@ def _skip_list(cfg: Mapping[str, Any], source: TableSource, report: QualityRepor
 
 
 def _optional(source: TableSource, table: str, report: QualityReport, build, fallback):
-    """``build()`` for an optional table. One that is empty (no data rows: a header only, or
-    not even one) is skipped with a warning row whatever its columns; one that has rows but
-    cannot be read stops, saying that data.omop.skip_tables can leave it out. Skipping a
-    table with data silently would change the cohort (deaths, drugs), so that takes a setting.
+    """``build()`` for an optional table. One that is empty (no data rows, whatever its
+    header) or malformed (columns it needs are missing: generic names such as column0) is
+    skipped with a warning row that says what is lost; data.omop.skip_tables makes the skip
+    explicit. Bad values in a well-formed table (ids that are not integers, a date column that
+    does not parse) still stop: those tables hold data the cohort would read wrongly.
     """
     try:
         return build()
     except (DataError, pl.exceptions.PolarsError) as error:
         if table in REQUIRED_TABLES:
             raise
-        if _is_empty(source, table):
+        if isinstance(error, MissingColumnsError) or _is_empty(source, table):
             report.add(
                 "optional table skipped",
                 source.where(table),
                 table,
                 0,
                 "skipped (warning)",
-                f"no data rows and unusable columns ({str(error).splitlines()[0][:200]})",
+                f"{str(error).splitlines()[0][:300]} The {table} table is left out: "
+                f"{OPTIONAL_LOSS.get(table, 'its events are missing')}. Fix the table, or list it "
+                "in data.omop.skip_tables to skip it on purpose.",
             )
             return fallback
         raise DataError(
