@@ -1,9 +1,20 @@
 # rationale-bench: does SFT on LLM-written rationales help or hurt ADRD prediction?
 # The methods section, stage by stage, is in rules/*.smk; the logic is in src/rationale_bench.
 
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from rationale_bench.config_check import ConfigError, check_yaml_file  # noqa: E402
+
+# Snakemake's message for a YAML error names neither the file nor the line.
+try:
+    check_yaml_file("config.yaml")
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 
 configfile: "config.yaml"

@@ -6,6 +6,7 @@ INGEST_OUTPUTS = dict(
     events="results/data/events.parquet",
     codes="results/data/codes.parquet",
     quality="results/data/data_quality.csv",
+    manifest="results/data/manifest.json",
 )
 
 
@@ -14,12 +15,25 @@ INGEST_OUTPUTS = dict(
 INGEST_SETTINGS = study.canonical(
     {
         key: config["data"][key]
-        for key in ("source", "date_formats", "extra_vocabularies", DATA_SOURCE)
+        for key in (
+            "source",
+            "date_formats",
+            "extra_vocabularies",
+            "extraction_date",
+            "timezone",
+            "max_unparseable_fraction",
+            "sex_values",
+            DATA_SOURCE,
+        )
     }
 )
-INGEST_INPUT = (
-    config["data"][DATA_SOURCE].get("path") or f"MISSING: set data.{DATA_SOURCE}.path"
-)
+
+# Each file ingest reads is an input (editing one shard reruns ingest); foreign files in a
+# MEDS data/ folder stop here, listed.
+try:
+    INGEST_INPUT = inputs.ingest_input_files(config["data"])
+except inputs.InputError as error:
+    raise WorkflowError(str(error)) from None
 
 
 if DATA_SOURCE == "synthetic":
@@ -103,10 +117,12 @@ rule build_cohort:
     input:
         events="results/data/events.parquet",
         codes="results/data/codes.parquet",
+        manifest="results/data/manifest.json",
     output:
         cohort="results/cohort/cohort.parquet",
         attrition="results/cohort/attrition.csv",
         aces_task="results/cohort/aces_task.yaml",
+        manifest="results/cohort/manifest.json",
     log:
         "results/logs/build_cohort.log",
     conda:
@@ -130,5 +146,6 @@ rule table_one:
         "../envs/data.yaml"
     params:
         small_cell_threshold=config["cohort"]["small_cell_threshold"],
+        risk_factor_codes=config["cohort"]["risk_factor_codes"],
     script:
         "../workflow_scripts/table_one.py"

@@ -15,11 +15,21 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")]))
 )
 
-from rationale_bench import models, study  # noqa: E402
+from rationale_bench import config_check, inputs, models, study  # noqa: E402
 
-validate(config, "../schemas/config.schema.yaml")
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError:
+    # The validator's message prints the whole schema; one line with the key path instead.
+    schema_file = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+    raise WorkflowError(config_check.short_schema_error(config, schema_file)) from None
 try:
     study.check_grid(config)
+    config_check.check_budgets(config)
+    config["serialization"]["question"] = config_check.fill_horizon(
+        config["serialization"]["question"], config["cohort"]["horizon_days"]
+    )
+    config_check.check_training_split(config, "results/cohort/cohort.parquet")
     for name in config["grid"]["model"]:
         models.source_kind(config["models"][name]["source"])
 except ValueError as error:

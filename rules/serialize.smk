@@ -7,6 +7,8 @@ rule build_histories:
         events="results/data/events.parquet",
         cohort="results/cohort/cohort.parquet",
         code_names="results/data/codes.parquet",
+        data_manifest="results/data/manifest.json",
+        cohort_manifest="results/cohort/manifest.json",
     output:
         "results/histories/{serialization}.parquet",
     log:

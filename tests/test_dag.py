@@ -134,9 +134,11 @@ def test_cohort_reruns_when_the_code_table_changes(workdir):
         "results/data/events.parquet",
         "results/data/codes.parquet",
         "results/data/data_quality.csv",
+        "results/data/manifest.json",
         "results/cohort/cohort.parquet",
         "results/cohort/attrition.csv",
         "results/cohort/aces_task.yaml",
+        "results/cohort/manifest.json",
     ]
     for age, name in enumerate(files):
         path = workdir / name

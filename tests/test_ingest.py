@@ -50,7 +50,8 @@ SHARD_1 = [
     (3, D(1960, 1, 1), "MEDS_BIRTH", None),
     (3, D(1960, 1, 1), "SEX/M", None),
     (3, D(2015, 1, 1), "BAR/2", None),
-    (3, D(2015, 2, 2), "ICD10/i10", None),  # known system, malformed code
+    (3, D(2015, 2, 2), "ICD10/i10", None),  # lower case: normalised to ICD10/I10
+    (3, D(2015, 3, 3), "ICD10/1234", None),  # known system, malformed code
 ]
 
 
@@ -91,6 +92,7 @@ def run_meds(tmp_path, path):
 def test_meds_dataset_is_cleaned_counted_and_keeps_its_code_names(tmp_path, meds_dataset):
     events, codes, quality = run_meds(tmp_path, meds_dataset)
     assert events.rows() == [
+        (1, None, "DATE_UNKNOWN/ICD10/I10", None),  # dated before birth: code kept, date not
         (1, None, "SEX/F", None),
         (1, D(1950, 1, 1), "MEDS_BIRTH", None),
         (1, D(2010, 1, 1), "LAB/LDL", 130.0),
@@ -103,7 +105,8 @@ def test_meds_dataset_is_cleaned_counted_and_keeps_its_code_names(tmp_path, meds
         (3, D(1960, 1, 1), "MEDS_BIRTH", None),
         (3, D(1960, 1, 1), "SEX/M", None),
         (3, D(2015, 1, 1), "BAR/2", None),
-        (3, D(2015, 2, 2), "ICD10/i10", None),
+        (3, D(2015, 2, 2), "ICD10/I10", None),
+        (3, D(2015, 3, 3), "ICD10/1234", None),
     ]
     assert codes.rows() == [
         ("FOO/1", "a local code", []),
@@ -117,25 +120,28 @@ def test_meds_dataset_is_cleaned_counted_and_keeps_its_code_names(tmp_path, meds
         ("code names read", None, 3, "info"),
         # SEX/F and ICD10/E11 (no time) after timed rows, 1949 after 1950.
         ("shard not sorted by subject_id, time", "subject_id, time", 3, "kept (warning)"),
-        ("events checked", None, 17, "info"),
+        ("code normalised", "code", 1, "rewritten"),
+        ("extraction date", "time", 0, "info"),
+        ("events checked", None, 18, "info"),
         ("event after death", "time", 1, "dropped"),
         ("event before birth", "time", 1, "dropped"),
         ("missing time", "time", 1, "dropped"),
+        ("code kept with unknown date", "time", 1, "kept as DATE_UNKNOWN/<code>"),
         ("subject without birth", "code", 1, "kept (warning)"),
         ("subject without sex", "code", 1, "kept (warning)"),
         ("unknown code system", "code", 1, "kept (warning)"),
         ("unknown code system", "code", 1, "kept (warning)"),
         ("malformed code", "code", 1, "kept (warning)"),
         ("exact duplicate event", "subject_id, time, code, numeric_value", 1, "dropped"),
-        ("events written", None, 13, "info"),
+        ("events written", None, 15, "info"),
     ]
     details = quality.filter(pl.col("check") == "unknown code system")["detail"].to_list()
     assert "'BAR' (e.g. BAR/2)" in details[0] and "'FOO' (e.g. FOO/1)" in details[1]
-    # Nothing vanishes: read = written + dropped.
+    # Nothing vanishes: read = written + dropped - date-unknown markers added.
     dropped = quality.filter(pl.col("action") == "dropped")["n_rows"].sum()
-    assert 13 + dropped == 17
+    assert 15 + dropped - 1 == 18
     malformed = quality.filter(pl.col("check") == "malformed code")["detail"][0]
-    assert "ICD10 code (e.g. ICD10/i10)" in malformed
+    assert "ICD10 code (e.g. ICD10/1234)" in malformed
 
 
 def test_extra_vocabularies_silence_the_unknown_code_warning(tmp_path, meds_dataset):
@@ -182,7 +188,8 @@ def test_meds_without_metadata_writes_an_empty_codes_table(tmp_path):
         ),
         (
             pl.DataFrame({"subject_id": [1.5], "time": [D(2000, 1, 1)], "code": ["MEDS_BIRTH"]}),
-            r"bad\.parquet: column 'subject_id' has type Float64, expected an integer",
+            # whole-number floats are ids (tests/test_bad_inputs.py); 1.5 is not
+            r"bad\.parquet: column 'subject_id' is a float column with 1 values that are not",
         ),
         (
             pl.DataFrame({"subject_id": [1], "time": [D(2000, 1, 1)], "code": [7]}),
@@ -243,7 +250,8 @@ def test_synthetic_audit_fails_on_a_generator_bug(tmp_path):
 
 
 def test_clean_events_counts_each_row_once(tmp_path):
-    # A duplicate that is also before birth is counted once, as before birth.
+    # A duplicate that is also before birth is counted once, as before birth; the code stays,
+    # once, as a date-unknown marker.
     frame = meds_frame(
         [
             (1, D(1950, 1, 1), "MEDS_BIRTH", None),
@@ -254,11 +262,13 @@ def test_clean_events_counts_each_row_once(tmp_path):
     )
     report = QualityReport()
     clean, kept = clean_events(frame.lazy(), report, "x")
-    assert kept == 2
-    assert clean.collect().height == 2
+    assert kept == 4  # 2 kept + 2 markers before deduplication
+    assert clean.collect()["code"].to_list() == ["DATE_UNKNOWN/ICD10/I10", "MEDS_BIRTH", "SEX/F"]
     assert [(r["check"], r["n_rows"]) for r in report.rows] == [
+        ("extraction date", 0),
         ("events checked", 4),
         ("event before birth", 2),
+        ("code kept with unknown date", 2),
     ]
 
 
@@ -330,7 +340,9 @@ def test_ingest_rule_runs_through_snakemake(tmp_path):
     assert icd.rows() == [(1, "ICD10/F03"), (2, "ICD10/I10")]
     assert pl.read_parquet(workdir / "results" / "data" / "codes.parquet").height == 0
     quality = pl.read_csv(workdir / "results" / "data" / "data_quality.csv")
-    assert ("special date", 1, "dropped") in quality.select("check", "n_rows", "action").rows()
+    assert ("special date", 1, "kept as DATE_UNKNOWN/<code>") in quality.select(
+        "check", "n_rows", "action"
+    ).rows()
     log = (workdir / "results" / "logs" / "ingest_first_occurrence.log").read_text()
     assert "special date" in log and "events written" in log
 

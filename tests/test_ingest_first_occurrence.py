@@ -49,7 +49,9 @@ EXPECTED = [
     (1, "2008-05-01", "VISIT/ASSESSMENT"),
     (1, "2015-01-01", "ICD10/F03"),
     (1, "2022-10-31", "OBSERVATION_PERIOD/END"),
-    (2, "1945-07-01", "ICD10/E11"),  # 1902-02-02 = "at birth"; 1900-01-01 dropped
+    # 1902-02-02 and 1900-01-01 are UK Biobank placeholders: code present, date unknown
+    (2, None, "DATE_UNKNOWN/ICD10/E11"),
+    (2, None, "DATE_UNKNOWN/ICD10/I10"),
     (2, "1945-07-01", "MEDS_BIRTH"),
     (2, "1945-07-01", "OBSERVATION_PERIOD/START"),
     (2, "1945-07-01", "SEX/M"),
@@ -62,6 +64,7 @@ EXPECTED = [
     (4, "1950-07-01", "MEDS_BIRTH"),
     (4, "1950-07-01", "OBSERVATION_PERIOD/START"),
     (4, "2022-10-31", "OBSERVATION_PERIOD/END"),
+    (5, None, "DATE_UNKNOWN/ICD10/E11"),  # 1930-01-01, before birth: date implausible
     (5, "1938-12-15", "MEDS_BIRTH"),
     (5, "1938-12-15", "OBSERVATION_PERIOD/START"),
     (5, "1938-12-15", "SEX/F"),
@@ -80,15 +83,17 @@ GOLDEN_QUALITY = [
     ("missing baseline date", "baseline_date", 1, "kept (warning)"),
     ("code values read", None, 10, "info"),
     ("unparseable date", "I10", 1, "dropped"),
-    ("special date", "code columns", 1, "dropped"),
-    ("special date", "code columns", 1, "set to birth"),
+    ("special date", "code columns", 1, "kept as DATE_UNKNOWN/<code>"),
+    ("special date", "code columns", 1, "kept as DATE_UNKNOWN/<code>"),
     ("date in birth period before imputed birth", "code columns", 1, "set to birth"),
-    ("events checked", None, 30, "info"),
+    ("extraction date", "time", 0, "info"),
+    ("events checked", None, 31, "info"),
     ("event after death", "time", 1, "dropped"),
     ("event before birth", "time", 1, "dropped"),
+    ("code kept with unknown date", "time", 1, "kept as DATE_UNKNOWN/<code>"),
     ("subject without birth", "code", 1, "kept (warning)"),
     ("subject without sex", "code", 1, "kept (warning)"),
-    ("events written", None, 28, "info"),
+    ("events written", None, 30, "info"),
 ]
 
 

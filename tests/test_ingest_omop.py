@@ -141,6 +141,8 @@ TABLES = {
 }
 
 EXPECTED_EVENTS = [
+    # a condition dated before birth: the code stays, its date is unknown
+    (1, None, "DATE_UNKNOWN/OMOP/320128", None),
     (1, "1940-03-10 00:00:00", "MEDS_BIRTH", None),
     (1, "1940-03-10 00:00:00", "SEX/F", None),
     (1, "2000-01-01 00:00:00", "ICD9/401.9", None),
@@ -212,7 +214,12 @@ def run(tmp_path, path, **omop):
 
 def as_tuples(events: pl.DataFrame) -> list[tuple]:
     return [
-        (s, t.strftime("%Y-%m-%d %H:%M:%S"), c, None if v is None else round(v, 3))
+        (
+            s,
+            None if t is None else t.strftime("%Y-%m-%d %H:%M:%S"),
+            c,
+            None if v is None else round(v, 3),
+        )
         for s, t, c, v in events.iter_rows()
     ]
 
@@ -259,6 +266,7 @@ def test_omop_cdm_becomes_meds_events_and_code_names(tmp_path, kind):
     clinical_out = sum(
         1 for e in EXPECTED_EVENTS if e[2].split("/")[0] in ("ICD9", "ICD10", "ATC", "OMOP")
     )
+    assert n("code kept with unknown date") == [1]
     dropped = quality.filter(
         (pl.col("action") == "dropped") & (pl.col("check") != "exact duplicate event")
     )["n_rows"].sum()
@@ -444,8 +452,10 @@ def test_concept_ids_match_descendants_through_concept_ancestor(tmp_path, kind):
     assert dict(flat.select("subject_id", "label").iter_rows()) == dict.fromkeys(range(1, 6), False)
 
 
-def test_concept_ancestor_without_its_columns_stops(tmp_path):
+def test_concept_ancestor_without_its_columns_is_skipped_with_a_warning(tmp_path):
     tables = hierarchy_cdm()
     tables["concept_ancestor"] = {"ancestor_concept_id": [1], "child": [2]}
-    with pytest.raises(DataError, match=r"'descendant_concept_id' missing.*concept_ancestor"):
-        run(tmp_path, write_cdm(tmp_path, "csv", tables))
+    _, _, _, quality = run(tmp_path, write_cdm(tmp_path, "csv", tables))
+    skipped = quality.filter(pl.col("check") == "optional table skipped")
+    assert skipped.select("column", "action").rows() == [("concept_ancestor", "skipped (warning)")]
+    assert "'descendant_concept_id' missing" in skipped["detail"][0]

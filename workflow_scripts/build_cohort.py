@@ -1,22 +1,25 @@
 import polars as pl
 
 from rationale_bench.aces import write_aces_task
-from rationale_bench.cohort import (
-    ATTRITION_COUNTS,
-    build_cohort,
-    resolve_definition,
-    suppress_small_cells,
-)
+from rationale_bench.cohort import resolve_definition, run_cohort_stage
+from rationale_bench.inputs import write_manifest
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 settings = resolve_definition(snakemake.params.cohort)  # noqa: F821
-events = pl.scan_parquet(snakemake.input.events)  # noqa: F821
-# parent_codes of the ingest's code table extend outcome.concept_ids to their descendants.
-codes = pl.read_parquet(snakemake.input.codes)  # noqa: F821
-cohort, attrition = build_cohort(events, settings, codes=codes)
+inp, out = snakemake.input, snakemake.output  # noqa: F821
+# grid.n_train is read from the config, not a param: changing the grid must not rerun the
+# cohort (the Snakefile checks a changed grid against an existing cohort at parse time).
+cohort, attrition, read = run_cohort_stage(
+    inp.events,
+    inp.codes,
+    inp.manifest,
+    settings,
+    snakemake.config["grid"]["n_train"],  # noqa: F821
+    out.attrition,
+    "results/cohort/attrition_failed.csv",
+)
 log.info("attrition:\n%s", attrition)
-published = suppress_small_cells(attrition, ATTRITION_COUNTS, settings["small_cell_threshold"])
-published.write_csv(snakemake.output.attrition)  # noqa: F821
-write_aces_task(settings, snakemake.output.aces_task, codes)  # noqa: F821
-write_parquet(cohort, snakemake.output.cohort)  # noqa: F821
+write_aces_task(settings, out.aces_task, pl.read_parquet(inp.codes))
+write_parquet(cohort, out.cohort)
+write_manifest(out.manifest, {"cohort": out.cohort}, read={"events": read["events"]})

@@ -1,9 +1,14 @@
 import polars as pl
 
+from rationale_bench.inputs import check_manifest
 from rationale_bench.serialize import build_histories, unknown_code_summary
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
+inp = snakemake.input  # noqa: F821
+# The files must be the ones their stages wrote (rows and digest in their manifests).
+check_manifest(inp.data_manifest, "events", inp.events, "ingest")
+check_manifest(inp.cohort_manifest, "cohort", inp.cohort, "cohort")
 events = pl.scan_parquet(snakemake.input.events)  # noqa: F821
 cohort = pl.read_parquet(snakemake.input.cohort)  # noqa: F821
 cfg = dict(snakemake.params.serialization, variant=snakemake.wildcards.serialization)  # noqa: F821

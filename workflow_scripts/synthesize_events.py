@@ -2,6 +2,7 @@ from datetime import date
 from pathlib import Path
 
 from rationale_bench.ingest import audit_synthetic
+from rationale_bench.inputs import write_manifest
 from rationale_bench.synthetic import write_events
 from rationale_bench.workflow import start
 
@@ -19,3 +20,4 @@ log.info("wrote %d events for %d subjects", n_events, cfg["n_subjects"])
 # The generator's output passes the same checks as real data; codes.parquet stays empty.
 out = snakemake.output  # noqa: F821
 audit_synthetic(out.events, out.codes, out.quality).log_summary(log)
+write_manifest(out.manifest, {"events": out.events, "codes": out.codes})

@@ -15,8 +15,9 @@ Commission 2024 modifiable factors plus common EHR comorbidities and prodromal s
 from __future__ import annotations
 
 import functools
+import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,7 +40,10 @@ __all__ = [
     "RISK_FACTORS",
     "RiskFactor",
     "code_in",
+    "DATE_UNKNOWN_PREFIX",
     "describe",
+    "normalize_code",
+    "normalize_codes",
     "describe_many",
     "matches_any",
     "risk_factors_in",
@@ -406,21 +410,142 @@ def describe_many(codes: Iterable[str]) -> dict[str, str | None]:
     return {c: describe(c) for c in dict.fromkeys(codes)}
 
 
+# --------------------------------------------------------------------------------------
+# Code normalisation. Institutions write the same code in many ways (``icd10/f03.90 ``,
+# ``ICD10CM/F0390``, ``DIAGNOSIS//ICD//10//F0390``, ``GENDER//F``); every match in the pipeline
+# (outcome, exclusions, risk factors, Table 1) compares the one canonical form below, which
+# ingest writes into events.parquet and the cohort applies again to whatever it is given.
+# --------------------------------------------------------------------------------------
+
+# Vocabulary spellings -> the canonical code system. ICD-10-CM codes are ICD-10 codes with
+# more characters, so they share the ICD10/ prefix lists (REFERENCES.md 2.1).
+VOCABULARY_ALIASES: dict[str, str] = {
+    "ICD10": "ICD10",
+    "ICD10CM": "ICD10",
+    "ICD-10": "ICD10",
+    "ICD-10-CM": "ICD10",
+    "ICD10-CM": "ICD10",
+    "ICD9": "ICD9",
+    "ICD9CM": "ICD9",
+    "ICD-9": "ICD9",
+    "ICD-9-CM": "ICD9",
+    "ICD9-CM": "ICD9",
+    "SEX": "SEX",
+    "GENDER": "SEX",
+}
+# Sex values (upper case) -> F / M: MEDS conventions (SEX//F, GENDER//FEMALE) and the OMOP
+# gender concepts 8532 / 8507. Other values are kept as written and counted by ingest.
+SEX_VALUES: dict[str, str] = {
+    "F": "F",
+    "FEMALE": "F",
+    "W": "F",
+    "WOMAN": "F",
+    "8532": "F",
+    "M": "M",
+    "MALE": "M",
+    "MAN": "M",
+    "8507": "M",
+}
+# MEDS-Transforms (MIMIC-IV) diagnosis codes: DIAGNOSIS//ICD//10//F0390.
+_MEDS_DIAGNOSIS = re.compile(r"^DIAGNOSIS//ICD//(9|10)//(.+)$", re.IGNORECASE)
+_ICD10_BARE = re.compile(r"^[A-Z][0-9][0-9A-Z][0-9A-Z]{0,4}$")
+_ICD9_BARE = re.compile(r"^(?:[0-9]{3}|V[0-9]{2}|E[0-9]{3})[0-9]{0,2}$")
+# Events whose code is present but whose date is unknown or implausible (UK Biobank
+# placeholder dates, negative ages, dates before birth or after the extraction): ingest keeps
+# ``DATE_UNKNOWN/<code>`` with no time, so the cohort can exclude an outcome of unknown timing
+# instead of calling the subject a control.
+DATE_UNKNOWN_PREFIX = "DATE_UNKNOWN/"
+
+
+def _dotted(bare: str, head: int) -> str:
+    return f"{bare[:head]}.{bare[head:]}" if len(bare) > head else bare
+
+
+@functools.lru_cache(maxsize=262_144)
+def normalize_code(code: str, sex_values: tuple[tuple[str, str], ...] = ()) -> str:
+    """The canonical form of one code (see the section comment above).
+
+    Surrounding whitespace goes; the vocabulary is upper-cased and its aliases resolved
+    (ICD10CM -> ICD10, GENDER -> SEX); ICD-10 and ICD-9 values are upper-cased and dotted
+    after their category (``F0390`` -> ``F03.90``, ``3310`` -> ``331.0``, ``E8889`` ->
+    ``E888.9``; ICD-10-CM extensions such as ``S060X1A`` -> ``S06.0X1A``); ATC values are
+    upper-cased; sex values are mapped to F / M (``sex_values`` pairs override the defaults).
+    Values that are not code-shaped after this are returned with only the vocabulary fixed,
+    so the shape check of ingest can still count them. Codes without a '/' are only stripped.
+    """
+    code = code.strip()
+    if code.startswith(DATE_UNKNOWN_PREFIX):
+        return DATE_UNKNOWN_PREFIX + normalize_code(code[len(DATE_UNKNOWN_PREFIX) :], sex_values)
+    meds = _MEDS_DIAGNOSIS.match(code)
+    if meds:
+        code = f"ICD{meds.group(1)}/{meds.group(2)}"
+    vocab, sep, value = code.partition("/")
+    if not sep:
+        return code
+    vocab = vocab.strip().upper()
+    vocab = VOCABULARY_ALIASES.get(vocab, vocab)
+    value = value.lstrip("/").strip()
+    if vocab in ("ICD10", "ICD9", "ATC", "SEX"):
+        upper = value.upper()
+        bare = upper.replace(".", "").replace(" ", "")
+        if vocab == "ICD10" and _ICD10_BARE.match(bare):
+            value = _dotted(bare, 3)
+        elif vocab == "ICD9" and _ICD9_BARE.match(bare):
+            value = _dotted(bare, 4 if bare.startswith("E") else 3)
+        elif vocab == "ATC":
+            value = upper
+        elif vocab == "SEX":
+            value = dict(sex_values).get(upper, SEX_VALUES.get(upper, upper))
+    return f"{vocab}/{value}"
+
+
+def normalize_codes(codes: Iterable[str], sex_values: Mapping[str, str] | None = None) -> dict:
+    """``{code: canonical}`` for the codes that change (an empty dict: all canonical)."""
+    pairs = tuple(sorted((str(k).upper(), v) for k, v in (sex_values or {}).items()))
+    out = {}
+    for code in codes:
+        if code is None:
+            continue
+        normal = normalize_code(code, pairs)
+        if normal != code:
+            out[code] = normal
+    return out
+
+
+def normalize_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
+    """A definition's prefixes in canonical form (``icd10/g310`` -> ``ICD10/G31.0``); a bare
+    system prefix (``visit/``, ``ICD10CM/``) only gets its vocabulary fixed."""
+    out = []
+    for prefix in prefixes:
+        vocab, sep, value = prefix.strip().partition("/")
+        if sep and not value.strip("/"):
+            vocab = vocab.upper()
+            out.append(VOCABULARY_ALIASES.get(vocab, vocab) + "/")
+        else:
+            out.append(normalize_code(prefix))
+    return tuple(dict.fromkeys(out))
+
+
 def code_in(code: str, prefixes: Iterable[str]) -> bool:
-    """True when ``code`` starts with any of ``prefixes``."""
-    return code.startswith(tuple(prefixes))
+    """True when the canonical ``code`` starts with any canonical prefix."""
+    return normalize_code(code).startswith(normalize_prefixes(prefixes))
 
 
 def matches_any(expr: pl.Expr, prefixes: Sequence[str]) -> pl.Expr:
-    """Boolean polars expression: ``expr`` starts with any prefix (null codes -> False)."""
+    """Boolean polars expression: ``expr`` starts with any canonical prefix (null -> False).
+
+    ``expr`` must hold canonical codes (ingest writes them; :func:`cohort.build_cohort`
+    normalises what it is given); the prefixes are normalised here.
+    """
     if len(prefixes) == 0:
         return pl.lit(False)
-    return pl.any_horizontal([expr.str.starts_with(p) for p in prefixes]).fill_null(False)
+    canonical = normalize_prefixes(prefixes)
+    return pl.any_horizontal([expr.str.starts_with(p) for p in canonical]).fill_null(False)
 
 
 def risk_factors_in(codes: Iterable[str]) -> list[str]:
     """Names of :data:`RISK_FACTORS` matched by any code, in :data:`RISK_FACTORS` order."""
-    present = set(codes)
+    present = {normalize_code(c) for c in codes}
     return [
         name for name, rf in RISK_FACTORS.items() if any(c.startswith(rf.prefixes) for c in present)
     ]

@@ -21,17 +21,21 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from rationale_bench.codes import (
     ANTI_DEMENTIA_DRUG_PREFIXES,
+    DATE_UNKNOWN_PREFIX,
     OUTCOME_TIERS,
     RISK_FACTORS,
     describe_many,
     matches_any,
+    normalize_codes,
 )
+from rationale_bench.inputs import check_manifest
 
 SPLITS = ("train", "tuning", "held_out")
 DAYS_PER_YEAR = 365.25
@@ -64,6 +68,7 @@ TABLE_ONE_PERCENTS = {f"% condition {k}": f"n condition {k}" for k in range(1, T
 
 DEFAULTS: dict[str, Any] = {
     "min_age": 65,
+    "max_age_at_index": 115,
     "min_prior_observation_days": 730,
     "horizon_days": 1826,
     "index_event_prefixes": ["VISIT/"],
@@ -85,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
         "confirmation": {"rule": "none", "within_days": 365},
     },
     "blackout_days": 0,
+    "risk_factor_codes": {},
     "case_control": {"controls_per_case": None, "seed": 0},
     "small_cell_threshold": None,
     "split": {"seed": 1, "tuning_fraction": 0.1, "held_out_fraction": 0.3},
@@ -92,7 +98,54 @@ DEFAULTS: dict[str, Any] = {
 
 
 class CohortError(ValueError):
-    """The data or the cohort definition cannot give a valid cohort."""
+    """The data or the cohort definition cannot give a valid cohort.
+
+    ``attrition`` is the attrition table up to the failing step, when there is one, so the
+    cohort job can write it even though the cohort fails.
+    """
+
+    def __init__(self, message: str, attrition: pl.DataFrame | None = None) -> None:
+        super().__init__(message)
+        self.attrition = attrition
+
+
+def canonical_codes(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Events with every code in canonical form (:func:`codes.normalize_code`). Ingest already
+    writes canonical codes; this makes a cohort built from other events match the same way.
+    Only the distinct codes are normalised, so canonical data cost one pass."""
+    distinct = events.select(pl.col("code").unique()).collect()["code"].to_list()
+    mapping = normalize_codes(distinct)
+    return events.with_columns(pl.col("code").replace(mapping)) if mapping else events
+
+
+def outcome_absent_message(events: pl.LazyFrame, defn: Mapping[str, Any]) -> str:
+    """Why no event matches the outcome definition: the data's code systems, and a hint."""
+    systems = (
+        events.select(
+            vocabulary=pl.when(pl.col("code").str.contains("/", literal=True))
+            .then(pl.col("code").str.extract(r"^([^/]*)/"))
+            .otherwise(pl.col("code"))
+        )
+        .group_by("vocabulary")
+        .len()
+        .sort("len", descending=True)
+        .head(6)
+        .collect()
+    )
+    seen = ", ".join(f"{v} ({n} events)" for v, n in systems.iter_rows())
+    wanted = sorted({p.split("/")[0] for p in outcome_prefixes(defn)})
+    hint = ""
+    if not any(v in wanted for v in systems["vocabulary"].to_list()):
+        hint = (
+            " The data's codes look like another vocabulary than the outcome's "
+            f"({', '.join(wanted)}): for OMOP data set cohort.outcome.concept_ids, or map the "
+            "codes in your ETL."
+        )
+    return (
+        "cohort: no event matches the outcome codes "
+        f"(cohort.outcome.tier '{defn['outcome']['tier']}', outcome_code_prefixes, outcome.regex, "
+        f"outcome.concept_ids); nothing could be a case. Code systems in the data: {seen}.{hint}"
+    )
 
 
 def check_events_schema(events: pl.LazyFrame | pl.DataFrame, source: str) -> None:
@@ -145,7 +198,8 @@ def subject_summary(events: pl.LazyFrame) -> pl.LazyFrame:
 
 def _merge(default: Any, given: Any, path: str) -> Any:
     """``given`` over ``default``, recursively for mappings; unknown keys are errors."""
-    if not isinstance(default, dict) or given is None:
+    # An empty default mapping (risk_factor_codes) is a free-form table, not a key list.
+    if not isinstance(default, dict) or given is None or default == {}:
         return copy.deepcopy(given)
     if not isinstance(given, Mapping):
         raise CohortError(f"{path} must be a mapping, got {given!r}.")
@@ -256,17 +310,30 @@ def code_set(
     return pl.any_horizontal(parts)
 
 
-def outcome_code_expr(defn: Mapping[str, Any], codes: pl.DataFrame | None = None) -> pl.Expr:
-    """True for events carrying an outcome (diagnosis) code."""
+def outcome_code_expr(
+    defn: Mapping[str, Any], codes: pl.DataFrame | None = None, expr: pl.Expr | None = None
+) -> pl.Expr:
+    """True for events carrying an outcome (diagnosis) code (``expr``: the code, by default
+    the ``code`` column)."""
     o = defn["outcome"]
-    return code_set(pl.col("code"), outcome_prefixes(defn), o["regex"], o["concept_ids"], codes)
+    expr = pl.col("code") if expr is None else expr
+    return code_set(expr, outcome_prefixes(defn), o["regex"], o["concept_ids"], codes)
 
 
-def drug_expr(defn: Mapping[str, Any], codes: pl.DataFrame | None = None) -> pl.Expr:
+def unknown_date_expr(defn: Mapping[str, Any], codes: pl.DataFrame | None = None) -> pl.Expr:
+    """True for ``DATE_UNKNOWN/<code>`` events whose code is an outcome or exclusion drug."""
+    marked = pl.col("code").str.starts_with(DATE_UNKNOWN_PREFIX)
+    inner = pl.col("code").str.strip_prefix(DATE_UNKNOWN_PREFIX)
+    return marked & (outcome_code_expr(defn, codes, inner) | drug_expr(defn, codes, inner))
+
+
+def drug_expr(
+    defn: Mapping[str, Any], codes: pl.DataFrame | None = None, expr: pl.Expr | None = None
+) -> pl.Expr:
     """True for events carrying an anti-dementia drug code."""
     o = defn["outcome"]
     return code_set(
-        pl.col("code"),
+        pl.col("code") if expr is None else expr,
         defn["exclusion_drug_prefixes"],
         o["drug_regex"],
         o["drug_concept_ids"],
@@ -467,7 +534,9 @@ def build_cohort(
     defn = resolve_definition(cfg)
     events = events.lazy()
     check_events_schema(events, "events")
-    events = events.select("subject_id", pl.col("time").cast(pl.Datetime("us")), "code")
+    events = canonical_codes(
+        events.select("subject_id", pl.col("time").cast(pl.Datetime("us")), "code")
+    )
     summary = subject_summary(events).collect()
     n_all = summary.height
     if n_all == 0:
@@ -497,24 +566,53 @@ def build_cohort(
             }
         )
 
+    def fail(message: str) -> CohortError:
+        return CohortError(message, _attrition_table(steps))
+
+    unknown_date = unknown_date_expr(defn, codes)
     known = summary.filter(pl.col("birth_time").is_not_null() & pl.col("sex").is_not_null())
     record("birth date and sex recorded", known, labelled=False)
+    if known.height == 0:
+        raise fail(
+            "cohort: no subject has both a birth date (MEDS_BIRTH) and a sex (SEX/F or SEX/M); "
+            "all were lost at step 'birth date and sex recorded'. See data_quality.csv for "
+            "'subject without birth' / 'subject without sex' / 'unknown sex value' and map the "
+            "codes at ingest (data.sex_values)."
+        )
 
     index_times = find_index_times(events, known.lazy(), defn)
     indexed = known.lazy().join(index_times, on="subject_id")
     labelled = _outcome_in_window(events, indexed, defn, codes).collect()
     record(index_step_name(defn), labelled, labelled=True)
     if labelled.height == 0:
-        raise CohortError(
+        raise fail(
             f"cohort: no subject passes the index step under cohort.index.strategy "
             f"'{defn['index']['strategy']}' ({index_step_name(defn)}); check the index codes "
             "are in the data, cohort.min_age and cohort.min_prior_observation_days."
         )
+    age_at_index = (pl.col("index_time") - pl.col("birth_time")).dt.total_days() / DAYS_PER_YEAR
+    plausible = labelled.filter(age_at_index <= defn["max_age_at_index"])
+    if plausible.height < labelled.height:
+        record(
+            f"age at index at most {defn['max_age_at_index']} years "
+            "(implausible ages, cohort.max_age_at_index, dropped)",
+            plausible,
+            labelled=True,
+        )
 
-    step = labelled.filter(~pl.col("prior_outcome"))
+    step = plausible.filter(~pl.col("prior_outcome"))
     record("no outcome code at or before index", step, labelled=True)
     step = step.filter(~pl.col("prior_drug"))
     record("no anti-dementia drug at or before index", step, labelled=True)
+    undated = events.filter(unknown_date).select("subject_id").unique().collect()
+    if undated.height:
+        step = step.filter(~pl.col("subject_id").is_in(undated["subject_id"].implode()))
+        record(
+            "no outcome code or anti-dementia drug of unknown date (timing unknown: excluded, "
+            "not kept as a control)",
+            step,
+            labelled=True,
+        )
 
     observed_until = pl.min_horizontal(pl.col("observation_end"), pl.col("death_time"))
     step = step.with_columns(
@@ -528,9 +626,21 @@ def build_cohort(
     record("non-cases observed through the horizon", step, labelled=True)
 
     if step.height == 0:
-        raise CohortError(
-            "cohort: no subject passes the cohort definition; the attrition table shows where "
-            "they are lost. Check cohort.min_age, min_prior_observation_days and horizon_days."
+        raise fail(
+            "cohort: no subject passes the cohort definition; "
+            f"{_where_lost(steps, 'n_subjects')}. The attrition table (results/cohort/"
+            "attrition.csv) shows every step. Check cohort.min_age, min_prior_observation_days "
+            "and horizon_days."
+        )
+    if check_splits and step["label"].sum() == 0:
+        any_outcome = outcome_code_expr(defn, codes) | unknown_date
+        if events.filter(any_outcome).head(1).collect().height == 0:
+            raise fail(outcome_absent_message(events, defn))
+        raise fail(
+            f"cohort: no case is left; {_where_lost(steps, 'n_cases')}. Outcome codes exist in "
+            "the data but none falls in the window (index, index + cohort.horizon_days]: check "
+            "the index strategy and horizon, or whether the outcome codes only appear before "
+            "index (prior outcomes are excluded)."
         )
 
     split_cfg = defn["split"]
@@ -572,12 +682,86 @@ def build_cohort(
     for split in SPLITS if check_splits else ():
         part = cohort.filter(pl.col("split") == split)
         if part.height == 0 or part["label"].sum() == 0 or part["label"].all():
-            raise CohortError(
+            raise fail(
                 f"cohort: split '{split}' has {part.height} subjects and "
-                f"{int(part['label'].sum()) if part.height else 0} cases; every split needs cases "
-                "and non-cases. Use more subjects or change cohort.split fractions."
+                f"{int(part['label'].sum()) if part.height else 0} cases (the cohort has "
+                f"{cohort.height} subjects, {int(cohort['label'].sum())} cases); every split needs "
+                "cases and non-cases. Use more subjects or change cohort.split fractions."
             )
     return cohort, _attrition_table(steps)
+
+
+def _where_lost(steps: list[dict[str, Any]], column: str) -> str:
+    """Which attrition step removed the most of ``column`` (subjects or cases), in words."""
+    worst, lost = None, 0
+    for before, after in zip(steps, steps[1:], strict=False):
+        a, b = before.get(column), after.get(column)
+        if a is None and column == "n_cases" and b == 0:
+            return f"no subject had an outcome in the window at step '{after['step']}'"
+        if a is not None and b is not None and a - b > lost:
+            worst, lost = after["step"], a - b
+    if worst is None:
+        return "no step removed them"
+    what = "cases" if column == "n_cases" else "subjects"
+    return f"most {what} ({lost}) were lost at step '{worst}'"
+
+
+def check_training_size(cohort: pl.DataFrame, n_train: Sequence[int]) -> None:
+    """The largest grid.n_train must fit the training split: checked in the cohort job, so
+    that no history, teacher or training job starts on a grid that cannot run."""
+    if not n_train:
+        return
+    available = cohort.filter(pl.col("split") == "train").height
+    largest = max(int(n) for n in n_train)
+    if largest > available:
+        raise CohortError(
+            f"grid.n_train asks for {largest} training subjects, but the cohort's training split "
+            f"has {available} (of {cohort.height} subjects). Lower grid.n_train to at most "
+            f"{available}, add subjects, or change cohort.split fractions."
+        )
+
+
+def run_cohort_stage(
+    events_path: str | Path,
+    codes_path: str | Path,
+    ingest_manifest: str | Path,
+    settings: Mapping[str, Any],
+    n_train: Sequence[int],
+    attrition_path: str | Path,
+    failed_attrition_path: str | Path,
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """The cohort job: check ingest's files against its manifest, build the cohort, check
+    the grid's n_train, write the published attrition table; returns the cohort, the attrition
+    table and the records (rows, digest) of the files read.
+
+    When the cohort fails, the attrition table up to the failing step is written to
+    ``failed_attrition_path`` (Snakemake deletes a failed job's outputs) and the error names it.
+    """
+    read = {
+        name: check_manifest(ingest_manifest, name, path, "ingest")
+        for name, path in (("events", events_path), ("codes", codes_path))
+    }
+    events = pl.scan_parquet(events_path)
+    # parent_codes of the ingest's code table extend outcome.concept_ids to their descendants.
+    codes = pl.read_parquet(codes_path)
+    threshold = settings["small_cell_threshold"]
+    attrition = None
+    try:
+        cohort, attrition = build_cohort(events, settings, codes=codes)
+        check_training_size(cohort, n_train)
+    except CohortError as error:
+        table = error.attrition if error.attrition is not None else attrition
+        if table is None:
+            raise
+        Path(failed_attrition_path).parent.mkdir(parents=True, exist_ok=True)
+        suppress_small_cells(table, ATTRITION_COUNTS, threshold).write_csv(failed_attrition_path)
+        raise CohortError(
+            f"{error} The attrition table up to this point: {failed_attrition_path}.", table
+        ) from None
+    Path(attrition_path).parent.mkdir(parents=True, exist_ok=True)
+    suppress_small_cells(attrition, ATTRITION_COUNTS, threshold).write_csv(attrition_path)
+    Path(failed_attrition_path).unlink(missing_ok=True)
+    return cohort, attrition, read
 
 
 def _attrition_table(steps: list[dict[str, Any]]) -> pl.DataFrame:
@@ -661,20 +845,38 @@ def top_conditions(
     ).select("category", "name", "n_subjects")
 
 
-def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame:
+def table_one(
+    cohort: pl.DataFrame,
+    history_codes: pl.DataFrame,
+    risk_factor_codes: Mapping[str, Sequence[str]] | None = None,
+) -> pl.DataFrame:
     """Table 1 by split and label: size, age, sex, follow-up, risk-factor prevalence and the
     cohort's most frequent conditions.
 
     ``history_codes`` holds ``subject_id, code`` of input events (strictly before index).
+    Risk factors match their ICD-10 prefixes (:data:`codes.RISK_FACTORS`) plus any codes
+    ``risk_factor_codes`` adds per factor (``cohort.risk_factor_codes``: OMOP concepts or
+    another vocabulary's codes). A factor that cannot be matched in these data (no ICD-10 code
+    in any history and no added codes for it) is null, shown as n/a, never 0%.
     Conditions: the :data:`TOP_CONDITIONS` ICD-10 3-character categories most prevalent in the
     whole cohort (:func:`top_conditions`), the same in every row, as ``condition k`` (code and
     name), ``n condition k`` and ``% condition k`` (subjects of the row with the category);
     unused slots (fewer categories in the data) are null.
     """
+    extra = risk_factor_codes or {}
+    unknown = sorted(set(extra) - set(RISK_FACTORS))
+    if unknown:
+        raise CohortError(
+            f"cohort.risk_factor_codes: unknown risk factor(s) {unknown}; known: "
+            f"{', '.join(RISK_FACTORS)}."
+        )
+    has_icd10 = bool(history_codes["code"].str.starts_with("ICD10/").any())
+    mappable = {name: has_icd10 or bool(extra.get(name)) for name in RISK_FACTORS}
     flags = []
     for name, factor in RISK_FACTORS.items():
+        prefixes = [*factor.prefixes, *extra.get(name, [])]
         has = (
-            history_codes.filter(matches_any(pl.col("code"), factor.prefixes))
+            history_codes.filter(matches_any(pl.col("code"), prefixes))
             .select("subject_id")
             .unique()
             .with_columns(pl.lit(True).alias(name))
@@ -708,12 +910,11 @@ def table_one(cohort: pl.DataFrame, history_codes: pl.DataFrame) -> pl.DataFrame
             flag.mean().mul(100).round(1).alias(f"% condition {k}"),
         ]
     factor_cols = [
-        pl.col(name)
-        .fill_null(False)
-        .mean()
-        .mul(100)
-        .round(1)
-        .alias(f"% {RISK_FACTORS[name].label}")
+        (
+            pl.col(name).fill_null(False).mean().mul(100).round(1)
+            if mappable[name]
+            else pl.lit(None, dtype=pl.Float64)
+        ).alias(f"% {RISK_FACTORS[name].label}")
         for name in RISK_FACTORS
     ]
     return (

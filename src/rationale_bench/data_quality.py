@@ -9,13 +9,16 @@ with single rows are dropped or kept with a warning, and each is one row of
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
+from rationale_bench.codes import DATE_UNKNOWN_PREFIX, normalize_codes
 from rationale_bench.cohort import CohortError
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ KNOWN_VOCABULARIES = (
     "SEX",
     "OMOP",
     "OBSERVATION_PERIOD",
+    "DATE_UNKNOWN",
 )
 # The shape of a code's value in the systems whose codes the cohort matches by prefix.
 CODE_SHAPES = {
@@ -58,13 +62,65 @@ CODE_SHAPES = {
     "ICD9": r"^([0-9]{3}|V[0-9]{2}|E[0-9]{3})(\.[0-9]{1,2})?$",
     "ATC": r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$",
 }
-# Codes that may carry no time in MEDS (static measurements).
+# Codes that may carry no time in MEDS (static measurements), and the date-unknown markers.
+STATIC_PREFIXES = ("SEX/", DATE_UNKNOWN_PREFIX)
 STATIC_PREFIX = "SEX/"
+# Codes that describe the person or the record, not a clinical finding: an implausible date
+# drops them without a DATE_UNKNOWN/ marker.
+NOT_CLINICAL = ("MEDS_", "SEX/", "VISIT/", "OBSERVATION_PERIOD/", DATE_UNKNOWN_PREFIX)
 MAX_VOCABULARY_ROWS = 20
+TIMEZONE_POLICIES = ("utc", "local")
+
+
+@dataclass(frozen=True)
+class Plausibility:
+    """The plausibility rules of ingest (``data.*`` settings; see docs/data.md).
+
+    ``extraction_date``: events after it are implausible (null: inferred as the latest event
+    that is not in the future, and reported); ``today``: events after it are in the future;
+    ``timezone``: what to do with zoned times (null: UTC passes, any other zone stops;
+    'utc' converts to UTC; 'local' keeps the written clock time); ``max_unparseable_fraction``:
+    a date or number column with at least this share of unparseable values stops ingest;
+    ``sex_values``: extra sex values (upper case) -> F / M.
+    """
+
+    extraction_date: dt.date | None = None
+    today: dt.date = field(default_factory=dt.date.today)
+    timezone: str | None = None
+    max_unparseable_fraction: float = 0.5
+    sex_values: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, data_cfg: Mapping[str, Any]) -> Plausibility:
+        date = data_cfg.get("extraction_date")
+        if isinstance(date, str):
+            try:
+                date = dt.date.fromisoformat(date)
+            except ValueError:
+                raise DataError(
+                    f"data.extraction_date '{date}' is not a YYYY-MM-DD date."
+                ) from None
+        policy = data_cfg.get("timezone")
+        if policy is not None and policy not in TIMEZONE_POLICIES:
+            raise DataError(
+                f"data.timezone '{policy}' is unknown; use one of {', '.join(TIMEZONE_POLICIES)} "
+                "or null."
+            )
+        return cls(
+            extraction_date=date,
+            timezone=policy,
+            max_unparseable_fraction=float(data_cfg.get("max_unparseable_fraction", 0.5)),
+            sex_values={str(k).upper(): v for k, v in (data_cfg.get("sex_values") or {}).items()},
+        )
 
 
 class DataError(CohortError):
     """The input data cannot be ingested as it is; the message says where and what to do."""
+
+
+class MissingColumnsError(DataError):
+    """A table lacks columns it needs: its structure is wrong (an optional OMOP table with
+    generic column names is skipped on this error; see omop._optional)."""
 
 
 @dataclass
@@ -133,21 +189,102 @@ class QualityReport:
 
 
 def require_columns(
-    schema: pl.Schema | Mapping[str, pl.DataType], required: Iterable[str], file: str, what: str
+    schema: pl.Schema | Mapping[str, pl.DataType],
+    required: Iterable[str],
+    file: str,
+    what: str,
+    fix: str = "Rename the columns in your data to these names",
 ) -> None:
-    """Stop when a column the adapter needs is absent, listing what the file has instead."""
+    """Stop when a column the adapter needs is absent, listing what the file has instead.
+
+    ``fix`` says how to repair it: the column setting where one exists (first-occurrence
+    tables), else renaming (OMOP and MEDS column names are fixed by their standards).
+    """
     missing = [c for c in required if c not in schema]
     if missing:
-        raise DataError(
+        raise MissingColumnsError(
             f"{file}: column(s) {', '.join(repr(c) for c in missing)} missing; {what} needs "
-            f"them (found: {', '.join(schema) or 'no columns'}). Rename the columns in your data "
-            "or point the data.* column settings at the right names."
+            f"them (found: {', '.join(schema) or 'no columns'}). {fix}."
         )
 
 
-def parse_datetime(expr: pl.Expr, dtype: pl.DataType, formats: Sequence[str]) -> pl.Expr:
-    """A datetime[us] expression from a date, datetime or text column (nulls where unparseable)."""
-    if dtype == pl.Date or isinstance(dtype, pl.Datetime):
+def check_parse_rate(
+    file: str,
+    column: str,
+    raw: pl.Series,
+    parsed: pl.Series,
+    what: str,
+    setting: str,
+    max_fraction: float = 0.5,
+) -> int:
+    """Stop when at least ``max_fraction`` of a column's set values do not parse: that is a
+    wrong format for the whole column, not bad rows. Returns the count of bad values."""
+    n_set = int(raw.is_not_null().sum())
+    bad = raw.is_not_null() & parsed.is_null()
+    n_bad = int(bad.sum())
+    if n_set and n_bad / n_set >= max_fraction:
+        examples = ", ".join(repr(v) for v in raw.filter(bad).head(3).to_list())
+        raise DataError(
+            f"{file}: column '{column}': {n_bad} of {n_set} values ({100 * n_bad / n_set:.0f}%) "
+            f"are not {what} (e.g. {examples}). The whole column looks misread: {setting} "
+            f"(data.max_unparseable_fraction {max_fraction} stops ingest here)."
+        )
+    return n_bad
+
+
+def zone_of(dtype: pl.DataType) -> str | None:
+    return dtype.time_zone if isinstance(dtype, pl.Datetime) else None
+
+
+def naive_times(expr: pl.Expr, dtype: pl.DataType, policy: str | None, where: str) -> pl.Expr:
+    """Zone-free datetime[us] times from a datetime column, by the ``data.timezone`` policy.
+
+    UTC times pass under every policy (the clock is UTC either way); another zone stops
+    unless data.timezone says whether to convert to UTC or keep the written clock time.
+    """
+    zone = zone_of(dtype)
+    if zone is None:
+        return expr.cast(pl.Datetime("us"))
+    if policy == "local":
+        return expr.dt.replace_time_zone(None).cast(pl.Datetime("us"))
+    if policy is None and zone not in ("UTC", "Etc/UTC", "+00:00"):
+        raise DataError(
+            f"{where}: times carry the time zone '{zone}'; the pipeline's times have none. Set "
+            "data.timezone to 'utc' (convert to UTC) or 'local' (keep the clock time as written)."
+        )
+    return expr.dt.convert_time_zone("UTC").dt.replace_time_zone(None).cast(pl.Datetime("us"))
+
+
+def report_timezone(
+    report: QualityReport, dtype: pl.DataType, policy: str | None, file: str, column: str, n: int
+) -> None:
+    """One row for a zoned column: what the policy did to it."""
+    zone = zone_of(dtype)
+    if zone is not None:
+        done = "kept clock time" if policy == "local" else "converted to UTC"
+        report.add(
+            "time zone removed",
+            file,
+            column,
+            n,
+            done,
+            f"times in zone '{zone}', data.timezone {policy or 'null (UTC only)'}",
+        )
+
+
+def parse_datetime(
+    expr: pl.Expr,
+    dtype: pl.DataType,
+    formats: Sequence[str],
+    timezone: str | None = None,
+    where: str = "",
+) -> pl.Expr:
+    """A datetime[us] expression from a date, datetime or text column (nulls where unparseable).
+
+    Zoned datetimes follow the ``data.timezone`` policy (:func:`naive_times`)."""
+    if isinstance(dtype, pl.Datetime):
+        return naive_times(expr, dtype, timezone, where)
+    if dtype == pl.Date:
         return expr.cast(pl.Datetime("us"))
     text = expr.cast(pl.String).str.strip_chars()
     attempts = [text.str.to_datetime(fmt, strict=False, time_unit="us") for fmt in formats]
@@ -159,7 +296,18 @@ def strict_integer(frame: pl.DataFrame, column: str, file: str) -> pl.Series:
     values = frame[column]
     if values.dtype.is_integer():
         return values.cast(pl.Int64)
-    parsed = values.cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+    # Ids stored as DOUBLE (4180628.0) or as text of one ("4180628.0") are integers as long
+    # as every value is whole; 4180628.5 is not an id.
+    text = values.cast(pl.String).str.strip_chars()
+    number = text.cast(pl.Float64, strict=False)
+    whole = number.is_not_null() & (number == number.floor()) & (number.abs() < 2**53)
+    # Text integers parse exactly (ids above 2**53 included); the float route is the fallback.
+    parsed = pl.select(
+        pl.coalesce(
+            text.cast(pl.Int64, strict=False),
+            pl.when(whole).then(number.cast(pl.Int64, strict=False)),
+        )
+    ).to_series()
     bad = values.is_not_null() & parsed.is_null()
     if bad.any():
         examples = ", ".join(repr(v) for v in values.filter(bad).head(3).to_list())
@@ -167,7 +315,7 @@ def strict_integer(frame: pl.DataFrame, column: str, file: str) -> pl.Series:
             f"{file}: column '{column}' has {int(bad.sum())} values that are not integers "
             f"(e.g. {examples}); ids must be integers. Map them to integers in your export."
         )
-    return parsed
+    return parsed.alias(column)
 
 
 def _vocabulary(code: pl.Expr) -> pl.Expr:
@@ -178,11 +326,29 @@ def _vocabulary(code: pl.Expr) -> pl.Expr:
     )
 
 
-def normalize_events(events: pl.LazyFrame, file: str) -> pl.LazyFrame:
-    """Check the MEDS columns and their types (stop on a problem), cast to the pipeline's."""
-    schema = events.collect_schema()
+def normalize_events(events: pl.LazyFrame, file: str, timezone: str | None = None) -> pl.LazyFrame:
+    """Check the MEDS columns and their types (stop on a problem), cast to the pipeline's.
+
+    Zoned times follow ``data.timezone`` (:func:`naive_times`)."""
+    try:
+        schema = events.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise DataError(
+            f"{file}: cannot be read as parquet ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]}); the file is corrupt or not parquet. "
+            "Re-export it or remove it from the dataset."
+        ) from None
     require_columns(schema, ("subject_id", "time", "code"), file, "MEDS events")
-    if not schema["subject_id"].is_integer():
+    if schema["subject_id"].is_float():
+        # Ids written as whole-number floats (a pandas export with NaN) are still ids.
+        sid = pl.col("subject_id")
+        fractional = events.select((sid.is_not_null() & (sid != sid.floor())).sum()).collect()
+        if fractional.item():
+            raise DataError(
+                f"{file}: column 'subject_id' is a float column with {fractional.item()} "
+                "values that are not whole numbers; MEDS subject ids are int64. Fix the export."
+            )
+    elif not schema["subject_id"].is_integer():
         raise DataError(
             f"{file}: column 'subject_id' has type {schema['subject_id']}, expected an integer. "
             "MEDS subject ids are int64; map them to integers in your ETL."
@@ -210,10 +376,73 @@ def normalize_events(events: pl.LazyFrame, file: str) -> pl.LazyFrame:
         value = pl.lit(None, dtype=pl.Float32)
     return events.select(
         pl.col("subject_id").cast(pl.Int64, strict=False),
-        pl.col("time").cast(pl.Datetime("us")),
+        naive_times(pl.col("time"), schema["time"], timezone, f"{file}: column 'time'"),
         pl.col("code").cast(pl.String),
         value.alias("numeric_value"),
     )
+
+
+def normalise_event_codes(
+    events: pl.LazyFrame, report: QualityReport, file: str, sex_values: Mapping[str, str]
+) -> pl.LazyFrame:
+    """Rewrite every code to its canonical form (:func:`codes.normalize_code`), counted per
+    code system, and count sex codes that are neither F nor M."""
+    distinct = events.group_by("code").agg(n=pl.len()).drop_nulls("code").collect()
+    mapping = normalize_codes(distinct["code"].to_list(), sex_values)
+    if mapping:
+        changed = distinct.filter(pl.col("code").is_in(list(mapping))).with_columns(
+            new=pl.col("code").replace_strict(mapping)
+        )
+        per_system = (
+            changed.with_columns(vocabulary=_vocabulary(pl.col("new")))
+            .group_by("vocabulary")
+            .agg(n=pl.col("n").sum(), k=pl.len(), old=pl.col("code").min())
+            .sort("vocabulary")
+        )
+        for vocabulary, n, k, old in per_system.iter_rows():
+            example = mapping[old]
+            report.add(
+                "code normalised",
+                file,
+                "code",
+                n,
+                "rewritten",
+                f"{k} distinct {vocabulary} codes written another way, e.g. {old!r} -> "
+                f"{example!r} (case, spaces, dots, vocabulary name); matching uses the canonical "
+                "form",
+            )
+        events = events.with_columns(pl.col("code").replace(mapping))
+    canonical = distinct.with_columns(code=pl.col("code").replace(mapping))
+    odd_sex = canonical.filter(
+        pl.col("code").str.starts_with("SEX/") & ~pl.col("code").is_in(["SEX/F", "SEX/M"])
+    )
+    if odd_sex.height:
+        report.add(
+            "unknown sex value",
+            file,
+            "code",
+            int(odd_sex["n"].sum()),
+            "kept (warning)",
+            f"{', '.join(sorted(odd_sex['code'].unique().to_list())[:5])}: neither female nor "
+            "male; map such values with data.sex_values (e.g. {U: F}) if they mean one",
+        )
+    return events
+
+
+def _extraction_end(
+    events: pl.LazyFrame, rules: Plausibility, report: QualityReport, file: str
+) -> tuple[dt.datetime, dt.datetime]:
+    """The first instants after today and after the extraction date (given or inferred)."""
+    future = dt.datetime.combine(rules.today + dt.timedelta(days=1), dt.time())
+    date = rules.extraction_date
+    how = "data.extraction_date"
+    if date is None:
+        latest = events.filter(pl.col("time") < future).select(pl.col("time").max()).collect()
+        value = latest.item()
+        date = value.date() if value is not None else rules.today
+        how = "inferred: the latest event not in the future; set data.extraction_date to fix it"
+    report.add("extraction date", file, "time", 0, "info", f"{date.isoformat()} ({how})")
+    return future, dt.datetime.combine(date + dt.timedelta(days=1), dt.time())
 
 
 def clean_events(
@@ -221,18 +450,29 @@ def clean_events(
     report: QualityReport,
     file: str,
     known_vocabularies: Sequence[str] = KNOWN_VOCABULARIES,
+    rules: Plausibility | None = None,
 ) -> tuple[pl.LazyFrame, int]:
     """Check MEDS events, count every problem in ``report``; the rows to keep and their count.
 
-    Dropped (each row counted under the first check it fails): a missing subject_id or code,
-    a missing time on a code that is not static (``SEX/``), events before the subject's birth or
-    after their death (grace 0 days), and exact duplicate rows. Kept with a warning: subjects
-    without a birth or sex event (the cohort's attrition table excludes them) and codes of an
+    Codes are first rewritten to their canonical form (counted). Dropped (each row counted
+    under the first check it fails): a missing subject_id or code, a missing time on a code
+    that is not static (``SEX/``, ``DATE_UNKNOWN/``), events in the future or after the
+    extraction date (:class:`Plausibility`), events before the subject's birth or after their
+    death (grace 0 days), and exact duplicate rows. A clinical code dropped for an implausible
+    date (future, after extraction, before birth) stays as ``DATE_UNKNOWN/<code>`` without a
+    time: the code is present, its date is not, and the cohort must not call such a subject a
+    control. Kept with a warning: subjects without a birth or sex event and codes of an
     unknown code system. The rows are deduplicated and sorted by subject and time (null-time
-    static codes first, as MEDS orders them); the count
-    is before deduplication, so the caller can count the duplicates it writes.
+    static codes first, as MEDS orders them); the count is before deduplication, so the
+    caller can count the duplicates it writes.
     """
-    events = normalize_events(events, file)
+    rules = rules or Plausibility()
+    raw_time = _raw_time_type(events, file)
+    events = normalize_events(events, file, rules.timezone)
+    if zone_of(raw_time) is not None:
+        n_zoned = events.select(pl.col("time").is_not_null().sum()).collect().item()
+        report_timezone(report, raw_time, rules.timezone, file, "time", n_zoned)
+    events = normalise_event_codes(events, report, file, rules.sex_values)
     code = pl.col("code")
     per_subject = events.group_by("subject_id").agg(
         _birth=pl.col("time").filter(code == "MEDS_BIRTH").min(),
@@ -241,11 +481,17 @@ def clean_events(
         _n_deaths=pl.col("time").filter(code == "MEDS_DEATH").n_unique(),
         _has_sex=code.str.starts_with("SEX/").any(),
     )
+    future, after_extraction = _extraction_end(events, rules, report, file)
+    static = pl.any_horizontal([code.str.starts_with(p) for p in STATIC_PREFIXES])
     reason = (
         pl.when(pl.col("subject_id").is_null() | code.is_null())
         .then(pl.lit("missing subject_id or code"))
-        .when(pl.col("time").is_null() & ~code.str.starts_with(STATIC_PREFIX))
+        .when(pl.col("time").is_null() & ~static)
         .then(pl.lit("missing time"))
+        .when(pl.col("time") >= future)
+        .then(pl.lit("event in the future"))
+        .when(pl.col("time") >= after_extraction)
+        .then(pl.lit("event after extraction date"))
         # Compared by calendar day: an event on the day of birth or death is possible even
         # when the birth or death time is only known to the day (grace 0 days).
         .when(pl.col("time").dt.date() < pl.col("_birth").dt.date())
@@ -270,16 +516,40 @@ def clean_events(
     column_of = {
         "missing subject_id or code": "subject_id, code",
         "missing time": "time",
+        "event in the future": "time",
+        "event after extraction date": "time",
         "event before birth": "time",
         "event after death": "time",
     }
     for reason_name, n in drops.filter(pl.col("_reason").is_not_null()).sort("_reason").iter_rows():
         detail = {
+            "event in the future": f"time on or after {future.date()} (the run date + 1 day)",
+            "event after extraction date": f"time on or after {after_extraction.date()}",
             "event before birth": "time earlier than the subject's MEDS_BIRTH",
             "event after death": "time later than the subject's MEDS_DEATH (grace 0 days)",
-            "missing time": "only static codes (SEX/) may have no time",
+            "missing time": "only static codes (SEX/, DATE_UNKNOWN/) may have no time",
         }.get(reason_name, "")
         report.add(reason_name, file, column_of[reason_name], n, "dropped", detail)
+
+    implausible = pl.col("_reason").is_in(
+        ["event in the future", "event after extraction date", "event before birth"]
+    ) & ~pl.any_horizontal([code.str.starts_with(p) for p in NOT_CLINICAL])
+    markers = flagged.filter(implausible).select(
+        "subject_id",
+        pl.lit(None, dtype=pl.Datetime("us")).alias("time"),
+        (pl.lit(DATE_UNKNOWN_PREFIX) + code).alias("code"),
+        pl.lit(None, dtype=pl.Float32).alias("numeric_value"),
+    )
+    n_markers = markers.select(pl.len()).collect().item()
+    report.count(
+        "code kept with unknown date",
+        n_markers,
+        file,
+        "time",
+        "kept as DATE_UNKNOWN/<code>",
+        "clinical codes whose date was dropped as implausible; the cohort excludes subjects "
+        "whose outcome or exclusion drug has an unknown date",
+    )
 
     subjects = (
         per_subject.filter(pl.col("subject_id").is_not_null())
@@ -390,8 +660,9 @@ def clean_events(
 
     n_dropped = int(drops.filter(pl.col("_reason").is_not_null())["len"].sum())
     clean = (
-        flagged.filter(pl.col("_reason").is_null())
-        .select(list(EVENTS_SCHEMA))
+        pl.concat(
+            [flagged.filter(pl.col("_reason").is_null()).select(list(EVENTS_SCHEMA)), markers]
+        )
         .unique(keep="first")
         # MEDS order: by subject, then time with static (null-time) codes first.
         .sort(
@@ -402,7 +673,14 @@ def clean_events(
             nulls_last=[False, False, True, True],
         )
     )
-    return clean, n_in - n_dropped
+    return clean, n_in - n_dropped + n_markers
+
+
+def _raw_time_type(events: pl.LazyFrame, file: str) -> pl.DataType | None:
+    try:
+        return events.collect_schema().get("time")
+    except (pl.exceptions.PolarsError, OSError):
+        return None  # normalize_events names the unreadable file
 
 
 def check_meds_conformance(files: Sequence[Path], report: QualityReport) -> None:
@@ -502,9 +780,10 @@ def write_events(
     file: str,
     events_path: str | Path,
     known_vocabularies: Sequence[str] = KNOWN_VOCABULARIES,
+    rules: Plausibility | None = None,
 ) -> int:
     """Clean ``events``, write them, and count the exact duplicates the cleaning removed."""
-    clean, kept = clean_events(events, report, file, known_vocabularies)
+    clean, kept = clean_events(events, report, file, known_vocabularies, rules)
     Path(events_path).parent.mkdir(parents=True, exist_ok=True)
     clean.sink_parquet(events_path)
     n_written = pl.scan_parquet(events_path).select(pl.len()).collect().item()

@@ -9,7 +9,10 @@ Conventions (documented in README.md):
 - birth is the 15th of the birth month, or 1 July when only the year is known;
 - the baseline date becomes a ``VISIT/ASSESSMENT`` event, so the cohort can index on it;
 - dates in ``special_dates`` (UK Biobank placeholders such as 1900-01-01 "no event date")
-  are set to the birth time or dropped, as configured, and counted;
+  and negative ages (-1 "unknown", -3 "prefer not to answer") mean "code present, date
+  unknown": they become ``DATE_UNKNOWN/<code>`` events without a time (or, for dates
+  configured 'birth', events at birth), counted; the cohort excludes a subject whose outcome
+  has an unknown date instead of keeping them as a control;
 - a date before the imputed birth but inside the birth month (or year) is moved to the birth
   time and counted; earlier dates are impossible and dropped by the shared checks.
 """
@@ -24,10 +27,14 @@ from typing import Any
 
 import polars as pl
 
+from rationale_bench.codes import DATE_UNKNOWN_PREFIX
 from rationale_bench.data_quality import (
     DataError,
+    Plausibility,
     QualityReport,
+    check_parse_rate,
     parse_datetime,
+    report_timezone,
     require_columns,
     strict_integer,
 )
@@ -118,6 +125,7 @@ def _subjects(
     formats: list[str],
     file: str,
     report: QualityReport,
+    rules: Plausibility,
 ) -> pl.DataFrame:
     """One row per participant: subject_id, birth_time, birth period start, sex, baseline, death."""
     id_col = cfg["id_column"]
@@ -214,8 +222,22 @@ def _subjects(
     def dates(column: str | None, check: str) -> pl.Series:
         if not column:
             return pl.Series([None] * frame.height, dtype=pl.Datetime("us"))
-        parsed = frame.select(parse_datetime(pl.col(column), frame.schema[column], formats))
+        dtype = frame.schema[column]
+        where = f"{file}: column '{column}'"
+        parsed = frame.select(parse_datetime(pl.col(column), dtype, formats, rules.timezone, where))
         parsed = parsed.to_series()
+        report_timezone(
+            report, dtype, rules.timezone, file, column, int(parsed.is_not_null().sum())
+        )
+        check_parse_rate(
+            file,
+            column,
+            frame[column],
+            parsed,
+            "dates",
+            f"add the column's format to data.date_formats (now {', '.join(formats)})",
+            rules.max_unparseable_fraction,
+        )
         bad = frame[column].is_not_null() & parsed.is_null()
         report.count(
             check,
@@ -275,9 +297,13 @@ def _subjects(
 
 
 def first_occurrence_events(
-    cfg: Mapping[str, Any], formats: list[str], report: QualityReport
+    cfg: Mapping[str, Any],
+    formats: list[str],
+    report: QualityReport,
+    rules: Plausibility | None = None,
 ) -> pl.LazyFrame:
     """MEDS-style events of a first-occurrence table (not yet checked by clean_events)."""
+    rules = rules or Plausibility()
     file = str(cfg["path"])
     frame = read_table(cfg["path"], "data.first_occurrence.path")
     if frame.height == 0:
@@ -292,7 +318,14 @@ def first_occurrence_events(
     if cfg.get("followup_end") in frame.columns:
         optional.append(cfg["followup_end"])
     used = fixed + [c for c in optional if c]
-    require_columns(frame.schema, used, file, "data.first_occurrence")
+    require_columns(
+        frame.schema,
+        used,
+        file,
+        "data.first_occurrence",
+        "Set data.first_occurrence.id_column, birth_year_column, sex_column, "
+        "baseline_date_column (and birth_month_column, death_date_column) to your column names",
+    )
     report.add("rows read", file, None, frame.height, "info", "participants (one row each)")
 
     columns = code_columns(frame.columns, cfg, set(used), file)
@@ -334,7 +367,7 @@ def first_occurrence_events(
                 f"{'dates' if as_age else 'ages'}, or convert the column."
             )
 
-    subjects = _subjects(frame, cfg, formats, file, report)
+    subjects = _subjects(frame, cfg, formats, file, report, rules)
     ids = strict_integer(frame, cfg["id_column"], file)
     # Parse column by column before unpivoting (no text round trip for typed parquet columns);
     # a cell that is set but does not parse is counted per column.
@@ -348,10 +381,16 @@ def first_occurrence_events(
             for c in columns
         ]
     else:
-        typed = [parse_datetime(pl.col(c), schema[c], formats).alias(c) for c in columns]
+        typed = [
+            parse_datetime(
+                pl.col(c), schema[c], formats, rules.timezone, f"{file}: column '{c}'"
+            ).alias(c)
+            for c in columns
+        ]
     raw_counts = frame.select(pl.col(list(columns)).is_not_null().sum())
     wide = frame.select(typed).with_columns(subject_id=ids)
     parsed_counts = wide.select(pl.col(list(columns)).is_not_null().sum())
+    _check_code_values(frame, wide, list(columns), as_age, formats, file, rules)
     bad = pl.DataFrame(
         {
             "column": list(columns),
@@ -396,6 +435,8 @@ def first_occurrence_events(
     )
 
     if as_age:
+        unknown = _unknown_ages(long, cfg, file, report)
+        long = long.filter(pl.col("value") >= 0)
         no_birth = long.filter(pl.col("birth_time").is_null())
         report.count(
             "age without birth",
@@ -409,55 +450,18 @@ def first_occurrence_events(
         micros = (pl.col("value") * 365.25 * 86_400_000_000).round().cast(pl.Int64)
         long = long.with_columns(time=pl.col("birth_time") + pl.duration(microseconds=micros))
     else:
-        special: Mapping[str, str] = cfg.get("special_dates") or {}
-        special_days = {dt.date.fromisoformat(d): what for d, what in special.items()}
-        day = pl.col("value").dt.date()
-        long = long.with_columns(
-            _special=day.replace_strict(special_days, default=None, return_dtype=pl.String)
-        )
-        for date, what in sorted(special_days.items()):
-            report.count(
-                "special date",
-                long.filter(day == date).height,
-                file,
-                "code columns",
-                "dropped" if what == "drop" else "set to birth",
-                f"placeholder date {date} (data.first_occurrence.special_dates)",
-            )
-        report.count(
-            "special date without birth",
-            long.filter((pl.col("_special") == "birth") & pl.col("birth_time").is_null()).height,
-            file,
-            cfg["birth_year_column"],
-            "dropped",
-            "a placeholder meaning 'at birth' needs a birth year",
-        )
-        long = long.filter(
-            pl.col("_special").is_null()
-            | ((pl.col("_special") == "birth") & pl.col("birth_time").is_not_null())
-        ).with_columns(
-            time=pl.when(pl.col("_special") == "birth")
-            .then(pl.col("birth_time"))
-            .otherwise(pl.col("value"))
-        )
-        long = long.filter(pl.col("time").is_not_null())
-        # Birth is imputed mid-period; a date in the birth month (year) before it is real.
-        in_birth_period = (pl.col("time") < pl.col("birth_time")) & (
-            pl.col("time") >= pl.col("birth_period_start")
-        )
-        report.count(
-            "date in birth period before imputed birth",
-            long.filter(in_birth_period).height,
-            file,
-            "code columns",
-            "set to birth",
-            "birth is imputed as the 15th of the month (1 July if no month)",
-        )
-        long = long.with_columns(
-            time=pl.when(in_birth_period).then(pl.col("birth_time")).otherwise(pl.col("time"))
-        )
+        long, unknown = _special_dates(long, cfg, file, report)
 
-    diagnoses = long.select("subject_id", pl.col("time").cast(pl.Datetime("us")), "code").lazy()
+    diagnoses = pl.concat(
+        [
+            long.select("subject_id", pl.col("time").cast(pl.Datetime("us")), "code"),
+            unknown.select(
+                "subject_id",
+                pl.lit(None, dtype=pl.Datetime("us")).alias("time"),
+                (pl.lit(DATE_UNKNOWN_PREFIX) + pl.col("code")).alias("code"),
+            ),
+        ]
+    ).lazy()
     return pl.concat(
         [
             _person_events(subjects, cfg).lazy(),
@@ -470,6 +474,130 @@ def first_occurrence_events(
         "code",
         pl.col("numeric_value").cast(pl.Float32),
     )
+
+
+def _check_code_values(
+    frame: pl.DataFrame,
+    wide: pl.DataFrame,
+    columns: list[str],
+    as_age: bool,
+    formats: list[str],
+    file: str,
+    rules: Plausibility,
+) -> None:
+    """Stop when at least data.max_unparseable_fraction of all code values do not parse (the
+    format is wrong for the table, not for a few cells), naming the worst column."""
+    n_set = frame.select(pl.col(columns).is_not_null().sum()).row(0)
+    n_ok = wide.select(pl.col(columns).is_not_null().sum()).row(0)
+    total, ok = sum(n_set), sum(n_ok)
+    if not total or (total - ok) / total < rules.max_unparseable_fraction:
+        return
+    worst = max(range(len(columns)), key=lambda i: n_set[i] - n_ok[i])
+    column = columns[worst]
+    raw = frame[column]
+    examples = raw.filter(raw.is_not_null() & wide[column].is_null()).head(3).to_list()
+    fix = (
+        "ages must be numbers of years with a decimal point (72.5, not 72,5); convert them, or "
+        "set data.first_occurrence.values to 'date' if the columns hold dates"
+        if as_age
+        else f"add the columns' format to data.date_formats (now {', '.join(formats)}), or set "
+        "data.first_occurrence.values to 'age' if they hold ages"
+    )
+    raise DataError(
+        f"{file}: {total - ok} of {total} code values ({100 * (total - ok) / total:.0f}%) do not "
+        f"parse as {'ages' if as_age else 'dates'} (worst column '{column}', e.g. "
+        f"{', '.join(repr(v) for v in examples)}); {fix} (data.max_unparseable_fraction "
+        f"{rules.max_unparseable_fraction} stops ingest here)."
+    )
+
+
+def _unknown_ages(
+    long: pl.DataFrame, cfg: Mapping[str, Any], file: str, report: QualityReport
+) -> pl.DataFrame:
+    """Rows with a negative age: UK Biobank's -1 (date unknown) and -3 (prefer not to answer)
+    and any other negative value; the code is present, its time is not. Counted."""
+    special = sorted({float(a) for a in (cfg.get("special_ages") or [])})
+    negative = long.filter(pl.col("value") < 0)
+    for age in special:
+        report.count(
+            "special age",
+            negative.filter(pl.col("value") == age).height,
+            file,
+            "code columns",
+            "kept as DATE_UNKNOWN/<code>",
+            f"age {age:g} (data.first_occurrence.special_ages): code present, date unknown",
+        )
+    report.count(
+        "negative age",
+        negative.filter(~pl.col("value").is_in(special)).height,
+        file,
+        "code columns",
+        "kept as DATE_UNKNOWN/<code>",
+        "an age below 0 is no time; code present, date unknown",
+    )
+    return negative
+
+
+def _special_dates(
+    long: pl.DataFrame, cfg: Mapping[str, Any], file: str, report: QualityReport
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Placeholder dates (data.first_occurrence.special_dates): 'unknown' keeps the code
+    without a time, 'birth' sets it at birth; and dates in the birth period before the
+    imputed birth moved to birth. Returns (dated rows, date-unknown rows), all counted."""
+    special: Mapping[str, str] = cfg.get("special_dates") or {}
+    for date, what in special.items():
+        if what not in ("unknown", "birth"):
+            raise DataError(
+                f"data.first_occurrence.special_dates: '{date}': '{what}' is not 'unknown' or "
+                "'birth' (a dropped placeholder would turn a code carrier into a control)."
+            )
+    special_days = {dt.date.fromisoformat(d): what for d, what in special.items()}
+    day = pl.col("value").dt.date()
+    long = long.with_columns(
+        _special=day.replace_strict(special_days, default=None, return_dtype=pl.String)
+    )
+    for date, what in sorted(special_days.items()):
+        report.count(
+            "special date",
+            long.filter(day == date).height,
+            file,
+            "code columns",
+            "kept as DATE_UNKNOWN/<code>" if what == "unknown" else "set to birth",
+            f"placeholder date {date} (data.first_occurrence.special_dates)",
+        )
+    # 'At birth' without a birth year is a code of unknown date as well.
+    no_birth = (pl.col("_special") == "birth") & pl.col("birth_time").is_null()
+    report.count(
+        "special date without birth",
+        long.filter(no_birth).height,
+        file,
+        cfg["birth_year_column"],
+        "kept as DATE_UNKNOWN/<code>",
+        "a placeholder meaning 'at birth' needs a birth year",
+    )
+    unknown = long.filter((pl.col("_special") == "unknown") | no_birth)
+    long = long.filter(pl.col("_special").is_null() | (pl.col("_special") == "birth") & ~no_birth)
+    long = long.with_columns(
+        time=pl.when(pl.col("_special") == "birth")
+        .then(pl.col("birth_time"))
+        .otherwise(pl.col("value"))
+    ).filter(pl.col("time").is_not_null())
+    # Birth is imputed mid-period; a date in the birth month (year) before it is real.
+    in_birth_period = (pl.col("time") < pl.col("birth_time")) & (
+        pl.col("time") >= pl.col("birth_period_start")
+    )
+    report.count(
+        "date in birth period before imputed birth",
+        long.filter(in_birth_period).height,
+        file,
+        "code columns",
+        "set to birth",
+        "birth is imputed as the 15th of the month (1 July if no month)",
+    )
+    long = long.with_columns(
+        time=pl.when(in_birth_period).then(pl.col("birth_time")).otherwise(pl.col("time"))
+    )
+    return long, unknown
 
 
 def _person_events(subjects: pl.DataFrame, cfg: Mapping[str, Any]) -> pl.DataFrame:

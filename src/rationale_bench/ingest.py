@@ -15,40 +15,34 @@ from typing import Any
 
 import polars as pl
 
+from rationale_bench import inputs
 from rationale_bench.data_quality import (
     CODES_SCHEMA,
     KNOWN_VOCABULARIES,
     DataError,
+    Plausibility,
     QualityReport,
     check_meds_conformance,
     clean_events,
     empty_codes,
     normalize_events,
+    report_timezone,
     require_columns,
     write_codes,
     write_events,
 )
+from rationale_bench.inputs import InputError
 
 MEDS_COLUMNS = ["subject_id", "time", "code", "numeric_value"]
 SOURCES = ("synthetic", "meds", "omop", "first_occurrence")
 
 
 def meds_files(path: str | Path) -> list[Path]:
-    """Parquet files of a MEDS dataset: its data/ folder if present, else the folder itself."""
-    root = Path(path)
-    if root.is_file():
-        return [root]
-    if not root.exists():
-        raise DataError(
-            f"data.meds.path '{root}' does not exist; point it at a MEDS dataset folder."
-        )
-    base = root / "data" if (root / "data").is_dir() else root
-    files = sorted(base.rglob("*.parquet"))
-    # A dataset root also holds metadata/*.parquet, which are not events.
-    files = [f for f in files if "metadata" not in f.relative_to(base).parts[:-1]]
-    if not files:
-        raise DataError(f"data.meds.path '{root}': no .parquet files found under {base}.")
-    return files
+    """Parquet shards of a MEDS dataset (:func:`inputs.meds_files`); foreign files stop."""
+    try:
+        return inputs.meds_files(path)
+    except InputError as error:
+        raise DataError(str(error)) from None
 
 
 def meds_codes_file(path: str | Path) -> Path | None:
@@ -101,9 +95,35 @@ def meds_codes(path: str | Path, report: QualityReport) -> pl.DataFrame:
     )
 
 
-def meds_events(path: str | Path) -> pl.LazyFrame:
-    """All shards, each checked for columns and types (errors name the shard), gathered."""
-    return pl.concat([normalize_events(pl.scan_parquet(f), str(f)) for f in meds_files(path)])
+def meds_events(
+    path: str | Path, timezone: str | None = None, report: QualityReport | None = None
+) -> pl.LazyFrame:
+    """All shards, each checked for columns and types (errors name the shard), gathered;
+    zoned times follow data.timezone, counted per shard in ``report``."""
+    files = meds_files(path)
+    shards = []
+    for file in files:
+        rows = check_parquet(file)
+        scan = pl.scan_parquet(file)
+        shards.append(normalize_events(scan, str(file), timezone))
+        dtype = scan.collect_schema().get("time")
+        if report is not None and dtype is not None:
+            report_timezone(report, dtype, timezone, str(file), "time", rows)
+    return pl.concat(shards)
+
+
+def check_parquet(file: Path) -> int:
+    """Stop, naming the file, when a shard's parquet footer cannot be read (corrupt or not
+    parquet); polars would otherwise fail later without saying which shard."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(file).num_rows
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        raise DataError(
+            f"{file}: not a readable parquet file ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:160]}). Re-export the shard or remove it."
+        ) from None
 
 
 def ingest(
@@ -115,27 +135,28 @@ def ingest(
     """Ingest ``data_cfg['source']`` (not 'synthetic') into the three ingest files."""
     source = data_cfg["source"]
     report = QualityReport()
+    rules = Plausibility.from_config(data_cfg)
     known = tuple(KNOWN_VOCABULARIES) + tuple(data_cfg.get("extra_vocabularies") or ())
     formats = list(data_cfg.get("date_formats") or ["%Y-%m-%d"])
     if source == "meds":
         path = data_cfg["meds"]["path"]
-        events, file = meds_events(path), str(path)
+        events, file = meds_events(path, rules.timezone, report), str(path)
         codes = meds_codes(path, report)
         check_meds_conformance(meds_files(path), report)
     elif source == "first_occurrence":
         from rationale_bench.first_occurrence import first_occurrence_events
 
         file = str(data_cfg["first_occurrence"]["path"])
-        events = first_occurrence_events(data_cfg["first_occurrence"], formats, report)
+        events = first_occurrence_events(data_cfg["first_occurrence"], formats, report, rules)
         codes = empty_codes()
     elif source == "omop":
         from rationale_bench.omop import omop_events
 
         file = str(data_cfg["omop"]["path"])
-        events, codes = omop_events(data_cfg["omop"], formats, report)
+        events, codes = omop_events(data_cfg["omop"], formats, report, rules)
     else:
         raise DataError(f"data.source '{source}' is not ingested here; use one of {SOURCES}.")
-    write_events(events, report, file, events_path, known)
+    write_events(events, report, file, events_path, known, rules)
     write_codes(codes, codes_path)
     report.write(quality_path)
     return report
@@ -174,6 +195,8 @@ def audit_synthetic(
             "identical rows from the generator; left in events.parquet",
         )
         for row in part.rows:
+            if row["check"] == "extraction date":
+                continue  # per chunk; the generator's window is data.synthetic.data_end
             if row["check"] == "events checked":
                 n_subjects += int(str(row["detail"]).split()[0])
                 row = {**row, "detail": ""}
@@ -185,7 +208,10 @@ def audit_synthetic(
             detail = f"{n_subjects} subjects"
         report.add(check, file, column, n, action, detail)
     bad = [
-        r for r in report.rows if r["action"] == "dropped" or r["check"] == "unknown code system"
+        r
+        for r in report.rows
+        if r["action"] == "dropped"
+        or r["check"] in ("unknown code system", "code normalised", "code kept with unknown date")
     ]
     if bad:
         raise DataError(

@@ -85,7 +85,32 @@ def fetch(
             f"'{source}' was not found on the Hugging Face hub (or is private and "
             f"{token_env} lacks access). Check models.<name>.source."
         ) from error
+    except Exception as error:
+        if not _unreachable(error):
+            raise
+        # One line instead of the HTTP client's traceback: what is missing and what to run.
+        raise ModelSourceError(
+            f"'{source}' is not in the model cache {cache_dir or '(default)'} and the Hugging "
+            f"Face hub cannot be reached ({type(error).__name__}). Check the id "
+            f"(models.<name>.source), then run `huggingface-cli download {source}` on a machine "
+            "with internet into a cache this one reads (HF_HOME or models.<name>.cache_dir)."
+        ) from None
     return {"source": source, "revision": revision, "cache_dir": cache_dir, "snapshot": path}
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether a download failed for want of a network (or of a cached copy offline)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    seen: BaseException | None = error
+    while seen is not None:
+        name = type(seen).__name__
+        if isinstance(seen, (LocalEntryNotFoundError, ConnectionError, TimeoutError)) or any(
+            word in name for word in ("Connect", "Timeout", "NameResolution")
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def resolve(source: str, revision: str | None = None, cache_dir: str | None = None) -> str:

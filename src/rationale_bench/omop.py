@@ -39,8 +39,12 @@ import polars as pl
 from rationale_bench.data_quality import (
     EVENTS_SCHEMA,
     DataError,
+    MissingColumnsError,
+    Plausibility,
     QualityReport,
+    check_parse_rate,
     parse_datetime,
+    report_timezone,
     require_columns,
     strict_integer,
 )
@@ -126,6 +130,21 @@ EVENT_TABLES = (
     "death",
 )
 VOCABULARY_TABLES = ("concept", "concept_relationship", "concept_ancestor")
+# Without these there is no cohort; every other table is optional (skipped with a row in
+# data_quality.csv when absent, empty, malformed or listed in data.omop.skip_tables).
+REQUIRED_TABLES = ("person", "condition_occurrence")
+OPTIONAL_TABLES = tuple(t for t in (*EVENT_TABLES, *VOCABULARY_TABLES) if t not in REQUIRED_TABLES)
+# What the cohort loses when an optional table is skipped (said in data_quality.csv).
+OPTIONAL_LOSS = {
+    "death": "no deaths, so non-cases who died are not censored at death",
+    "drug_exposure": "no drugs, so anti-dementia drug exclusions cannot apply",
+    "observation_period": "follow-up comes from the first and last records",
+    "visit_occurrence": "no visits, so the default index (first eligible visit) has no events",
+    "concept": "codes are not named and source concepts are not mapped",
+    "concept_relationship": "drugs are not mapped to ATC",
+    "concept_ancestor": "outcome.concept_ids match only the concepts themselves",
+}
+OMOP_FIX = "OMOP CDM column names are fixed by the standard: rename the columns in your export"
 LINKS_SCHEMA = {"code": pl.String, "concept_id": pl.Int64}
 
 
@@ -180,6 +199,11 @@ class TableSource:
 
     def has(self, table: str) -> bool:
         return table in self._tables
+
+    def hide(self, tables: set[str]) -> None:
+        """Treat ``tables`` as absent (data.omop.skip_tables)."""
+        for table in tables:
+            self._tables.pop(table, None)
 
     def read(self, table: str, columns: list[str] | None = None) -> pl.DataFrame:
         """The table with lower-case column names; CSV values as text, empty cells null.
@@ -244,13 +268,32 @@ def _times(
     formats: list[str],
     file: str,
     report: QualityReport,
+    rules: Plausibility | None = None,
 ) -> pl.Series:
-    """Event times from the datetime column when set, else the date; bad ones counted."""
+    """Event times from the datetime column when set, else the date; bad ones counted.
+
+    A date column of which at least data.max_unparseable_fraction does not parse stops
+    (:func:`check_parse_rate`); zoned datetimes follow data.timezone."""
+    rules = rules or Plausibility()
     parts = []
-    if datetime and datetime in frame.columns:
-        parts.append(parse_datetime(pl.col(datetime), frame.schema[datetime], formats))
-    parts.append(parse_datetime(pl.col(date), frame.schema[date], formats))
+    used = [c for c in (datetime, date) if c and c in frame.columns]
+    for column in used:
+        dtype = frame.schema[column]
+        where = f"{file}: column '{column}'"
+        parts.append(parse_datetime(pl.col(column), dtype, formats, rules.timezone, where))
+        report_timezone(
+            report, dtype, rules.timezone, file, column, int(frame[column].is_not_null().sum())
+        )
     times = frame.select(pl.coalesce(parts).alias("time")).to_series()
+    check_parse_rate(
+        file,
+        date,
+        frame[date],
+        frame.select(parts[-1]).to_series(),
+        "dates",
+        f"add the column's format to data.date_formats (now {', '.join(formats)})",
+        rules.max_unparseable_fraction,
+    )
     raw = frame[date].is_not_null()
     if datetime and datetime in frame.columns:
         raw = raw | frame[datetime].is_not_null()
@@ -284,6 +327,7 @@ def _concepts(source: TableSource, report: QualityReport) -> pl.DataFrame | None
         ["concept_id", "concept_name", "vocabulary_id", "concept_code"],
         file,
         "the OMOP concept table",
+        OMOP_FIX,
     )
     return frame.select(
         concept_id=_integer(frame, "concept_id", file),
@@ -306,6 +350,7 @@ def _drug_atc(
         ["concept_id_1", "concept_id_2", "relationship_id"],
         file,
         "the OMOP concept_relationship table",
+        OMOP_FIX,
     )
     links = frame.select(
         a=_integer(frame, "concept_id_1", file),
@@ -350,6 +395,7 @@ def _clinical_events(
     cfg: Mapping[str, Any],
     formats: list[str],
     report: QualityReport,
+    rules: Plausibility | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Events, (code, description) rows and (code, concept_id) links of one clinical table.
 
@@ -359,7 +405,11 @@ def _clinical_events(
     file = source.where(table.name)
     frame = source.read(table.name)
     require_columns(
-        frame.schema, ["person_id", table.concept, table.date], file, f"OMOP {table.name}"
+        frame.schema,
+        ["person_id", table.concept, table.date],
+        file,
+        f"OMOP {table.name}",
+        OMOP_FIX,
     )
     report.add("rows read", file, None, frame.height, "info")
     value = pl.lit(None, dtype=pl.Float32)
@@ -378,7 +428,7 @@ def _clinical_events(
     rows = pl.DataFrame(
         {
             "subject_id": _integer(frame, "person_id", file),
-            "time": _times(frame, table.date, table.datetime, formats, file, report),
+            "time": _times(frame, table.date, table.datetime, formats, file, report, rules),
             "concept_id": _integer(frame, table.concept, file).fill_null(0),
             "source_concept_id": _integer(frame, table.source_concept, file),
             "source_value": (
@@ -451,6 +501,14 @@ def _clinical_events(
         .then(pl.col("source_concept_id"))
     )
     no_concept = fallback.filter(pl.col("concept").is_null())
+    if rows.height and no_concept.height == rows.height:
+        raise DataError(
+            f"{file}: column '{table.concept}': all {rows.height} rows have concept_id 0 and no "
+            f"source concept or readable source value, so no event of {table.name} has a code. "
+            "Map the concepts in your ETL, or (conditions) set "
+            "data.omop.condition_source_vocabulary to read condition_source_value as ICD10 or "
+            "ICD9."
+        )
     report.count(
         "no concept",
         no_concept.height,
@@ -521,7 +579,7 @@ def _ancestors(
     file = source.where("concept_ancestor")
     wanted = ["ancestor_concept_id", "descendant_concept_id"]
     frame = source.read("concept_ancestor", wanted)
-    require_columns(frame.schema, wanted, file, "the OMOP concept_ancestor table")
+    require_columns(frame.schema, wanted, file, "the OMOP concept_ancestor table", OMOP_FIX)
     pairs = (
         frame.select(
             concept_id=_integer(frame, "descendant_concept_id", file),
@@ -578,7 +636,10 @@ def _known_persons(
 
 
 def _persons(
-    source: TableSource, formats: list[str], report: QualityReport
+    source: TableSource,
+    formats: list[str],
+    report: QualityReport,
+    sex_values: Mapping[str, str] | None = None,
 ) -> tuple[pl.DataFrame, pl.Series]:
     """Birth and sex events of the person table, and the person ids."""
     if not source.has("person"):
@@ -589,7 +650,11 @@ def _persons(
     file = source.where("person")
     frame = source.read("person")
     require_columns(
-        frame.schema, ["person_id", "gender_concept_id", "year_of_birth"], file, "OMOP person"
+        frame.schema,
+        ["person_id", "gender_concept_id", "year_of_birth"],
+        file,
+        "OMOP person",
+        OMOP_FIX,
     )
     if frame.height == 0:
         raise DataError(f"{file}: the person table has no rows.")
@@ -608,14 +673,21 @@ def _persons(
             "needs one row per person."
         )
     gender = _integer(frame, "gender_concept_id", file)
-    sex = gender.replace_strict(GENDER, default=None, return_dtype=pl.String)
+    # data.sex_values maps further gender concepts ({"45878463": F}); keys are text.
+    mapping = {**GENDER}
+    for key, letter in (sex_values or {}).items():
+        if str(key).strip().isdigit():
+            mapping[int(key)] = letter
+    sex = gender.replace_strict(mapping, default=None, return_dtype=pl.String)
+    unknown = gender.filter(sex.is_null()).drop_nulls().unique().sort().head(5).to_list()
     report.count(
         "unknown gender concept",
         int(sex.is_null().sum()),
         file,
         "gender_concept_id",
         "kept (warning)",
-        "not 8507 (male) or 8532 (female); no SEX/ event, the cohort excludes these persons",
+        f"not 8507 (male) or 8532 (female) (seen: {unknown}); no SEX/ event, the cohort "
+        "excludes these persons; map other concepts with data.sex_values",
     )
 
     def number(column: str) -> pl.Expr:
@@ -671,6 +743,7 @@ def _simple_events(
     report: QualityReport,
     concept_column: str | None = None,
     concepts: pl.DataFrame | None = None,
+    rules: Plausibility | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Events of death, observation_period or visit_occurrence (code per (date, datetime))."""
     empty_codes = pl.DataFrame(schema={"code": pl.String, "description": pl.String})
@@ -682,7 +755,7 @@ def _simple_events(
     required = ["person_id", *(date for date, _, _ in columns)]
     if concept_column:
         required.append(concept_column)
-    require_columns(frame.schema, required, file, f"OMOP {table}")
+    require_columns(frame.schema, required, file, f"OMOP {table}", OMOP_FIX)
     report.add("rows read", file, None, frame.height, "info")
     ids = _integer(frame, "person_id", file)
     codes = empty_codes
@@ -709,7 +782,7 @@ def _simple_events(
             )
     frames = []
     for date, datetime, fixed in columns:
-        times = _times(frame, date, datetime, formats, file, report)
+        times = _times(frame, date, datetime, formats, file, report, rules)
         codes_here = code if concept_column else pl.Series("code", [fixed] * frame.height)
         part = pl.DataFrame({"subject_id": ids, "time": times, "code": codes_here})
         frames.append(part.filter(pl.col("time").is_not_null()))
@@ -717,29 +790,113 @@ def _simple_events(
     return _known_persons(events, persons, file, report), codes
 
 
+def _skip_list(cfg: Mapping[str, Any], source: TableSource, report: QualityReport) -> set[str]:
+    """data.omop.skip_tables, checked: only optional tables can be skipped."""
+    skip = {str(t).lower() for t in (cfg.get("skip_tables") or [])}
+    for table in sorted(skip):
+        if table in REQUIRED_TABLES:
+            raise DataError(
+                f"data.omop.skip_tables lists '{table}', which is required "
+                f"({', '.join(REQUIRED_TABLES)}); remove it from the list."
+            )
+        if table not in OPTIONAL_TABLES:
+            raise DataError(
+                f"data.omop.skip_tables lists '{table}', which is not an OMOP table this ingest "
+                f"reads; choose from {', '.join(OPTIONAL_TABLES)}."
+            )
+        report.add("table skipped", str(source.path), table, 0, "skipped", "data.omop.skip_tables")
+    return skip
+
+
+def _optional(source: TableSource, table: str, report: QualityReport, build, fallback):
+    """``build()`` for an optional table. One that is empty (no data rows, whatever its
+    header) or malformed (columns it needs are missing: generic names such as column0) is
+    skipped with a warning row that says what is lost; data.omop.skip_tables makes the skip
+    explicit. Bad values in a well-formed table (ids that are not integers, a date column that
+    does not parse) still stop: those tables hold data the cohort would read wrongly.
+    """
+    try:
+        return build()
+    except (DataError, pl.exceptions.PolarsError) as error:
+        if table in REQUIRED_TABLES:
+            raise
+        if isinstance(error, MissingColumnsError) or _is_empty(source, table):
+            report.add(
+                "optional table skipped",
+                source.where(table),
+                table,
+                0,
+                "skipped (warning)",
+                f"{str(error).splitlines()[0][:300]} The {table} table is left out: "
+                f"{OPTIONAL_LOSS.get(table, 'its events are missing')}. Fix the table, or list it "
+                "in data.omop.skip_tables to skip it on purpose.",
+            )
+            return fallback
+        raise DataError(
+            f"{str(error).rstrip('.')}. '{table}' is an optional table: to ingest without it, "
+            f"add it to data.omop.skip_tables."
+        ) from None
+
+
+def _is_empty(source: TableSource, table: str) -> bool:
+    try:
+        return source.read(table).height == 0
+    except (DataError, pl.exceptions.PolarsError, OSError):
+        return False
+
+
 def omop_events(
-    cfg: Mapping[str, Any], formats: list[str], report: QualityReport
+    cfg: Mapping[str, Any],
+    formats: list[str],
+    report: QualityReport,
+    rules: Plausibility | None = None,
 ) -> tuple[pl.LazyFrame, pl.DataFrame]:
-    """MEDS-style events (not yet checked by clean_events) and code names of an OMOP CDM."""
+    """MEDS-style events (not yet checked by clean_events) and code names of an OMOP CDM.
+
+    person and condition_occurrence are required; every other table is optional: absent,
+    empty or listed in data.omop.skip_tables means skipped with a row in data_quality.csv;
+    one with data rows that cannot be read stops, naming skip_tables."""
     if not cfg.get("path"):
         raise DataError("data.omop.path is not set; point it at your OMOP CDM tables.")
     source = TableSource(cfg["path"], cfg.get("schema"))
-    person_events, persons = _persons(source, formats, report)
-    concepts = _concepts(source, report)
-    drug_atc = _drug_atc(source, concepts, report)
+    skip = _skip_list(cfg, source, report)
+    source.hide(skip)
+    if not source.has("condition_occurrence"):
+        raise DataError(
+            f"{source.path}: the OMOP condition_occurrence table is missing "
+            "(condition_occurrence.csv, .parquet, a folder of parquet parts, or a table in the "
+            "DuckDB file); diagnoses, and so the outcome, come from it."
+        )
+    rules = rules or Plausibility()
+    person_events, persons = _persons(source, formats, report, rules.sex_values)
+    concepts = _optional(source, "concept", report, lambda: _concepts(source, report), None)
+    drug_atc = _optional(
+        source, "concept_relationship", report, lambda: _drug_atc(source, concepts, report), None
+    )
     events = [person_events]
     codes = []
     links = [pl.DataFrame(schema=LINKS_SCHEMA)]
     for table in CLINICAL_TABLES:
         if not source.has(table.name):
-            report.add("table absent", str(source.path), table.name, 0, "info", "no such events")
+            if table.name not in skip:
+                report.add(
+                    "table absent", str(source.path), table.name, 0, "info", "no such events"
+                )
             continue
-        table_events, table_codes, table_links = _clinical_events(
-            source, table, concepts, drug_atc, persons, cfg, formats, report
+        result = _optional(
+            source,
+            table.name,
+            report,
+            lambda table=table: _clinical_events(
+                source, table, concepts, drug_atc, persons, cfg, formats, report, rules
+            ),
+            None,
         )
-        events.append(table_events)
-        codes.append(table_codes)
-        links.append(table_links)
+        if result is None:
+            continue
+        events.append(result[0])
+        codes.append(result[1])
+        links.append(result[2])
     for table, columns, concept_column in (
         ("death", [("death_date", "death_datetime", "MEDS_DEATH")], None),
         (
@@ -756,8 +913,20 @@ def omop_events(
             "visit_concept_id",
         ),
     ):
-        table_events, table_codes = _simple_events(
-            source, table, columns, persons, formats, report, concept_column, concepts
+        if table in skip:
+            continue
+        empty = (
+            pl.DataFrame(schema=EVENTS_SCHEMA),
+            pl.DataFrame(schema={"code": pl.String, "description": pl.String}),
+        )
+        table_events, table_codes = _optional(
+            source,
+            table,
+            report,
+            lambda table=table, columns=columns, concept_column=concept_column: _simple_events(
+                source, table, columns, persons, formats, report, concept_column, concepts, rules
+            ),
+            empty,
         )
         events.append(table_events)
         codes.append(table_codes)
@@ -770,7 +939,13 @@ def omop_events(
         else pl.DataFrame(schema={"code": pl.String, "description": pl.String})
     )
     all_links = pl.concat(links).unique()
-    ancestry = _ancestors(source, all_links["concept_id"].unique(), report)
+    ancestry = _optional(
+        source,
+        "concept_ancestor",
+        report,
+        lambda: _ancestors(source, all_links["concept_id"].unique(), report),
+        None,
+    )
     # Full join: a code with parents but no name (no concept table) is still listed.
     all_codes = all_codes.join(
         parent_codes(all_links, ancestry), on="code", how="full", coalesce=True

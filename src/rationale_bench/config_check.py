@@ -1,0 +1,165 @@
+"""Config checks at parse time, with short messages: the first problem and its key path.
+
+The Snakefile validates the config against schemas/config.schema.yaml (which also fills the
+defaults); when that fails, :func:`short_schema_error` replaces the validator's dump of the
+schema with one line. :func:`check_budgets` and :func:`check_training_split` catch, before any
+job runs, settings that would otherwise fail hours later in a training job. No polars here:
+the Snakefile imports this module on every start.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value cannot work; the message names the key path and the fix."""
+
+
+def _key_path(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _subschema(schema: Mapping[str, Any], path: Any) -> Mapping[str, Any]:
+    """The schema node of a config path (properties only; enough for the hint)."""
+    node = schema
+    for part in path:
+        props = node.get("properties", {})
+        if part in props:
+            node = props[part]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return {}
+    return node
+
+
+def short_schema_error(config: Mapping[str, Any], schema_path: str | Path) -> str:
+    """One line for the most relevant schema violation of ``config``: where and what.
+
+    An unknown key gets the closest known keys; other errors say the expected type, value
+    range or choices as JSON Schema words them, and the description of the key if it has one.
+    """
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(dict(config)))
+    if error is None:
+        return "config: the schema check failed, but no single error was found."
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        node = _subschema(schema, error.absolute_path)
+        known = sorted(node.get("properties", {}))
+        extra = sorted(set(error.instance) - set(known))
+        hints = []
+        for key in extra:
+            close = difflib.get_close_matches(key, known, n=2)
+            hints.append(f"'{key}'" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+        prefix = f"{where}." if error.absolute_path else ""
+        return (
+            f"config: unknown key {', '.join(prefix + h for h in hints)}; known keys under "
+            f"{where}: {', '.join(known)}. See schemas/config.schema.yaml."
+        )
+    message = error.message if len(error.message) < 300 else error.message[:300] + " ..."
+    description = _subschema(schema, error.absolute_path).get("description", "")
+    about = f" ({' '.join(str(description).split())[:200]})" if description else ""
+    return f"config: {where}: {message}{about}."
+
+
+def check_budgets(config: Mapping[str, Any]) -> None:
+    """Each grid model's prompt budget must leave room for a completion in max_seq_len."""
+    for name in config["grid"]["model"]:
+        model = config["models"].get(name, {})
+        prompt, total = model.get("max_prompt_tokens"), model.get("max_seq_len")
+        if prompt is not None and total is not None and prompt >= total:
+            raise ConfigError(
+                f"config models.{name}.max_prompt_tokens ({prompt}) must be below "
+                f"models.{name}.max_seq_len ({total}): the rest of max_seq_len holds the "
+                "completion (answer or rationale). Lower max_prompt_tokens or raise max_seq_len."
+            )
+
+
+def check_training_split(config: Mapping[str, Any], cohort_path: str | Path) -> None:
+    """When the cohort exists already, grid.n_train must fit its training split (a changed
+    grid does not rerun the cohort job, which checks the same on its first run)."""
+    path = Path(cohort_path)
+    if not path.is_file():
+        return
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        split = pq.read_table(path, columns=["split"])["split"]
+    except Exception:  # unreadable or foreign: the cohort job's own checks will say so
+        return
+    n_train = pc.sum(pc.equal(split, "train")).as_py() or 0
+    largest = max(int(n) for n in config["grid"]["n_train"])
+    if largest > n_train:
+        raise ConfigError(
+            f"config grid.n_train asks for {largest} training subjects, but the training split "
+            f"of {path} has {n_train}. Lower grid.n_train to at most {n_train}, or add subjects."
+        )
+
+
+_NUMBER_WORDS = {
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+}
+_YEARS = re.compile(r"\b(\d+|" + "|".join(_NUMBER_WORDS) + r")[ -]years?\b", re.IGNORECASE)
+
+
+def horizon_words(horizon_days: int) -> str:
+    """``1826`` -> ``5 years``, ``3652`` -> ``10 years``, ``365`` -> ``1 year``; a horizon
+    more than two days from whole years is said in days (``1000 days``)."""
+    years = round(horizon_days / 365.25)
+    if years >= 1 and abs(horizon_days - years * 365.25) <= 2:
+        return f"{years} year{'s' if years != 1 else ''}"
+    return f"{horizon_days} days"
+
+
+def fill_horizon(question: str, horizon_days: int) -> str:
+    """The question with ``{horizon}`` filled from cohort.horizon_days: the question (and so
+    every teacher prompt, which quotes it) follows the cohort's outcome window. A question
+    that names a number of years that is not the horizon stops, naming both keys."""
+    words = horizon_words(horizon_days)
+    filled = question.replace("{horizon}", words)
+    for match in _YEARS.finditer(question):
+        said = match.group(1).lower()
+        n = _NUMBER_WORDS.get(said) or int(said)
+        if f"{n} year" not in words:
+            raise ConfigError(
+                f"config serialization.question says '{match.group(0)}', but cohort.horizon_days "
+                f"is {horizon_days} ({words}): the question would ask about another window than "
+                "the labels. Write {horizon} in the question (filled from cohort.horizon_days)."
+            )
+    return filled
+
+
+def check_yaml_file(path: str | Path) -> None:
+    """Stop with the file, line and column of a YAML syntax error (Snakemake's own message
+    names neither). A missing file is left to Snakemake, whose message is clear."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}.") from None
