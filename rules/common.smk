@@ -32,6 +32,16 @@ RUN_DIR = "results/runs/model={model}/serialization={serialization}/format={form
 REFERENCE_HISTORIES = (
     f"results/histories/{config['serialization']['reference_variant']}.parquet"
 )
+# What the teacher is shown (teacher.view student_prompt): the student's prompts of the
+# reference variant under the view model's budget; none under full_history.
+TEACHER_PROMPTS = (
+    "results/prompts/{model}/{serialization}.parquet".format(
+        model=study.teacher_view_model(config),
+        serialization=config["serialization"]["reference_variant"],
+    )
+    if config["teacher"]["view"] == "student_prompt"
+    else []
+)
 
 
 wildcard_constraints:
@@ -300,6 +310,13 @@ def get_settings(*keys):
     for key in keys:
         section = section[key]
     return study.canonical(section)
+
+
+def get_bootstrap_settings():
+    """What the report reads of evaluation: its bootstrap (the rest reaches it through the
+    evaluation jobs' outputs)."""
+    evaluation = config["evaluation"]
+    return {k: evaluation[k] for k in ("bootstrap_resamples", "bootstrap_seed")}
 
 
 def get_serialization_settings():

@@ -41,9 +41,9 @@ rule report:
         entries=get_report_entries(),
         formats=config["grid"]["format"],
         baseline_formats=config["baselines"]["kinds"],
-        bootstrap=get_settings("evaluation"),
-        # The whole config: the run card documents all of it.
-        study=study.canonical(config),
+        bootstrap=get_bootstrap_settings(),
+    # The run card documents the whole config, read by the script: as a param, any edit
+    # (a cluster setting, a teacher timeout) would rerun the report.
     script:
         "../workflow_scripts/report.py"
 
@@ -64,8 +64,7 @@ rule report_partial:
         entries=get_report_entries(),
         formats=config["grid"]["format"],
         baseline_formats=config["baselines"]["kinds"],
-        bootstrap=get_settings("evaluation"),
-        study=study.canonical(config),
+        bootstrap=get_bootstrap_settings(),
         partial=True,
     script:
         "../workflow_scripts/report.py"
