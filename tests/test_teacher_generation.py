@@ -100,6 +100,10 @@ CFG_BASE: dict[str, Any] = {
 
 @pytest.fixture
 def subjects(synthetic_histories) -> pl.DataFrame:
+    return pick_subjects(synthetic_histories)
+
+
+def pick_subjects(synthetic_histories: pl.DataFrame) -> pl.DataFrame:
     """20 teacher subjects, both labels present; the header carries the subject id so the
     fake teacher knows whom it is answering."""
     pool = teacher_inputs(synthetic_histories)
