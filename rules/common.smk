@@ -34,14 +34,17 @@ REFERENCE_HISTORIES = (
 )
 # What the teacher is shown (teacher.view student_prompt): the student's prompts of the
 # reference variant under the view model's budget; none under full_history.
-TEACHER_PROMPTS = (
-    "results/prompts/{model}/{serialization}.parquet".format(
-        model=study.teacher_view_model(config),
-        serialization=config["serialization"]["reference_variant"],
+try:
+    TEACHER_PROMPTS = (
+        "results/prompts/{model}/{serialization}.parquet".format(
+            model=study.teacher_view_model(config),
+            serialization=config["serialization"]["reference_variant"],
+        )
+        if config["teacher"]["view"] == "student_prompt"
+        else []
     )
-    if config["teacher"]["view"] == "student_prompt"
-    else []
-)
+except ValueError as error:
+    raise WorkflowError(str(error)) from None
 
 
 wildcard_constraints:

@@ -278,7 +278,7 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         ("models.*.max_seq_len",),
-        {"models.tiny.max_seq_len": 500},
+        {"models.tiny.max_seq_len": 700},
         FROM_THE_MODEL,
         "Part of the model's settings (the tiny model's position table).",
     ),
