@@ -323,15 +323,11 @@ def get_bootstrap_settings():
 
 
 def get_serialization_settings():
-    """How histories are written; the question is added later, by build_prompts, and which
-    variant is the reference view changes no history."""
-    return study.canonical(
-        {
-            k: v
-            for k, v in config["serialization"].items()
-            if k not in ("question", "reference_variant")
-        }
-    )
+    """How histories are written: time encoding and look-back. The question, system prompt and
+    answer words are added later (build_prompts, the model's settings), and which variant is
+    the reference view changes no history."""
+    serialization = config["serialization"]
+    return study.canonical({k: serialization[k] for k in ("time_encoding", "lookback_days")})
 
 
 @functools.cache

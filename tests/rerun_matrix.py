@@ -79,9 +79,11 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         ("data.synthetic.chunk_size",),
-        {"data.synthetic.chunk_size": 777},
-        NOTHING,
-        "Memory only; the events are the same.",
+        {"data.synthetic.chunk_size": 2000},
+        {"synthesize_events": 1, **EVERYTHING_FROM_COHORT},
+        "Memory only; the schema says it never changes the events.",
+        known_excess="It is in the synthesize_events params (the whole data.synthetic "
+        "section), so every stage reruns.",
     ),
     Row(
         (
@@ -107,8 +109,10 @@ ROWS: tuple[Row, ...] = (
     Row(
         ("cohort.small_cell_threshold",),
         {"cohort.small_cell_threshold": 11},
-        {"table_one": 1, **REPORT},
+        EVERYTHING_FROM_COHORT,
         "Only Table 1 suppresses small cells.",
+        known_excess="It is in the cohort job's params (the whole cohort section), so the "
+        "cohort and every stage after it rerun; only table_one and the report must.",
     ),
     # ----------------------------------------------------------------------------- serialization
     Row(
@@ -318,10 +322,10 @@ ROWS: tuple[Row, ...] = (
     Row(
         ("hub.cache_dir",),
         {"hub.cache_dir": "/tmp/models"},
-        FROM_THE_MODEL,
-        "Part of every model's settings.",
-        known_excess="A built or local model does not read the hub cache; the model jobs "
-        "rerun anyway (hub.cache_dir is in their params).",
+        {**STUDENT_PROMPTS, **TEACHER, "finetune": 3, **EVALUATED, **REPORT},
+        "Part of every model's settings (where a hub model's weights are found).",
+        known_excess="A built or local model does not read the hub cache; its prompts, "
+        "fine-tunes and evaluations rerun anyway (hub.cache_dir is in their params).",
     ),
     # ----------------------------------------------------------------------------- baselines
     Row(
@@ -337,14 +341,19 @@ ROWS: tuple[Row, ...] = (
             "evaluation.max_new_tokens",
             "evaluation.few_shot_k",
             "evaluation.calibrate_on_tuning",
-            "evaluation.bootstrap_resamples",
-            "evaluation.bootstrap_seed",
         ),
         {"evaluation.few_shot_k": 3},
         {**EVALUATED, **REPORT},
-        "Every evaluation (and the report's statistics).",
-        known_excess="evaluation.batch_size reruns every evaluation although scores should "
-        "not depend on it; bootstrap settings rerun evaluations as well as the report.",
+        "Every evaluation (the evaluate jobs take the whole evaluation section).",
+        known_excess="evaluation.batch_size reruns every evaluation although the scores "
+        "should not depend on it.",
+    ),
+    Row(
+        ("evaluation.bootstrap_resamples", "evaluation.bootstrap_seed"),
+        {"evaluation.bootstrap_seed": 1},
+        {**EVALUATED, "baseline": 1, **REPORT},
+        "The confidence intervals of every evaluation, baseline and of the report's paired "
+        "statistics.",
     ),
     # ----------------------------------------------------------------------------- grid
     Row(
