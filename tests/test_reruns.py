@@ -10,7 +10,8 @@ generates docs/reruns.md, and the test fails while that file is stale.
 
 Cost, measured on 2 cores shared with other jobs (load about 8): the 32 dry runs took 5.4 min
 of wall time but 48 s of CPU, so about a minute on two free cores; the fixture's study run
-comes on top, which is why the dry-run test is marked slow.
+comes on top (the whole file took 8.4 min under that load), which is why the dry-run test is
+marked slow.
 """
 
 from __future__ import annotations
