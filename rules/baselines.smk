@@ -17,6 +17,7 @@ rule baseline:
         "../envs/report.yaml"
     params:
         baselines=get_settings("baselines"),
-        evaluation=get_settings("evaluation"),
+        # Only its bootstrap: the rest of evaluation is the language models' scoring.
+        evaluation=get_bootstrap_settings(),
     script:
         "../workflow_scripts/baseline.py"

@@ -42,6 +42,19 @@ RUN_DIR = "results/runs/model={model}/serialization={serialization}/format={form
 REFERENCE_HISTORIES = (
     f"results/histories/{config['serialization']['reference_variant']}.parquet"
 )
+# What the teacher is shown (teacher.view student_prompt): the student's prompts of the
+# reference variant under the view model's budget; none under full_history.
+try:
+    TEACHER_PROMPTS = (
+        "results/prompts/{model}/{serialization}.parquet".format(
+            model=study.teacher_view_model(config),
+            serialization=config["serialization"]["reference_variant"],
+        )
+        if config["teacher"]["view"] == "student_prompt"
+        else []
+    )
+except ValueError as error:
+    raise WorkflowError(str(error)) from None
 
 
 wildcard_constraints:
@@ -318,16 +331,19 @@ def get_settings(*keys):
     return study.canonical(section)
 
 
+def get_bootstrap_settings():
+    """What the report reads of evaluation: its bootstrap (the rest reaches it through the
+    evaluation jobs' outputs)."""
+    evaluation = config["evaluation"]
+    return {k: evaluation[k] for k in ("bootstrap_resamples", "bootstrap_seed")}
+
+
 def get_serialization_settings():
-    """How histories are written; the question is added later, by build_prompts, and which
-    variant is the reference view changes no history."""
-    return study.canonical(
-        {
-            k: v
-            for k, v in config["serialization"].items()
-            if k not in ("question", "reference_variant")
-        }
-    )
+    """How histories are written: time encoding and look-back. The question, system prompt and
+    answer words are added later (build_prompts, the model's settings), and which variant is
+    the reference view changes no history."""
+    serialization = config["serialization"]
+    return study.canonical({k: serialization[k] for k in ("time_encoding", "lookback_days")})
 
 
 @functools.cache

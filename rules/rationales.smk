@@ -1,7 +1,10 @@
 # Rationales: a teacher explains each training and tuning subject's outcome (label-aware), or
-# predicts it first and explains its own answer (label-blind, STaR-style). Rationales failing
-# quality control are regenerated, then kept flagged or dropped. Held-out subjects never reach
-# the teacher. With teacher.shards > 1 each style is written by several jobs, merged after.
+# predicts it first and explains its own answer (label-blind, STaR-style). It reads what the
+# student reads (teacher.view): the reference variant's prompt under the view model's budget.
+# Rationales failing quality control are regenerated, then kept flagged or dropped. Held-out
+# subjects never reach the teacher. With teacher.shards > 1 each style is written by several
+# jobs, merged after. How requests are sent (endpoint, concurrency, timeouts, retries, allowed
+# hosts) is read by the script from the config: it is no param, and editing it reruns nothing.
 
 import glob
 
@@ -32,6 +35,7 @@ if SHARDS == 1:
         """One rationale per training/tuning subject in the given style."""
         input:
             histories=REFERENCE_HISTORIES,
+            prompts=TEACHER_PROMPTS,
         output:
             rationales=f"{RATIONALES}/{{style}}.parquet",
             report=f"{RATIONALES}/{{style}}.generation.json",
@@ -57,6 +61,7 @@ else:
         jobs, at most `teacher_jobs` at once, each with its own cache file."""
         input:
             histories=REFERENCE_HISTORIES,
+            prompts=TEACHER_PROMPTS,
         output:
             rationales=f"{RATIONALES}/shards/{{style}}/{{shard}}-of-{SHARDS}.parquet",
             report=f"{RATIONALES}/shards/{{style}}/{{shard}}-of-{SHARDS}.generation.json",
@@ -94,6 +99,9 @@ else:
             "results/logs/merge_rationale_shards/{teacher}/{style}.log",
         conda:
             "../envs/data.yaml"
+        params:
+            # Near-duplicates are flagged on the merged style.
+            qc=config["teacher"]["qc"],
         script:
             "../workflow_scripts/merge_rationale_shards.py"
 
@@ -106,6 +114,7 @@ rule rationale_qc:
         rationales=f"{RATIONALES}/{{style}}.parquet",
         report=f"{RATIONALES}/{{style}}.generation.json",
         histories=REFERENCE_HISTORIES,
+        prompts=TEACHER_PROMPTS,
     output:
         table=f"{RATIONALES}/{{style}}.qc.parquet",
         report=f"{RATIONALES}/{{style}}.qc.json",

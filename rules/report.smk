@@ -41,10 +41,10 @@ rule report:
         entries=get_report_entries(),
         formats=config["grid"]["format"],
         baseline_formats=config["baselines"]["kinds"],
-        bootstrap=get_settings("evaluation"),
+        bootstrap=get_bootstrap_settings(),
         validity=get_settings("validity"),
-        # The whole config: the run card documents all of it.
-        study=study.canonical(config),
+    # The run card documents the whole config, read by the script: as a param, any edit
+    # (a cluster setting, a teacher timeout) would rerun the report.
     script:
         "../workflow_scripts/report.py"
 
@@ -65,8 +65,7 @@ rule report_partial:
         entries=get_report_entries(),
         formats=config["grid"]["format"],
         baseline_formats=config["baselines"]["kinds"],
-        bootstrap=get_settings("evaluation"),
-        study=study.canonical(config),
+        bootstrap=get_bootstrap_settings(),
         validity=get_settings("validity"),
         partial=True,
     script:

@@ -161,16 +161,22 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "drop_connection":
             self.close_connection = True  # no status line, no headers: the client sees EOF
         else:
+            finish_reason = "stop"
             if fault == "empty_content":
                 content = ""
             elif fake.responder is not None:
                 content = fake.responder(body)
+                if isinstance(content, tuple):  # (content, finish_reason)
+                    content, finish_reason = content
             else:
                 content = expected_content(messages)
-            completion = fake._completion(body, content)
+            completion = fake._completion(body, content, finish_reason)
             if fault == "missing_choices":
                 del completion["choices"]
             self._send_json(200, completion)
+            if fault is None:
+                with fake._lock:
+                    fake.answered[content_digest(messages)] += 1
 
 
 class FakeOpenAIServer:
@@ -185,7 +191,9 @@ class FakeOpenAIServer:
     force_status: answer every chat request with this HTTP status.
     responder: computes the answer's content from the request body (messages and sampling
         settings), in place of `expected_content`; lets tests play a teacher that reasons,
-        predicts or fails quality control depending on the prompt and the seed.
+        predicts or fails quality control depending on the prompt and the seed. It may return
+        (content, finish_reason) to play a cut-off answer ("length").
+    answered: content_digest -> proper answers sent (faults not counted).
     """
 
     def __init__(
@@ -202,7 +210,7 @@ class FakeOpenAIServer:
         require_api_key: str | None = None,
         echo_key_in_errors: bool = False,
         force_status: int | None = None,
-        responder: Callable[[dict[str, Any]], str] | None = None,
+        responder: Callable[[dict[str, Any]], str | tuple[str, str]] | None = None,
     ) -> None:
         self.faults = dict(faults or {})
         unknown = set(self.faults) - set(FAULT_KINDS)
@@ -224,6 +232,7 @@ class FakeOpenAIServer:
         self._stop = threading.Event()  # wakes sleeping handlers on shutdown
         self.requests_received = 0
         self.content_counts: Counter[str] = Counter()  # content_digest -> requests seen
+        self.answered: Counter[str] = Counter()  # content_digest -> proper answers sent
         self.fault_counts: Counter[str] = Counter()  # fault kind -> times injected
         self.request_bodies: list[dict[str, Any]] = []
         self.seen_auth_headers: list[str] = []
@@ -268,7 +277,9 @@ class FakeOpenAIServer:
                     return kind
             return None
 
-    def _completion(self, body: dict[str, Any], content: str) -> dict[str, Any]:
+    def _completion(
+        self, body: dict[str, Any], content: str, finish_reason: str = "stop"
+    ) -> dict[str, Any]:
         prompt_words = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
         return {
             "id": f"chatcmpl-{hashlib.sha256(content.encode()).hexdigest()[:16]}",
@@ -279,7 +290,7 @@ class FakeOpenAIServer:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
+                    "finish_reason": finish_reason,
                 }
             ],
             "usage": {
@@ -297,6 +308,7 @@ class FakeOpenAIServer:
         with self._lock:
             self.requests_received = 0
             self.content_counts.clear()
+            self.answered.clear()
             self.fault_counts.clear()
             self.request_bodies.clear()
             self.seen_auth_headers.clear()

@@ -67,7 +67,8 @@ def test_reference_variant_outside_the_grid_is_still_built(workdir, tmp_path):
     path.write_text(yaml.safe_dump(config))
     counts = dry_run(workdir, configfile=path)
     assert counts["build_histories"] == 2  # codes_only for students, markdown for the teacher
-    assert counts["build_prompts"] == 1
+    # the students' codes_only prompts, and the teacher's view: markdown cut to tiny's budget
+    assert counts["build_prompts"] == 2
 
 
 def write_config(tmp_path, mutate):

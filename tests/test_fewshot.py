@@ -8,7 +8,7 @@ import pytest
 from rationale_bench import fewshot, formats
 from rationale_bench.cohort import training_subset
 from rationale_bench.serialize import build_prompts
-from rationale_bench.teacher import generate_rationales
+from rationale_bench.teacher import generate_rationales, teacher_inputs
 
 QUESTION = "Will this patient be diagnosed with dementia within 5 years? Answer Yes or No."
 
@@ -40,7 +40,9 @@ def test_prompts_hold_k_solved_examples_within_the_context(
     rationales = None
     if with_rationales:
         cfg = {"name": "template", "backend": "template", "seed": 0}
-        rationales, _ = generate_rationales(synthetic_histories, "free_form", cfg, tmp_path / "c")
+        rationales, _ = generate_rationales(
+            teacher_inputs(synthetic_histories), "free_form", cfg, tmp_path / "c"
+        )
     max_seq_len, reserve = 2048 if with_rationales else 768, 40
     out = fewshot.few_shot_prompts(
         target_prompts,

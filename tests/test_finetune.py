@@ -19,7 +19,7 @@ from rationale_bench.finetune import (
     train,
 )
 from rationale_bench.serialize import build_prompts
-from rationale_bench.teacher import generate_rationales
+from rationale_bench.teacher import generate_rationales, teacher_inputs
 
 TRAINING = {
     "method": "lora",
@@ -49,7 +49,10 @@ def prompts(synthetic_histories, tiny_tokenizer):
 def rationales(synthetic_histories, tmp_path_factory):
     cfg = {"name": "template", "backend": "template", "seed": 0}
     table, _ = generate_rationales(
-        synthetic_histories, "free_form", cfg, tmp_path_factory.mktemp("cache") / "c.jsonl"
+        teacher_inputs(synthetic_histories),
+        "free_form",
+        cfg,
+        tmp_path_factory.mktemp("cache") / "c.jsonl",
     )
     return table
 

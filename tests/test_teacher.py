@@ -11,6 +11,7 @@ from rationale_bench.teacher import (
     build_messages,
     generate_rationales,
     grounded_fraction,
+    teacher_inputs,
     template_rationale,
 )
 
@@ -18,7 +19,9 @@ CFG = {"name": "template", "backend": "template", "seed": 0}
 
 
 def test_only_training_and_tuning_subjects(synthetic_histories, tmp_path):
-    table, report = generate_rationales(synthetic_histories, "free_form", CFG, tmp_path / "c.jsonl")
+    table, report = generate_rationales(
+        teacher_inputs(synthetic_histories), "free_form", CFG, tmp_path / "c.jsonl"
+    )
     expected = synthetic_histories.filter(pl.col("split").is_in(["train", "tuning"]))
     assert table["subject_id"].to_list() == expected["subject_id"].to_list()
     assert report["usage"]["requests_sent"] == 0
@@ -26,18 +29,24 @@ def test_only_training_and_tuning_subjects(synthetic_histories, tmp_path):
     assert table["qc_pass"].all() and report["regenerated"] == 0 and report["dropped"] == 0
 
 
-def test_held_out_subjects_are_refused(synthetic_histories):
-    from rationale_bench.teacher import _check_splits
-
-    with pytest.raises(TeacherError, match="held-out subjects"):
-        _check_splits(synthetic_histories)
+def test_held_out_subjects_are_refused(synthetic_histories, tmp_path):
+    """The refusal is reached: the generator is handed held-out rows and stops before any
+    rationale is written (it no longer filters them away itself)."""
+    held_out = synthetic_histories.filter(pl.col("split") == "held_out").head(3)
+    mixed = pl.concat([teacher_inputs(synthetic_histories).head(5), held_out])
+    with pytest.raises(TeacherError, match=r"3 subjects of split\(s\) held_out"):
+        generate_rationales(mixed, "free_form", CFG, tmp_path / "c.jsonl")
+    assert not (tmp_path / "c.jsonl").exists()
 
 
 def test_rationales_name_only_risk_factors_present(synthetic_histories, tmp_path):
-    table, _ = generate_rationales(synthetic_histories, "step_by_step", CFG, tmp_path / "c.jsonl")
+    table, _ = generate_rationales(
+        teacher_inputs(synthetic_histories), "step_by_step", CFG, tmp_path / "c.jsonl"
+    )
     codes = dict(synthetic_histories.select("subject_id", "codes").iter_rows())
+    ages = dict(synthetic_histories.select("subject_id", "age").iter_rows())
     for sid, text in table.select("subject_id", "rationale").head(300).iter_rows():
-        assert grounded_fraction(text, codes[sid]) == 1.0
+        assert grounded_fraction(text, codes[sid], ages[sid]) == 1.0
         assert text.splitlines()[-1].startswith("5. Conclusion:")
     # and every risk factor present is named
     row = synthetic_histories.filter(pl.col("split") == "train").row(0, named=True)

@@ -41,15 +41,28 @@ FILLER = (
 )
 
 
-def good_rationale(more_likely: bool, style: str = "free_form") -> str:
+AGE = 72  # the age good_rationale states when it is not given a prompt
+
+
+def good_rationale(more_likely: bool, style: str = "free_form", prompt: str = "") -> str:
+    """A usable rationale: it states the patient's age (from the prompt's header) and a word
+    of its own per subject, so that no two subjects' rationales are near-duplicates."""
     direction = "more likely" if more_likely else "less likely"
+    found = re.search(r"Age at prediction time: (\d+)", prompt)
+    age = int(found.group(1)) if found else AGE
+    own = re.search(r"SUBJECT (\d+)", prompt)
+    word = "".join(chr(97 + int(d)) for d in own.group(1)) if own else "plain"
     if style == "step_by_step":
         return (
-            f"1. Age and sex: see the header.\n2. Modifiable risk factors: {FILLER}\n"
-            "3. Cognitive and prodromal signs: none stand out.\n4. Weighing the evidence: "
-            f"mixed.\n5. Conclusion: a dementia diagnosis within five years is {direction}."
+            f"1. Age and sex: a {age}-year-old patient ({word}).\n2. Modifiable risk factors: "
+            f"{FILLER}\n3. Cognitive and prodromal signs: none stand out.\n4. Weighing the "
+            f"evidence: mixed.\n5. Conclusion: a dementia diagnosis within five years is "
+            f"{direction}."
         )
-    return f"{FILLER} Overall, a dementia diagnosis within five years is {direction}."
+    return (
+        f"This {age}-year-old patient ({word}). {FILLER} Overall, a dementia diagnosis within "
+        f"five years is {direction}."
+    )
 
 
 def user_prompt(body: dict[str, Any]) -> str:
@@ -87,6 +100,10 @@ CFG_BASE: dict[str, Any] = {
 
 @pytest.fixture
 def subjects(synthetic_histories) -> pl.DataFrame:
+    return pick_subjects(synthetic_histories)
+
+
+def pick_subjects(synthetic_histories: pl.DataFrame) -> pl.DataFrame:
     """20 teacher subjects, both labels present; the header carries the subject id so the
     fake teacher knows whom it is answering."""
     pool = teacher_inputs(synthetic_histories)
@@ -156,16 +173,17 @@ def config(base_url: str, **extra: Any) -> dict[str, Any]:
     ],
 )
 def test_each_qc_check_fires(text: str, style: str, label: bool, reason: str) -> None:
-    failures = qc_failures(text, style, label, ["ICD10/E11.9"], QCSettings())
+    failures = qc_failures(text, style, label, ["ICD10/E11.9"], QCSettings(), AGE)
     assert reason in failures and reason in QC_REASONS
 
 
 def test_good_rationales_pass_qc() -> None:
     for style in ("free_form", "step_by_step"):
         for label in (True, False):
-            assert qc_failures(good_rationale(label, style), style, label, [], QCSettings()) == []
+            text = good_rationale(label, style)
+            assert qc_failures(text, style, label, [], QCSettings(), AGE) == []
     grounded = "The record shows hypertension. " + good_rationale(True)
-    assert qc_failures(grounded, "free_form", True, ["ICD10/I10"], QCSettings()) == []
+    assert qc_failures(grounded, "free_form", True, ["ICD10/I10"], QCSettings(), AGE) == []
 
 
 def test_split_answer() -> None:
@@ -194,7 +212,7 @@ def test_failing_rationales_are_regenerated_with_a_new_draw(subjects, tmp_path) 
         prompt = user_prompt(body)
         if subject_of(prompt) in bad and body["seed"] == 7:
             return "Too short."
-        return good_rationale(outcome_in(prompt))
+        return good_rationale(outcome_in(prompt), prompt=prompt)
 
     cache = tmp_path / "cache.jsonl"
     with FakeOpenAIServer(responder=responder) as server:
@@ -207,7 +225,8 @@ def test_failing_rationales_are_regenerated_with_a_new_draw(subjects, tmp_path) 
         again, report2 = generate_rationales(subjects, "free_form", cfg, cache)
         assert server.requests_received == 0 and report2["usage"]["requests_sent"] == 0
     assert table["qc_pass"].all() and table.height == len(sids)
-    assert report["first_attempt_failures"] == {"too_short": len(bad)}
+    # "Too short." also names no fact of the record
+    assert report["first_attempt_failures"] == {"too_short": len(bad), "ungrounded": len(bad)}
     assert report["regenerated"] == report["recovered_by_regeneration"] == len(bad)
     assert report["dropped"] == 0 and report["final_failures"] == {}
     redone = table.filter(pl.col("subject_id").is_in(list(bad)))
@@ -229,7 +248,7 @@ def test_rationales_failing_every_attempt_are_kept_flagged_or_dropped(
         prompt = user_prompt(body)
         if subject_of(prompt) in hopeless:
             return "I'm sorry, but I cannot provide a prediction about a real patient. " + FILLER
-        return good_rationale(outcome_in(prompt))
+        return good_rationale(outcome_in(prompt), prompt=prompt)
 
     with FakeOpenAIServer(responder=responder) as server:
         cfg = config(server.base_url, qc={"max_attempts": 3, "on_failure": on_failure})
@@ -239,14 +258,16 @@ def test_rationales_failing_every_attempt_are_kept_flagged_or_dropped(
             sid = subject_of(user_prompt(body))
             per_subject[sid] = per_subject.get(sid, 0) + 1
     assert all(per_subject[s] == 3 for s in hopeless)  # max_attempts draws, then given up
-    assert report["first_attempt_failures"] == {"refusal": 2}
-    assert report["final_failures"] == {"refusal": 2}
+    assert report["first_attempt_failures"] == {"refusal": 2, "ungrounded": 2}
     failing = table.filter(~pl.col("qc_pass"))
     if on_failure == "keep":
+        # the two kept refusals are the same text: 10% of the style, above the 5% allowed
+        assert report["final_failures"] == {"refusal": 2, "ungrounded": 2, "near_duplicate": 2}
         assert table.height == len(sids) and report["kept_failing_qc"] == 2
         assert set(failing["subject_id"]) == hopeless
-        assert set(failing["qc_failures"]) == {"refusal"}
+        assert set(failing["qc_failures"]) == {"refusal,ungrounded,near_duplicate"}
     else:
+        assert report["final_failures"] == {"refusal": 2, "ungrounded": 2}
         assert failing.height == 0 and set(table["subject_id"]) == set(sids) - hopeless
         assert report["dropped"] == 2 and report["dropped_by_reason"] == {"refusal": 2}
 
@@ -259,8 +280,8 @@ def blind_teacher(body: dict[str, Any]) -> str:
     prompt = user_prompt(body)
     outcome = outcome_in(prompt)
     if outcome is None:
-        return good_rationale(True) + "\nAnswer: Yes"
-    return good_rationale(outcome)
+        return good_rationale(True, prompt=prompt) + "\nAnswer: Yes"
+    return good_rationale(outcome, prompt=prompt)
 
 
 @pytest.mark.parametrize("on_disagreement", ["rationalize", "drop"])
@@ -300,7 +321,7 @@ def test_label_blind_keeps_agreeing_and_rationalizes_or_drops_the_rest(
 def test_label_blind_retries_a_missing_answer(subjects, tmp_path) -> None:
     def responder(body: dict[str, Any]) -> str:
         if body["seed"] == 7:  # the first draw forgets the answer line
-            return good_rationale(True)
+            return good_rationale(True, prompt=user_prompt(body))
         return blind_teacher(body)
 
     with FakeOpenAIServer(responder=responder) as server:
@@ -330,9 +351,13 @@ def test_label_blind_needs_a_predicting_teacher_and_a_blind_prompt(subjects, tmp
 
 def test_template_shards_merge_to_the_unsharded_result(synthetic_histories, tmp_path) -> None:
     cfg = {"name": "template", "backend": "template", "seed": 0}
-    whole, whole_report = generate_rationales(synthetic_histories, "step_by_step", cfg, tmp_path)
+    whole, whole_report = generate_rationales(
+        teacher_inputs(synthetic_histories), "step_by_step", cfg, tmp_path
+    )
     parts = [
-        generate_rationales(synthetic_histories, "step_by_step", cfg, tmp_path, shard=i, n_shards=3)
+        generate_rationales(
+            teacher_inputs(synthetic_histories), "step_by_step", cfg, tmp_path, shard=i, n_shards=3
+        )
         for i in range(3)
     ]
     sizes = [t.height for t, _ in parts]
@@ -352,7 +377,9 @@ def test_template_shards_merge_to_the_unsharded_result(synthetic_histories, tmp_
 def test_sharded_caches_are_reused_by_another_shard_layout(subjects, tmp_path) -> None:
     """Shards write their own cache files; a run with another layout reads them all, so
     nothing is paid twice."""
-    with FakeOpenAIServer(responder=lambda b: good_rationale(outcome_in(user_prompt(b)))) as srv:
+    with FakeOpenAIServer(
+        responder=lambda b: good_rationale(outcome_in(user_prompt(b)), prompt=user_prompt(b))
+    ) as srv:
         cfg = config(srv.base_url)
         caches = [tmp_path / f"cache.{i}.jsonl" for i in range(2)]
         for i in range(2):
@@ -385,7 +412,9 @@ def test_usage_cost_per_million_tokens() -> None:
 def test_progress_goes_to_the_log_as_lines(subjects, tmp_path, monkeypatch) -> None:
     log = io.StringIO()  # not a terminal, like a Snakemake job's log file
     monkeypatch.setattr(sys, "stderr", log)
-    with FakeOpenAIServer(responder=lambda b: good_rationale(outcome_in(user_prompt(b)))) as srv:
+    with FakeOpenAIServer(
+        responder=lambda b: good_rationale(outcome_in(user_prompt(b)), prompt=user_prompt(b))
+    ) as srv:
         generate_rationales(subjects, "free_form", config(srv.base_url), tmp_path / "c.jsonl")
     text = log.getvalue()
     assert "\r" not in text
@@ -400,7 +429,9 @@ def test_qc_table_and_report_carry_the_generation_verdict(synthetic_histories, t
     from rationale_bench.teacher import qc_report, quality_control
 
     cfg = {"name": "template", "backend": "template", "seed": 0}
-    table, generation = generate_rationales(synthetic_histories, "free_form", cfg, tmp_path)
+    table, generation = generate_rationales(
+        teacher_inputs(synthetic_histories), "free_form", cfg, tmp_path
+    )
     flagged = table.with_columns(
         qc_pass=pl.int_range(pl.len()) % 2 == 0,
         qc_failures=pl.when(pl.int_range(pl.len()) % 2 == 0).then(None).otherwise(pl.lit("x")),
@@ -433,7 +464,8 @@ def test_rationale_job_settings_hold_only_what_changes_that_style() -> None:
             "mode": "label_aware",
             "qc": {"max_attempts": 3},
             "seed": 0,
-            "openai": {"model": "m"},
+            "openai": {"model": "m", "base_url": "http://127.0.0.1:1/v1", "concurrency": 4},
+            "view": "full_history",
             "allowed_hosts": [],
             "max_history_lines": 10,
             "prompts": prompts,
@@ -447,6 +479,17 @@ def test_rationale_job_settings_hold_only_what_changes_that_style() -> None:
     assert set(before["prompts"]) == {"system", "free_form"} and "label_blind" not in before
     config["teacher"]["prompts"] = {**prompts, "step_by_step": "edited", "blind_free_form": "x"}
     config["teacher"].update(shards=5, price_per_million_tokens={}, review={})
+    # how requests are sent changes no answer: none of it is a param
+    config["teacher"]["openai"].update(
+        base_url="http://10.0.0.2/v1",
+        concurrency=64,
+        request_timeout_s=5,
+        max_attempts=9,
+        api_key_env="KEY",
+        retry_rounds=1,
+        round_backoff_s=1,
+    )
+    config["teacher"]["allowed_hosts"] = ["example.org"]
     assert rationale_settings(config, "free_form") == before
     config["teacher"]["qc"] = {"max_attempts": 4}
     assert rationale_settings(config, "free_form") != before
@@ -463,11 +506,11 @@ def test_rationale_job_settings_hold_only_what_changes_that_style() -> None:
         ("He is diabetic, on metformin.", ["ICD10/E11.9"], 0.5),  # metformin not in the record
         ("A statin was prescribed for high cholesterol.", ["ATC/C10AA05", "ICD10/E78.5"], 1.0),
         ("Atrial fibrillation is treated with warfarin.", ["ICD10/I48.91"], 0.5),
-        # negated mentions claim nothing
-        ("There is no history of stroke, diabetes or depression.", [], 1.0),
+        # negated mentions claim nothing, and a text claiming nothing is grounded in nothing
+        ("There is no history of stroke, diabetes or depression.", [], 0.0),
         ("Hypertension is documented; no diabetes.", ["ICD10/I10"], 1.0),
         ("Hypertension is documented, and diabetes.", ["ICD10/I10"], 0.5),
-        ("Nothing of note.", [], 1.0),
+        ("Nothing of note.", [], 0.0),
     ],
 )
 def test_grounding_sees_wordings_drugs_and_negation(text, codes, expected) -> None:

@@ -21,7 +21,7 @@ from rationale_bench.review import (
     review_scores,
     write_review_sheet,
 )
-from rationale_bench.teacher import generate_rationales
+from rationale_bench.teacher import generate_rationales, teacher_inputs
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def rationales(synthetic_histories, tmp_path_factory) -> pl.DataFrame:
     cache = tmp_path_factory.mktemp("c")
     return pl.concat(
         [
-            generate_rationales(synthetic_histories, style, cfg, cache)[0]
+            generate_rationales(teacher_inputs(synthetic_histories), style, cfg, cache)[0]
             for style in ("free_form", "step_by_step")
         ]
     )

@@ -129,3 +129,38 @@ def test_filled_review_sheets_feed_the_report(workdir: Path) -> None:
     report_job = (out.stdout + out.stderr).split("\nrule report:")[1].split("output:")[0]
     assert "results/review/scores.csv" in report_job
     assert "results/review/agreement.csv" in report_job
+
+
+def test_view_model_outside_the_grid_is_refused_before_any_job(workdir: Path) -> None:
+    path = write_config(workdir, view_model="nope")
+    result = snakemake(workdir, "-n", configfile=path, check=False)
+    assert result.returncode != 0
+    assert "teacher.view_model is 'nope', which is not in grid.model" in (
+        result.stdout + result.stderr
+    )
+
+
+def test_the_teacher_reads_the_students_prompt_of_the_view_model(workdir: Path) -> None:
+    result = snakemake(workdir, "-n", configfile=write_config(workdir))
+    job = (result.stdout + result.stderr).split("rule generate_rationales:")[1].split("\n\n")[0]
+    assert "results/prompts/tiny/timeline_recent.parquet" in job
+    full = snakemake(workdir, "-n", configfile=write_config(workdir, view="full_history"))
+    job = (full.stdout + full.stderr).split("rule generate_rationales:")[1].split("\n\n")[0]
+    assert "results/prompts/" not in job
+
+
+@pytest.mark.slow
+def test_a_failed_teacher_job_says_why_in_one_console_line(workdir: Path) -> None:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["data"]["synthetic"]["n_subjects"] = 300
+    with FakeOpenAIServer(force_status=401) as srv:
+        config["teacher"].update(
+            name="fake", backend="openai", view="full_history", openai={"base_url": srv.base_url}
+        )
+        path = workdir / "fake.yaml"
+        path.write_text(yaml.safe_dump(config))
+        target = "results/rationales/fake/free_form.parquet"
+        result = snakemake(workdir, "-c2", target, configfile=path, check=False)
+    assert result.returncode != 0
+    lines = [x for x in result.stderr.splitlines() if x.startswith("generate_rationales failed:")]
+    assert len(lines) == 1 and "401" in lines[0] and "every request" in lines[0]

@@ -157,17 +157,42 @@ def check_teacher_config(config: Mapping[str, Any]) -> None:
             "'template' teacher only explains a known one. Set teacher.backend to 'openai' or "
             "teacher.mode to 'label_aware'."
         )
+    if teacher.get("view", "student_prompt") == "student_prompt":
+        teacher_view_model(config)
+
+
+# Settings of the openai block that decide how requests are sent, not what is answered: the
+# teacher script reads them from the config, so editing them reruns nothing (the cache answers).
+OPERATIONAL_OPENAI_KEYS = (
+    "base_url",
+    "api_key_env",
+    "concurrency",
+    "request_timeout_s",
+    "max_attempts",
+    "retry_rounds",
+    "round_backoff_s",
+)
+TEACHER_VIEWS = ("student_prompt", "full_history")
 
 
 def rationale_settings(config: Mapping[str, Any], style: str) -> dict[str, Any]:
     """The settings one style's rationale jobs get (their Snakemake params): only what changes
-    those rationales, so editing another style's prompt, the shard count, the price table or
-    the review settings reruns no teacher job. Keys sorted, so key order never does either."""
+    those rationales, so editing another style's prompt, the shard count, the price table, the
+    review settings or how requests are sent (endpoint, key variable, concurrency, timeouts,
+    retries, allowed hosts: :func:`teacher_operational_settings`) reruns no teacher job. Keys
+    sorted, so key order never does either."""
     teacher = config["teacher"]
-    keys = ["name", "backend", "mode", "qc"]
+    keys = ["name", "backend", "mode", "qc", "view"]
+    settings = {k: teacher[k] for k in keys}
+    if teacher["view"] == "student_prompt":
+        settings["view_model"] = teacher_view_model(config)
     if teacher["backend"] == "template":
-        return canonical({k: teacher[k] for k in [*keys, "seed"]})
-    settings = {k: teacher[k] for k in [*keys, "openai", "allowed_hosts", "max_history_lines"]}
+        return canonical({**settings, "seed": teacher["seed"]})
+    if teacher["view"] == "full_history":
+        settings["max_history_lines"] = teacher["max_history_lines"]
+    settings["openai"] = {
+        k: v for k, v in teacher["openai"].items() if k not in OPERATIONAL_OPENAI_KEYS
+    }
     prompts = teacher["prompts"]
     settings["prompts"] = {"system": prompts["system"], style: prompts[style]}
     if teacher["mode"] == "label_blind":
@@ -175,6 +200,38 @@ def rationale_settings(config: Mapping[str, Any], style: str) -> dict[str, Any]:
         settings["prompts"][f"blind_{style}"] = prompts[f"blind_{style}"]
     settings["question"] = config["serialization"]["question"]
     return canonical(settings)
+
+
+def teacher_operational_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """How the teacher's requests are sent: read by the teacher script from the config, never a
+    param, because none of it changes an answer (answers come from the cache, keyed by model,
+    messages and sampling)."""
+    teacher = config["teacher"]
+    api = teacher.get("openai") or {}
+    settings = {k: api[k] for k in OPERATIONAL_OPENAI_KEYS if k in api}
+    settings["allowed_hosts"] = list(teacher.get("allowed_hosts") or [])
+    return settings
+
+
+def teacher_view_model(config: Mapping[str, Any]) -> str:
+    """The grid model whose prompts the teacher reads (teacher.view: student_prompt).
+
+    teacher.view_model when set; else the grid model with the smallest max_prompt_tokens (the
+    first such in grid order): every student then sees at least as many history lines as the
+    teacher was shown (exactly so when the models share a tokenizer), so no rationale cites
+    evidence its student cannot read.
+    """
+    chosen = config["teacher"].get("view_model")
+    grid = list(config["grid"]["model"])
+    if chosen is not None:
+        if chosen not in grid:
+            raise ValueError(
+                f"config teacher.view_model is '{chosen}', which is not in grid.model "
+                f"({', '.join(grid)}). Name a grid model, or set it to null for the grid model "
+                "with the smallest max_prompt_tokens."
+            )
+        return chosen
+    return min(grid, key=lambda m: (config["models"][m]["max_prompt_tokens"], grid.index(m)))
 
 
 def drops_subjects(teacher: Mapping[str, Any]) -> bool:

@@ -13,10 +13,13 @@ Backends:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import logging
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -33,7 +36,10 @@ from rationale_bench.study import (  # noqa: F401
     check_teacher_config,
     drops_subjects,
     rationale_settings,
+    teacher_operational_settings,
 )
+
+logger = logging.getLogger("rationale_bench.teacher")
 
 STYLES = ("free_form", "step_by_step")
 TEACHER_SPLITS = ("train", "tuning")
@@ -50,17 +56,58 @@ class TeacherError(ValueError):
 
 
 def teacher_inputs(histories: pl.DataFrame) -> pl.DataFrame:
-    """The subjects a teacher may see: training and tuning only."""
+    """The subjects a teacher may see: training and tuning only. Callers filter with this;
+    :func:`generate_rationales` then refuses any other split it is handed."""
     return histories.filter(pl.col("split").is_in(TEACHER_SPLITS))
 
 
 def _check_splits(subjects: pl.DataFrame) -> None:
-    leaked = subjects.filter(~pl.col("split").is_in(TEACHER_SPLITS)).height
-    if leaked:
+    leaked = subjects.filter(~pl.col("split").is_in(TEACHER_SPLITS))
+    if leaked.height:
+        splits = ", ".join(sorted(set(leaked["split"].cast(pl.String).fill_null("null"))))
         raise TeacherError(
-            f"{leaked} held-out subjects were passed to the teacher; held-out subjects must never "
-            "reach a label-aware teacher. This is a bug in the caller."
+            f"{leaked.height} subjects of split(s) {splits} (first: subject "
+            f"{leaked['subject_id'][0]}) were passed to the teacher; only {TEACHER_SPLITS} "
+            "subjects may reach a label-aware teacher. Filter with teacher_inputs() first; "
+            "in the workflow this is a bug."
         )
+
+
+# Tokens of a shown history: a code appears in it as its short form "(I10)", or bare when it
+# has no known name ("ICD10CM/X99").
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9./_-]*[A-Za-z0-9]|[A-Za-z0-9]")
+
+
+def visible_codes(codes: Sequence[str], shown: str) -> list[str]:
+    """The codes of a record that a shown (possibly truncated) history mentions."""
+    tokens = set(_TOKEN.findall(shown))
+    return [c for c in codes if c in tokens or c.split("/")[-1] in tokens]
+
+
+def teacher_view(histories: pl.DataFrame, prompts: pl.DataFrame | None) -> pl.DataFrame:
+    """The training and tuning subjects as the teacher sees them.
+
+    ``prompts`` (teacher.view 'student_prompt'): the student's prompts of the reference variant
+    for the view model; each subject's ``shown_history`` is its prompt's (truncated) history and
+    ``codes`` keeps only the codes that history mentions, so the template teacher and the QC
+    grounding use what was shown. ``None`` ('full_history'): the histories as they are.
+    """
+    subjects = teacher_inputs(histories)
+    if prompts is None:
+        return subjects
+    shown = prompts.select("subject_id", shown_history="history_text")
+    joined = subjects.join(shown, on="subject_id", how="left")
+    missing = joined.filter(pl.col("shown_history").is_null())
+    if missing.height:
+        raise TeacherError(
+            f"{missing.height} teacher subjects (first: {missing['subject_id'][0]}) have no "
+            "student prompt in the prompts file; rebuild the prompts (rule build_prompts) of "
+            "teacher.view_model for serialization.reference_variant."
+        )
+    codes = [
+        visible_codes(c, text) for c, text in joined.select("codes", "shown_history").iter_rows()
+    ]
+    return joined.with_columns(pl.Series("codes", codes, dtype=joined.schema["codes"]))
 
 
 def _findings(codes: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -177,6 +224,8 @@ QC_REASONS = (
     "no_conclusion",
     "ungrounded",
     "label_inconsistent",
+    "truncated",
+    "near_duplicate",
 )
 # The teacher refused or answered as a chatbot instead of reasoning about the record.
 _REFUSAL = re.compile(
@@ -215,6 +264,8 @@ class QCSettings:
     max_attempts: int = 3  # generations per subject and prompt, the first included
     regenerate_temperature: float = 0.7
     on_failure: str = "keep"  # keep (flagged qc_pass=false) or drop
+    max_duplicate_share: float = 0.05  # near-duplicates above this share of a style: flagged
+    length_retry_factor: float = 2.0  # max_tokens x this per regeneration of a cut-off text
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> QCSettings:
@@ -248,9 +299,19 @@ def split_answer(text: str) -> tuple[str, bool | None]:
 
 
 def qc_failures(
-    text: str, style: str, label: bool, codes: Sequence[str], settings: QCSettings
+    text: str,
+    style: str,
+    label: bool,
+    codes: Sequence[str],
+    settings: QCSettings,
+    age: float | None = None,
+    finish_reason: str | None = None,
 ) -> list[str]:
-    """Every QC check a rationale fails (names from QC_REASONS); empty when it is usable."""
+    """Every QC check a rationale fails (names from QC_REASONS); empty when it is usable.
+
+    ``codes`` and ``age`` are what the teacher was shown; a rationale naming none of them
+    fails grounding. ``finish_reason`` 'length' (cut off at max_tokens) fails as truncated.
+    """
     if not text.strip():
         return ["empty"]
     failures = []
@@ -267,11 +328,13 @@ def qc_failures(
         lines = [x for x in text.strip().splitlines() if x.strip()]
         if not lines or not _CONCLUSION_STEP.match(lines[-1]):
             failures.append("no_conclusion")
-    if grounded_fraction(text, codes) < settings.min_grounded_fraction:
+    if grounded_fraction(text, codes, age) < settings.min_grounded_fraction:
         failures.append("ungrounded")
     direction = conclusion_direction(text)
     if direction is not None and direction != bool(label):
         failures.append("label_inconsistent")
+    if finish_reason == "length":
+        failures.append("truncated")
     return failures
 
 
@@ -284,6 +347,7 @@ def qc_failures(
 class _Attempt:
     texts: list[str]
     sampling: list[str]  # JSON of the settings that produced each text
+    finish_reasons: list[str | None]  # the server's ("stop", "length", ...), per text
 
 
 class _Backend:
@@ -291,8 +355,9 @@ class _Backend:
     model = ""
 
     def generate(
-        self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int
+        self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int, longer: bool
     ) -> _Attempt:
+        """One draw for ``rows``; ``longer``: their last draw was cut off at max_tokens."""
         raise NotImplementedError
 
 
@@ -303,7 +368,7 @@ class _TemplateBackend(_Backend):
         self.seed = int(cfg.get("seed", 0))
 
     def generate(
-        self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int
+        self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int, longer: bool
     ) -> _Attempt:
         if prompt != "label_aware":
             raise TeacherError(
@@ -325,7 +390,7 @@ class _TemplateBackend(_Backend):
             )
             for r in rows
         ]
-        return _Attempt(texts, [json.dumps(sampling)] * len(rows))
+        return _Attempt(texts, [json.dumps(sampling)] * len(rows), ["stop"] * len(rows))
 
 
 class _OpenAIBackend(_Backend):
@@ -355,29 +420,80 @@ class _OpenAIBackend(_Backend):
             max_attempts=api["max_attempts"],
             allowed_hosts=tuple(cfg.get("allowed_hosts", [])),
         )
+        self.retry_rounds = int(api.get("retry_rounds", 3))
+        self.round_backoff_s = float(api.get("round_backoff_s", 30.0))
         self.usage = UsageSummary()
         # Tokens of every answer used, cached or not: what these rationales cost in total.
         self.total_prompt_tokens = 0
         self.total_completion_tokens = 0
 
-    def _endpoint(self, attempt: int) -> Any:
+    def _endpoint(self, attempt: int, longer: bool) -> Any:
         """Attempt 0 uses the configured sampling; a regeneration needs another draw, so it
-        changes the seed and (if the configured one is lower) raises the temperature."""
+        changes the seed and (if the configured one is lower) raises the temperature. A text
+        cut off at max_tokens is regenerated with a larger budget."""
         if attempt == 0:
             return self.endpoint
         ep = self.endpoint
+        factor = self.qc.length_retry_factor**attempt if longer else 1.0
         return replace(
             ep,
             seed=(ep.seed or 0) + attempt,
             temperature=max(ep.temperature, self.qc.regenerate_temperature),
+            max_tokens=int(round(ep.max_tokens * factor)),
         )
 
-    def generate(
-        self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int
-    ) -> _Attempt:
-        from rationale_bench.teacher_client import ChatRequest, run_chat_requests
+    def _answer_in_rounds(self, requests: list[Any], endpoint: Any, description: str) -> Any:
+        """Answers of every request. Requests that failed every attempt get further rounds
+        after a doubling back-off (answers received meanwhile come from the cache, so no
+        prompt is answered twice); errors every request would hit end it at once."""
+        from rationale_bench.teacher_client import TeacherError as RequestError
+        from rationale_bench.teacher_client import run_chat_requests
 
-        endpoint = self._endpoint(attempt)
+        for round_ in range(self.retry_rounds + 1):
+            try:
+                results, usage = run_chat_requests(
+                    requests,
+                    endpoint,
+                    self.cache_path,
+                    read_also=self.read_also,
+                    description=description,
+                )
+            except RequestError as error:
+                self._add_usage(getattr(error, "usage", None))
+                if error.fatal or round_ == self.retry_rounds:
+                    raise
+                delay = self.round_backoff_s * 2**round_
+                logger.warning(
+                    "teacher round %d of %d left %d request(s) without an answer (%s); "
+                    "round %d in %.0f s",
+                    round_ + 1,
+                    self.retry_rounds + 1,
+                    len(error.failed_keys),
+                    error.last_error,
+                    round_ + 2,
+                    delay,
+                )
+                time.sleep(delay)
+                continue
+            self._add_usage(usage)
+            return results
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _add_usage(self, usage: Any) -> None:
+        if usage is None:
+            return
+        for name in ("requests_sent", "cache_hits", "retries", "failures"):
+            setattr(self.usage, name, getattr(self.usage, name) + getattr(usage, name))
+        self.usage.prompt_tokens += usage.prompt_tokens
+        self.usage.completion_tokens += usage.completion_tokens
+        self.usage.wall_s += usage.wall_s
+
+    def generate(
+        self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int, longer: bool
+    ) -> _Attempt:
+        from rationale_bench.teacher_client import ChatRequest
+
+        endpoint = self._endpoint(attempt, longer)
         requests = [
             ChatRequest(
                 key=f"{r['subject_id']}:{style}:{prompt}",
@@ -385,24 +501,17 @@ class _OpenAIBackend(_Backend):
             )
             for r in rows
         ]
-        results, usage = run_chat_requests(
-            requests,
-            endpoint,
-            self.cache_path,
-            read_also=self.read_also,
-            description=f"{style} {prompt} attempt {attempt + 1}",
+        results = self._answer_in_rounds(
+            requests, endpoint, f"{style} {prompt} attempt {attempt + 1}"
         )
-        for name in ("requests_sent", "cache_hits", "retries", "failures"):
-            setattr(self.usage, name, getattr(self.usage, name) + getattr(usage, name))
-        self.usage.prompt_tokens += usage.prompt_tokens
-        self.usage.completion_tokens += usage.completion_tokens
-        self.usage.wall_s += usage.wall_s
         for res in results.values():
             self.total_prompt_tokens += res.prompt_tokens
             self.total_completion_tokens += res.completion_tokens
         sampling = json.dumps(endpoint.sampling(), sort_keys=True)
         return _Attempt(
-            [results[q.key].content.strip() for q in requests], [sampling] * len(requests)
+            [results[q.key].content.strip() for q in requests],
+            [sampling] * len(requests),
+            [results[q.key].finish_reason for q in requests],
         )
 
 
@@ -425,7 +534,10 @@ def build_messages(
             f"teacher.prompts.{key} contains {{outcome}}: a label-blind prompt must not show "
             "the teacher the outcome it is asked to predict."
         )
-    history = history_of(row, cfg["max_history_lines"])
+    if row.get("shown_history") is not None:  # teacher.view student_prompt: what was shown
+        history = row["shown_history"]
+    else:
+        history = history_of(row, cfg["max_history_lines"])
     fill = {"history": history, "question": cfg["question"]}
     if prompt == "label_aware":
         fill["outcome"] = OUTCOME_WORDS[bool(row["label"])]
@@ -448,6 +560,30 @@ class _Subject:
     answer: bool | None = None
     source: str | None = None  # label_aware | agreed | rationalized, once accepted
     disagreed: bool = False
+    finish_reason: str | None = None
+
+
+def _draw(
+    backend: _Backend, todo: list[_Subject], style: str, prompt: str, attempt: int
+) -> list[tuple[_Subject, str, str, str | None]]:
+    """One draw for every subject of ``todo``: (subject, text, sampling, finish_reason). Texts
+    cut off at max_tokens last time are drawn apart, with a larger budget."""
+    drawn = []
+    for longer in (False, True):
+        group = [s for s in todo if ("truncated" in s.failures) == longer]
+        if group:
+            out = backend.generate([s.row for s in group], style, prompt, attempt, longer)
+            drawn += zip(group, out.texts, out.sampling, out.finish_reasons, strict=True)
+    return drawn
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def near_duplicate_key(text: str) -> str:
+    """The text with case, numbers and spacing made uniform: two rationales with the same key
+    say the same thing whatever the patient's age or counts."""
+    return " ".join(_NUMBER.sub("#", text.lower()).split())
 
 
 def cache_path(cache_dir: Path, style: str, shard: int, n_shards: int) -> Path:
@@ -475,7 +611,7 @@ def shard_of(subjects: pl.DataFrame, shard: int, n_shards: int) -> pl.DataFrame:
 
 
 def generate_rationales(
-    histories: pl.DataFrame,
+    subjects: pl.DataFrame,
     style: str,
     cfg: Mapping[str, Any],
     cache_path: Path,
@@ -485,6 +621,11 @@ def generate_rationales(
     cache_read_also: Sequence[Path] = (),
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Rationales of one style for the training and tuning subjects of one shard.
+
+    ``subjects``: training and tuning subjects only (:func:`teacher_view` or
+    :func:`teacher_inputs`); any other split is refused with TeacherError. An optional
+    ``shown_history`` column is what the teacher is shown (else the newest
+    ``max_history_lines`` lines of the history); ``codes`` are the codes it may cite.
 
     Each rationale is checked (`qc_failures`); failures are regenerated with a new draw up to
     `teacher.qc.max_attempts` times, then kept (flagged) or dropped per `teacher.qc.on_failure`.
@@ -507,7 +648,6 @@ def generate_rationales(
             f"{on_disagreement!r}"
         )
     qc = QCSettings.from_config(cfg)
-    subjects = teacher_inputs(histories)
     _check_splits(subjects)
     subjects = shard_of(subjects, shard, n_shards)
     backend_name = cfg["backend"]
@@ -527,7 +667,11 @@ def generate_rationales(
         "age",
         "sex",
         "codes",
-        *(c for c in ("variant", "header", "lines", "sections") if c in subjects.columns),
+        *(
+            c
+            for c in ("variant", "header", "lines", "sections", "shown_history")
+            if c in subjects.columns
+        ),
     ).to_dicts()
     state = [_Subject(row=r) for r in rows]
     first_failures: Counter[str] = Counter()
@@ -538,19 +682,20 @@ def generate_rationales(
         for attempt in range(qc.max_attempts):
             if not todo:
                 return
-            out = backend.generate([s.row for s in todo], style, prompt, attempt)
             retry = []
-            for s, raw, sampling in zip(todo, out.texts, out.sampling, strict=True):
+            for s, raw, sampling, finish in _draw(backend, todo, style, prompt, attempt):
                 s.attempts += 1
                 s.sampling = sampling
+                s.finish_reason = finish
                 label = bool(s.row["label"])
+                facts = (s.row["codes"], qc, s.row["age"], finish)
                 if prompt == "label_blind":
                     s.text, s.answer = split_answer(raw)
                     failures = ["missing_answer"] if s.answer is None else []
-                    failures += qc_failures(s.text, style, label, s.row["codes"], qc)
+                    failures += qc_failures(s.text, style, label, *facts)
                 else:
                     s.text = raw.strip()
-                    failures = qc_failures(s.text, style, label, s.row["codes"], qc)
+                    failures = qc_failures(s.text, style, label, *facts)
                 s.failures = failures
                 if attempt == 0 and count_first:
                     first_failures.update(failures)
@@ -605,6 +750,7 @@ def generate_rationales(
             "attempts": [s.attempts for s in kept],
             "qc_pass": [s.source is not None for s in kept],
             "qc_failures": [",".join(s.failures) if s.source is None else None for s in kept],
+            "finish_reason": [s.finish_reason for s in kept],
             "rationale": [s.text for s in kept],
         },
         schema={
@@ -622,6 +768,7 @@ def generate_rationales(
             "attempts": pl.Int32,
             "qc_pass": pl.Boolean,
             "qc_failures": pl.String,
+            "finish_reason": pl.String,
             "rationale": pl.String,
         },
     )
@@ -644,6 +791,7 @@ def generate_rationales(
         "first_attempt_failures": _ordered(first_failures),
         "final_failures": _ordered(final_failures),
         "dropped_by_reason": _ordered(dropped_by),
+        "truncated": sum(1 for s in state if s.finish_reason == "length"),
     }
     if mode == "label_blind":
         report["label_blind"] = {
@@ -661,7 +809,82 @@ def generate_rationales(
     else:
         usage = {"requests_sent": 0, "generated": sum(s.attempts for s in state)}
     report["usage"] = usage
+    if n_shards == 1:  # sharded: on the merged file (merge_shards), where the style is whole
+        table, report = flag_near_duplicates(table, report, qc)
     return table, report
+
+
+def flag_near_duplicates(
+    table: pl.DataFrame, report: Mapping[str, Any], qc: QCSettings
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Flag every rationale whose near-duplicate group (:func:`near_duplicate_key`) holds more
+    than ``qc.max_duplicate_share`` of the style's rationales: it fails QC as
+    'near_duplicate', and is kept flagged or dropped per ``qc.on_failure``. Not regenerated: a
+    teacher that writes one text for many patients needs other prompts, not another draw."""
+    keys = table["rationale"].map_elements(near_duplicate_key, return_dtype=pl.String)
+    sizes = keys.to_frame("key").group_by("key").len()
+    size = keys.to_frame("key").join(sizes, on="key", how="left")["len"]
+    flagged = size > max(1.0, qc.max_duplicate_share * table.height)
+    out = dict(report)
+    n_flagged = int(flagged.sum())
+    out["near_duplicates"] = n_flagged
+    if not n_flagged:
+        return table, out
+    failures = (
+        pl.when(pl.col("qc_failures").is_null())
+        .then(pl.lit("near_duplicate"))
+        .otherwise(pl.col("qc_failures") + ",near_duplicate")
+    )
+    passing = int((table["qc_pass"] & flagged).sum())
+    marked = table.with_columns(
+        qc_pass=pl.when(flagged).then(False).otherwise(pl.col("qc_pass")),
+        qc_failures=pl.when(flagged).then(failures).otherwise(pl.col("qc_failures")),
+        source=pl.when(flagged).then(pl.lit("failed_qc")).otherwise(pl.col("source")),
+    )
+    out["qc_pass"] = report["qc_pass"] - passing
+    final = Counter(report.get("final_failures", {}))
+    final["near_duplicate"] += n_flagged
+    out["final_failures"] = _ordered(final)
+    if qc.on_failure == "drop":
+        marked = marked.filter(~flagged)
+        dropped = Counter(report.get("dropped_by_reason", {}))
+        dropped["near_duplicate"] += n_flagged
+        out.update(
+            kept=marked.height,
+            dropped=report["dropped"] + n_flagged,
+            dropped_by_reason=_ordered(dropped),
+        )
+    else:
+        out["kept_failing_qc"] = report["kept_failing_qc"] + passing
+    return marked, out
+
+
+def run_settings(job_settings: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """A teacher job's settings (its params, :func:`rationale_settings`) with how requests are
+    sent (endpoint, key variable, concurrency, timeouts, retries, allowed hosts) from the
+    config: those rerun nothing, so they are read here rather than passed as params."""
+    cfg = copy.deepcopy(dict(job_settings))
+    operational = teacher_operational_settings(config)
+    cfg["allowed_hosts"] = operational.pop("allowed_hosts")
+    if cfg.get("backend") == "openai":
+        cfg["openai"] = {**cfg.get("openai", {}), **operational}
+    return cfg
+
+
+def check_training_pool(table: pl.DataFrame, report: Mapping[str, Any], n_train: int) -> None:
+    """Refuse a style whose kept training subjects are fewer than the largest grid.n_train
+    (drop mode): the fine-tunes would fail much later, far from the cause."""
+    kept = table.filter(pl.col("split") == "train").height
+    if kept >= n_train:
+        return
+    reasons = ", ".join(f"{k}: {v}" for k, v in report.get("dropped_by_reason", {}).items())
+    raise TeacherError(
+        f"teacher {report.get('teacher')!r} style {report.get('style')!r}: only {kept} training "
+        f"subjects keep a rationale, fewer than the largest grid.n_train ({n_train}); dropped "
+        f"by reason: {reasons or 'none'}. Set teacher.qc.on_failure to 'keep' (or "
+        "teacher.label_blind.on_disagreement to 'rationalize'), fix the teacher's prompts, or "
+        "lower grid.n_train."
+    )
 
 
 def _ordered(counts: Counter[str]) -> dict[str, int]:
@@ -689,9 +912,13 @@ def eligible_subjects(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
 
 
 def merge_shards(
-    tables: Sequence[pl.DataFrame], reports: Sequence[Mapping[str, Any]]
+    tables: Sequence[pl.DataFrame],
+    reports: Sequence[Mapping[str, Any]],
+    qc: QCSettings | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """One style's rationales and report from its shards; refuses overlapping or missing ones."""
+    """One style's rationales and report from its shards; refuses overlapping or missing ones.
+    Near-duplicates are flagged here, over the whole style (``qc``: the teacher's QC settings;
+    defaults when None)."""
     if not tables or len(tables) != len(reports):
         raise TeacherError(f"got {len(tables)} shard tables and {len(reports)} shard reports.")
     shard_counts = {r.get("shards") for r in reports}
@@ -704,7 +931,7 @@ def merge_shards(
     dupes = table.height - table["subject_id"].n_unique()
     if dupes:
         raise TeacherError(f"{dupes} subjects appear in more than one shard; rerun the shards.")
-    return table, _sum_reports(reports)
+    return flag_near_duplicates(table, _sum_reports(reports), qc or QCSettings())
 
 
 def _sum_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -826,15 +1053,32 @@ def named_entities(rationale: str) -> list[tuple[str, tuple[str, ...]]]:
     ]
 
 
-def grounded_fraction(rationale: str, codes: Sequence[str]) -> float:
-    """Share of the conditions and drugs a rationale names (risk factors by their label or a
-    common wording, drugs from the code dictionary) that are present in the subject's record.
-    1.0 when it names none."""
+# "72-year-old", "72 year old", "aged 72", "age 72", "age of 72": the age a rationale states.
+_AGE_STATED = re.compile(
+    r"\b(\d{2,3})[- ]years?[- ]old\b|\baged? (?:of )?(\d{2,3})\b", re.IGNORECASE
+)
+
+
+def stated_ages(rationale: str) -> list[int]:
+    return [int(a or b) for a, b in _AGE_STATED.findall(rationale)]
+
+
+def grounded_fraction(rationale: str, codes: Sequence[str], age: float | None = None) -> float:
+    """Share of the facts a rationale states about the patient that the record shown holds:
+    the conditions and drugs it names (risk factors by their label or a common wording, drugs
+    from the code dictionary), each present in ``codes``, and, when ``age`` is given, each age
+    it states (within a year of ``age``).
+
+    0.0 when it states no such fact: a rationale that could be about anyone ("age and
+    comorbidity raise the risk") explains nothing about this patient.
+    """
     named = named_entities(rationale)
-    if not named:
-        return 1.0
     present = sum(1 for _, prefixes in named if any(code_in(c, prefixes) for c in codes))
-    return present / len(named)
+    ages = stated_ages(rationale) if age is not None else []
+    right_ages = sum(1 for a in ages if abs(a - float(age)) < 1.5)  # type: ignore[arg-type]
+    if not named and not ages:
+        return 0.0
+    return (present + right_ages) / (len(named) + len(ages))
 
 
 def conclusion_direction(rationale: str) -> bool | None:
@@ -849,6 +1093,8 @@ def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.Dat
     """Per rationale: length, grounding in the subject's record, agreement with its label, and
     (for files written by `generate_rationales`) the generation's QC verdict and attempts."""
     codes = dict(histories.select("subject_id", "codes").iter_rows())
+    ages = dict(histories.select("subject_id", "age").iter_rows())
+    groups = Counter(near_duplicate_key(t) for t in rationales["rationale"])
     rows = []
     for sid, style, label, text in rationales.select(
         "subject_id", "style", "label", "rationale"
@@ -860,8 +1106,9 @@ def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.Dat
                 "style": style,
                 "label": label,
                 "n_words": len(text.split()),
-                "grounded_fraction": grounded_fraction(text, codes.get(sid, [])),
+                "grounded_fraction": grounded_fraction(text, codes.get(sid, []), ages.get(sid)),
                 "label_consistent": None if direction is None else direction == bool(label),
+                "duplicate_share": groups[near_duplicate_key(text)] / max(1, rationales.height),
             }
         )
     table = pl.DataFrame(
@@ -873,6 +1120,7 @@ def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.Dat
             "n_words": pl.Int32,
             "grounded_fraction": pl.Float64,
             "label_consistent": pl.Boolean,
+            "duplicate_share": pl.Float64,
         },
     )
     verdict = {
@@ -880,6 +1128,7 @@ def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.Dat
         "attempts": pl.Int32,
         "qc_pass": pl.Boolean,
         "qc_failures": pl.String,
+        "finish_reason": pl.String,
     }
     extra = [
         (rationales[c] if c in rationales.columns else pl.Series(c, [None] * table.height))
@@ -912,6 +1161,9 @@ def qc_report(
         "fully_grounded_share": _round((qc["grounded_fraction"] >= 1.0).mean()),
         "label_consistent_share": _round(consistent.mean()) if consistent.len() else None,
         "conclusion_undetermined": qc.height - consistent.len(),
+        "naming_no_fact": int((qc["grounded_fraction"] == 0.0).sum()),
+        "largest_duplicate_share": _round(qc["duplicate_share"].max()),
+        "truncated": int((qc["finish_reason"] == "length").sum()),
     }
     return report
 

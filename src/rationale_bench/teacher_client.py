@@ -99,15 +99,22 @@ class TeacherError(RuntimeError):
         request_key: str | None = None,
         last_error: str | None = None,
         failed_keys: Sequence[str] = (),
+        fatal: bool = False,
     ) -> None:
         super().__init__(message)
         self.request_key = request_key
         self.last_error = last_error
         self.failed_keys = tuple(failed_keys)
+        # Every request would hit this error (401/403/404/redirect): another round cannot help.
+        self.fatal = fatal
+        self.usage: UsageSummary | None = None  # what the failed run sent, for the caller's sums
 
 
 class TeacherConfigError(TeacherError, ValueError):
     """The endpoint configuration cannot work (e.g. the API key variable is unset)."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, fatal=True, **kwargs)
 
 
 class PHIGuardError(ValueError):
@@ -767,6 +774,9 @@ class _Run:
             verify=tls,
             # Following a redirect would hand the body to a host the PHI guard never saw.
             follow_redirects=False,
+            # Nor may a proxy from HTTP(S)_PROXY / ALL_PROXY (or .netrc credentials) reroute
+            # patient data: the guard checked base_url, so requests go to base_url directly.
+            trust_env=False,
             limits=httpx2.Limits(
                 max_connections=connections + 2, max_keepalive_connections=connections
             ),
@@ -908,6 +918,7 @@ class _Run:
                 request_key=first.request_key,
                 last_error=self.redact(first.reason),
                 failed_keys=keys,
+                fatal=first.fatal,
             )
         return done
 
@@ -1050,6 +1061,9 @@ def run_chat_requests(
             run = _Run(endpoint, api_key, cache, usage, validate, bar)
             try:
                 sent = _run_sync(lambda: run.run_all(pending))
+            except TeacherError as error:
+                error.usage = usage  # completed by the finally block below
+                raise
             finally:
                 bar.close()
                 usage.wall_s = time.monotonic() - t0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,22 @@ def start(snakemake: Any, offline: bool = True) -> logging.Logger:
     except ImportError:
         pass
     return logging.getLogger(f"rationale_bench.{snakemake.rule}")
+
+
+@contextlib.contextmanager
+def stop_on(log: logging.Logger, rule: str) -> Iterator[None]:
+    """End the job on an expected error (bad setting, failed teacher requests, PHI guard)
+    with its message as one line on Snakemake's console, not a traceback in the job log.
+
+    :func:`start` sent stderr to the log file; the console is the original stderr.
+    """
+    try:
+        yield
+    except (ValueError, RuntimeError) as error:
+        log.exception("%s failed", rule)
+        line = " ".join(str(error).split())
+        print(f"{rule} failed: {type(error).__name__}: {line}", file=sys.__stderr__, flush=True)
+        raise SystemExit(1) from None
 
 
 def write_parquet(frame: pl.DataFrame, path: str | Path) -> None:
