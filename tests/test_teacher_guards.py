@@ -257,6 +257,27 @@ def test_the_teacher_sees_the_students_truncated_prompt(synthetic_histories) -> 
         teacher_view(pool.head(2), prompts.head(0))
 
 
+def test_the_teacher_view_uses_the_serializers_visible_codes(
+    synthetic_histories, tiny_tokenizer
+) -> None:
+    """Prompts built by build_prompts carry the codes of the kept lines; the teacher's view
+    (and so its rationale and the QC grounding) uses exactly those."""
+    from rationale_bench.serialize import build_prompts
+
+    pool = teacher_inputs(synthetic_histories).head(60)
+    question = {"question": "Will this patient develop dementia? Answer Yes or No."}
+    prompts = build_prompts(pool, tiny_tokenizer, question, max_prompt_tokens=120)
+    assert prompts["truncated"].any()
+    view = teacher_view(pool, prompts)
+    expected = dict(prompts.select("subject_id", "visible_codes").iter_rows())
+    assert all(
+        view_codes == expected[sid]
+        for sid, view_codes in view.select("subject_id", "codes").iter_rows()
+    )
+    cut = view.join(pool.select("subject_id", full="codes"), on="subject_id")
+    assert (cut["codes"].list.len() < cut["full"].list.len()).any()
+
+
 def test_visible_codes_match_short_and_bare_codes() -> None:
     shown = "Hypertension (I10)\nICD10CM/X99\nLDL 3.1 mmol/L\n"
     codes = ["ICD10CM/I10", "ICD10CM/X99", "ICD10CM/E11.9", "ICD10CM/I1"]

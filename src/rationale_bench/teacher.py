@@ -95,7 +95,12 @@ def teacher_view(histories: pl.DataFrame, prompts: pl.DataFrame | None) -> pl.Da
     subjects = teacher_inputs(histories)
     if prompts is None:
         return subjects
-    shown = prompts.select("subject_id", shown_history="history_text")
+    exact = "visible_codes" in prompts.columns  # the serializer's codes of the kept lines
+    shown = prompts.select(
+        "subject_id",
+        shown_history="history_text",
+        **({"shown_codes": "visible_codes"} if exact else {}),
+    )
     joined = subjects.join(shown, on="subject_id", how="left")
     missing = joined.filter(pl.col("shown_history").is_null())
     if missing.height:
@@ -104,6 +109,9 @@ def teacher_view(histories: pl.DataFrame, prompts: pl.DataFrame | None) -> pl.Da
             "student prompt in the prompts file; rebuild the prompts (rule build_prompts) of "
             "teacher.view_model for serialization.reference_variant."
         )
+    if exact:
+        return joined.with_columns(pl.col("shown_codes").alias("codes")).drop("shown_codes")
+    # Prompts written before the serializer recorded them: the codes the shown text mentions.
     codes = [
         visible_codes(c, text) for c, text in joined.select("codes", "shown_history").iter_rows()
     ]
