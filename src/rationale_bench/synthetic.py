@@ -8,7 +8,7 @@ recorded at visits (with detection delay, under-coding and recurrence), drugs th
 diagnoses, labs/vitals whose values follow the latent state, about 1,150 distinct real WHO
 ICD-10 3-character codes (risk factors, common chronic and acute conditions and a long tail
 over the chapters), and ADRD onset from an age-doubling hazard multiplied by risk-factor hazard
-ratios and unobserved frailty (~1.9 %/year at 75-84). Prodromal codes (memory complaint, MCI,
+ratios and unobserved frailty (~2 %/year at 75-84). Prodromal codes (memory complaint, MCI,
 falls) cluster 0.5-4 years before ADRD onset without being deterministic.
 
 Everything is vectorised numpy per block of STREAM_BLOCK subjects; block k's RNG is derived
