@@ -5,7 +5,8 @@ needs polars<2 while this project pins polars 2, so it runs from its own virtual
 (created on first use with ``pip install es-aces==0.7.3``, reused afterwards). Both tools read
 the same single-file MEDS events (the dataset's shards gathered into one parquet file, not
 timed), each as a whole child process with the same POLARS_MAX_THREADS: wall time and peak
-resident memory (the child's own ``ru_maxrss``, from ``os.wait4``) of each, start-up included on
+resident memory (the child's own ``ru_maxrss``, started from a small launcher so that it
+is not the benchmark's; results_record.run_measured) of each, start-up included on
 both sides, so the ratios compare like with like. Our time inside ``build_cohort`` is printed
 too, for information only (ACES has no such split). Printed: both times and peaks, the ratios
 (ACES / ours), how many subjects were compared and their label agreement (exact match rate,
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_record import write_result  # noqa: E402
+from results_record import run_measured, write_result  # noqa: E402
 
 ACES_VERSION = "0.7.3"
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,20 +122,13 @@ def build_ours(workdir: Path, events: Path) -> None:
 
 def whole_process(cmd: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
     """Run ``cmd`` as a child; its wall time, its own peak RSS (MB) and its stdout."""
-    out, err = cwd / "child.stdout", cwd / "child.stderr"
-    with out.open("w") as stdout, err.open("w") as stderr:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
+    run = run_measured(cmd, env, cwd)
+    if run["exit_code"] != 0:
         sys.exit(
-            f"{' '.join(cmd[:3])} ... failed (exit {code}):\n"
-            f"{out.read_text()[-3000:]}\n{err.read_text()[-5000:]}"
+            f"{' '.join(cmd[:3])} ... failed (exit {run['exit_code']}):\n"
+            f"{run['stdout'].read_text()[-3000:]}\n{run['stderr'].read_text()[-5000:]}"
         )
-    # Linux reports ru_maxrss in KiB.
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out.read_text()}
+    return {**run, "stdout": run["stdout"].read_text()}
 
 
 def parse_args() -> argparse.Namespace:

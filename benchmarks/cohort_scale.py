@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_record import write_result  # noqa: E402
+from results_record import peak_rss_mb, write_result  # noqa: E402
 
 STAGES = ("generate", "cohort", "histories", "prompts")
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
@@ -53,8 +52,7 @@ def _study_config() -> dict[str, Any]:
 
 
 def _peak_rss_mb() -> float:
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()  # this stage's own (VmHWM), not the launching process's
 
 
 def run_stage(

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_record import write_result  # noqa: E402
+from results_record import peak_rss_mb, write_result  # noqa: E402
 
 QUESTION_STYLE = "free_form"
 # Dense bf16 tensor-core peaks (FLOP/s) for the MFU line; other devices print no MFU.
@@ -147,7 +146,7 @@ def peak_memory_mb() -> float:
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()  # this process's own (VmHWM), not its launcher's
 
 
 def run_ours(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
