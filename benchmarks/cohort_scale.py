@@ -8,6 +8,12 @@ the baseline run at N/10 in the same invocation (10x is linear scaling).
     python benchmarks/cohort_scale.py                      # 1,000,000 subjects vs 100,000
     python benchmarks/cohort_scale.py --subjects 100000    # 100,000 vs 10,000
     python benchmarks/cohort_scale.py --subjects 100000 --threads 2 --workdir /tmp/scale
+    python benchmarks/cohort_scale.py --smoke              # 1,000 vs 500: does it still run?
+
+A smoke run runs every stage in this one process (no child processes: seconds, not a
+measurement; its peak RSS is the whole run's).
+
+Writes benchmarks/results/cohort_scale.json (see results_record.py).
 
 The prompts stage fits every history to the default study's token budget with a BPE tokenizer
 trained on the first 2,000 histories (as the tiny model's is; no download).
@@ -20,13 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_record import peak_rss_mb, write_result  # noqa: E402
 
 STAGES = ("generate", "cohort", "histories", "prompts")
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
@@ -44,11 +52,12 @@ def _study_config() -> dict[str, Any]:
 
 
 def _peak_rss_mb() -> float:
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()  # this stage's own (VmHWM), not the launching process's
 
 
-def run_stage(stage: str, n_subjects: int, workdir: Path, seed: int, chunk_size: int) -> dict:
+def run_stage(
+    stage: str, n_subjects: int, workdir: Path, seed: int, chunk_size: int, config: dict
+) -> dict:
     """Run one stage in this process; return its measurements."""
     import polars as pl
     import pyarrow.parquet as pq
@@ -59,7 +68,6 @@ def run_stage(stage: str, n_subjects: int, workdir: Path, seed: int, chunk_size:
 
     events_path = workdir / "events.parquet"
     cohort_path = workdir / "cohort.parquet"
-    config = _study_config()
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
     if stage == "generate":
@@ -116,6 +124,15 @@ def run_pipeline(n_subjects: int, args: argparse.Namespace, workdir: Path) -> di
     env["OMP_NUM_THREADS"] = str(args.threads)
     results = {}
     for stage in STAGES:
+        if args.smoke:  # one process for everything: seconds, not a measurement
+            wall = time.perf_counter()
+            config = json.loads(args.config_json.read_text())
+            results[stage] = run_stage(
+                stage, n_subjects, workdir, args.seed, args.chunk_size, config
+            )
+            results[stage]["process_seconds"] = time.perf_counter() - wall
+            print_stage(n_subjects, stage, results[stage])
+            continue
         cmd = [
             sys.executable,
             __file__,
@@ -129,6 +146,8 @@ def run_pipeline(n_subjects: int, args: argparse.Namespace, workdir: Path) -> di
             str(args.seed),
             "--chunk-size",
             str(args.chunk_size),
+            "--config-json",
+            str(args.config_json),
         ]
         wall = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -137,14 +156,17 @@ def run_pipeline(n_subjects: int, args: argparse.Namespace, workdir: Path) -> di
             sys.exit(f"stage {stage} at {n_subjects:,} subjects failed:\n{proc.stderr[-4000:]}")
         results[stage] = json.loads(proc.stdout.strip().splitlines()[-1])
         results[stage]["process_seconds"] = wall
-        r = results[stage]
-        print(
-            f"  {n_subjects:>10,} {stage:<10} {r['seconds']:8.1f} s  "
-            f"{r['events'] / r['seconds'] / 1e6:7.2f} M events/s  "
-            f"peak RSS {r['peak_rss_mb'] / 1024:6.2f} GB  rows out {r['rows_out']:,}",
-            flush=True,
-        )
+        print_stage(n_subjects, stage, results[stage])
     return results
+
+
+def print_stage(n_subjects: int, stage: str, r: dict) -> None:
+    print(
+        f"  {n_subjects:>10,} {stage:<10} {r['seconds']:8.1f} s  "
+        f"{r['events'] / r['seconds'] / 1e6:7.2f} M events/s  "
+        f"peak RSS {r['peak_rss_mb'] / 1024:6.2f} GB  rows out {r['rows_out']:,}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -155,17 +177,30 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=50_000)
     parser.add_argument("--threads", type=int, default=2, help="POLARS_MAX_THREADS per stage")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--smoke", action="store_true", help="1,000 subjects vs 500, all in this process"
+    )
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--config-json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.stage:  # child process: one stage, JSON on stdout
-        result = run_stage(args.stage, args.subjects, args.workdir, args.seed, args.chunk_size)
+        config = json.loads(args.config_json.read_text())
+        result = run_stage(
+            args.stage, args.subjects, args.workdir, args.seed, args.chunk_size, config
+        )
         print(json.dumps(result))
         return
 
-    base_n = max(args.subjects // args.baseline_divisor, 1000)
+    if args.smoke:
+        args.subjects, args.baseline_divisor = 1000, 2
+    base_n = max(args.subjects // args.baseline_divisor, 500 if args.smoke else 1000)
     with tempfile.TemporaryDirectory(prefix="cohort_scale_") as tmp:
         root = args.workdir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        # Validated once here, so that no stage pays for the schema in its own time.
+        args.config_json = root / "study_config.json"
+        args.config_json.write_text(json.dumps(_study_config(), default=str))
         print(
             f"cohort_scale: {args.subjects:,} subjects vs baseline {base_n:,} "
             f"(POLARS_MAX_THREADS={args.threads}, chunk_size={args.chunk_size:,})"
@@ -191,6 +226,30 @@ def main() -> None:
         f"cohort {cohort['rows_out']:,} subjects, {cohort['cases']:,} cases "
         f"({cohort['cases'] / cohort['rows_out']:.1%}), {cohort['held_out_cases']:,} in held_out"
     )
+    figures: dict[str, object] = {
+        "subjects": args.subjects,
+        "baseline_subjects": base_n,
+        "events": big["generate"]["events"],
+        "total_minutes": round(total / 60, 2),
+        "max_peak_rss_gb": round(peak, 2),
+        "cohort_subjects": cohort["rows_out"],
+        "cohort_cases": cohort["cases"],
+    }
+    for stage in STAGES:
+        b, r = base[stage], big[stage]
+        figures[f"{stage}_seconds"] = round(r["seconds"], 2)
+        figures[f"{stage}_peak_rss_gb"] = round(r["peak_rss_mb"] / 1024, 2)
+        figures[f"{stage}_time_ratio_vs_baseline"] = round(r["seconds"] / b["seconds"], 2)
+    args.config_json = None
+    path = write_result(
+        "cohort_scale",
+        vars(args),
+        figures,
+        f"the same stages at {base_n:,} subjects (N / {args.baseline_divisor})",
+        smoke=args.smoke,
+        packages=("polars", "pyarrow", "tokenizers", "numpy"),
+    )
+    print(f"result: {path}")
 
 
 if __name__ == "__main__":

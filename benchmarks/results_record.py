@@ -17,6 +17,16 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Runs a command and prints its own peak RSS. A child forked from a big process inherits that
+# process's resident size in ru_maxrss (Linux keeps it across exec), so the command is started
+# from this small launcher instead of from the benchmark itself.
+LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
 DEFAULT_PACKAGES = ("torch", "transformers", "peft", "polars", "snakemake", "numpy")
 
 
@@ -34,6 +44,47 @@ def git_commit(repo: Path = RESULTS_DIR.parent.parent) -> str:
     except OSError:
         return "unknown"
     return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory in MB: VmHWM (per address space, so it starts
+    afresh at exec) where Linux has it, else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_measured(cmd: list[str], env: Mapping[str, str], cwd: Path) -> dict[str, Any]:
+    """Run ``cmd`` as a whole process: exit code, wall seconds, its own peak RSS (MB) and the
+    paths of its stdout and stderr (in ``cwd``)."""
+    import sys
+    import time
+
+    stdout, stderr, peak = cwd / "child.stdout", cwd / "child.stderr", cwd / "child.peak"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", LAUNCHER, str(peak), *cmd],
+            stdout=out,
+            stderr=err,
+            env=dict(env),
+            cwd=cwd,
+        )
+        seconds = time.perf_counter() - start
+    code, max_rss_kib = (int(x) for x in peak.read_text().split())
+    return {
+        "exit_code": code,
+        "seconds": seconds,
+        "peak_rss_mb": max_rss_kib / 1024,  # Linux reports KiB
+        "stdout": stdout,
+        "stderr": stderr,
+    }
 
 
 def package_versions(names: Iterable[str] = DEFAULT_PACKAGES) -> dict[str, str | None]:

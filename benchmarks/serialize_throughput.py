@@ -9,13 +9,17 @@ subjects:
   then re-tokenize the prompt one line shorter until it fits.
 Prints subjects/s of each, their ratio, how often both keep the same lines, and peak RSS.
 Run: python benchmarks/serialize_throughput.py [--subjects 20000] [--variant timeline_recent]
+     python benchmarks/serialize_throughput.py --smoke   # 400 people: does it still run?
+Writes benchmarks/results/serialize_throughput.json (see results_record.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
 import polars as pl
 
@@ -29,6 +33,9 @@ from rationale_bench.serialize import (
 )
 from rationale_bench.synthetic import generate_events
 from rationale_bench.tinymodel import train_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_record import write_result  # noqa: E402
 
 COHORT = resolve_definition({})  # the default cohort definition
 QUESTION = "Will this patient be diagnosed with dementia within 5 years? Answer Yes or No."
@@ -61,16 +68,20 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=20_000)
     parser.add_argument("--variant", default="timeline_recent", choices=SERIALIZATIONS)
     parser.add_argument("--max-prompt-tokens", type=int, default=384)
+    parser.add_argument("--smoke", action="store_true", help="400 people")
     args = parser.parse_args()
+    if args.smoke:
+        args.subjects = 400
 
     events = generate_events(args.subjects, seed=7)
     cohort, _ = build_cohort(events, COHORT)
     print(f"{args.subjects} people, {events.height:,} events, {cohort.height} in the cohort")
-    histories = {}
+    histories, figures = {}, {}
     for variant in SERIALIZATIONS:
         start = time.perf_counter()
         histories[variant] = build_histories(events, cohort, {"variant": variant})
         seconds = time.perf_counter() - start
+        figures[f"histories_{variant}_subjects_per_s"] = round(cohort.height / seconds)
         print(f"build_histories {variant:17s} {cohort.height / seconds:10,.0f} subjects/s")
     chosen = histories[args.variant]
     texts = [history_of(row) for row in chosen.head(3000).iter_rows(named=True)]
@@ -93,6 +104,26 @@ def main() -> None:
         f"(ours never keeps fewer: {never_fewer}); "
         f"{100 * ours['truncated'].mean():.1f}% truncated; peak RSS {peak_rss_mb():,.0f} MB"
     )
+    figures |= {
+        "cohort_subjects": cohort.height,
+        "prompts_ours_subjects_per_s": round(ours_rate),
+        "prompts_baseline_subjects_per_s": round(baseline_rate),
+        "prompts_ours_vs_baseline": round(ours_rate / baseline_rate, 3),
+        "same_kept_lines_share": round(same, 4),
+        "ours_never_keeps_fewer": never_fewer,
+        "truncated_share": round(float(ours["truncated"].mean()), 4),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
+    baseline = "per-subject prompt fitting: one tokenizer call per line, re-tokenize until it fits"
+    path = write_result(
+        "serialize_throughput",
+        vars(args),
+        figures,
+        baseline,
+        smoke=args.smoke,
+        packages=("polars", "tokenizers", "transformers"),
+    )
+    print(f"result: {path}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ The default 3,840 requests are 60 waves of 64, so the steady state is measured: 
 the first wave's connection set-up and the last wave's tail weigh enough to cost ~0.05 of ratio.
 
 Run: python benchmarks/teacher_throughput.py [--requests 3840] [--concurrency 64] [--latency-ms 100]
+     python benchmarks/teacher_throughput.py --smoke   # 64 requests at 20 ms: does it still run?
+Writes benchmarks/results/teacher_throughput.json (see results_record.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
+
+from results_record import write_result  # noqa: E402
 
 from rationale_bench.teacher_client import (  # noqa: E402
     ChatRequest,
@@ -108,7 +112,10 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=3840)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--latency-ms", type=float, default=100.0)
+    p.add_argument("--smoke", action="store_true", help="64 requests, concurrency 16, 20 ms")
     args = p.parse_args()
+    if args.smoke:
+        args.requests, args.concurrency, args.latency_ms = 64, 16, 20.0
     n, c, lat = args.requests, args.concurrency, args.latency_ms / 1000
     ideal = c / lat
     proc, base_url = start_server(args.latency_ms)
@@ -148,6 +155,27 @@ def main() -> None:
             f"{cpu / n * 1000:.2f} ms CPU per request"
         )
         print(f"rerun requests sent     {rerun.requests_sent} (cache hits {rerun.cache_hits})")
+        assert rerun.requests_sent == 0 and rerun.cache_hits == n, rerun
+        figures = {
+            "ideal_requests_per_s": round(ideal, 1),
+            "bare_requests_per_s": round(bare_rate, 1),
+            "ours_requests_per_s": round(ours_rate, 1),
+            "ours_vs_ideal": round(ours_rate / ideal, 3),
+            "bare_vs_ideal": round(bare_rate / ideal, 3),
+            "ours_vs_bare": round(ours_rate / bare_rate, 3),
+            "client_cpu_ms_per_request": round(cpu / n * 1000, 3),
+            "rerun_requests_sent": rerun.requests_sent,
+        }
+        baseline = "ideal rate concurrency / latency; and the bare openai SDK with a semaphore"
+        path = write_result(
+            "teacher_throughput",
+            vars(args),
+            figures,
+            baseline,
+            smoke=args.smoke,
+            packages=("openai", "httpx2"),
+        )
+        print(f"result: {path}")
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -18,7 +18,9 @@ model FLOPs utilisation (6 x parameters x tokens/s, over the device's dense bf16
 Run: python benchmarks/trl_comparison.py [--model tiny|smollm2-arch] [--method full|lora]
   tiny: the locally built tiny Llama of the default study (no download).
   smollm2-arch: SmolLM2-135M's architecture, randomly initialised (no download; same compute).
+  --smoke: 600 subjects, 16 examples, one epoch of 2 steps: does it still run?
 Needs the 'bench' extra (trl==1.16.0, datasets==5.2.0); without it the script says so and exits.
+Writes benchmarks/results/trl_comparison_<model>_<method>.json (see results_record.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_record import peak_rss_mb, write_result  # noqa: E402
 
 QUESTION_STYLE = "free_form"
 # Dense bf16 tensor-core peaks (FLOP/s) for the MFU line; other devices print no MFU.
@@ -62,7 +65,9 @@ def prepare(workdir: Path, n_subjects: int, arch: str) -> dict:
     model_cfg = config["models"]["tiny"]
     events = generate_events(n_subjects, seed=7)
     cohort, _ = build_cohort(events, config["cohort"])
-    histories = build_histories(events, cohort, config["serialization"])
+    # The grid's first serialization, as the workflow writes it (build_histories needs a variant).
+    variant = config["grid"]["serialization"][0]
+    histories = build_histories(events, cohort, dict(config["serialization"], variant=variant))
     train = histories.filter(pl.col("split") == "train")
     texts = [history_text(h, lines) for h, lines in train.select("header", "lines").iter_rows()]
     model_dir = workdir / "model"
@@ -141,7 +146,7 @@ def peak_memory_mb() -> float:
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()  # this process's own (VmHWM), not its launcher's
 
 
 def run_ours(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
@@ -161,12 +166,13 @@ def run_ours(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
         run_path=out / "run.json",
         checkpoint_dir=out / "checkpoint",
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run = train(job, prompts, cohort, rationales)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     log = [json.loads(x) for x in job.log_path.read_text().splitlines()]
     return {
         "seconds": elapsed,
+        "cpu_seconds": cpu,
         "tokens": sum(r["tokens"] for r in log),
         "losses": [r["loss"] for r in log],
         "steps": run["optimizer_steps"],
@@ -238,7 +244,7 @@ def run_trl(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
             target_modules=lora["target_modules"],
             task_type="CAUSAL_LM",
         )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer = SFTTrainer(
         model=prep["model_dir"],
         args=config,
@@ -248,10 +254,11 @@ def run_trl(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
     )
     trainer.train()
     trainer.save_model(str(workdir / "trl" / "final"))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return {
         "seconds": elapsed,
+        "cpu_seconds": cpu,
         "tokens": sum(len(e.input_ids) for e in rows),
         "losses": losses,
         "steps": trainer.state.global_step,
@@ -285,8 +292,11 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="600 subjects, 16 examples, 1 epoch")
     parser.add_argument("--which", choices=["ours", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.smoke and not args.which:
+        args.subjects, args.n_train, args.epochs = 600, 16, 1
     if args.which:
         prep = json.loads((args.workdir / "prep.json").read_text())
         run = run_ours if args.which == "ours" else run_trl
@@ -362,6 +372,33 @@ def main() -> None:
     if line:
         print(line.replace("MFU", "MFU ours"))
         print(mfu_line(n_params, rate["trl"]).replace("MFU", "MFU TRL"))
+    cpu_rate = {k: r["tokens"] / r["cpu_seconds"] for k, r in results.items()}
+    print(f"ratio ours / TRL in CPU time: {cpu_rate['ours'] / cpu_rate['trl']:.2f}x tokens/CPU-s")
+    figures = {
+        "parameters": n_params,
+        "steps": ours["steps"],
+        "tokens": ours["tokens"],
+        "precision": ours["precision"],
+        "ours_tokens_per_s": round(rate["ours"], 1),
+        "trl_tokens_per_s": round(rate["trl"], 1),
+        "ratio_tokens_per_s": round(rate["ours"] / rate["trl"], 3),
+        "ratio_tokens_per_cpu_s": round(cpu_rate["ours"] / cpu_rate["trl"], 3),
+        "ours_peak_mb": round(ours["peak_mb"]),
+        "trl_peak_mb": round(base["peak_mb"]),
+        "max_step_loss_relative_difference": float(f"{max(per_step):.3g}"),
+        "tail_loss_ours": round(m_o, 5),
+        "tail_loss_trl": round(m_b, 5),
+        "tail_losses_agree": agree,
+    }
+    path = write_result(
+        f"trl_comparison_{args.model.replace('-', '_')}_{args.method}",
+        {k: v for k, v in vars(args).items() if k not in ("workdir", "which")},
+        figures,
+        "TRL SFTTrainer (trl 1.16.0), same examples, batches, optimizer and schedule",
+        smoke=args.smoke,
+        packages=("torch", "transformers", "peft", "trl", "datasets", "accelerate"),
+    )
+    print(f"result: {path}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""Every report figure writes a non-empty PNG and SVG, for a full and for a partial grid."""
+"""Every report figure writes a PNG and an SVG, for a full, a partial and an empty grid; the SVG
+is read back: axis labels, series (colour per format) and their point counts, and the "no data"
+note of an empty grid."""
 
 from __future__ import annotations
 
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +121,104 @@ def assert_written(paths: list[Path], stem: Path) -> None:
         assert p.stat().st_size > 1000, p
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"<svg" in paths[1].read_bytes()[:2000]
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+# Text is drawn as paths (svg.fonttype "path"); matplotlib keeps each string as a comment.
+TEXT = re.compile(r"<!-- (.*?) -->", re.DOTALL)
+# name -> axis labels the figure must show, whatever the grid.
+AXIS_LABELS = {
+    "paired_configurations": [
+        f"{figures.format_name(fmt)} AUROC (held-out)"
+        for fmt in ("label_only", "free_form", "step_by_step")
+    ],
+    "roc_and_calibration": [
+        "false-positive rate (1 − specificity)",
+        "true-positive rate (sensitivity)",
+        "mean predicted 5-year ADRD risk (probability)",
+        "observed 5-year ADRD rate (proportion)",
+    ],
+    "learning_curves": ["training examples (n_train, log scale)", "held-out AUROC"],
+}
+# name -> the note an empty grid draws instead of data.
+NO_DATA = {
+    "paired_configurations": "No configuration has results yet.",
+    "delta_by_factor": "No matched pair of formats has results yet.",
+    "error_analysis": "No matched configuration with both formats yet.",
+    "token_dilution": "No paired results with training-run loss shares yet.",
+    "roc_and_calibration": "No held-out predictions yet.",
+    "learning_curves": "No configuration has results yet.",
+}
+
+
+def svg_texts(path: Path) -> list[str]:
+    return TEXT.findall(path.read_text())
+
+
+def svg_series(path: Path) -> list[tuple[str, int]]:
+    """(stroke colour, number of markers) of every line drawn with markers, in drawing order."""
+    series = []
+    for group in ET.parse(path).iter(f"{SVG}g"):
+        if not group.get("id", "").startswith("line2d_"):
+            continue
+        line = group.find(f"{SVG}path")
+        colour = line is not None and re.search(r"stroke: (#[0-9a-f]{6})", line.get("style", ""))
+        markers = group.findall(f".//{SVG}use")
+        if colour and markers:
+            series.append((colour.group(1), len(markers)))
+    return series
+
+
+def expected_learning_curves(table: pl.DataFrame) -> list[tuple[str, int]]:
+    """Per model (panel order) and format (FORMATS order): the format's colour, one point per
+    training size that has a result."""
+    out = []
+    for model in figures._models(table):
+        sub = figures._for_model(table, model)
+        for fmt in figures._present_formats(table, FORMATS):
+            sizes = sub.filter(pl.col("format") == fmt)["n_train"].n_unique()
+            if sizes:
+                out.append((figures.colour_of(fmt, FORMATS).lower(), sizes))
+    return out
+
+
+@pytest.mark.parametrize("grid", ["full", "partial"])
+def test_learning_curves_svg_has_one_series_per_format_and_a_point_per_size(tables, tmp_path, grid):
+    table = tables[grid]["table"]
+    svg = DRAW["learning_curves"](tables[grid], tmp_path / "lc")[1]
+    expected = expected_learning_curves(table)
+    assert svg_series(svg) == expected
+    if grid == "partial":  # the dropped label-only block of 'small' lost a point
+        assert (figures.colour_of("label_only", FORMATS).lower(), 1) in expected
+    texts = svg_texts(svg)
+    for label in AXIS_LABELS["learning_curves"]:
+        assert texts.count(label) == len(figures._models(table))  # one per panel
+    for fmt in figures._present_formats(table, FORMATS):  # each line labelled at its end
+        assert figures._short(fmt) in texts
+
+
+@pytest.mark.parametrize("name", list(AXIS_LABELS))
+def test_svg_axis_labels(tables, tmp_path, name):
+    texts = svg_texts(DRAW[name](tables["full"], tmp_path / name)[1])
+    for label in AXIS_LABELS[name]:
+        assert label in texts, (label, texts)
+    assert not any(note in texts for note in NO_DATA.values())
+
+
+def test_roc_svg_has_a_curve_per_format(tables, tmp_path):
+    svg = DRAW["roc_and_calibration"](tables["full"], tmp_path / "roc")[1]
+    colours = {colour for colour, _ in svg_series(svg)}
+    present = set(tables["full"]["preds"]["format"].unique())
+    assert {figures.colour_of(f, FORMATS).lower() for f in present} <= colours
+
+
+@pytest.mark.parametrize("name", list(DRAW))
+def test_empty_grid_draws_the_no_data_note(tmp_path, name):
+    empty = _derive(study_report.load_predictions([]), study_report.load_metrics_table([]))
+    svg = DRAW[name](empty, tmp_path / name)[1]
+    texts = svg_texts(svg)
+    assert NO_DATA[name] in texts
+    assert svg_series(svg) == []  # nothing plotted
 
 
 @pytest.mark.parametrize("grid", ["full", "partial"])

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from rationale_bench import formats
 from rationale_bench.scoring import answer_probabilities, answer_slot_sequence, score_subjects
 from rationale_bench.serialize import build_prompts
+from rationale_bench.teacher import generate_rationales
 
 
 @pytest.fixture(scope="module")
@@ -48,25 +49,61 @@ def test_answer_slot_found_or_forced():
     assert seq == [1, 2, 5, 6, 7, 8] and forced
 
 
-def test_score_subjects_uses_no_teacher_text(base_model, tiny_tokenizer, synthetic_histories):
-    prompts = build_prompts(
-        synthetic_histories.filter(pl.col("split") == "held_out").head(8),
-        tiny_tokenizer,
-        {"question": "Q?"},
-        200,
+class RecordingTokenizer:
+    """The tokenizer, recording every text it is asked to encode (all the model ever reads)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.texts: list[str] = []
+
+    def __call__(self, text, *args, **kwargs):
+        self.texts += [text] if isinstance(text, str) else list(text)
+        return self._tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def test_score_subjects_uses_no_teacher_text(
+    base_model, tiny_tokenizer, synthetic_histories, tmp_path
+):
+    """Held-out prompts come with the teacher's rationales attached (as a careless join would
+    leave them): scoring gives the same result as without, and no teacher sentence ever reaches
+    the tokenizer, in the direct or in the own-rationale-first formats."""
+    held = synthetic_histories.filter(pl.col("split") == "held_out").head(6)
+    # The template teacher writes for training subjects only: ask it as if these were training.
+    rationales, _ = generate_rationales(
+        held.with_columns(split=pl.lit("train")),
+        "free_form",
+        {"name": "template", "backend": "template", "seed": 0},
+        tmp_path / "teacher_cache.jsonl",
     )
-    direct = score_subjects(
-        base_model, tiny_tokenizer, prompts, "label_only", {"max_new_tokens": 12, "batch_size": 4}
-    )
-    assert direct["scoring_mode"].unique().to_list() == ["direct"]
-    assert direct["predicted_boolean_probability"].is_between(0, 1).all()
-    own = score_subjects(
-        base_model, tiny_tokenizer, prompts, "free_form", {"max_new_tokens": 12, "batch_size": 4}
-    )
-    assert own["scoring_mode"].unique().to_list() == ["after_rationale"]
+    teacher_text = rationales.select("subject_id", teacher_rationale="rationale")
+    assert teacher_text.height == held.height
+    assert teacher_text["teacher_rationale"].str.len_chars().min() > 40
+    prompts = build_prompts(held, tiny_tokenizer, {"question": "Q?"}, 200)
+    with_teacher = prompts.join(teacher_text, on="subject_id", how="left")
+    assert with_teacher["teacher_rationale"].null_count() == 0
+    settings = {"max_new_tokens": 12, "batch_size": 4}
+    for fmt, mode in (("label_only", "direct"), ("free_form", "after_rationale")):
+        torch.manual_seed(0)
+        clean = score_subjects(base_model, tiny_tokenizer, prompts, fmt, settings)
+        recorder = RecordingTokenizer(tiny_tokenizer)
+        torch.manual_seed(0)
+        dirty = score_subjects(base_model, recorder, with_teacher, fmt, settings)
+        assert dirty.equals(clean), fmt
+        assert dirty["scoring_mode"].unique().to_list() == [mode]
+        assert dirty["predicted_boolean_probability"].is_between(0, 1).all()
+        read = "\n".join(recorder.texts)
+        assert all(p in read for p in prompts["prompt"])  # the recorder saw the prompts
+        for rationale in teacher_text["teacher_rationale"]:
+            # Any sentence of the teacher's would show; none does.
+            for sentence in filter(None, (x.strip() for x in rationale.split(". "))):
+                if len(sentence) > 20:
+                    assert sentence not in read, (fmt, sentence)
     # An untrained model rarely writes "Answer:" within 12 tokens: it is forced there and counted.
-    assert own["forced_answer"].sum() >= 1
-    assert own["generated_text"].str.ends_with(formats.ANSWER_PREFIX).all()
+    assert dirty["forced_answer"].sum() >= 1
+    assert dirty["generated_text"].str.ends_with(formats.ANSWER_PREFIX).all()
 
 
 @pytest.mark.parametrize(

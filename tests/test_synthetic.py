@@ -522,13 +522,15 @@ def test_adrd_incidence_rises_steeply_with_age() -> None:
     rates = _incidence_by_band(pop, bands)
     assert all(b > 1.3 * a for a, b in zip(rates, rates[1:], strict=False)), rates
     (at_75_84,) = _incidence_by_band(pop, [(75, 85)])
-    assert 0.01 <= at_75_84 <= 0.025, at_75_84  # order of 1-2 % a year
+    # The README's "about 2 % a year at 75-84" (1.96 % for this seed; general-population
+    # incidence is of the order of 1-2 % a year).
+    assert 0.018 <= at_75_84 <= 0.021, at_75_84
     assert rates[0] < 0.005  # rare before 65
     # Death competes: nobody gets ADRD after death, and ADRD shortens life.
     onset = pop["adrd_onset_age"]
     assert (onset.drop_nulls() < pop.filter(onset.is_not_null())["death_age"]).all()
     lifetime = onset.is_not_null().mean()
-    assert 0.15 < lifetime < 0.45, lifetime
+    assert 0.28 < lifetime < 0.40, lifetime  # "about a third" (0.33 for this seed)
 
 
 def test_recorded_adrd_incidence_rises_with_age(large: dict[int, pl.DataFrame]) -> None:

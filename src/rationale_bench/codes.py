@@ -4,9 +4,9 @@ Codes are strings ``VOCAB/CODE`` (``ICD10/F03.90``, ``ATC/N06DA02``, ``LAB/LDL``
 ``VISIT/OUTPATIENT``, ``SEX/F``) plus the bare MEDS codes ``MEDS_BIRTH`` and ``MEDS_DEATH``.
 All code lists here are *prefix* lists: a prefix matches every code that starts with it, so
 ``ICD10/F03`` matches ``ICD10/F03.90`` and the FY2023 severity codes ``ICD10/F03.A0`` alike
-(an exact-match list written before 2022 would miss those; see REFERENCES.md section 2.1).
+(an exact-match list written before 2022 would miss those; docs/references.md).
 
-Sources (see /work/shared/REFERENCES.md section 2): ADRD ICD-10 prefixes follow the CCW / USC
+Sources (docs/references.md): ADRD ICD-10 prefixes follow the CCW / USC
 Schaeffer "core" list (F00-F03, G30, G31.0x, G31.1, G31.83 Lewy); anti-dementia drugs are ATC
 N06DA (cholinesterase inhibitors) and N06DX01 (memantine); risk factors are the Lancet
 Commission 2024 modifiable factors plus common EHR comorbidities and prodromal signals.
@@ -49,7 +49,7 @@ __all__ = [
     "risk_factors_in",
 ]
 
-# ADRD diagnosis prefixes ("core" tier, REFERENCES.md 2.1 / 7.1). G31.84 (MCI) is deliberately
+# ADRD diagnosis prefixes ("core" tier; docs/references.md). G31.84 (MCI) is deliberately
 # absent: it is a prodromal signal, not dementia.
 ADRD_CODE_PREFIXES: tuple[str, ...] = (
     "ICD10/F00",
@@ -62,11 +62,11 @@ ADRD_CODE_PREFIXES: tuple[str, ...] = (
     "ICD10/G31.83",
 )
 
-# Anti-dementia drugs (REFERENCES.md 2.2): cholinesterase inhibitors N06DA* and memantine.
+# Anti-dementia drugs (docs/references.md): cholinesterase inhibitors N06DA* and memantine.
 ANTI_DEMENTIA_DRUG_PREFIXES: tuple[str, ...] = ("ATC/N06DA", "ATC/N06DX01")
 
 # --------------------------------------------------------------------------------------
-# Outcome definition tiers (REFERENCES.md 2.1 and 7.1). ICD-9 codes are written with their
+# Outcome definition tiers (docs/references.md). ICD-9 codes are written with their
 # dot (``ICD9/331.0``), ICD-10 as ``ICD10/F03.90``; all entries are prefixes, so ``ICD10/F03``
 # covers the FY2023 severity codes F03.A0-F03.C4 and ``ICD9/331.1`` covers 331.11 and 331.19.
 # --------------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def _rf(
     return RiskFactor(name, label, tuple(f"ICD10/{c}" for c in icd), direction, note)
 
 
-# EHR-visible proxies from REFERENCES.md 2.3 ("[memory]" prefixes, used for the generator and
+# EHR-visible proxies (docs/references.md; "[memory]" prefixes, used for the generator and
 # for Table 1 / rationale grounding). Order is the stable reporting order.
 RISK_FACTORS: dict[str, RiskFactor] = {
     rf.name: rf
@@ -220,7 +220,7 @@ ICD10_CM_DESCRIPTIONS: dict[str, str] = {
 
 # Drugs the synthetic generator emits (WHO ATC, 7-character substance level).
 ATC_DESCRIPTIONS: dict[str, str] = {
-    # anti-dementia (REFERENCES.md 2.2)
+    # anti-dementia (ATC N06D, docs/references.md)
     "N06DA02": "donepezil",
     "N06DA03": "rivastigmine",
     "N06DA04": "galantamine",

@@ -1,6 +1,6 @@
 """Cohort: index time, exclusions, five-year labels, censoring, patient-level splits.
 
-Follows OHDSI PatientLevelPrediction conventions (see ../shared/REFERENCES.md 7.1):
+Follows OHDSI PatientLevelPrediction conventions (docs/references.md):
 - the index is one time per subject chosen by ``cohort.index.strategy`` (default: the first
   visit at which the subject is old enough and has enough prior observation); inputs are
   events strictly before ``input_end_time`` (= the index time, or earlier with a blackout);

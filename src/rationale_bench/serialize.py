@@ -8,7 +8,7 @@ Two steps, two files:
 - ``build_prompts``: for one model's tokenizer, drop the oldest lines until header, history and
   question (and the chat template around them, when the model has one) fit
   ``max_prompt_tokens``. Truncation happens here, before any completion is added, so a training
-  target can never be cut (REFERENCES.md: trl#6668 silent zero loss).
+  target can never be cut (trl#6668 silent zero loss; docs/references.md).
 
 Every variant stores its lines newest first (the order in which they are kept), whatever order
 it shows them in, so one truncation rule serves all: keep the first k lines.

@@ -8,14 +8,14 @@ recorded at visits (with detection delay, under-coding and recurrence), drugs th
 diagnoses, labs/vitals whose values follow the latent state, about 1,150 distinct real WHO
 ICD-10 3-character codes (risk factors, common chronic and acute conditions and a long tail
 over the chapters), and ADRD onset from an age-doubling hazard multiplied by risk-factor hazard
-ratios and unobserved frailty (~1.9 %/year at 75-84). Prodromal codes (memory complaint, MCI,
+ratios and unobserved frailty (~2 %/year at 75-84). Prodromal codes (memory complaint, MCI,
 falls) cluster 0.5-4 years before ADRD onset without being deterministic.
 
 Everything is vectorised numpy per block of STREAM_BLOCK subjects; block k's RNG is derived
 from ``(seed, k)`` only, so the events do not depend on ``chunk_size`` and ``write_events``
 streams a million subjects in bounded memory. ``simulate_population`` returns the simulated
 truth (onsets, frailty, death) behind the events, for validation. The clinical constants live
-in module-level tables below (sources: /work/shared/REFERENCES.md section 2.3 and the Lancet
+in module-level tables below (sources: docs/references.md: the Lancet
 Commission 2024); they were tuned so that a 5-year prediction task built on the data is
 realistically hard (logistic-regression AUROC ~0.75) with 5-10 % cases.
 """
@@ -101,7 +101,7 @@ class _Cond:
 
 _CM, _MH, _FR = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 
-# --- Risk-factor conditions (REFERENCES.md 2.3 EHR proxies; prevalences are rough population
+# --- Risk-factor conditions (docs/references.md, EHR proxies; prevalences are rough population
 # figures for people reaching old age, onset ages from typical epidemiology).
 RISK_CONDITIONS: tuple[_Cond, ...] = (
     _Cond("hypertension", (("I10", 0.9), ("I11.9", 0.05), ("I12.9", 0.05)), 0.55, (58, 12),
@@ -149,7 +149,7 @@ RISK_CONDITIONS: tuple[_Cond, ...] = (
 )  # fmt: skip
 
 # ADRD hazard ratios while a risk factor is present (coded or not). Lancet Commission 2024
-# (Livingston et al.) meta-analytic RRs / REFERENCES.md 2.3; AF, CKD, sleep apnoea from the
+# (Livingston et al.) meta-analytic RRs (docs/references.md); AF, CKD, sleep apnoea from the
 # wider cohort literature [memory].
 ADRD_HAZARD_RATIOS: dict[str, float] = {
     "hypertension": 1.4,
@@ -177,7 +177,7 @@ ADRD_AGE_DOUBLING_YEARS = 5.0
 ADRD_FEMALE_HR = 1.15
 ADRD_FRAILTY_SD = 1.15  # unobserved heterogeneity (APOE, education, family history...)
 
-# ADRD diagnosis codes (ICD-10-CM) and their mix; anti-dementia drugs (REFERENCES.md 2.2).
+# ADRD diagnosis codes (ICD-10-CM) and their mix; anti-dementia drugs (docs/references.md).
 ADRD_DIAGNOSIS_CODES: tuple[tuple[str, float], ...] = (
     ("F03.90", 0.38),
     ("G30.9", 0.25),
@@ -195,7 +195,7 @@ ANTI_DEMENTIA_DRUGS: tuple[tuple[str, float], ...] = (
 _ADRD = _Cond("adrd", ADRD_DIAGNOSIS_CODES, 0.0, (0.0, 0.0), p_coded=0.9, delay=1.0,
               p_recur=0.5, drugs=ANTI_DEMENTIA_DRUGS, p_treat=0.55, death_hr=2.2)  # fmt: skip
 
-# Prodromal signals (REFERENCES.md 2.3): a background onset for everybody plus a "linked"
+# Prodromal signals (docs/references.md): a background onset for everybody plus a "linked"
 # onset 0.5-4 years before ADRD onset with the given probability.
 _PRODROMAL: tuple[_Cond, ...] = (
     _Cond("memory_complaint", (("R41.3", 1.0),), 0.06, (76, 8), _FR, 1.0, 0.8, 0.3, 0.2),

@@ -12,7 +12,7 @@
 #   eval "$(tests/slurm/cluster.sh down)"   # unset SLURM_CONF ...
 # All configuration lives in the state dir ($RB_SLURM_DIR, default /tmp/rb-slurm), never in
 # /etc/slurm: a slurm.conf there pointing at a dead controller makes every `snakemake` call stall
-# ~10 s (REFERENCES 3.6); so does a SLURM_CONF still exported after `down`.
+# ~10 s (docs/references.md); so does a SLURM_CONF still exported after `down`.
 #
 # Environment knobs: RB_SLURM_DIR (state dir), RB_SLURM_PORT_BASE (first of 4 consecutive TCP
 # ports; default: first free block from 16810), RB_SLURM_CPUS (8), RB_SLURM_MEM_MB (16000),
