@@ -331,6 +331,13 @@ def get_settings(*keys):
     return study.canonical(section)
 
 
+def get_evaluation_settings():
+    """The evaluation section without the batch size, which changes no score."""
+    return study.canonical(
+        {k: v for k, v in config["evaluation"].items() if k != "batch_size"}
+    )
+
+
 def get_bootstrap_settings():
     """What the report reads of evaluation: its bootstrap (the rest reaches it through the
     evaluation jobs' outputs)."""
@@ -343,7 +350,9 @@ def get_serialization_settings():
     answer words are added later (build_prompts, the model's settings), and which variant is
     the reference view changes no history."""
     serialization = config["serialization"]
-    return study.canonical({k: serialization[k] for k in ("time_encoding", "lookback_days")})
+    return study.canonical(
+        {k: serialization[k] for k in ("time_encoding", "lookback_days")}
+    )
 
 
 @functools.cache

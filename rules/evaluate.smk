@@ -24,7 +24,9 @@ rule evaluate:
         mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
         runtime=get_job_resource("runtime", scale_with_attempt=True),
     params:
-        evaluation=get_settings("evaluation"),
+        # What shapes the scores; the batch size is read by the script (scores do not depend
+        # on it), so changing it reruns nothing.
+        evaluation=get_evaluation_settings(),
         question=config["serialization"]["question"],
         model=get_model_settings,
     script:

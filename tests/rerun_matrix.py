@@ -90,6 +90,10 @@ ROWS: tuple[Row, ...] = (
             "data.source",
             "data.date_formats",
             "data.extra_vocabularies",
+            "data.extraction_date",
+            "data.timezone",
+            "data.max_unparseable_fraction",
+            "data.sex_values.*",
             "data.meds.*",
             "data.first_occurrence.*",
             "data.omop.*",
@@ -308,16 +312,24 @@ ROWS: tuple[Row, ...] = (
         "Tracking and launcher: read by the fine-tune script.",
     ),
     Row(
-        ("models.*.resources.*", "models.*.plan.*", "plan.*", "execution.*", "hub.token_env"),
+        (
+            "models.*.resources.*",
+            "models.*.parameters",
+            "plan.*",
+            "execution.*",
+            "hub.token_env",
+            "evaluation.batch_size",
+        ),
         {
             "models.tiny.resources.mem_mb": 3000,
-            "models.tiny.plan.train_tokens_per_s": 10,
+            "models.tiny.parameters": 1000000,
             "plan.prompt_tokens": 100,
             "execution.gpu_request": "gres",
             "hub.token_env": "T",
+            "evaluation.batch_size": 16,
         },
         NOTHING,
-        "Cluster requests and cost planning change no result.",
+        "Cluster requests, cost planning and the scoring batch size change no result.",
     ),
     Row(
         ("hub.cache_dir",),
@@ -337,16 +349,14 @@ ROWS: tuple[Row, ...] = (
     # ----------------------------------------------------------------------------- evaluation
     Row(
         (
-            "evaluation.batch_size",
             "evaluation.max_new_tokens",
             "evaluation.few_shot_k",
             "evaluation.calibrate_on_tuning",
+            "evaluation.precision",
         ),
         {"evaluation.few_shot_k": 3},
         {**EVALUATED, **REPORT},
-        "Every evaluation (the evaluate jobs take the whole evaluation section).",
-        known_excess="evaluation.batch_size reruns every evaluation although the scores "
-        "should not depend on it.",
+        "Every evaluation (the evaluate jobs take the evaluation section but the batch size).",
     ),
     Row(
         ("evaluation.bootstrap_resamples", "evaluation.bootstrap_seed"),

@@ -19,6 +19,8 @@ configuration = {
     "seed": int(smk.wildcards.seed),
 }
 model_path = resolve_model(smk.params.model)
+# The batch size is operational (scores do not depend on it), read here so it reruns nothing.
+evaluation = {**smk.params.evaluation, "batch_size": smk.config["evaluation"]["batch_size"]}
 prompts = pl.read_parquet(smk.input.prompts)
 cohort = read_cohort(smk, log)
 if hasattr(smk.input, "histories"):
@@ -31,7 +33,7 @@ if hasattr(smk.input, "histories"):
         smk.params.question,
         model_path,
         smk.params.model["max_seq_len"],
-        smk.params.evaluation,
+        evaluation,
         smk.params.model,
     )
 # The rationales a fine-tuned rationale format trained on: its own copies of them are counted.
@@ -46,7 +48,7 @@ predictions, summary = evaluate_configuration(
     json.loads(Path(smk.input.run).read_text()) if trained else configuration,
     prompts,
     cohort,
-    smk.params.evaluation,
+    evaluation,
     smk.params.model,
     teacher_rationales,
     # One scoring process per GPU; read from the config (not params) so that changing the GPU
