@@ -23,6 +23,7 @@ rule evaluate:
         **get_gpu_resources(),
         mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
         runtime=get_job_resource("runtime", scale_with_attempt=True),
+        attempt=get_attempt,
     params:
         evaluation=get_settings("evaluation"),
         question=config["serialization"]["question"],

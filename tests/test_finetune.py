@@ -124,8 +124,9 @@ def test_train_logs_dilution_and_matches_budgets(
     assert not (tmp_path / "free_form" / "checkpoint").exists()
 
 
+@pytest.mark.parametrize("checkpoint_every", [0, 3])
 def test_resume_after_sigterm_gives_identical_weights(
-    tmp_path, tiny_model_dir, prompts, synthetic_cohort, monkeypatch
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, monkeypatch, checkpoint_every
 ):
     cohort, _ = synthetic_cohort
     full = train(
@@ -134,7 +135,9 @@ def test_resume_after_sigterm_gives_identical_weights(
 
     from rationale_bench import finetune
 
-    job = make_job(tmp_path, tiny_model_dir, "label_only", name="interrupted")
+    job = make_job(
+        tmp_path, tiny_model_dir, "label_only", name="interrupted", checkpoint_every=checkpoint_every
+    )
     real_step = torch.optim.AdamW.step
     calls = {"n": 0}
 
@@ -146,6 +149,9 @@ def test_resume_after_sigterm_gives_identical_weights(
             import signal
 
             os.kill(os.getpid(), signal.SIGTERM)
+            # What Snakemake in a SLURM job does on SIGTERM, before the checkpoint is written:
+            # it deletes the job's outputs, the step log among them.
+            job.log_path.unlink()
         return out
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step_then_sigterm)
@@ -153,9 +159,14 @@ def test_resume_after_sigterm_gives_identical_weights(
         train(job, prompts, cohort, None)
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert (job.checkpoint_dir / "state.pt").exists()
-    job.log_path.unlink()  # Snakemake deletes a failed job's outputs, the step log among them
+    job.log_path.unlink(missing_ok=True)
+    # A half-written checkpoint of an earlier kill must not survive the success either.
+    (tmp_path / "interrupted" / "checkpoint.tmp").mkdir()
     resumed = train(job, prompts, cohort, None)
+    # "checkpoint_every: 0" means on SIGTERM only: the job resumes at the step it stopped at.
     assert resumed["resumed_from_step"] == 4
+    assert not job.checkpoint_dir.exists()
+    assert not (tmp_path / "interrupted" / "checkpoint.tmp").exists()
     log = [json.loads(x)["step"] for x in job.log_path.read_text().splitlines()]
     assert log == list(range(1, 7))
     from safetensors.torch import load_file

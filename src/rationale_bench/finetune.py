@@ -550,12 +550,12 @@ def _save_checkpoint(
     scaler: Any,
     step: int,
     fp: str,
-    log_path: Path,
+    history: Sequence[Mapping[str, Any]],
 ) -> None:
     """Trainable weights, optimizer, schedule, RNG and the step log so far, replaced atomically.
 
-    The step log is kept here too: Snakemake deletes a failed job's outputs, the log included,
-    and a resumed run must still report every step once.
+    The step log comes from memory: Snakemake deletes a failed job's outputs (the output log
+    included) when SIGTERM arrives, and a resumed run must still report every step once.
     """
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -575,10 +575,30 @@ def _save_checkpoint(
         },
         tmp / "state.pt",
     )
-    shutil.copyfile(log_path, tmp / "train_log.jsonl")
+    _write_log(tmp / "train_log.jsonl", history)
     # Replace atomically so a kill during the write never leaves a half checkpoint.
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def _write_log(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
+    """The step log as JSON lines, replaced atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
+    os.replace(tmp, path)
+
+
+def _checkpoint_history(path: Path, start_step: int) -> list[dict[str, Any]]:
+    """The steps logged up to the checkpoint (later ones are redone, so each appears once)."""
+    saved = (path / "train_log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, saved) if r["step"] <= start_step]
+
+
+def remove_checkpoints(path: Path) -> None:
+    """The checkpoint and a half-written one (``.tmp``): after success neither is needed, and
+    for a full fine-tune each holds the weights and the optimizer state."""
+    for folder in (path, path.with_name(path.name + ".tmp")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _load_checkpoint(path: Path, fp: str) -> dict[str, Any] | None:
@@ -689,13 +709,12 @@ def _train(
             model, device_ids=[dp.local_rank] if device.type == "cuda" else None
         )
 
+    # The step log lives in memory and in the checkpoint, never read back from the output
+    # path: Snakemake deletes a failed job's outputs as soon as SIGTERM arrives.
+    history = _checkpoint_history(job.checkpoint_dir, start_step) if start_step else []
     if dp.is_main:
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        if start_step:
-            # Steps logged after the checkpoint are redone; drop them so each step appears once.
-            saved = (job.checkpoint_dir / "train_log.jsonl").read_text().splitlines()
-            kept = [line for line in saved if json.loads(line)["step"] <= start_step]
-            job.log_path.write_text("".join(line + "\n" for line in kept))
+        _write_log(job.log_path, history)
     trackers = (
         Trackers(
             cfg.get("report_to", []),
@@ -716,7 +735,7 @@ def _train(
     model.train()
     log_file = None
     try:
-        log_file = job.log_path.open("a" if start_step else "w") if dp.is_main else None
+        log_file = job.log_path.open("a") if dp.is_main else None
         for step in range(start_step, total_steps):
             t0 = time.time()
             step_batches = micro_batches[step * accum : (step + 1) * accum]
@@ -807,6 +826,7 @@ def _train(
                 if scaler is not None:
                     record["loss_scale"] = scaler.get_scale()
                     record["overflow"] = overflow
+                history.append(record)
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
                 trackers.log(record, done)
@@ -827,7 +847,7 @@ def _train(
                         scaler,
                         done,
                         fp,
-                        job.log_path,
+                        history,
                     )
                 dp.barrier()
             if preempted:
@@ -872,7 +892,9 @@ def _train(
     job.out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(job.out_dir)
     log.info("saved the trained weights to %s (%d process(es))", job.out_dir, dp.world_size)
-    final = [json.loads(line) for line in job.log_path.read_text().splitlines()]
+    # Rewritten from memory: complete even if something removed the file while training ran.
+    _write_log(job.log_path, history)
+    final = history
     run.update(
         {
             "tokens_trained": int(sum(r["tokens"] for r in final)),
@@ -887,7 +909,7 @@ def _train(
         }
     )
     job.run_path.write_text(json.dumps(run, indent=2, default=str))
-    shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
+    remove_checkpoints(job.checkpoint_dir)
     return run
 
 
