@@ -124,9 +124,9 @@ def test_train_logs_dilution_and_matches_budgets(
     assert not (tmp_path / "free_form" / "checkpoint").exists()
 
 
-@pytest.mark.parametrize("checkpoint_every", [0, 3])
+@pytest.mark.parametrize("every", [0, 3])
 def test_resume_after_sigterm_gives_identical_weights(
-    tmp_path, tiny_model_dir, prompts, synthetic_cohort, monkeypatch, checkpoint_every
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, monkeypatch, every
 ):
     cohort, _ = synthetic_cohort
     full = train(
@@ -136,7 +136,7 @@ def test_resume_after_sigterm_gives_identical_weights(
     from rationale_bench import finetune
 
     job = make_job(
-        tmp_path, tiny_model_dir, "label_only", name="interrupted", checkpoint_every=checkpoint_every
+        tmp_path, tiny_model_dir, "label_only", name="interrupted", checkpoint_every=every
     )
     real_step = torch.optim.AdamW.step
     calls = {"n": 0}
