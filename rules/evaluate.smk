@@ -23,7 +23,7 @@ rule evaluate:
         **get_gpu_resources(),
         mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
         runtime=get_job_resource("runtime", scale_with_attempt=True),
-        attempt=get_attempt,
+        attempt=lambda wildcards, attempt: attempt,  # each attempt keeps its log
     params:
         evaluation=get_settings("evaluation"),
         question=config["serialization"]["question"],

@@ -4,12 +4,6 @@
 from rationale_bench.joblock import live_writers
 
 
-def get_attempt(wildcards, attempt):
-    """The attempt number as a resource (not a param: params changes rerun jobs), so that a
-    job's script can keep each attempt's log (workflow.start)."""
-    return attempt
-
-
 onstart:
     # Before anything is submitted: a training or evaluation job of a lost controller (killed
     # login node, SIGKILL) may still be writing; a second job for its outputs would collide.
@@ -105,7 +99,9 @@ rule finetune:
         **get_gpu_resources(),
         mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
         runtime=get_job_resource("runtime", scale_with_attempt=True),
-        attempt=get_attempt,
+        # The attempt number (a resource, not a param: params changes rerun jobs), so that the
+        # script keeps each attempt's log (workflow.start).
+        attempt=lambda wildcards, attempt: attempt,
     params:
         # What shapes the weights. Tracking, the launcher and the GPU count (one data-parallel
         # process per GPU) are read by the script from the config: they rerun no training.
