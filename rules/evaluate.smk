@@ -23,6 +23,7 @@ rule evaluate:
         **get_gpu_resources(),
         mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
         runtime=get_job_resource("runtime", scale_with_attempt=True),
+        attempt=lambda wildcards, attempt: attempt,  # each attempt keeps its log
     params:
         # What shapes the scores; the batch size is read by the script (scores do not depend
         # on it), so changing it reruns nothing.

@@ -1,6 +1,19 @@
 # Base models and fine-tuning: one job per configuration, with the same subjects, steps and
 # schedule for every format of a matched (model, n_train, seed).
 
+from rationale_bench.joblock import live_writers
+
+
+onstart:
+    # Before anything is submitted: a training or evaluation job of a lost controller (killed
+    # login node, SIGKILL) may still be writing; a second job for its outputs would collide.
+    refusals = live_writers()
+    if refusals:
+        raise WorkflowError(
+            "a job of an earlier run still writes outputs this run would rewrite:\n- "
+            + "\n- ".join(refusals)
+        )
+
 
 rule build_tiny_model:
     """The default study's base model: a BPE tokenizer and a small Llama, both trained on the
@@ -86,6 +99,9 @@ rule finetune:
         **get_gpu_resources(),
         mem_mb=get_job_resource("mem_mb", scale_with_attempt=True),
         runtime=get_job_resource("runtime", scale_with_attempt=True),
+        # The attempt number (a resource, not a param: params changes rerun jobs), so that the
+        # script keeps each attempt's log (workflow.start).
+        attempt=lambda wildcards, attempt: attempt,
     params:
         # What shapes the weights. Tracking, the launcher and the GPU count (one data-parallel
         # process per GPU) are read by the script from the config: they rerun no training.

@@ -9,11 +9,35 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from slurm_cluster_fixture import slurm_cluster  # noqa: F401  (a session-wide fixture)
+from slurm_cluster_fixture import (  # noqa: F401  (slurm_cluster: a session-wide fixture)
+    SLURM_OPT_IN,
+    slurm_cluster,
+    slurm_opted_in,
+)
 
 from rationale_bench.codes import ADRD_CODE_PREFIXES, ANTI_DEMENTIA_DRUG_PREFIXES
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-slurm",
+        action="store_true",
+        help="also run the tests marked 'slurm': they start a local SLURM cluster (root, "
+        "Debian; packages from tests/slurm/cluster.sh install). Same as RB_RUN_SLURM=1.",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Plain `pytest` never installs packages or starts daemons: SLURM tests are opt-in."""
+    if slurm_opted_in(config):
+        return
+    skip = pytest.mark.skip(reason=SLURM_OPT_IN)
+    for item in items:
+        if "slurm" in item.keywords:
+            item.add_marker(skip)
+
 
 COHORT_CFG = {
     "min_age": 65,

@@ -125,10 +125,71 @@ def test_train_logs_dilution_and_matches_budgets(
     )
     assert (tmp_path / "free_form" / "adapter" / "adapter_config.json").exists()
     assert not (tmp_path / "free_form" / "checkpoint").exists()
+    # What the validity gates read: equal budgets and batch order, losses on train and tuning.
+    a, b = runs["label_only"], runs["free_form"]
+    assert a["batch_order_sha256"] == b["batch_order_sha256"]
+    assert a["steps_taken"] == a["optimizer_steps"] == b["steps_taken"]
+    assert a["budget"] == b["budget"] == "equal_steps"
+    for run in (a, b):
+        assert run["n_tuning_subjects"] > 0
+        for key in ("final_completion_loss", "final_answer_loss", "tuning_completion_loss"):
+            assert 0 < run[key] < 20, (key, run[key])
+        assert 0 <= run["tuning_answer_loss"] < 20
+    # The answer loss is the answer token's alone: in label-only it is most of the completion.
+    assert b["final_completion_loss"] != pytest.approx(b["final_answer_loss"])
 
 
+def test_early_stopping_restores_the_best_weights(
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, rationales, monkeypatch
+):
+    """Tuning losses 3.0, 2.0, 2.5, 2.6 at the ends of epochs 1-4 with patience 2: training
+    stops after epoch 4 and the saved weights are those of epoch 2."""
+    from safetensors.torch import load_file
+
+    from rationale_bench import finetune
+
+    cohort, _ = synthetic_cohort
+    real = finetune.completion_losses
+    planned = [3.0, 2.0, 2.5, 2.6]
+    seen = []
+
+    def scripted(model, examples, *args):
+        if len(seen) < len(planned):  # evaluations during training
+            seen.append({k: v.clone() for k, v in finetune.trainable_state(model).items()})
+            return planned[len(seen) - 1], None
+        return real(model, examples, *args)  # the final pass on the restored weights
+
+    monkeypatch.setattr(finetune, "completion_losses", scripted)
+    job = make_job(
+        tmp_path,
+        tiny_model_dir,
+        "free_form",
+        budget="early_stopping",
+        early_stopping={"patience": 2, "max_epochs": 8},
+        checkpoint_every=0,
+    )
+    run = train(job, prompts, cohort, rationales)
+    assert [e["tuning_completion_loss"] for e in run["early_stopping"]["evaluations"]] == planned
+    assert run["steps_taken"] == 4 * 6 < run["optimizer_steps"] == 8 * 6
+    assert run["weights_step"] == run["early_stopping"]["best_step"] == 2 * 6
+    saved = load_file(job.out_dir / "adapter_model.safetensors")
+    best, last = ({k.replace(".default", ""): v for k, v in w.items()} for w in (seen[1], seen[3]))
+    assert saved.keys() == best.keys()
+    for key in saved:
+        assert torch.equal(saved[key], best[key]), key
+    assert any(not torch.equal(saved[k], last[k]) for k in saved)  # training went on after it
+    # The losses reported are those of the restored weights: the step log's last epoch up to
+    # the best step, and a real pass over the tuning subjects.
+    log = read_log(job)
+    assert [r["step"] for r in log] == list(range(1, 25))
+    expected = np.mean([r["completion_loss"] for r in log if 6 < r["step"] <= 12])
+    assert run["final_completion_loss"] == pytest.approx(expected)
+    assert run["tuning_completion_loss"] > 0
+
+
+@pytest.mark.parametrize("every", [0, 3])
 def test_resume_after_sigterm_gives_identical_weights(
-    tmp_path, tiny_model_dir, prompts, synthetic_cohort, monkeypatch
+    tmp_path, tiny_model_dir, prompts, synthetic_cohort, monkeypatch, every
 ):
     cohort, _ = synthetic_cohort
     full = train(
@@ -137,7 +198,9 @@ def test_resume_after_sigterm_gives_identical_weights(
 
     from rationale_bench import finetune
 
-    job = make_job(tmp_path, tiny_model_dir, "label_only", name="interrupted")
+    job = make_job(
+        tmp_path, tiny_model_dir, "label_only", name="interrupted", checkpoint_every=every
+    )
     real_step = torch.optim.AdamW.step
     calls = {"n": 0}
 
@@ -149,6 +212,9 @@ def test_resume_after_sigterm_gives_identical_weights(
             import signal
 
             os.kill(os.getpid(), signal.SIGTERM)
+            # What Snakemake in a SLURM job does on SIGTERM, before the checkpoint is written:
+            # it deletes the job's outputs, the step log among them.
+            job.log_path.unlink()
         return out
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step_then_sigterm)
@@ -156,9 +222,14 @@ def test_resume_after_sigterm_gives_identical_weights(
         train(job, prompts, cohort, None)
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert (job.checkpoint_dir / "state.pt").exists()
-    job.log_path.unlink()  # Snakemake deletes a failed job's outputs, the step log among them
+    job.log_path.unlink(missing_ok=True)
+    # A half-written checkpoint of an earlier kill must not survive the success either.
+    (tmp_path / "interrupted" / "checkpoint.tmp").mkdir()
     resumed = train(job, prompts, cohort, None)
+    # "checkpoint_every: 0" means on SIGTERM only: the job resumes at the step it stopped at.
     assert resumed["resumed_from_step"] == 4
+    assert not job.checkpoint_dir.exists()
+    assert not (tmp_path / "interrupted" / "checkpoint.tmp").exists()
     log = [json.loads(x)["step"] for x in job.log_path.read_text().splitlines()]
     assert log == list(range(1, 7))
     from safetensors.torch import load_file

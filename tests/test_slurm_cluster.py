@@ -13,44 +13,53 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from slurm_cluster_fixture import FAST_POLLING, REPO
 
 pytestmark = pytest.mark.slurm
 
 SMOKE = REPO / "tests" / "slurm" / "smoke"
-PROFILE_TEMPLATE = REPO / "profiles" / "slurm" / "config.yaml"
 
 
-def _test_profile(dest: Path, account: str, partition: str) -> Path:
-    """The user profile template with the test cluster's account/partition and fast polling."""
-    profile = yaml.safe_load(PROFILE_TEMPLATE.read_text())
-    profile["default-resources"].update(
-        {
-            "slurm_account": account,
-            "slurm_partition": partition,
-            "runtime": "10 * attempt",
-            "mem_mb": "500 * attempt",
-        }
+def _installed_profile(dest: Path, cluster: dict[str, Any]) -> Path:
+    """Exactly what `rationale-bench install-profile` writes for this cluster."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rationale_bench.cli",
+            "install-profile",
+            "--account",
+            cluster["account"],
+            "--partition",
+            cluster["partition"],
+            "--target",
+            str(dest),
+        ],
+        env=dict(cluster["env"], PYTHONPATH=str(REPO / "src")),
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    profile.update(FAST_POLLING)
-    profile["jobs"] = 4
-    profile["latency-wait"] = 10
-    dest.mkdir(parents=True)
-    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    assert result.returncode == 0, result.stdout + result.stderr
     return dest
 
 
 def test_smoke_workflow_runs_on_slurm(slurm_cluster: dict[str, Any], tmp_path: Path) -> None:
     workdir = tmp_path / "smoke"
     shutil.copytree(SMOKE, workdir)
-    profile = _test_profile(
-        tmp_path / "profile", slurm_cluster["account"], slurm_cluster["partition"]
-    )
+    profile = _installed_profile(tmp_path / "profile", slurm_cluster)
 
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "snakemake", "--profile", str(profile)],
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "--profile",
+                str(profile),
+                *[f"--{k}={v}" for k, v in FAST_POLLING.items()],
+                "--latency-wait=10",
+            ],
             cwd=workdir,
             env=slurm_cluster["env"],
             capture_output=True,

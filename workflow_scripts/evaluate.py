@@ -4,11 +4,14 @@ from pathlib import Path
 import polars as pl
 
 from rationale_bench.evaluate import evaluate_configuration, few_shot_arm_prompts, write_metrics
+from rationale_bench.joblock import hold_until_exit
 from rationale_bench.models import resolve_model
 from rationale_bench.workflow import read_cohort, start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
+# One writer per configuration: refuse while a live job of a lost controller still writes.
+hold_until_exit(smk.wildcards, smk.rule, log)
 trained = hasattr(smk.input, "run")
 # The configuration is in the job's wildcards (a param function per job would cost a
 # 504-configuration dry run time).

@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from rationale_bench.finetune import TrainingJob, remove_stale_evaluation, train, write_job_spec
+from rationale_bench.joblock import hold_until_exit
 from rationale_bench.launch import job_runtime
 from rationale_bench.models import resolve_model
 from rationale_bench.workflow import read_cohort, start, write_parquet
@@ -27,6 +28,8 @@ job = TrainingJob(
     checkpoint_dir=Path(smk.params.checkpoint_dir),
     prompt_settings=smk.params.model,
 )
+# One writer per configuration: refuse while a live job of a lost controller still writes.
+hold_until_exit(smk.wildcards, smk.rule, log)
 remove_stale_evaluation(smk.params.stale)
 cohort = read_cohort(smk, log)
 if launch["command"]:

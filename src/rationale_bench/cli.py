@@ -7,7 +7,9 @@
   assumed (throughput.py).
 - ``rationale-bench install-profile --account A --partition P [--gpu-partition G]
   [--gpu-request gpus|gres] [--gpu-model M]``: writes a filled copy of ``profiles/slurm`` to
-  ``~/.config/snakemake/slurm`` so that ``snakemake --profile slurm`` works as typed.
+  ``$XDG_CONFIG_HOME/snakemake/slurm`` (``~/.config/...`` by default) so that
+  ``snakemake --profile slurm`` works as typed, choosing the status command by the cluster's
+  MinJobAge; ``install-profile --check`` checks an installed profile against the live cluster.
 - ``rationale-bench review-kappa A.csv B.csv [C.csv ...] [--scale-max 5]``: agreement between
   reviewers' filled review sheets (Cohen's kappa per pair and criterion, Fleiss' for 3+).
 """
@@ -185,6 +187,15 @@ def filled_profile(template: str, account: str, partition: str) -> str:
 
 
 def install_profile_command(args: argparse.Namespace) -> int:
+    from rationale_bench import slurm_profile
+
+    target = Path(args.target).expanduser() if args.target else slurm_profile.default_profile_dir()
+    out = target / "config.yaml"
+    if args.check:
+        return print_profile_check(out)
+    if not (args.account and args.partition):
+        print("error: --account and --partition are required (or use --check)", file=sys.stderr)
+        return 2
     template = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
     text = filled_profile(template, args.account, args.partition)
     # GPU settings travel as config, not set-resources: the workflow profile's set-resources
@@ -194,13 +205,31 @@ def install_profile_command(args: argparse.Namespace) -> int:
         execution["gpu_model"] = args.gpu_model
     if args.gpu_partition:
         execution["gpu_partition"] = args.gpu_partition
+    # The status command that survives scancel on this cluster (see slurm_profile).
+    status, why = slurm_profile.choose_status_command(slurm_profile.slurm_config())
     extra = {"config": [f"execution={execution!r}"]}
-    target = Path(args.target).expanduser()
+    text = re.sub(r"(?m)^slurm-status-command:.*$", f"slurm-status-command: {status}", text)
     target.mkdir(parents=True, exist_ok=True)
-    out = target / "config.yaml"
     out.write_text(text + "\n# Added by rationale-bench install-profile\n" + yaml.safe_dump(extra))
     print(f"wrote {out}; run `snakemake --profile slurm` from the repository root")
+    print(why)
+    if slurm_profile.slurm_config() is not None:
+        return print_profile_check(out)
     return 0
+
+
+def print_profile_check(path: Path) -> int:
+    """Check an installed profile against the live cluster; 1 when something is wrong."""
+    from rationale_bench import slurm_profile
+
+    if not path.exists():
+        print(f"error: no profile at {path}; install one with install-profile", file=sys.stderr)
+        return 2
+    findings = slurm_profile.check_profile(yaml.safe_load(path.read_text()))
+    print(f"checked {path} against the cluster:")
+    for finding in findings:
+        print(f"  {finding}")
+    return 0 if all(f.ok for f in findings) else 1
 
 
 def review_kappa_command(args: argparse.Namespace) -> int:
@@ -238,12 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     plan.set_defaults(func=plan_command)
     install = sub.add_parser("install-profile", help="install the SLURM profile as 'slurm'")
-    install.add_argument("--account", required=True, help="SLURM account (sbatch -A)")
-    install.add_argument("--partition", required=True, help="partition for CPU jobs")
+    install.add_argument("--account", help="SLURM account (sbatch -A)")
+    install.add_argument("--partition", help="partition for CPU jobs")
     install.add_argument("--gpu-partition", help="partition for fine-tuning and evaluation")
     install.add_argument("--gpu-request", choices=["gpus", "gres"], default="gpus")
     install.add_argument("--gpu-model", help="GPU type, e.g. a100")
-    install.add_argument("--target", default="~/.config/snakemake/slurm")
+    install.add_argument(
+        "--target", help="profile folder (default: $XDG_CONFIG_HOME/snakemake/slurm)"
+    )
+    install.add_argument(
+        "--check",
+        action="store_true",
+        help="check the installed profile against the live cluster (account, partitions, "
+        "status command and MinJobAge, GPU request style) and print what was found",
+    )
     install.set_defaults(func=install_profile_command)
     kappa = sub.add_parser("review-kappa", help="agreement between filled review sheets")
     kappa.add_argument("sheets", nargs="+", help="filled sheets, one CSV per reviewer (>= 2)")

@@ -93,6 +93,18 @@ def build_examples(
     control the rationale column already holds another same-label subject's rationale.
     """
     subset = training_subset(cohort, n_train, seed).select("subject_id")
+    return _with_targets(subset, prompts, rationales, fmt, seed, "training")
+
+
+def _with_targets(
+    subset: pl.DataFrame,
+    prompts: pl.DataFrame,
+    rationales: pl.DataFrame | None,
+    fmt: str,
+    seed: int,
+    which: str,
+) -> pl.DataFrame:
+    """Prompt, label and (if the format needs one) rationale of each subject in ``subset``."""
     frame = subset.join(
         prompts.select("subject_id", "prompt", "label"),
         on="subject_id",
@@ -101,7 +113,7 @@ def build_examples(
     )
     if frame["prompt"].null_count():
         raise TrainingError(
-            f"{frame['prompt'].null_count()} training subjects have no prompt; rerun serialization."
+            f"{frame['prompt'].null_count()} {which} subjects have no prompt; rerun serialization."
         )
     spec = formats.format_spec(fmt)
     if spec.target is None:
@@ -117,7 +129,7 @@ def build_examples(
     missing = frame["rationale"].null_count()
     if missing:
         raise TrainingError(
-            f"{missing} training subjects have no '{fmt}' rationale; rerun the teacher."
+            f"{missing} {which} subjects have no '{fmt}' rationale; rerun the teacher."
         )
     if spec.target == "shuffled":
         shuffled = formats.shuffled_rationales(
@@ -128,6 +140,32 @@ def build_examples(
         )
         frame = frame.with_columns(rationale=pl.Series(shuffled, dtype=pl.String))
     return frame
+
+
+def build_tuning_examples(
+    prompts: pl.DataFrame,
+    cohort: pl.DataFrame,
+    rationales: pl.DataFrame | None,
+    fmt: str,
+    seed: int,
+    limit: int,
+) -> tuple[pl.DataFrame, int]:
+    """Tuning-split subjects in this format, for the loss on unseen subjects (and early stopping).
+
+    At most ``limit`` subjects, drawn by the seed alone (the same for every format). Subjects
+    without a prompt or, for a rationale format, without a rationale are left out and counted.
+    """
+    tuning = cohort.filter(pl.col("split") == "tuning").select("subject_id").sort("subject_id")
+    if tuning.height > limit:
+        tuning = tuning.sample(n=limit, seed=seed).sort("subject_id")
+    usable = tuning.join(prompts.select("subject_id"), on="subject_id", how="semi")
+    if formats.format_spec(fmt).target is not None and rationales is not None:
+        usable = usable.join(rationales.select("subject_id"), on="subject_id", how="semi")
+    elif formats.format_spec(fmt).target is not None:
+        usable = usable.clear()
+    return _with_targets(
+        usable, prompts, rationales, fmt, seed, "tuning"
+    ), tuning.height - usable.height
 
 
 def encode_examples(
@@ -313,6 +351,101 @@ def segment_losses(
         "n_loss_tokens": sums["n_loss_tokens"],
         "n_label_tokens": sums["n_label"],
     }
+
+
+@torch.no_grad()
+def completion_losses(
+    model: Any,
+    examples: Sequence[Sequence[formats.EncodedExample]],
+    pad_token_id: int,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+) -> tuple[float | None, float | None]:
+    """(completion-token loss, answer-token loss) of one no-grad pass; (None, None) if empty."""
+    flat = [e for subject in examples for e in subject]
+    if not flat:
+        return None, None
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64)
+    for i in range(0, len(flat), batch_size):
+        batch = {
+            k: v.to(device)
+            for k, v in formats.collate(flat[i : i + batch_size], pad_token_id).items()
+        }
+        with autocast(precision, device):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        sums = segment_sums(out.logits, batch["labels"], batch["segments"], 1.0)
+        keys = ("summed", "n_loss_tokens", "label", "n_label")
+        totals += torch.stack([sums[k].detach().double().cpu() for k in keys])
+    model.train(was_training)
+    summed, n, label, n_label = totals.tolist()
+    return summed / max(n, 1.0), label / max(n_label, 1.0)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the tuning completion loss has not improved for ``patience`` evaluations (one
+    per epoch), then restore the weights of the best evaluation."""
+
+    patience: int
+    best_loss: float = math.inf
+    best_step: int = 0
+    bad: int = 0
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def update(self, model: Any, step: int, loss: float) -> bool:
+        """Record an evaluation; True when training should stop."""
+        self.evaluations.append({"step": step, "tuning_completion_loss": loss})
+        if loss < self.best_loss:
+            self.best_loss, self.best_step, self.bad = loss, step, 0
+            self.best_state = {
+                k: v.detach().cpu().clone() for k, v in trainable_state(model).items()
+            }
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def restore_best(self, model: Any) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state, strict=False)
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k in names}
+
+
+def epoch_end_steps(n_subjects: int, batch_size: int, accum: int, epochs: int) -> set[int]:
+    """The optimizer steps that complete an epoch (where early stopping evaluates)."""
+    per_epoch = math.ceil(n_subjects / batch_size)
+    return {math.ceil(e * per_epoch / accum) for e in range(1, epochs + 1)}
+
+
+def batch_order_digest(
+    micro_batches: Sequence[Sequence[int]], accum: int, subject_ids: Sequence[int]
+) -> str:
+    """SHA-256 of the ordered subject ids of every optimizer step: equal for matched formats."""
+    steps = [
+        [int(subject_ids[i]) for micro in micro_batches[k : k + accum] for i in micro]
+        for k in range(0, len(micro_batches), accum)
+    ]
+    return hashlib.sha256(json.dumps(steps).encode()).hexdigest()
+
+
+def final_losses(history: Sequence[Mapping[str, Any]], last_step: int, window: int) -> dict:
+    """Mean completion and answer-token loss over the ``window`` steps up to ``last_step``
+    (one epoch's worth: every training subject once)."""
+    steps = [r for r in history if last_step - window < r["step"] <= last_step]
+    return {
+        "final_completion_loss": float(np.mean([r["completion_loss"] for r in steps])),
+        "final_answer_loss": float(np.mean([r["label_loss"] for r in steps])),
+    }
+
+
+BUDGETS = ("equal_steps", "early_stopping")
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
@@ -550,18 +683,18 @@ def _save_checkpoint(
     scaler: Any,
     step: int,
     fp: str,
-    log_path: Path,
+    history: Sequence[Mapping[str, Any]],
+    early: EarlyStopping | None = None,
 ) -> None:
     """Trainable weights, optimizer, schedule, RNG and the step log so far, replaced atomically.
 
-    The step log is kept here too: Snakemake deletes a failed job's outputs, the log included,
-    and a resumed run must still report every step once.
+    The step log comes from memory: Snakemake deletes a failed job's outputs (the output log
+    included) when SIGTERM arrives, and a resumed run must still report every step once.
     """
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    trainable = {k: v for k, v in model.state_dict().items() if k in names}
+    trainable = trainable_state(model)
     torch.save(
         {
             "model": trainable,
@@ -572,13 +705,34 @@ def _save_checkpoint(
             "fingerprint": fp,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "early_stopping": vars(early) if early is not None else None,
         },
         tmp / "state.pt",
     )
-    shutil.copyfile(log_path, tmp / "train_log.jsonl")
+    _write_log(tmp / "train_log.jsonl", history)
     # Replace atomically so a kill during the write never leaves a half checkpoint.
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def _write_log(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
+    """The step log as JSON lines, replaced atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
+    os.replace(tmp, path)
+
+
+def _checkpoint_history(path: Path, start_step: int) -> list[dict[str, Any]]:
+    """The steps logged up to the checkpoint (later ones are redone, so each appears once)."""
+    saved = (path / "train_log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, saved) if r["step"] <= start_step]
+
+
+def remove_checkpoints(path: Path) -> None:
+    """The checkpoint and a half-written one (``.tmp``): after success neither is needed, and
+    for a full fine-tune each holds the weights and the optimizer state."""
+    for folder in (path, path.with_name(path.name + ".tmp")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _load_checkpoint(path: Path, fp: str) -> dict[str, Any] | None:
@@ -633,18 +787,36 @@ def _train(
     digest = hashlib.sha256(json.dumps([e.input_ids for e in flat]).encode()).hexdigest()
     fp = fingerprint(job, frame["subject_id"].to_list(), digest)
 
+    budget = cfg.get("budget", "equal_steps")
+    if budget not in BUDGETS:
+        raise TrainingError(f"training.budget '{budget}' is unknown; use one of {BUDGETS}.")
+    stopping = cfg.get("early_stopping", {})
+    # Under early stopping the schedule spans the maximum number of epochs; every format sees
+    # the same batches in the same order and stops wherever its own tuning loss says.
+    epochs = stopping["max_epochs"] if budget == "early_stopping" else cfg["epochs"]
+    tuning_frame, tuning_dropped = build_tuning_examples(
+        prompts, cohort, rationales, job.fmt, job.seed, cfg.get("tuning_eval_subjects", 256)
+    )
+    tuning = encode_examples(tuning_frame, job.fmt, tokenizer, job.max_seq_len, template)
+    if budget == "early_stopping" and not tuning:
+        raise TrainingError(
+            f"training.budget is early_stopping but no tuning subject has a '{job.fmt}' example "
+            f"({tuning_dropped} left out for a missing prompt or rationale); the tuning split "
+            "must have subjects (cohort.split.tuning_fraction) with rationales."
+        )
+
     prompt_lengths = grouping_lengths(examples)
     example_lengths = [[len(e.input_ids) for e in subject] for subject in examples]
     micro_batches = batch_schedule(
         len(examples),
         cfg["batch_size"],
-        cfg["epochs"],
+        epochs,
         job.seed,
         prompt_lengths if cfg.get("group_by_length") else None,
     )
     padding = padding_fraction(micro_batches, example_lengths, dp.world_size)
     padding_ungrouped = padding_fraction(
-        batch_schedule(len(examples), cfg["batch_size"], cfg["epochs"], job.seed),
+        batch_schedule(len(examples), cfg["batch_size"], epochs, job.seed),
         example_lengths,
         dp.world_size,
     )
@@ -667,6 +839,8 @@ def _train(
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     start_step = 0
+    early = EarlyStopping(stopping["patience"]) if budget == "early_stopping" else None
+    evaluate_at = epoch_end_steps(len(examples), cfg["batch_size"], accum, epochs)
     state = _load_checkpoint(job.checkpoint_dir, fp)
     if state is not None:
         model.load_state_dict(state["model"], strict=False)
@@ -678,6 +852,8 @@ def _train(
         if state.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_step = state["step"]
+        if state.get("early_stopping") is not None:
+            early = EarlyStopping(**state["early_stopping"])
         if dp.is_main:
             log.info("resuming from checkpoint at step %d/%d", start_step, total_steps)
 
@@ -689,13 +865,12 @@ def _train(
             model, device_ids=[dp.local_rank] if device.type == "cuda" else None
         )
 
+    # The step log lives in memory and in the checkpoint, never read back from the output
+    # path: Snakemake deletes a failed job's outputs as soon as SIGTERM arrives.
+    history = _checkpoint_history(job.checkpoint_dir, start_step) if start_step else []
     if dp.is_main:
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        if start_step:
-            # Steps logged after the checkpoint are redone; drop them so each step appears once.
-            saved = (job.checkpoint_dir / "train_log.jsonl").read_text().splitlines()
-            kept = [line for line in saved if json.loads(line)["step"] <= start_step]
-            job.log_path.write_text("".join(line + "\n" for line in kept))
+        _write_log(job.log_path, history)
     trackers = (
         Trackers(
             cfg.get("report_to", []),
@@ -713,10 +888,11 @@ def _train(
     # Each subject's share of a step's loss denominator, known before any forward pass.
     subject_weights = [loss_weight_total(subject, label_weight) for subject in examples]
     examples_seen = 0
+    steps_taken = start_step
     model.train()
     log_file = None
     try:
-        log_file = job.log_path.open("a" if start_step else "w") if dp.is_main else None
+        log_file = job.log_path.open("a") if dp.is_main else None
         for step in range(start_step, total_steps):
             t0 = time.time()
             step_batches = micro_batches[step * accum : (step + 1) * accum]
@@ -790,11 +966,12 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             elapsed = max(time.time() - t0, 1e-9)
             n_tokens, n_padding = int(totals[8]), int(totals[9])
-            done = step + 1
+            done = steps_taken = step + 1
             if dp.is_main:
                 record = {
                     "step": done,
                     "loss": step_loss,
+                    "completion_loss": summed / max(float(totals[7]), 1.0),
                     "label_loss": label / max(n_label, 1.0),
                     "rationale_loss": rationale / max(n_rationale, 1.0),
                     "label_loss_share": label / max(summed, 1e-12),
@@ -807,9 +984,23 @@ def _train(
                 if scaler is not None:
                     record["loss_scale"] = scaler.get_scale()
                     record["overflow"] = overflow
+                history.append(record)
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
                 trackers.log(record, done)
+            if early is not None and done in evaluate_at:
+                loss, _ = completion_losses(
+                    model,
+                    tuning if dp.is_main else [],
+                    tokenizer.pad_token_id,
+                    device,
+                    precision,
+                    cfg["batch_size"],
+                )
+                # Rank 0's loss decides for every process (they must stop at the same step).
+                shared = dp.all_sum(torch.tensor([loss or 0.0], dtype=torch.float64, device=device))
+                if early.update(model, done, float(shared.item())):
+                    break
             # Every process must stop at the same step, whichever got the signal.
             flag = torch.tensor([float(stop["sigterm"])], device=device)
             preempted = bool(dp.all_sum(flag).item() > 0)
@@ -827,7 +1018,8 @@ def _train(
                         scaler,
                         done,
                         fp,
-                        job.log_path,
+                        history,
+                        early,
                     )
                 dp.barrier()
             if preempted:
@@ -842,6 +1034,10 @@ def _train(
             trackers.close()
 
     seen = dp.all_sum(torch.tensor([float(examples_seen)], dtype=torch.float64, device=device))
+    weights_step = steps_taken
+    if early is not None and early.best_state is not None:
+        early.restore_best(model)
+        weights_step = early.best_step
     run: dict[str, Any] = {
         "model_path": job.model_path,
         "format": job.fmt,
@@ -855,6 +1051,19 @@ def _train(
         "n_examples": len(flat),
         "n_cases": int(frame["label"].sum()),
         "optimizer_steps": total_steps,
+        "budget": budget,
+        # Steps actually taken, and the step whose weights were saved (the best tuning loss
+        # under early stopping).
+        "steps_taken": steps_taken,
+        "weights_step": weights_step,
+        "early_stopping": (
+            {"evaluations": early.evaluations, "best_step": early.best_step, **stopping}
+            if early is not None
+            else None
+        ),
+        "batch_order_sha256": batch_order_digest(
+            micro_batches, accum, frame["subject_id"].to_list()
+        ),
         "resumed_from_step": start_step,
         # Examples the processes trained on in this run (since the resumed step), summed: an
         # epoch's worth each epoch, whatever the number of processes (disjoint, covering shards).
@@ -872,9 +1081,21 @@ def _train(
     job.out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(job.out_dir)
     log.info("saved the trained weights to %s (%d process(es))", job.out_dir, dp.world_size)
-    final = [json.loads(line) for line in job.log_path.read_text().splitlines()]
+    # Rewritten from memory: complete even if something removed the file while training ran.
+    _write_log(job.log_path, history)
+    final = history
+    tuning_loss, tuning_answer = completion_losses(
+        model, tuning, tokenizer.pad_token_id, device, precision, cfg["batch_size"]
+    )
+    steps_per_epoch = max(1, math.ceil(total_steps / epochs))
     run.update(
         {
+            **final_losses(history, weights_step, steps_per_epoch),
+            # One no-grad pass over tuning subjects of this format (null without any).
+            "tuning_completion_loss": tuning_loss,
+            "tuning_answer_loss": tuning_answer,
+            "n_tuning_subjects": len(tuning),
+            "tuning_subjects_left_out": tuning_dropped,
             "tokens_trained": int(sum(r["tokens"] for r in final)),
             "final_loss": final[-1]["loss"],
             "mean_label_loss_share": float(np.mean([r["label_loss_share"] for r in final])),
@@ -887,7 +1108,7 @@ def _train(
         }
     )
     job.run_path.write_text(json.dumps(run, indent=2, default=str))
-    shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
+    remove_checkpoints(job.checkpoint_dir)
     return run
 
 

@@ -6,7 +6,9 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,12 @@ def start(snakemake: Any, offline: bool = True) -> logging.Logger:
         os.environ["HF_HUB_OFFLINE"] = "1"
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    stream = log_path.open("w", buffering=1)
+    attempt = getattr(snakemake.resources, "attempt", None)
+    stream = (
+        open_attempt_log(log_path, int(attempt), snakemake.rule)
+        if attempt
+        else log_path.open("w", buffering=1)
+    )
     sys.stderr = stream
     logging.basicConfig(
         level=logging.INFO,
@@ -58,6 +65,37 @@ def stop_on(log: logging.Logger, rule: str) -> Iterator[None]:
         line = " ".join(str(error).split())
         print(f"{rule} failed: {type(error).__name__}: {line}", file=sys.__stderr__, flush=True)
         raise SystemExit(1) from None
+
+
+def open_attempt_log(log_path: Path, attempt: int, rule: str) -> Any:
+    """The rule log of this attempt, also kept under ``<log>.attempts/`` for good.
+
+    Snakemake deletes a job's log before every attempt (retry or rerun), and with it the
+    traceback of the failure that caused the retry. Each attempt therefore writes its own file,
+    and the rule log is a hard link to it (same file, two names): the next attempt's deletion
+    removes only the name Snakemake knows.
+    """
+    job_id = os.environ.get("SLURM_JOB_ID")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    folder = log_path.with_name(log_path.name + ".attempts")
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = f"-slurm{job_id}" if job_id else ""
+    own = folder / f"{stamp}-attempt{attempt}{suffix}.log"
+    stream = own.open("a", buffering=1)
+    log_path.unlink(missing_ok=True)
+    try:
+        os.link(own, log_path)
+    except OSError:  # a filesystem without hard links: the rule log is this attempt's alone
+        stream.close()
+        own.unlink()
+        own = log_path
+        stream = own.open("w", buffering=1)
+    where = f"SLURM job {job_id}" if job_id else f"process {os.getpid()}"
+    stream.write(
+        f"# rule {rule}, attempt {attempt} ({where} on {socket.gethostname()}, {stamp}); "
+        f"every attempt's log is kept in {folder}\n"
+    )
+    return stream
 
 
 def write_parquet(frame: pl.DataFrame, path: str | Path) -> None:
