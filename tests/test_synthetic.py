@@ -522,7 +522,7 @@ def test_adrd_incidence_rises_steeply_with_age() -> None:
     rates = _incidence_by_band(pop, bands)
     assert all(b > 1.3 * a for a, b in zip(rates, rates[1:], strict=False)), rates
     (at_75_84,) = _incidence_by_band(pop, [(75, 85)])
-    # The README's "about 2 % a year at 75-84" (1.96 % for this seed; general-population
+    # docs/synthetic.md's "about 2 % a year at 75-84" (1.96 % for this seed; general-population
     # incidence is of the order of 1-2 % a year).
     assert 0.018 <= at_75_84 <= 0.021, at_75_84
     assert rates[0] < 0.005  # rare before 65
