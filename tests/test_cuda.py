@@ -12,27 +12,15 @@ import signal
 import numpy as np
 import pytest
 import torch
+from test_finetune import TRAINING as CPU_TRAINING
 
 from rationale_bench.finetune import Preempted, TrainingJob, load_model, train
 from rationale_bench.serialize import build_prompts
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-TRAINING = {
-    "method": "lora",
-    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
-    "learning_rate": 0.002,
-    "epochs": 1,
-    "batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "max_grad_norm_abort": 1e6,
-    "label_loss_weight": 1.0,
-    "checkpoint_every": 3,
-    "precision": "auto",
-}
+# The CPU tests' settings, in the automatic precision (bf16 where the GPU supports it).
+TRAINING = {**CPU_TRAINING, "precision": "auto"}
 
 
 @pytest.fixture(scope="module")
