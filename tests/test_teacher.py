@@ -115,3 +115,17 @@ def test_openai_backend_against_local_server(synthetic_histories, tmp_path):
         again, report = generate_rationales(subset, "free_form", cfg, tmp_path / "cache.jsonl")
         assert report["usage"]["requests_sent"] == 0 and report["usage"]["cache_hits"] == 12
         assert again["rationale"].to_list() == table["rationale"].to_list()
+
+
+def test_the_template_teacher_speaks_of_the_cohorts_horizon() -> None:
+    """cohort.horizon_days reaches every rationale and every label-aware prompt."""
+    from rationale_bench.teacher import outcome_words
+
+    codes = ["ICD10/I10"]
+    assert "within five years" in template_rationale(81.0, "F", codes, True, "free_form", 1)
+    ten = template_rationale(81.0, "F", codes, True, "step_by_step", 1, horizon_days=3652)
+    assert "within ten years" in ten and "five years is" not in ten
+    assert outcome_words(False, 3652).endswith(
+        "did not receive a diagnosis of Alzheimer's disease or a related dementia within 10 years"
+    )
+    assert outcome_words(True, 1000).endswith("within 1000 days")

@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
 
 from rationale_bench.teacher import (  # noqa: E402
-    OUTCOME_WORDS,
     QC_REASONS,
     QCSettings,
     TeacherError,
     generate_rationales,
     merge_shards,
+    outcome_words,
     qc_failures,
     shard_of,
     split_answer,
@@ -71,9 +71,9 @@ def user_prompt(body: dict[str, Any]) -> str:
 
 def outcome_in(prompt: str) -> bool | None:
     """The outcome a label-aware prompt states (None: a label-blind prompt)."""
-    if OUTCOME_WORDS[False] in prompt:
+    if outcome_words(False) in prompt:
         return False
-    if OUTCOME_WORDS[True] in prompt:
+    if outcome_words(True) in prompt:
         return True
     return None
 
@@ -458,6 +458,7 @@ def test_rationale_job_settings_hold_only_what_changes_that_style() -> None:
     prompts = {k: f"{k} {{history}}" for k in CFG_BASE["prompts"]}
     config = {
         "serialization": {"question": "q?"},
+        "cohort": {"horizon_days": 1826},
         "teacher": {
             "name": "t",
             "backend": "openai",

@@ -132,6 +132,17 @@ def horizon_words(horizon_days: int) -> str:
     return f"{horizon_days} days"
 
 
+def horizon_spoken(horizon_days: int) -> str:
+    """The horizon as prose says it: ``1826`` -> ``five years`` (one to ten years spelled out),
+    else as :func:`horizon_words`."""
+    words = horizon_words(horizon_days)
+    count, _, unit = words.partition(" ")
+    spelled = {n: word for word, n in _NUMBER_WORDS.items()}
+    if unit.startswith("year") and int(count) in spelled:
+        return f"{spelled[int(count)]} {unit}"
+    return words
+
+
 def fill_horizon(question: str, horizon_days: int) -> str:
     """The question with ``{horizon}`` filled from cohort.horizon_days: the question (and so
     every teacher prompt, which quotes it) follows the cohort's outcome window. A question

@@ -184,6 +184,8 @@ def rationale_settings(config: Mapping[str, Any], style: str) -> dict[str, Any]:
     teacher = config["teacher"]
     keys = ["name", "backend", "mode", "qc", "view"]
     settings = {k: teacher[k] for k in keys}
+    # The outcome window the rationales speak of ("within five years"): the cohort's.
+    settings["horizon_days"] = config["cohort"]["horizon_days"]
     if teacher["view"] == "student_prompt":
         settings["view_model"] = teacher_view_model(config)
     if teacher["backend"] == "template":

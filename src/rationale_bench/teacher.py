@@ -29,6 +29,7 @@ from typing import Any
 import polars as pl
 
 from rationale_bench.codes import ATC_DESCRIPTIONS, RISK_FACTORS, code_in
+from rationale_bench.config_check import horizon_spoken, horizon_words
 from rationale_bench.serialize import history_of
 
 # The teacher's config slices live in study.py (the Snakefile imports them without polars).
@@ -43,12 +44,16 @@ logger = logging.getLogger("rationale_bench.teacher")
 
 STYLES = ("free_form", "step_by_step")
 TEACHER_SPLITS = ("train", "tuning")
-OUTCOME_WORDS = {
-    True: "the patient received a diagnosis of Alzheimer's disease or a related dementia "
-    "within 5 years",
-    False: "the patient did not receive a diagnosis of Alzheimer's disease or a related "
-    "dementia within 5 years",
-}
+DEFAULT_HORIZON_DAYS = 1826  # five years, the reference study's window
+
+
+def outcome_words(label: bool, horizon_days: int = DEFAULT_HORIZON_DAYS) -> str:
+    """The known outcome as the label-aware teacher is told it, in the cohort's window."""
+    did = "received" if label else "did not receive"
+    return (
+        f"the patient {did} a diagnosis of Alzheimer's disease or a related dementia within "
+        f"{horizon_words(horizon_days)}"
+    )
 
 
 class TeacherError(ValueError):
@@ -166,9 +171,17 @@ def _plural(n: int, word: str) -> str:
 
 
 def template_rationale(
-    age: float, sex: str, codes: Sequence[str], label: bool, style: str, seed: int
+    age: float,
+    sex: str,
+    codes: Sequence[str],
+    label: bool,
+    style: str,
+    seed: int,
+    horizon_days: int = DEFAULT_HORIZON_DAYS,
 ) -> str:
-    """A label-aware rationale grounded in the subject's own record, with varied wording."""
+    """A label-aware rationale grounded in the subject's own record, with varied wording, about
+    the cohort's outcome window (``horizon_days``)."""
+    window = horizon_spoken(horizon_days)
     rng = random.Random(seed)
     person = {"F": "woman", "M": "man"}.get(sex, "person")
     risk, prodromal = _findings(codes)
@@ -192,7 +205,7 @@ def template_rationale(
                 "No cognitive symptoms are recorded yet, so the risk rests on age and comorbidity."
             )
         parts.append(
-            f"{_pick(rng, CLOSINGS)} a dementia diagnosis within five years is {direction} than "
+            f"{_pick(rng, CLOSINGS)} a dementia diagnosis within {window} is {direction} than "
             "for a typical person of this age."
         )
         return " ".join(parts)
@@ -204,7 +217,7 @@ def template_rationale(
             + (_join(prodromal) + "." if prodromal else "none recorded."),
             f"4. Weighing the evidence: {_plural(len(risk), 'risk factor')} and "
             f"{_plural(len(prodromal), 'prodromal sign')} in the record.",
-            f"5. Conclusion: a dementia diagnosis within five years is {direction} than average.",
+            f"5. Conclusion: a dementia diagnosis within {window} is {direction} than average.",
         ]
         return "\n".join(steps)
     raise TeacherError(f"unknown rationale style '{style}'; known styles: {', '.join(STYLES)}")
@@ -374,6 +387,7 @@ class _TemplateBackend(_Backend):
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.seed = int(cfg.get("seed", 0))
+        self.horizon_days = int(cfg.get("horizon_days", DEFAULT_HORIZON_DAYS))
 
     def generate(
         self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int, longer: bool
@@ -395,6 +409,7 @@ class _TemplateBackend(_Backend):
                 r["label"],
                 style,
                 _subject_seed(r["subject_id"], style, seed),
+                self.horizon_days,
             )
             for r in rows
         ]
@@ -548,7 +563,9 @@ def build_messages(
         history = history_of(row, cfg["max_history_lines"])
     fill = {"history": history, "question": cfg["question"]}
     if prompt == "label_aware":
-        fill["outcome"] = OUTCOME_WORDS[bool(row["label"])]
+        fill["outcome"] = outcome_words(
+            bool(row["label"]), cfg.get("horizon_days", DEFAULT_HORIZON_DAYS)
+        )
     user = template.format(**fill)
     return [{"role": "system", "content": prompts["system"]}, {"role": "user", "content": user}]
 
