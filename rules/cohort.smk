@@ -48,7 +48,14 @@ if DATA_SOURCE == "synthetic":
         conda:
             "../envs/data.yaml"
         params:
-            synthetic=get_settings("data", "synthetic"),
+            # chunk_size (memory only, same events) is read by the script: it reruns nothing.
+            synthetic=study.canonical(
+                {
+                    k: v
+                    for k, v in config["data"]["synthetic"].items()
+                    if k != "chunk_size"
+                }
+            ),
         script:
             "../workflow_scripts/synthesize_events.py"
 

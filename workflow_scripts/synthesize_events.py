@@ -12,7 +12,7 @@ n_events = write_events(
     Path(snakemake.output[0]),  # noqa: F821
     cfg["n_subjects"],
     cfg["seed"],
-    chunk_size=cfg["chunk_size"],
+    chunk_size=snakemake.config["data"]["synthetic"]["chunk_size"],  # noqa: F821
     data_start=date.fromisoformat(cfg["data_start"]),
     data_end=date.fromisoformat(cfg["data_end"]),
 )
