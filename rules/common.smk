@@ -244,7 +244,10 @@ def get_model_settings(wildcards):
 def model_settings_of(model):
     """A model's registry entry for its jobs' params (computed once per model, not per job)."""
     settings = study.model_settings(config, model)
-    settings["cache_dir"] = config["hub"]["cache_dir"]
+    # Only a hub model is read from the hub cache: a built or converted one ignores it, so
+    # moving the cache reruns none of its jobs.
+    if models.source_kind(settings["source"]) == "hub":
+        settings["cache_dir"] = config["hub"]["cache_dir"]
     return study.canonical(settings)
 
 
