@@ -58,7 +58,7 @@ def prepare(workdir: Path, n_subjects: int, arch: str) -> dict:
     from rationale_bench.cohort import build_cohort
     from rationale_bench.serialize import build_histories, build_prompts, history_text
     from rationale_bench.synthetic import generate_events
-    from rationale_bench.teacher import generate_rationales
+    from rationale_bench.teacher import generate_rationales, teacher_view
     from rationale_bench.tinymodel import build_tiny_model
 
     config = load_config(REPO / "config.yaml")
@@ -100,8 +100,9 @@ def prepare(workdir: Path, n_subjects: int, arch: str) -> dict:
     prompts = build_prompts(
         histories, tokenizer, config["serialization"], model_cfg["max_prompt_tokens"]
     )
+    # The teacher sees the training and tuning subjects as the students' prompts show them.
     rationales, _ = generate_rationales(
-        histories,
+        teacher_view(histories, prompts),
         QUESTION_STYLE,
         {"name": "template", "backend": "template", "seed": 0},
         workdir / "teacher_cache.jsonl",

@@ -54,7 +54,7 @@ def test_paper_grid_jobs_request_gpus_in_the_profile_style(tmp_path, paper_confi
     assert re.search(r"resources: .*gpu=1, runtime=", gpus) and "gres=" not in gpus
     assert re.search(r"resources: .*gres=gpu:a100:1, runtime=", gres) and "gpu=1" not in gres
     # Attempt-scaled memory and runtime come from the model registry.
-    assert re.search(r"gpu=1, runtime=1440, mem_mb=96000", gpus)
+    assert re.search(r"gpu=1, runtime=1440, attempt=1, mem_mb=96000", gpus)
 
 
 def test_plan_prints_jobs_and_costs(tmp_path, paper_config, capsys):

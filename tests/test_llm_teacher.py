@@ -20,7 +20,7 @@ from workflow_helpers import REPO
 
 from rationale_bench import models
 from rationale_bench.cli import load_config
-from rationale_bench.teacher import generate_rationales, rationale_settings
+from rationale_bench.teacher import generate_rationales, rationale_settings, run_settings
 
 pytestmark = [
     pytest.mark.slow,
@@ -101,7 +101,9 @@ def teacher_config(tmp_path: Path, base_url: str) -> dict:
         "name": "smollm2",
         "backend": "openai",
         "styles": ["free_form"],
-        # A 2,048-token context: the history, the instructions and the answer must fit.
+        # The test hands the teacher histories directly (no prompts stage): the full-history
+        # view, cut to fit a 2,048-token context with the instructions and the answer.
+        "view": "full_history",
         "max_history_lines": 25,
         "qc": {"max_attempts": 1},  # a 135M model fails QC often; keep what it writes
         "openai": {
@@ -114,7 +116,9 @@ def teacher_config(tmp_path: Path, base_url: str) -> dict:
     }
     path = tmp_path / "teacher.yaml"
     path.write_text(yaml.safe_dump(config))
-    return rationale_settings(load_config(path), "free_form")
+    study = load_config(path)
+    # As the teacher job sees it: its params plus how requests are sent, read from the config.
+    return run_settings(rationale_settings(study, "free_form"), study)
 
 
 def test_smollm2_served_by_llama_cpp_writes_rationales(llama_server, synthetic_histories, tmp_path):

@@ -721,6 +721,12 @@ def headline(
             f"({_grid_text(tuned)}), {ref_name} reached a mean held-out {mname} of "
             f"{ref_rows.mean():.3f} ({_plural(ref_rows.len(), 'valid configuration')})."
         )
+    elif metrics_table.filter(pl.col("format") == reference).height:
+        n_ref = metrics_table.filter(pl.col("format") == reference).height
+        out.append(
+            f"No {ref_name} configuration is valid ({_plural(n_ref, 'configuration')} with "
+            "results, all degenerate; see validity.csv), so no paired comparison is made."
+        )
     else:
         out.append(
             f"No {ref_name} results are present yet, so no paired comparison can be made "
