@@ -260,7 +260,11 @@ def readme_text(paths: dict[str, Path], out_dir: Path, partial: bool) -> str:
         "sampling settings, hyperparameters, package versions, workflow commit, config hash.",
         "",
         "## Figures",
-        *[f"- `figures/{name}` (and .svg)" for name in figures],
+        *[
+            f"- `figures/{name}`"
+            + (" (and .svg)" if (out_dir / "figures" / name).with_suffix(".svg").exists() else "")
+            for name in figures
+        ],
         *_truncation_lines(out_dir / "truncation.csv"),
         *_review_lines(out_dir / "review_scores.csv", out_dir / "review_agreement.csv"),
         "",
