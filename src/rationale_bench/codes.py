@@ -418,7 +418,8 @@ def describe_many(codes: Iterable[str]) -> dict[str, str | None]:
 # --------------------------------------------------------------------------------------
 
 # Vocabulary spellings -> the canonical code system. ICD-10-CM codes are ICD-10 codes with
-# more characters, so they share the ICD10/ prefix lists (REFERENCES.md 2.1).
+# more characters, so they share the ICD10/ prefix lists (docs/references.md, "Dementia code
+# lists and medications").
 VOCABULARY_ALIASES: dict[str, str] = {
     "ICD10": "ICD10",
     "ICD10CM": "ICD10",
