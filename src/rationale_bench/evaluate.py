@@ -48,8 +48,8 @@ def evaluate_configuration(
     ``run`` holds the configuration (``format``, ``n_train``, ``seed``) and, for fine-tuned
     formats, the training ``method``; without ``adapter_dir`` the base model is scored as is.
     ``teacher_rationales`` (the teacher's rationales of the format's style, for the training and
-    tuning subjects) let the diagnostics count word-for-word copies among the model's own. ``processes`` > 1 splits the
-    subjects over that many GPUs (one process each).
+    tuning subjects) let the diagnostics count word-for-word copies among the model's own.
+    ``processes`` > 1 splits the subjects over that many GPUs (one process each).
     """
     import torch
 
