@@ -49,13 +49,7 @@ if DATA_SOURCE == "synthetic":
             "../envs/data.yaml"
         params:
             # chunk_size (memory only, same events) is read by the script: it reruns nothing.
-            synthetic=study.canonical(
-                {
-                    k: v
-                    for k, v in config["data"]["synthetic"].items()
-                    if k != "chunk_size"
-                }
-            ),
+            synthetic=get_settings("data", "synthetic", operational=("chunk_size",)),
         script:
             "../workflow_scripts/synthesize_events.py"
 

@@ -326,19 +326,14 @@ def get_build_settings(wildcards):
     return study.canonical(settings)
 
 
-def get_settings(*keys):
-    """A config section as a job param, keys sorted so that only a real edit reruns the job."""
+def get_settings(*keys, operational=()):
+    """A config section as a job param, keys sorted so that only a real edit reruns the job.
+    ``operational`` keys of the section change no output (the script reads them from the
+    config), so they are left out and editing them reruns nothing."""
     section = config
     for key in keys:
         section = section[key]
-    return study.canonical(section)
-
-
-def get_evaluation_settings():
-    """The evaluation section without the batch size, which changes no score."""
-    return study.canonical(
-        {k: v for k, v in config["evaluation"].items() if k != "batch_size"}
-    )
+    return study.canonical({k: v for k, v in section.items() if k not in operational})
 
 
 def get_bootstrap_settings():

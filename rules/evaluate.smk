@@ -27,7 +27,7 @@ rule evaluate:
     params:
         # What shapes the scores; the batch size is read by the script (scores do not depend
         # on it), so changing it reruns nothing.
-        evaluation=get_evaluation_settings(),
+        evaluation=get_settings("evaluation", operational=("batch_size",)),
         question=config["serialization"]["question"],
         model=get_model_settings,
     script:
