@@ -77,6 +77,7 @@ def peak_mb(device) -> float:
 
 def run(method: str, args: argparse.Namespace) -> dict:
     import torch
+    from gpu_check import naive_probability
 
     from rationale_bench.scoring import answer_probabilities
 
@@ -90,20 +91,9 @@ def run(method: str, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     if method == "ours":
         probs, _ = answer_probabilities(model, seqs, {True: [yes], False: [no]}, 0, args.batch_size)
-    else:
-        probs = []
+    else:  # the device check's baseline: one generate call per example
         with torch.inference_mode():
-            for seq in seqs:
-                out = model.generate(
-                    torch.tensor([seq], device=device),
-                    max_new_tokens=1,
-                    do_sample=False,
-                    output_scores=True,
-                    return_dict_in_generate=True,
-                    pad_token_id=0,
-                )
-                logp = torch.log_softmax(out.scores[0][0].float(), -1)
-                probs.append(float(torch.sigmoid(logp[yes] - logp[no])))
+            probs = [naive_probability(model, seq, yes, no, device) for seq in seqs]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
