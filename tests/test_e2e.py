@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import polars as pl
 import pytest
 import yaml
-from workflow_helpers import REPO, planned_outputs, snakemake
+from workflow_helpers import REPO, planned_outputs, run_study, snakemake
 
 from rationale_bench.cli import job_counts
 
@@ -27,10 +26,7 @@ def run_folder(results, fmt):
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("study")
-    config = workdir / "study.yaml"
-    shutil.copy(STUDY, config)
-    snakemake(workdir, "--cores", "2", configfile=config)
-    return workdir, config
+    return workdir, run_study(workdir, STUDY)
 
 
 def edited(workdir, config, mutate):

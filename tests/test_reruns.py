@@ -17,12 +17,11 @@ marked slow.
 from __future__ import annotations
 
 import concurrent.futures
-import shutil
 
 import pytest
 import yaml
 from rerun_matrix import DOC, ROWS, STUDY, apply_edit, leaf_keys, render, row_of
-from workflow_helpers import snakemake
+from workflow_helpers import run_study, snakemake
 
 from rationale_bench.cli import job_counts
 
@@ -39,9 +38,7 @@ def test_the_doc_is_generated_from_the_table() -> None:
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reruns")
-    config = workdir / "study.yaml"
-    shutil.copy(STUDY, config)
-    snakemake(workdir, "--cores", "2", configfile=config)
+    config = run_study(workdir, STUDY)
     assert "Nothing to be done" in _dry_run(workdir, config.read_text(), "base")
     return workdir
 

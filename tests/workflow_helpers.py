@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -33,6 +34,15 @@ def snakemake(
             f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def run_study(workdir: Path, study: Path) -> Path:
+    """Copy ``study`` into ``workdir`` as study.yaml and run it to the end on 2 cores, as a
+    user would; returns the copied config."""
+    config = workdir / "study.yaml"
+    shutil.copy(study, config)
+    snakemake(workdir, "--cores", "2", configfile=config)
+    return config
 
 
 def study_with_teacher(folder: Path, **teacher: object) -> Path:
