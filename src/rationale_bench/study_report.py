@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1097,6 +1097,7 @@ MECHANISM_COLUMNS = {
 }
 # Where a diagnostic starts to count as evidence for its mechanism (documented in the report).
 DILUTION_SHARE = 0.2  # the answer carries under 20% of the completion loss
+COLLAPSE_SHARE = 0.2  # the most common generation covers over 20% of held-out
 FAITHFUL_SHARE = 0.9  # at least 90% of rationales state the right age; 90% of factors present
 DRIVEN_SHARE = 0.9  # the answer follows the rationale's own conclusion in 90% of patients
 LOSS_GAP_NATS = 0.1  # answer-token loss this much above label-only's: less trained
@@ -1141,52 +1142,49 @@ def mechanism_table(
     return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
 
 
-def _verdict(value: float | None, supported: bool, yes: str, no: str) -> str:
+def _verdict(
+    value: float | None, supports: Callable[[float], bool], detail: str, ruled_out: str = ""
+) -> str:
+    """'supported: <detail>' or 'ruled out: <ruled_out or detail>'; 'not measured' for None."""
     if value is None:
         return "not measured"
-    return f"supported: {yes}" if supported else f"ruled out: {no}"
+    return f"supported: {detail}" if supports(value) else f"ruled out: {ruled_out or detail}"
 
 
 def mechanism_verdicts(row: Mapping[str, Any]) -> dict[str, str]:
     """For one rationale format: each explanation, supported or ruled out, with its number."""
     share, top = row.get("token_dilution"), row.get("collapse")
     age, precision = row.get("age_faithful"), row.get("factor_precision")
-    driven, loss, ref_loss = (
-        row.get("conclusion_driven"),
-        row.get("answer_loss"),
-        row.get("reference_answer_loss"),
-    )
+    driven = row.get("conclusion_driven")
+    loss, ref_loss = row.get("answer_loss"), row.get("reference_answer_loss")
     gap = None if loss is None or ref_loss is None else loss - ref_loss
-    faithful = age is not None and age >= FAITHFUL_SHARE and (precision or 1.0) >= FAITHFUL_SHARE
+    precise = (precision or 1.0) >= FAITHFUL_SHARE
     return {
         "token dilution": _verdict(
             share,
-            share is not None and share < DILUTION_SHARE,
-            f"the answer carries {share or 0:.0%} of the completion loss",
+            lambda s: s < DILUTION_SHARE,
             f"the answer carries {share or 0:.0%} of the completion loss",
         ),
         "collapse": _verdict(
             top,
-            top is not None and top > 0.2,
+            lambda t: t > COLLAPSE_SHARE,
             f"the most common generation is {top or 0:.0%} of held-out",
             f"the most common generation is only {top or 0:.0%} of held-out",
         ),
         "unfaithful rationales": _verdict(
             age,
-            not faithful,
-            f"right age in {age or 0:.0%}, factor precision {_pct(precision)}",
+            lambda a: not (a >= FAITHFUL_SHARE and precise),
             f"right age in {age or 0:.0%}, factor precision {_pct(precision)}",
         ),
         "conclusion-driven answers": _verdict(
             driven,
-            driven is not None and driven >= DRIVEN_SHARE,
+            lambda d: d >= DRIVEN_SHARE,
             f"the answer follows the model's own conclusion in {driven or 0:.0%}",
             f"the answer follows the model's own conclusion in only {driven or 0:.0%}",
         ),
         "under-training": _verdict(
             gap,
-            gap is not None and gap > LOSS_GAP_NATS,
-            f"answer-token loss {loss or 0:.2f} vs {ref_loss or 0:.2f} nats for label-only",
+            lambda g: g > LOSS_GAP_NATS,
             f"answer-token loss {loss or 0:.2f} vs {ref_loss or 0:.2f} nats for label-only",
         ),
     }
