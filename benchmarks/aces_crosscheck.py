@@ -10,7 +10,7 @@ is not the benchmark's; results_record.run_measured) of each, start-up included 
 both sides, so the ratios compare like with like. Our time inside ``build_cohort`` is printed
 too, for information only (ACES has no such split). Printed: both times and peaks, the ratios
 (ACES / ours), how many subjects were compared and their label agreement (exact match rate,
-confusion table), and the reason for every difference (see rationale_bench.aces.compare_labels;
+confusion table), and the reason for every difference (see cohort.aces.compare_labels;
 ACES applies the follow-up window to cases, so the cases we keep with short follow-up are
 expected to be ours only).
 
@@ -95,7 +95,7 @@ def write_dataset(workdir: Path, n_subjects: int, seed: int) -> tuple[Path, int]
     """A synthetic MEDS dataset, gathered into one events parquet for both tools."""
     import polars as pl
 
-    from rationale_bench.synthetic import write_meds_dataset
+    from rationale_bench.data.synthetic import write_meds_dataset
 
     root = workdir / f"meds_{n_subjects}_{seed}"
     events = workdir / f"events_{n_subjects}_{seed}.parquet"
@@ -110,7 +110,7 @@ def build_ours(workdir: Path, events: Path) -> None:
     """Child process: our cohort from the events file; prints its in-process build time."""
     import polars as pl
 
-    from rationale_bench.cohort import build_cohort
+    from rationale_bench.cohort.build import build_cohort
 
     cohort_cfg = json.loads((workdir / "cohort.json").read_text())
     t0 = time.perf_counter()
@@ -188,7 +188,7 @@ def main() -> None:
 
     import polars as pl
 
-    from rationale_bench.aces import compare_labels, write_aces_task
+    from rationale_bench.cohort.aces import compare_labels, write_aces_task
 
     cli = installed_aces_cli(args.venv) if args.smoke else aces_cli(args.venv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="aces_crosscheck_"))

@@ -62,9 +62,9 @@ def run_stage(
     import polars as pl
     import pyarrow.parquet as pq
 
-    from rationale_bench.cohort import build_cohort
-    from rationale_bench.serialize import build_histories, build_prompts, history_of
-    from rationale_bench.synthetic import write_events
+    from rationale_bench.cohort.build import build_cohort
+    from rationale_bench.data.synthetic import write_events
+    from rationale_bench.text.serialize import build_histories, build_prompts, history_of
 
     events_path = workdir / "events.parquet"
     cohort_path = workdir / "cohort.parquet"
@@ -98,7 +98,7 @@ def run_stage(
         out["rows_out"] = histories.height
         out["input_events"] = int(histories["n_events"].sum())
     elif stage == "prompts":
-        from rationale_bench.tinymodel import train_tokenizer
+        from rationale_bench.train.tiny_model import train_tokenizer
 
         histories = pl.read_parquet(workdir / "histories.parquet")
         sample = [history_of(row) for row in histories.head(2000).iter_rows(named=True)]

@@ -263,7 +263,7 @@ def measure_scoring(model: Any, args: argparse.Namespace, device: Any) -> dict:
     """Direct scoring: batched last-position logits against per-example generate."""
     import torch
 
-    from rationale_bench.scoring import answer_probabilities
+    from rationale_bench.evaluate.scoring import answer_probabilities
 
     seqs = random_sequences(args.examples, args.min_len, args.max_len, model.config.vocab_size, 1)
     yes, no = 11, 12
@@ -328,7 +328,7 @@ def measure_generation(model: Any, args: argparse.Namespace, device: Any) -> dic
     """Rationale generation: batched greedy KV-cache generation against per-example generate."""
     import torch
 
-    from rationale_bench.scoring import generate_rationales
+    from rationale_bench.evaluate.scoring import generate_rationales
 
     tok = RandomTokenizer()
     prompts = random_sequences(

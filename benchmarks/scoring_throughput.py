@@ -79,7 +79,7 @@ def run(method: str, args: argparse.Namespace) -> dict:
     import torch
     from gpu_check import naive_probability
 
-    from rationale_bench.scoring import answer_probabilities
+    from rationale_bench.evaluate.scoring import answer_probabilities
 
     device = select_device(args.device, args.threads)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -23,16 +23,16 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.cohort import build_cohort, resolve_definition
-from rationale_bench.serialize import (
+from rationale_bench.cohort.build import build_cohort, resolve_definition
+from rationale_bench.data.synthetic import generate_events
+from rationale_bench.text.serialize import (
     SERIALIZATIONS,
     build_histories,
     build_prompts,
     history_of,
     question_block,
 )
-from rationale_bench.synthetic import generate_events
-from rationale_bench.tinymodel import train_tokenizer
+from rationale_bench.train.tiny_model import train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_record import write_result  # noqa: E402

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from results_record import write_result  # noqa: E402
 
-from rationale_bench.teacher_client import (  # noqa: E402
+from rationale_bench.teacher.client import (  # noqa: E402
     ChatRequest,
     EndpointConfig,
     run_chat_requests,

@@ -3,7 +3,7 @@
 Both train the same model on the same tokenised examples (free-form rationale format of a
 synthetic cohort, prompt masked: completion-only loss) with the same batches in the same order,
 the same optimizer (AdamW), learning rate, cosine schedule without warm-up, clipping, precision
-and number of steps. Ours: `rationale_bench.finetune.train`. Baseline: `trl.SFTTrainer` on a
+and number of steps. Ours: `rationale_bench.train.finetune.train`. Baseline: `trl.SFTTrainer` on a
 pre-tokenised dataset (`input_ids` + `completion_mask`, `completion_only_loss=True`), fed in our
 batch order (`train_sampling_strategy="sequential"`). Each method runs in its own process, so
 peak memory (max RSS; on a GPU, peak allocated) is its own; both times include loading the model
@@ -55,11 +55,11 @@ def prepare(workdir: Path, n_subjects: int, arch: str) -> dict:
     import polars as pl
 
     from rationale_bench.cli import load_config
-    from rationale_bench.cohort import build_cohort
-    from rationale_bench.serialize import build_histories, build_prompts, history_text
-    from rationale_bench.synthetic import generate_events
-    from rationale_bench.teacher import generate_rationales, teacher_view
-    from rationale_bench.tinymodel import build_tiny_model
+    from rationale_bench.cohort.build import build_cohort
+    from rationale_bench.data.synthetic import generate_events
+    from rationale_bench.teacher.generate import generate_rationales, teacher_view
+    from rationale_bench.text.serialize import build_histories, build_prompts, history_text
+    from rationale_bench.train.tiny_model import build_tiny_model
 
     config = load_config(REPO / "config.yaml")
     model_cfg = config["models"]["tiny"]
@@ -151,7 +151,7 @@ def peak_memory_mb() -> float:
 
 
 def run_ours(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
-    from rationale_bench.finetune import TrainingJob, train
+    from rationale_bench.train.finetune import TrainingJob, train
 
     prompts, cohort, rationales = load_inputs(workdir)
     out = workdir / "ours"
@@ -188,8 +188,8 @@ def run_trl(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from rationale_bench import formats
-    from rationale_bench.finetune import batch_schedule, build_examples, encode_examples
+    from rationale_bench.text import formats
+    from rationale_bench.train.finetune import batch_schedule, build_examples, encode_examples
 
     prompts, cohort, rationales = load_inputs(workdir)
     tokenizer = AutoTokenizer.from_pretrained(prep["model_dir"])

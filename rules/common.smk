@@ -15,7 +15,13 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")]))
 )
 
-from rationale_bench import config_check, inputs, models, study  # noqa: E402
+from rationale_bench import config_check  # noqa: E402
+
+from rationale_bench.data import inputs
+
+from rationale_bench.train import models
+
+from rationale_bench import study
 
 try:
     validate(config, "../schemas/config.schema.yaml")
@@ -365,7 +371,7 @@ def get_result_settings(wildcards):
 @functools.cache
 def result_settings_of(model):
     """The training settings that shape a model's weights (computed once per model)."""
-    from rationale_bench.launch import result_settings
+    from rationale_bench.train.launch import result_settings
 
     return result_settings(training_settings_of(model))
 

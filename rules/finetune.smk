@@ -1,7 +1,7 @@
 # Base models and fine-tuning: one job per configuration, with the same subjects, steps and
 # schedule for every format of a matched (model, n_train, seed).
 
-from rationale_bench.joblock import live_writers
+from rationale_bench.train.joblock import live_writers
 
 
 onstart:

@@ -15,7 +15,7 @@ from slurm_cluster_fixture import (  # noqa: F401  (slurm_cluster: a session-wid
     slurm_opted_in,
 )
 
-from rationale_bench.codes import ADRD_CODE_PREFIXES, ANTI_DEMENTIA_DRUG_PREFIXES
+from rationale_bench.data.codes import ADRD_CODE_PREFIXES, ANTI_DEMENTIA_DRUG_PREFIXES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,21 +106,21 @@ def default_config() -> dict:
 
 @pytest.fixture(scope="session")
 def synthetic_events() -> pl.DataFrame:
-    from rationale_bench.synthetic import generate_events
+    from rationale_bench.data.synthetic import generate_events
 
     return generate_events(2500, seed=7)
 
 
 @pytest.fixture(scope="session")
 def synthetic_cohort(synthetic_events):
-    from rationale_bench.cohort import build_cohort
+    from rationale_bench.cohort.build import build_cohort
 
     return build_cohort(synthetic_events, cohort_cfg())
 
 
 @pytest.fixture(scope="session")
 def synthetic_histories(synthetic_events, synthetic_cohort):
-    from rationale_bench.serialize import build_histories
+    from rationale_bench.text.serialize import build_histories
 
     return build_histories(
         synthetic_events, synthetic_cohort[0], {"variant": "timeline_recent", "lookback_days": None}
@@ -143,8 +143,8 @@ TINY_BUILD = {
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, synthetic_histories) -> Path:
-    from rationale_bench.serialize import history_of
-    from rationale_bench.tinymodel import build_tiny_model
+    from rationale_bench.text.serialize import history_of
+    from rationale_bench.train.tiny_model import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     train = synthetic_histories.filter(pl.col("split") == "train")

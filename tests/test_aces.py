@@ -16,15 +16,15 @@ import pytest
 import yaml
 from conftest import cohort_cfg
 
-from rationale_bench.aces import (
+from rationale_bench.cohort.aces import (
     aces_task,
     compare_labels,
     not_prefix_regex,
     prefix_regex,
     write_aces_task,
 )
-from rationale_bench.codes import OUTCOME_TIERS, matches_any
-from rationale_bench.cohort import drug_expr, outcome_code_expr, resolve_definition
+from rationale_bench.cohort.build import drug_expr, outcome_code_expr, resolve_definition
+from rationale_bench.data.codes import OUTCOME_TIERS, matches_any
 
 HAS = re.compile(r"^\((None|\d+), (None|\d+)\)$")
 BOUND = re.compile(

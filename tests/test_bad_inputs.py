@@ -19,17 +19,17 @@ from conftest import EventBuilder, cohort_cfg
 from workflow_helpers import REPO, dry_run, snakemake
 
 from rationale_bench import config_check
-from rationale_bench.codes import normalize_code, risk_factors_in
-from rationale_bench.cohort import (
+from rationale_bench.cohort.build import (
     CohortError,
     build_cohort,
     check_training_size,
     run_cohort_stage,
     table_one,
 )
-from rationale_bench.data_quality import DataError, Plausibility, strict_integer
-from rationale_bench.ingest import ingest
-from rationale_bench.inputs import InputError, check_manifest, write_manifest
+from rationale_bench.data.codes import normalize_code, risk_factors_in
+from rationale_bench.data.ingest import ingest
+from rationale_bench.data.inputs import InputError, check_manifest, write_manifest
+from rationale_bench.data.quality import DataError, Plausibility, strict_integer
 
 D = datetime
 EVENTS_SCHEMA = {
@@ -705,7 +705,7 @@ def test_plausibility_defaults_follow_the_schema():
 def test_model_id_not_cached_without_network_is_one_line(monkeypatch):
     import huggingface_hub
 
-    from rationale_bench.models import ModelSourceError, fetch
+    from rationale_bench.train.models import ModelSourceError, fetch
 
     class ConnectError(Exception):  # what httpx raises without a network
         pass

@@ -1,5 +1,5 @@
-"""Tests for rationale_bench.baselines: features from training rows only, same subjects as the LM
-configurations, tuning-chosen hyperparameters, and outputs shaped like evaluate.py's."""
+"""Tests for rationale_bench.evaluate.baselines: features from training rows only, same subjects
+as the LM configurations, tuning-chosen hyperparameters, and outputs shaped like evaluate.py's."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rationale_bench import baselines as B
-from rationale_bench import metrics
-from rationale_bench.cohort import training_subset
-from rationale_bench.study_report import PREDICTION_COLUMNS
+from rationale_bench.cohort.build import training_subset
+from rationale_bench.evaluate import baselines as B
+from rationale_bench.evaluate import metrics
+from rationale_bench.report.analysis import PREDICTION_COLUMNS
 
 # The 2,500-subject fixture keeps 632 subjects in its training split; 600 is the largest round
 # subset and the closest it allows to the n_train ~ 1,000 of the brief.

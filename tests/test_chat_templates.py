@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rationale_bench import formats
-from rationale_bench.templates import TEMPLATE_DATE, prompt_template, template_for_model
+from rationale_bench.text import formats
+from rationale_bench.text.templates import TEMPLATE_DATE, prompt_template, template_for_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
 # family: (template file, BOS, EOS or None to keep the tokenizer's, special tokens, end of turn)

@@ -7,7 +7,7 @@ import dataclasses
 import polars as pl
 import pytest
 
-from rationale_bench.codes import (
+from rationale_bench.data.codes import (
     ADRD_CODE_PREFIXES,
     ANTI_DEMENTIA_DRUG_PREFIXES,
     RISK_FACTORS,

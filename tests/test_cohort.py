@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from conftest import cohort_cfg
 
-from rationale_bench.cohort import CohortError, build_cohort, split_of, training_subset
+from rationale_bench.cohort.build import CohortError, build_cohort, split_of, training_subset
 
 
 def hand_built(b):
@@ -166,8 +166,7 @@ from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
 
-from rationale_bench.codes import OUTCOME_TIERS  # noqa: E402
-from rationale_bench.cohort import (  # noqa: E402
+from rationale_bench.cohort.build import (  # noqa: E402
     ATTRITION_COUNTS,
     CONFIRMATION_RULES,
     DEFAULTS,
@@ -175,6 +174,7 @@ from rationale_bench.cohort import (  # noqa: E402
     resolve_definition,
     suppress_small_cells,
 )
+from rationale_bench.data.codes import OUTCOME_TIERS  # noqa: E402
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -370,7 +370,7 @@ def test_outcome_tiers(events_builder, tier, cases):
 
 
 def test_tiers_are_nested_and_core_keeps_the_icd10_default():
-    from rationale_bench.codes import ADRD_CODE_PREFIXES
+    from rationale_bench.data.codes import ADRD_CODE_PREFIXES
 
     assert set(OUTCOME_TIERS["narrow"]) <= set(OUTCOME_TIERS["core"]) <= set(OUTCOME_TIERS["broad"])
     assert OUTCOME_TIERS["core"][: len(ADRD_CODE_PREFIXES)] == ADRD_CODE_PREFIXES
@@ -514,7 +514,7 @@ def test_leakage_invariants_on_synthetic_data(synthetic_events, synthetic_cohort
     cfg = cohort_cfg(**override)
     cohort, attrition = build_cohort(synthetic_events, cfg, check_splits=False)
     defn = resolve_definition(cfg)
-    from rationale_bench.cohort import drug_expr, outcome_code_expr
+    from rationale_bench.cohort.build import drug_expr, outcome_code_expr
 
     joined = synthetic_events.join(
         cohort.select("subject_id", "index_time", "input_end_time"), on="subject_id"
@@ -553,7 +553,7 @@ def test_suppressed_attrition_and_table_one(hand_cohort, synthetic_cohort, synth
     out = suppress_small_cells(attrition, ATTRITION_COUNTS, 5)
     assert out["n_subjects"].to_list() == ["11", "10", "9", "7", "6", "5", "<5"]
     assert out["n_cases"].to_list() == [None, None, "<5", "<5", "<5", "<5", "<5"]
-    from rationale_bench.cohort import TABLE_ONE_COUNTS, table_one
+    from rationale_bench.cohort.build import TABLE_ONE_COUNTS, table_one
 
     codes = synthetic_histories.select("subject_id", "codes").explode("codes")
     table = table_one(synthetic_cohort[0], codes.rename({"codes": "code"}).drop_nulls())
@@ -603,7 +603,12 @@ def _table_one_fixture() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def test_table_one_lists_the_cohorts_top_icd10_categories_by_split_and_label():
-    from rationale_bench.cohort import TABLE_ONE_COUNTS, TOP_CONDITIONS, table_one, top_conditions
+    from rationale_bench.cohort.build import (
+        TABLE_ONE_COUNTS,
+        TOP_CONDITIONS,
+        table_one,
+        top_conditions,
+    )
 
     cohort, history = _table_one_fixture()
     top = top_conditions(cohort, history)
@@ -636,7 +641,7 @@ def test_table_one_lists_the_cohorts_top_icd10_categories_by_split_and_label():
 
 
 def test_table_one_suppression_hides_small_condition_counts_and_their_percentages():
-    from rationale_bench.cohort import suppress_table_one, table_one
+    from rationale_bench.cohort.build import suppress_table_one, table_one
 
     cohort, history = _table_one_fixture()
     table = table_one(cohort, history)

@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_finetune import TRAINING as CPU_TRAINING
 
-from rationale_bench.finetune import Preempted, TrainingJob, load_model, train
-from rationale_bench.serialize import build_prompts
+from rationale_bench.text.serialize import build_prompts
+from rationale_bench.train.finetune import Preempted, TrainingJob, load_model, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -124,7 +124,7 @@ def test_checkpoint_and_resume_on_the_gpu(
 
 
 def test_evaluation_runs_on_the_gpu_in_bf16(tiny_model_dir, prompts):
-    from rationale_bench.scoring import score_configuration
+    from rationale_bench.evaluate.scoring import score_configuration
 
     held = prompts.head(12)
     cfg = {"max_new_tokens": 6, "batch_size": "auto", "precision": "auto"}
@@ -143,7 +143,7 @@ def test_evaluation_runs_on_the_gpu_in_bf16(tiny_model_dir, prompts):
 
 
 def test_fp32_scores_on_the_gpu_do_not_depend_on_the_batch_size(tiny_model_dir, prompts):
-    from rationale_bench.scoring import score_configuration
+    from rationale_bench.evaluate.scoring import score_configuration
 
     held = prompts.head(10)
     runs = [
@@ -164,7 +164,7 @@ def test_fp32_scores_on_the_gpu_do_not_depend_on_the_batch_size(tiny_model_dir, 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_two_gpus_score_like_one(tiny_model_dir, prompts):
-    from rationale_bench.scoring import score_configuration
+    from rationale_bench.evaluate.scoring import score_configuration
 
     cfg = {"max_new_tokens": 6, "batch_size": 4, "precision": "fp32"}
     args = (str(tiny_model_dir), None, "none", prompts.head(12), "free_form", cfg, {})

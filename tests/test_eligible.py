@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 from workflow_helpers import REPO, dry_run, snakemake, study_with_teacher
 
-from rationale_bench.cohort import restrict_training, training_subset
-from rationale_bench.finetune import TrainingError, build_examples
-from rationale_bench.teacher import drops_subjects, eligible_subjects
+from rationale_bench.cohort.build import restrict_training, training_subset
+from rationale_bench.teacher.generate import drops_subjects, eligible_subjects
+from rationale_bench.train.finetune import TrainingError, build_examples
 
 
 def rationale_table(ids, splits, texts) -> pl.DataFrame:

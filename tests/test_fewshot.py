@@ -5,10 +5,11 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from rationale_bench import fewshot, formats
-from rationale_bench.cohort import training_subset
-from rationale_bench.serialize import build_prompts
-from rationale_bench.teacher import generate_rationales, teacher_inputs
+from rationale_bench.cohort.build import training_subset
+from rationale_bench.evaluate import fewshot
+from rationale_bench.teacher.generate import generate_rationales, teacher_inputs
+from rationale_bench.text import formats
+from rationale_bench.text.serialize import build_prompts
 
 QUESTION = "Will this patient be diagnosed with dementia within 5 years? Answer Yes or No."
 

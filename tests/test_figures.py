@@ -13,7 +13,8 @@ import polars as pl
 import pytest
 from test_study_report import grid_configurations, write_grid
 
-from rationale_bench import figures, study_report
+from rationale_bench.report import analysis as study_report
+from rationale_bench.report import figures
 
 # Cells dropped to mimic a grid that is still running: a whole label-only model/size block,
 # one rationale cell and one seed.
@@ -275,7 +276,11 @@ def test_cohort_overview_and_rationale_qc(tmp_path):
 
 def test_cohort_overview_with_suppressed_small_cells(tmp_path):
     """Published tables with small cells suppressed ("<50") still give the figure."""
-    from rationale_bench.cohort import ATTRITION_COUNTS, TABLE_ONE_COUNTS, suppress_small_cells
+    from rationale_bench.cohort.build import (
+        ATTRITION_COUNTS,
+        TABLE_ONE_COUNTS,
+        suppress_small_cells,
+    )
 
     att = attrition()
     counts = [c for c in ATTRITION_COUNTS if c in att.columns]

@@ -9,8 +9,10 @@ import polars as pl
 import pytest
 import torch
 
-from rationale_bench import formats
-from rationale_bench.finetune import (
+from rationale_bench.teacher.generate import generate_rationales, teacher_inputs
+from rationale_bench.text import formats
+from rationale_bench.text.serialize import build_prompts
+from rationale_bench.train.finetune import (
     TrainingError,
     TrainingJob,
     batch_schedule,
@@ -18,8 +20,6 @@ from rationale_bench.finetune import (
     segment_losses,
     train,
 )
-from rationale_bench.serialize import build_prompts
-from rationale_bench.teacher import generate_rationales, teacher_inputs
 
 TRAINING = {
     "method": "lora",
@@ -146,7 +146,7 @@ def test_early_stopping_restores_the_best_weights(
     stops after epoch 4 and the saved weights are those of epoch 2."""
     from safetensors.torch import load_file
 
-    from rationale_bench import finetune
+    from rationale_bench.train import finetune
 
     cohort, _ = synthetic_cohort
     real = finetune.completion_losses
@@ -196,7 +196,7 @@ def test_resume_after_sigterm_gives_identical_weights(
         make_job(tmp_path, tiny_model_dir, "label_only", name="full"), prompts, cohort, None
     )
 
-    from rationale_bench import finetune
+    from rationale_bench.train import finetune
 
     job = make_job(
         tmp_path, tiny_model_dir, "label_only", name="interrupted", checkpoint_every=every
@@ -322,7 +322,7 @@ def test_low_precision_trains_close_to_fp32(
 
 
 def test_unknown_precision_is_refused():
-    from rationale_bench.finetune import resolve_precision
+    from rationale_bench.train.finetune import resolve_precision
 
     with pytest.raises(TrainingError, match="precision 'fp8' is unknown"):
         resolve_precision("fp8", torch.device("cpu"))
@@ -332,7 +332,7 @@ def test_unknown_precision_is_refused():
 def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(
     tiny_model_dir, prompts, synthetic_cohort, rationales, tiny_tokenizer
 ):
-    from rationale_bench.finetune import encode_examples, load_model
+    from rationale_bench.train.finetune import encode_examples, load_model
 
     cohort, _ = synthetic_cohort
     frame = build_examples(prompts, cohort, rationales, "free_form", 8, seed=1)
@@ -417,7 +417,7 @@ def test_accumulation_keeps_steps_equal_across_formats(
 
 
 def test_length_grouping_keeps_each_epoch_and_cuts_padding():
-    from rationale_bench.finetune import padding_fraction
+    from rationale_bench.train.finetune import padding_fraction
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(20, 400, size=203).tolist()
@@ -437,7 +437,7 @@ def test_length_grouping_in_training_is_shared_by_formats(
 ):
     cohort, _ = synthetic_cohort
     runs = {}
-    with caplog.at_level("INFO", logger="rationale_bench.finetune"):
+    with caplog.at_level("INFO", logger="rationale_bench.train.finetune"):
         for fmt in ("label_only", "free_form"):
             job = make_job(tmp_path, tiny_model_dir, fmt, name=fmt, group_by_length=True)
             runs[fmt] = (train(job, prompts, cohort, rationales), read_log(job))
@@ -456,7 +456,7 @@ def test_length_grouping_in_training_is_shared_by_formats(
 def test_length_grouping_gives_every_format_the_same_batches(
     prompts, synthetic_cohort, rationales, tiny_tokenizer
 ):
-    from rationale_bench.finetune import encode_examples, grouping_lengths
+    from rationale_bench.train.finetune import encode_examples, grouping_lengths
 
     cohort, _ = synthetic_cohort
     schedules = []
@@ -499,7 +499,7 @@ def test_wandb_and_mlflow_are_fed_offline(tmp_path, monkeypatch):
     import sys
     import types
 
-    from rationale_bench.finetune import Trackers
+    from rationale_bench.train.finetune import Trackers
 
     calls = []
     run = types.SimpleNamespace(
@@ -528,7 +528,7 @@ def test_wandb_and_mlflow_are_fed_offline(tmp_path, monkeypatch):
 
 
 def test_shards_are_disjoint_and_cover_the_batch():
-    from rationale_bench.finetune import shard
+    from rationale_bench.train.finetune import shard
 
     micro = [7, 3, 9, 1, 4]
     parts = [shard(micro, r, 2) for r in range(2)]
@@ -543,7 +543,7 @@ def test_two_processes_train_like_one(tmp_path, tiny_model_dir, prompts, synthet
     import sys
     from pathlib import Path
 
-    from rationale_bench.finetune import write_job_spec
+    from rationale_bench.train.finetune import write_job_spec
 
     cohort, _ = synthetic_cohort
     prompts.write_parquet(tmp_path / "prompts.parquet")
@@ -560,7 +560,7 @@ def test_two_processes_train_like_one(tmp_path, tiny_model_dir, prompts, synthet
     env.pop("WORLD_SIZE", None)
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        + ["-m", "rationale_bench.finetune", "--job", str(spec)],
+        + ["-m", "rationale_bench.train.finetune", "--job", str(spec)],
         capture_output=True,
         text=True,
         env=env,
@@ -657,8 +657,8 @@ def test_finetune_rule_builds_the_launch_command(tmp_path, gpus, launcher, comma
     assert not {"launch", "reporting"} & set(job["params"])
     assert job["training"]["precision"] == "auto"
     from rationale_bench.cli import load_config
-    from rationale_bench.launch import job_runtime
     from rationale_bench.study import training_settings
+    from rationale_bench.train.launch import job_runtime
 
     validated = load_config(tmp_path / "config.yaml")  # what the script's snakemake.config is
     reporting, launch = job_runtime(validated, "tiny")
@@ -728,7 +728,8 @@ def test_finetune_rule_launches_two_processes(tmp_path, tiny_model_dir, prompts,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = next((results / "logs" / "finetune").rglob("*.log")).read_text()
-    assert "launching: torchrun --standalone --nproc_per_node=2 -m rationale_bench.finetune" in log
+    launch = "launching: torchrun --standalone --nproc_per_node=2 -m rationale_bench.train.finetune"
+    assert launch in log
     assert "[rank 0] saved the trained weights" in log and "(2 process(es))" in log
     run = json.loads((run_dir / "run.json").read_text())
     assert run["world_size"] == 2 and run["examples_trained"] == 48

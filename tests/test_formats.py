@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rationale_bench import formats
-from rationale_bench.formats import FormatError, completion_segments, encode_example
+from rationale_bench.text import formats
+from rationale_bench.text.formats import FormatError, completion_segments, encode_example
 
 PROMPT = (
     "## Patient\nAge at prediction time: 77 years\nSex: female\n"

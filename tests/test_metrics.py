@@ -1,4 +1,4 @@
-"""Tests for rationale_bench.metrics against sklearn, slow references and textbook values."""
+"""Tests for rationale_bench.evaluate.metrics: sklearn, slow references and textbook values."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from rationale_bench import metrics as M
+from rationale_bench.evaluate import metrics as M
 
 # --------------------------------------------------------------------------------------
 # Fixtures and slow reference implementations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from rationale_bench.report import _truncation_lines, truncation_table
+from rationale_bench.report.write import _truncation_lines, truncation_table
 
 
 def write_prompts(path, truncated, dropped, tokens):
@@ -55,7 +55,7 @@ def test_no_prompts_gives_an_empty_table_and_no_section(tmp_path):
 
 
 def test_human_review_on_the_front_page(tmp_path):
-    from rationale_bench.report import _review_lines
+    from rationale_bench.report.write import _review_lines
 
     scores = tmp_path / "review_scores.csv"
     agreement = tmp_path / "review_agreement.csv"

@@ -7,10 +7,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rationale_bench import formats
-from rationale_bench.scoring import answer_probabilities, answer_slot_sequence, score_subjects
-from rationale_bench.serialize import build_prompts
-from rationale_bench.teacher import generate_rationales
+from rationale_bench.evaluate.scoring import (
+    answer_probabilities,
+    answer_slot_sequence,
+    score_subjects,
+)
+from rationale_bench.teacher.generate import generate_rationales
+from rationale_bench.text import formats
+from rationale_bench.text.serialize import build_prompts
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +132,7 @@ def test_each_format_is_read_where_it_answers(
 
 
 def test_parsed_summary_counts_failures_as_wrong():
-    from rationale_bench.evaluate import parsed_summary
+    from rationale_bench.evaluate.evaluation import parsed_summary
 
     labels = pl.Series([True, True, False, False])
     parsed = pl.Series([True, None, False, True], dtype=pl.Boolean)
@@ -189,13 +193,13 @@ class OutOfMemoryAbove(torch.nn.Module):
 def test_out_of_memory_batch_is_halved_and_logged(
     base_model, tiny_tokenizer, held_prompts, caplog, fmt, stage
 ):
-    from rationale_bench.scoring import InferenceRuntime
+    from rationale_bench.evaluate.scoring import InferenceRuntime
 
     cfg = {"max_new_tokens": 6, "batch_size": 7}
     expected = score_subjects(base_model, tiny_tokenizer, held_prompts, fmt, cfg)
     flaky = OutOfMemoryAbove(base_model, limit=2)
     runtime = InferenceRuntime(batch_size_setting=7)
-    with caplog.at_level("WARNING", logger="rationale_bench.scoring"):
+    with caplog.at_level("WARNING", logger="rationale_bench.evaluate.scoring"):
         got = score_subjects(flaky, tiny_tokenizer, held_prompts, fmt, cfg, runtime=runtime)
     assert "out of memory at batch size 7; halving to 3" in caplog.text
     assert "out of memory at batch size 3; halving to 1" in caplog.text
@@ -215,7 +219,7 @@ def test_a_batch_of_one_that_runs_out_of_memory_is_an_error(base_model, tiny_tok
 
 
 def test_device_and_precision_follow_the_training_rules():
-    from rationale_bench.scoring import ScoringError, inference_device, inference_precision
+    from rationale_bench.evaluate.scoring import ScoringError, inference_device, inference_precision
 
     cpu = torch.device("cpu")
     if not torch.cuda.is_available():
@@ -227,10 +231,10 @@ def test_device_and_precision_follow_the_training_rules():
 
 
 def test_auto_batch_size_on_the_cpu_and_in_the_runtime_record(tiny_model_dir, held_prompts, caplog):
-    from rationale_bench.scoring import CPU_AUTO_BATCH, score_configuration
+    from rationale_bench.evaluate.scoring import CPU_AUTO_BATCH, score_configuration
 
     cfg = {"max_new_tokens": 4, "batch_size": "auto", "precision": "auto"}
-    with caplog.at_level("INFO", logger="rationale_bench.scoring"):
+    with caplog.at_level("INFO", logger="rationale_bench.evaluate.scoring"):
         scored, runtime = score_configuration(
             str(tiny_model_dir), None, "none", held_prompts, "label_only", cfg, {}
         )
@@ -244,7 +248,7 @@ def test_auto_batch_size_on_the_cpu_and_in_the_runtime_record(tiny_model_dir, he
 def test_lora_adapter_is_merged_for_inference(tiny_model_dir, tmp_path, tiny_tokenizer):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from rationale_bench.scoring import load_finetuned
+    from rationale_bench.evaluate.scoring import load_finetuned
 
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -268,7 +272,7 @@ def test_lora_adapter_is_merged_for_inference(tiny_model_dir, tmp_path, tiny_tok
 
 
 def test_shards_partition_the_rows_and_balance_lengths():
-    from rationale_bench.scoring import shard_positions
+    from rationale_bench.evaluate.scoring import shard_positions
 
     lengths = [50, 10, 40, 20, 30, 60, 5]
     shards = [shard_positions(lengths, r, 3) for r in range(3)]
@@ -279,7 +283,7 @@ def test_shards_partition_the_rows_and_balance_lengths():
 @pytest.mark.parametrize("fmt", ["label_only", "free_form"])
 def test_two_processes_give_the_scores_of_one(tiny_model_dir, held_prompts, fmt):
     """Two gloo processes on the CPU (as torchrun starts one per GPU) against one process."""
-    from rationale_bench.scoring import score_configuration
+    from rationale_bench.evaluate.scoring import score_configuration
 
     cfg = {"max_new_tokens": 6, "batch_size": 3, "precision": "auto"}
     args = (str(tiny_model_dir), None, "none", held_prompts, fmt, cfg, {})

@@ -8,15 +8,15 @@ import polars as pl
 import pytest
 from conftest import cohort_cfg
 
-from rationale_bench.cohort import build_cohort
-from rationale_bench.serialize import (
+from rationale_bench.cohort.build import build_cohort
+from rationale_bench.text.serialize import (
     SERIALIZATIONS,
     SerializationError,
     build_histories,
     build_prompts,
     history_of,
 )
-from rationale_bench.templates import PromptTemplate
+from rationale_bench.text.templates import PromptTemplate
 
 CFG = {"variant": "timeline_recent", "lookback_days": None}
 QUESTION = {

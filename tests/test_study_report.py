@@ -13,8 +13,9 @@ import polars as pl
 import pytest
 from scipy import special, stats
 
-from rationale_bench import metrics, study_report
-from rationale_bench.study_report import RunOutputs
+from rationale_bench.evaluate import metrics
+from rationale_bench.report import analysis as study_report
+from rationale_bench.report.analysis import RunOutputs
 
 N_SUBJECTS = 120
 # How much signal each format's scores carry in the synthetic grid (label-only is best).
@@ -468,7 +469,7 @@ def test_baseline_table(tmp_path):
 
 
 def test_write_study_report_on_a_partial_grid(tmp_path, monkeypatch):
-    from rationale_bench import figures
+    from rationale_bench.report import figures
 
     monkeypatch.setattr(figures, "DPI", 60)
     configs = grid_configurations(models=("tiny",), sizes=(50,), seeds=(1, 2, 3))

@@ -18,10 +18,10 @@ from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from rationale_bench import codes as C
-from rationale_bench import synthetic as S
-from rationale_bench.ingest import ingest, meds_files
-from rationale_bench.synthetic import (
+from rationale_bench.data import codes as C
+from rationale_bench.data import synthetic as S
+from rationale_bench.data.ingest import ingest, meds_files
+from rationale_bench.data.synthetic import (
     ACUTE_NOISE_CODES,
     ADRD_AGE_DOUBLING_YEARS,
     ADRD_BASE_HAZARD_AT_80,
@@ -379,7 +379,7 @@ def test_write_meds_dataset_is_readable_as_meds(tmp_path: Path) -> None:
     assert set(codes["code"]) == set(back["code"].unique())
     assert codes["description"].null_count() == 0
     meta = json.loads((root / "metadata" / "dataset.json").read_text())
-    assert meta["meds_version"] and meta["etl_name"] == "rationale_bench.synthetic"
+    assert meta["meds_version"] and meta["etl_name"] == "rationale_bench.data.synthetic"
     with pytest.raises(FileExistsError, match="exists"):
         write_meds_dataset(root, 10, seed=4)
     assert not list(tmp_path.glob("*.partial"))

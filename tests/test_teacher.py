@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from rationale_bench.codes import RISK_FACTORS, code_in
-from rationale_bench.teacher import (
+from rationale_bench.data.codes import RISK_FACTORS, code_in
+from rationale_bench.teacher.generate import (
     TeacherError,
     build_messages,
     generate_rationales,
@@ -119,7 +119,7 @@ def test_openai_backend_against_local_server(synthetic_histories, tmp_path):
 
 def test_the_template_teacher_speaks_of_the_cohorts_horizon() -> None:
     """cohort.horizon_days reaches every rationale and every label-aware prompt."""
-    from rationale_bench.teacher import outcome_words
+    from rationale_bench.teacher.generate import outcome_words
 
     codes = ["ICD10/I10"]
     assert "within five years" in template_rationale(81.0, "F", codes, True, "free_form", 1)

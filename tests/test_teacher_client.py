@@ -1,4 +1,4 @@
-"""Tests for rationale_bench.teacher_client against the fault-injecting fake server."""
+"""Tests for rationale_bench.teacher.client against the fault-injecting fake server."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from fake_openai_server import (  # noqa: E402
     mixed_faults,
 )
 
-from rationale_bench.teacher_client import (  # noqa: E402
+from rationale_bench.teacher.client import (  # noqa: E402
     ChatRequest,
     EndpointConfig,
     PHIGuardError,
@@ -539,7 +539,7 @@ _CHILD = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from rationale_bench.teacher_client import ChatRequest, EndpointConfig, run_chat_requests
+    from rationale_bench.teacher.client import ChatRequest, EndpointConfig, run_chat_requests
 
     base_url, cache, reqs_file = sys.argv[1:4]
     reqs = [ChatRequest(key=r["key"], messages=tuple(r["messages"]))

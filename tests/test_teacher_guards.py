@@ -26,8 +26,8 @@ from test_teacher_generation import (  # noqa: E402
     user_prompt,
 )
 
-from rationale_bench import teacher_client  # noqa: E402
-from rationale_bench.teacher import (  # noqa: E402
+from rationale_bench.teacher import client as teacher_client  # noqa: E402
+from rationale_bench.teacher.generate import (  # noqa: E402
     QCSettings,
     TeacherError,
     build_messages,
@@ -262,7 +262,7 @@ def test_the_teacher_view_uses_the_serializers_visible_codes(
 ) -> None:
     """Prompts built by build_prompts carry the codes of the kept lines; the teacher's view
     (and so its rationale and the QC grounding) uses exactly those."""
-    from rationale_bench.serialize import build_prompts
+    from rationale_bench.text.serialize import build_prompts
 
     pool = teacher_inputs(synthetic_histories).head(60)
     question = {"question": "Will this patient develop dementia? Answer Yes or No."}

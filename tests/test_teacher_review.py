@@ -10,7 +10,8 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from rationale_bench.cli import main
-from rationale_bench.review import (
+from rationale_bench.teacher.generate import generate_rationales, teacher_inputs
+from rationale_bench.teacher.review import (
     CRITERIA,
     ReviewError,
     cohen_kappa,
@@ -21,7 +22,6 @@ from rationale_bench.review import (
     review_scores,
     write_review_sheet,
 )
-from rationale_bench.teacher import generate_rationales, teacher_inputs
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_bad_sheets_get_specific_errors(tmp_path) -> None:
 
 
 def test_summary_needs_sheets_and_handles_one_reviewer(tmp_path) -> None:
-    from rationale_bench.review import summarize_review
+    from rationale_bench.teacher.review import summarize_review
 
     key = pl.DataFrame(
         {"item_id": ["R1", "R2"], "subject_id": [1, 2], "teacher": "t", "style": "free_form"}

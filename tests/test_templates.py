@@ -12,9 +12,9 @@ import copy
 
 import pytest
 
-from rationale_bench import formats
-from rationale_bench.serialize import build_prompts
-from rationale_bench.templates import (
+from rationale_bench.text import formats
+from rationale_bench.text.serialize import build_prompts
+from rationale_bench.text.templates import (
     PLAIN,
     PromptTemplate,
     TemplateError,
@@ -219,8 +219,8 @@ def test_plain_template_keeps_the_tokenizer_special_tokens(tiny_tokenizer):
 
 
 def test_configured_answer_words_are_trained_and_scored(synthetic_histories):
-    from rationale_bench.serialize import history_of
-    from rationale_bench.tinymodel import train_tokenizer
+    from rationale_bench.text.serialize import history_of
+    from rationale_bench.train.tiny_model import train_tokenizer
 
     texts = [history_of(r) for r in synthetic_histories.head(200).iter_rows(named=True)]
     tokenizer = train_tokenizer(texts, 600, ("True", "False"))

@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 from test_study_report import grid_configurations, write_grid
 
-from rationale_bench import diagnostics, study_report
+from rationale_bench.evaluate import diagnostics
+from rationale_bench.report import analysis as study_report
 
 GATES = {
     "min_answer_slot_rate": 0.95,
@@ -149,7 +150,7 @@ def _report(tmp_path, entries):
 @pytest.fixture
 def no_figures(monkeypatch):
     """The tables and headline only: figures are drawn (with degenerate marks) in one test."""
-    from rationale_bench import figures
+    from rationale_bench.report import figures
 
     for name in ("paired_configurations", "delta_by_factor", "error_analysis", "token_dilution"):
         monkeypatch.setattr(figures, name, lambda *a, **k: [])
@@ -159,7 +160,7 @@ def no_figures(monkeypatch):
 
 @pytest.fixture
 def small_grid(tmp_path, monkeypatch):
-    from rationale_bench import figures
+    from rationale_bench.report import figures
 
     monkeypatch.setattr(figures, "DPI", 40)
     configs = grid_configurations(models=("tiny",), sizes=(50, 200), seeds=(1, 2, 3))
@@ -192,7 +193,7 @@ def test_figures_mark_degenerate_pairs():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rationale_bench import figures
+    from rationale_bench.report import figures
 
     pairs = pl.DataFrame(
         {

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.baselines import run_baseline
-from rationale_bench.metrics import to_jsonable
+from rationale_bench.evaluate.baselines import run_baseline
+from rationale_bench.evaluate.metrics import to_jsonable
 from rationale_bench.workflow import read_cohort, start, write_parquet
 
 log = start(snakemake)  # noqa: F821

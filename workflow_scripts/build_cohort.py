@@ -1,8 +1,8 @@
 import polars as pl
 
-from rationale_bench.aces import write_aces_task
-from rationale_bench.cohort import resolve_definition, run_cohort_stage
-from rationale_bench.inputs import write_manifest
+from rationale_bench.cohort.aces import write_aces_task
+from rationale_bench.cohort.build import resolve_definition, run_cohort_stage
+from rationale_bench.data.inputs import write_manifest
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821

@@ -1,7 +1,7 @@
 import polars as pl
 
-from rationale_bench.inputs import check_manifest
-from rationale_bench.serialize import build_histories, unknown_code_summary
+from rationale_bench.data.inputs import check_manifest
+from rationale_bench.text.serialize import build_histories, unknown_code_summary
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821

@@ -1,9 +1,9 @@
 import polars as pl
 from transformers import AutoTokenizer
 
-from rationale_bench.models import resolve_model
-from rationale_bench.serialize import build_prompts
-from rationale_bench.templates import template_for_model
+from rationale_bench.text.serialize import build_prompts
+from rationale_bench.text.templates import template_for_model
+from rationale_bench.train.models import resolve_model
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.serialize import history_of
-from rationale_bench.tinymodel import build_tiny_model
+from rationale_bench.text.serialize import history_of
+from rationale_bench.train.tiny_model import build_tiny_model
 from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from rationale_bench.models import convert_gguf
+from rationale_bench.train.models import convert_gguf
 from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821

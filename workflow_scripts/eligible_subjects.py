@@ -1,6 +1,6 @@
 import polars as pl
 
-from rationale_bench.teacher import eligible_subjects
+from rationale_bench.teacher.generate import eligible_subjects
 from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821

@@ -3,9 +3,13 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.evaluate import evaluate_configuration, few_shot_arm_prompts, write_metrics
-from rationale_bench.joblock import hold_until_exit
-from rationale_bench.models import resolve_model
+from rationale_bench.evaluate.evaluation import (
+    evaluate_configuration,
+    few_shot_arm_prompts,
+    write_metrics,
+)
+from rationale_bench.train.joblock import hold_until_exit
+from rationale_bench.train.models import resolve_model
 from rationale_bench.workflow import read_cohort, start, write_parquet
 
 log = start(snakemake)  # noqa: F821

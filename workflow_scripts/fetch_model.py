@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from rationale_bench.models import fetch, write_manifest
+from rationale_bench.train.models import fetch, write_manifest
 from rationale_bench.workflow import start
 
 log = start(snakemake, offline=False)  # noqa: F821

@@ -6,10 +6,15 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.finetune import TrainingJob, remove_stale_evaluation, train, write_job_spec
-from rationale_bench.joblock import hold_until_exit
-from rationale_bench.launch import job_runtime
-from rationale_bench.models import resolve_model
+from rationale_bench.train.finetune import (
+    TrainingJob,
+    remove_stale_evaluation,
+    train,
+    write_job_spec,
+)
+from rationale_bench.train.joblock import hold_until_exit
+from rationale_bench.train.launch import job_runtime
+from rationale_bench.train.models import resolve_model
 from rationale_bench.workflow import read_cohort, start, write_parquet
 
 log = start(snakemake)  # noqa: F821
@@ -39,7 +44,7 @@ if launch["command"]:
     cohort_path = job.checkpoint_dir / "cohort.parquet"
     write_parquet(cohort, cohort_path)
     write_job_spec(spec, job, smk.input.prompts, cohort_path, smk.input.rationales or None)
-    cmd = [*launch["command"], "-m", "rationale_bench.finetune", "--job", str(spec)]
+    cmd = [*launch["command"], "-m", "rationale_bench.train.finetune", "--job", str(spec)]
     log.info("launching: %s", " ".join(cmd))
     threads = str(max(1, smk.threads // launch["processes"]))
     env = dict(os.environ, OMP_NUM_THREADS=threads)

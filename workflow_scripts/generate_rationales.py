@@ -4,7 +4,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.teacher import (
+from rationale_bench.teacher.generate import (
     cache_files,
     cache_path,
     check_training_pool,

@@ -1,5 +1,5 @@
-from rationale_bench.ingest import ingest
-from rationale_bench.inputs import write_manifest
+from rationale_bench.data.ingest import ingest
+from rationale_bench.data.inputs import write_manifest
 from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.teacher import (
+from rationale_bench.teacher.generate import (
     QCSettings,
     check_training_pool,
     drops_subjects,

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.report import write_report
+from rationale_bench.report.write import write_report
 from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821

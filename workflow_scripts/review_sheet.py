@@ -2,7 +2,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.review import review_sample, write_review_sheet
+from rationale_bench.teacher.review import review_sample, write_review_sheet
 from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821

@@ -1,6 +1,6 @@
 import polars as pl
 
-from rationale_bench.review import summarize_review
+from rationale_bench.teacher.review import summarize_review
 from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821

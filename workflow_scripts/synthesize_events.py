@@ -1,9 +1,9 @@
 from datetime import date
 from pathlib import Path
 
-from rationale_bench.ingest import audit_synthetic
-from rationale_bench.inputs import write_manifest
-from rationale_bench.synthetic import write_events
+from rationale_bench.data.ingest import audit_synthetic
+from rationale_bench.data.inputs import write_manifest
+from rationale_bench.data.synthetic import write_events
 from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821

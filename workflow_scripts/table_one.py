@@ -1,6 +1,6 @@
 import polars as pl
 
-from rationale_bench.cohort import suppress_table_one, table_one
+from rationale_bench.cohort.build import suppress_table_one, table_one
 from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821

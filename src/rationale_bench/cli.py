@@ -233,7 +233,7 @@ def print_profile_check(path: Path) -> int:
 
 
 def review_kappa_command(args: argparse.Namespace) -> int:
-    from rationale_bench.review import ReviewError, read_review_sheet, review_agreement
+    from rationale_bench.teacher.review import ReviewError, read_review_sheet, review_agreement
 
     try:
         sheets = {Path(p).stem: read_review_sheet(p, args.scale_max) for p in args.sheets}

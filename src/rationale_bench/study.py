@@ -13,8 +13,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rationale_bench.formats import FORMATS
-from rationale_bench.templates import DEFAULT_ANSWER_WORDS
+from rationale_bench.text.formats import FORMATS
+from rationale_bench.text.templates import DEFAULT_ANSWER_WORDS
 
 # The order of the grid axes is the order of the parts of a config_id path.
 GRID_AXES: tuple[str, ...] = ("model", "serialization", "format", "n_train", "seed")

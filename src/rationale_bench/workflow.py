@@ -111,7 +111,7 @@ def write_json(obj: Any, path: str | Path) -> None:
 def read_cohort(snakemake: Any, log: logging.Logger) -> pl.DataFrame:
     """The job's cohort; when the teacher dropped subjects (input ``eligible``), its train split
     keeps only those with a rationale in every style, for every format and baseline alike."""
-    from rationale_bench.cohort import restrict_training
+    from rationale_bench.cohort.build import restrict_training
 
     cohort = pl.read_parquet(snakemake.input.cohort)
     eligible = list(getattr(snakemake.input, "eligible", []) or [])

@@ -1,7 +1,7 @@
 """Ingest: turn a user's data into one checked MEDS-style events file and a code-name table.
 
 Every source (``data.source``) ends the same way: its events pass the shared data-quality
-checks (:mod:`rationale_bench.data_quality`) and three files are written,
+checks (:mod:`rationale_bench.data.quality`) and three files are written,
 ``events.parquet`` (``subject_id, time, code, numeric_value``), ``codes.parquet`` (``code,
 description, parent_codes``: the MEDS metadata/codes.parquet convention; parent_codes come from
 OMOP's concept_ancestor or a MEDS dataset's own table, else empty) and ``data_quality.csv``.
@@ -15,8 +15,9 @@ from typing import Any
 
 import polars as pl
 
-from rationale_bench import inputs
-from rationale_bench.data_quality import (
+from rationale_bench.data import inputs
+from rationale_bench.data.inputs import InputError
+from rationale_bench.data.quality import (
     CODES_SCHEMA,
     KNOWN_VOCABULARIES,
     DataError,
@@ -31,7 +32,6 @@ from rationale_bench.data_quality import (
     write_codes,
     write_events,
 )
-from rationale_bench.inputs import InputError
 
 MEDS_COLUMNS = ["subject_id", "time", "code", "numeric_value"]
 SOURCES = ("synthetic", "meds", "omop", "first_occurrence")
@@ -144,13 +144,13 @@ def ingest(
         codes = meds_codes(path, report)
         check_meds_conformance(meds_files(path), report)
     elif source == "first_occurrence":
-        from rationale_bench.first_occurrence import first_occurrence_events
+        from rationale_bench.data.first_occurrence import first_occurrence_events
 
         file = str(data_cfg["first_occurrence"]["path"])
         events = first_occurrence_events(data_cfg["first_occurrence"], formats, report, rules)
         codes = empty_codes()
     elif source == "omop":
-        from rationale_bench.omop import omop_events
+        from rationale_bench.data.omop import omop_events
 
         file = str(data_cfg["omop"]["path"])
         events, codes = omop_events(data_cfg["omop"], formats, report, rules)
@@ -217,7 +217,7 @@ def audit_synthetic(
         raise DataError(
             "the synthetic generator wrote events that fail the data-quality checks: "
             + "; ".join(f"{r['check']}: {r['n_rows']}" for r in bad)
-            + ". This is a bug in rationale_bench.synthetic; please report it."
+            + ". This is a bug in rationale_bench.data.synthetic; please report it."
         )
     pl.DataFrame(schema=CODES_SCHEMA).write_parquet(codes_path)
     report.write(quality_path)

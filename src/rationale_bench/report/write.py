@@ -15,9 +15,9 @@ from typing import Any
 import polars as pl
 import yaml
 
-from rationale_bench import study_report
-from rationale_bench.serialize import truncation_summary
+from rationale_bench.report import analysis as study_report
 from rationale_bench.study import GRID_AXES
+from rationale_bench.text.serialize import truncation_summary
 
 TRUNCATION_COLUMNS = ["n_tokens", "truncated", "n_lines_dropped", "n_events_dropped"]
 
@@ -340,7 +340,7 @@ def run_card(
             "backend": config["teacher"]["backend"],
             "prompts": config["teacher"]["prompts"]
             if config["teacher"]["backend"] == "openai"
-            else "template teacher (rationale_bench.teacher.template_rationale)",
+            else "template teacher (rationale_bench.teacher.generate.template_rationale)",
             "as_used": list(teacher_meta),
         },
         "models": {name: config["models"][name] for name in config["grid"]["model"]},

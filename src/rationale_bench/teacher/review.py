@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from rationale_bench.serialize import history_of
+from rationale_bench.text.serialize import history_of
 
 CRITERIA = ("medical_accuracy", "faithful_grounding")
 CRITERIA_TEXT = {

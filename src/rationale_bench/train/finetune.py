@@ -31,10 +31,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from rationale_bench import formats
-from rationale_bench.cohort import training_subset
-from rationale_bench.launch import REPORTING_KEYS
-from rationale_bench.templates import PLAIN, PromptTemplate, template_for_model
+from rationale_bench.cohort.build import training_subset
+from rationale_bench.text import formats
+from rationale_bench.text.templates import PLAIN, PromptTemplate, template_for_model
+from rationale_bench.train.launch import REPORTING_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -1157,7 +1157,7 @@ def train_from_spec(path: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m rationale_bench.finetune --job spec.json``: what a launcher starts per GPU."""
+    """``python -m rationale_bench.train.finetune --job spec.json``, one per GPU (launcher)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

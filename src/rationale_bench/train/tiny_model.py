@@ -20,7 +20,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rationale_bench.templates import DEFAULT_ANSWER_WORDS
+from rationale_bench.text.templates import DEFAULT_ANSWER_WORDS
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from rationale_bench.cohort import (
+from rationale_bench.cohort.build import (
     DAYS_PER_YEAR,
     OMOP_PREFIX,
     STATIC_CODES,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rationale_bench.templates import DEFAULT_ANSWER_WORDS, PLAIN, PromptTemplate
+from rationale_bench.text.templates import DEFAULT_ANSWER_WORDS, PLAIN, PromptTemplate
 
 if TYPE_CHECKING:
     import torch

@@ -36,7 +36,7 @@ from typing import Any
 
 import polars as pl
 
-from rationale_bench.data_quality import (
+from rationale_bench.data.quality import (
     EVENTS_SCHEMA,
     DataError,
     MissingColumnsError,

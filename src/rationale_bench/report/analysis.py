@@ -36,11 +36,21 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from rationale_bench import diagnostics, metrics
-from rationale_bench.formats import FORMATS
+from rationale_bench.evaluate import diagnostics, metrics
+from rationale_bench.evaluate.evaluation import PREDICTION_COLUMNS
+from rationale_bench.report import figures
+from rationale_bench.report.names import (
+    HIGHER_IS_BETTER,
+    METRIC_NAMES,
+    REFERENCE,
+    format_name,
+    format_order,
+    paired_factors,
+    table_factors,
+)
 from rationale_bench.study import GRID_AXES
+from rationale_bench.text.formats import FORMATS
 
-REFERENCE = "label_only"
 # dtypes of the grid axes, for empty tables (nothing has finished yet).
 AXIS_DTYPES = {
     "model": pl.String,
@@ -50,57 +60,13 @@ AXIS_DTYPES = {
     "seed": pl.Int64,
 }
 
-# Configuration keys that a table may carry besides the grid axes (a future grid may vary the
-# teacher); tables other than predictions are matched on those present.
-EXTRA_FACTORS: tuple[str, ...] = ("teacher",)
-KNOWN_FACTORS: tuple[str, ...] = (*GRID_AXES, *EXTRA_FACTORS)
-
-# Columns of predictions.parquet (see evaluate.py); anything else in the long table is a factor.
-PREDICTION_COLUMNS: tuple[str, ...] = (
-    "subject_id",
-    "prediction_time",
-    "boolean_value",
-    "predicted_boolean_value",
-    "predicted_boolean_probability",
-    "split",
-    "scoring_mode",
-    "forced_answer",
-    "parsed_answer",
-    "generated_text",
-)
-
 PAIRED_METRICS: dict[str, metrics.Metric] = {
     "auroc": metrics.auroc,
     "auprc": metrics.auprc,
     "brier": metrics.brier,
 }
-# Direction of "better" for each metric (Brier is an error: lower is better).
-HIGHER_IS_BETTER = {"auroc": True, "auprc": True, "brier": False}
-
 # Below 6 pairs the exact two-sided Wilcoxon test cannot reach p < 0.05 (n=5: p >= 0.0625).
 MIN_WILCOXON_PAIRS = 6
-
-FORMAT_NAMES = {
-    "label_only": "label-only SFT",
-    "free_form": "free-form rationale SFT",
-    "step_by_step": "step-by-step rationale SFT",
-    "logistic_regression": "logistic regression",
-}
-METRIC_NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier score"}
-
-
-def format_name(fmt: str) -> str:
-    """Human-readable name of a training format or baseline."""
-    return FORMAT_NAMES.get(fmt, fmt.replace("_", " "))
-
-
-def format_order(formats: Iterable[str], reference: str = REFERENCE) -> list[str]:
-    """Reference first, then the known rationale formats, then the rest in first-seen order."""
-    seen = list(dict.fromkeys(f for f in formats if f is not None))
-    known = [f for f in FORMAT_NAMES if f in seen and f != reference]
-    rest = [f for f in seen if f not in known and f != reference]
-    return ([reference] if reference in seen else []) + known + rest
-
 
 # --------------------------------------------------------------------------------------
 # Inputs
@@ -279,7 +245,7 @@ def load_metrics_table(entries: Iterable[Entry]) -> pl.DataFrame:
 
 
 def thresholds_from_metrics(entries: Iterable[Entry]) -> dict[str, float]:
-    """config_id -> the threshold evaluate.py chose (Youden on tuning), where recorded."""
+    """config_id -> the threshold the evaluate job chose (Youden on tuning), where recorded."""
     out = {}
     for entry in map(as_outputs, entries):
         if entry.metrics is not None and Path(entry.metrics).exists():
@@ -319,11 +285,6 @@ def missing_cells(
 def prediction_factors(preds: pl.DataFrame) -> list[str]:
     """Configuration columns of a long predictions table (everything not a prediction column)."""
     return [c for c in preds.columns if c not in PREDICTION_COLUMNS and c != "config_id"]
-
-
-def table_factors(table: pl.DataFrame) -> list[str]:
-    """Configuration columns of a metrics/runs table: the known factors that are present."""
-    return [c for c in KNOWN_FACTORS if c in table.columns]
 
 
 def match_id(axes: Sequence[str], values: Sequence[Any]) -> str:
@@ -439,13 +400,6 @@ def paired_differences(
         schema |= {f"{name}_{s}": pl.Float64 for s in ("ci_low", "ci_high", "p_value")}
     schema["auroc_bootstrap_p_value"] = pl.Float64
     return pl.DataFrame(rows, schema=schema)
-
-
-def paired_factors(paired: pl.DataFrame) -> list[str]:
-    """The matched-group factor columns of a paired table (those before ``match_id``)."""
-    if "match_id" not in paired.columns:
-        return [c for c in KNOWN_FACTORS if c in paired.columns and c != "format"]
-    return paired.columns[: paired.columns.index("match_id")]
 
 
 # --------------------------------------------------------------------------------------
@@ -804,7 +758,7 @@ def matched_error_analysis(
     """Which held-out subjects each format gets right, per matched configuration.
 
     Hard predictions are ``predicted_boolean_value`` (each configuration's own threshold,
-    chosen on tuning by evaluate.py); ``threshold_by_config`` (config_id -> threshold)
+    chosen on tuning by the evaluate job); ``threshold_by_config`` (config_id -> threshold)
     overrides it for the configurations it names.  Returns three tables:
 
     * ``crosstab``: factors, match_id, reference, format, reference_correct, format_correct, n
@@ -992,7 +946,6 @@ def write_study_report(
     predictions or metrics are missing are listed in missing.txt and in the headline.
     Returns name -> path of what was written (figure paths are stems, .png and .svg).
     """
-    from rationale_bench import figures
 
     entries = [as_outputs(e) for e in entries]
     grid = [e.configuration for e in entries] if configurations is None else list(configurations)

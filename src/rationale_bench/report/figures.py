@@ -30,8 +30,8 @@ import polars as pl
 from matplotlib.figure import Figure
 from scipy import stats
 
-from rationale_bench import metrics
-from rationale_bench.study_report import (
+from rationale_bench.evaluate import metrics
+from rationale_bench.report.names import (
     HIGHER_IS_BETTER,
     METRIC_NAMES,
     REFERENCE,

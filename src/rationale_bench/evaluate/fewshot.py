@@ -15,9 +15,9 @@ from typing import Any
 
 import polars as pl
 
-from rationale_bench import formats
-from rationale_bench.cohort import training_subset
-from rationale_bench.serialize import history_of, question_block
+from rationale_bench.cohort.build import training_subset
+from rationale_bench.text import formats
+from rationale_bench.text.serialize import history_of, question_block
 
 DEMO_SEPARATOR = "\n\n"
 

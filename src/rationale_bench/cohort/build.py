@@ -26,7 +26,7 @@ from typing import Any
 
 import polars as pl
 
-from rationale_bench.codes import (
+from rationale_bench.data.codes import (
     ANTI_DEMENTIA_DRUG_PREFIXES,
     DATE_UNKNOWN_PREFIX,
     OUTCOME_TIERS,
@@ -35,7 +35,8 @@ from rationale_bench.codes import (
     matches_any,
     normalize_codes,
 )
-from rationale_bench.inputs import check_manifest
+from rationale_bench.data.inputs import check_manifest
+from rationale_bench.errors import CohortError
 
 SPLITS = ("train", "tuning", "held_out")
 DAYS_PER_YEAR = 365.25
@@ -95,18 +96,6 @@ DEFAULTS: dict[str, Any] = {
     "small_cell_threshold": None,
     "split": {"seed": 1, "tuning_fraction": 0.1, "held_out_fraction": 0.3},
 }
-
-
-class CohortError(ValueError):
-    """The data or the cohort definition cannot give a valid cohort.
-
-    ``attrition`` is the attrition table up to the failing step, when there is one, so the
-    cohort job can write it even though the cohort fails.
-    """
-
-    def __init__(self, message: str, attrition: pl.DataFrame | None = None) -> None:
-        super().__init__(message)
-        self.attrition = attrition
 
 
 def canonical_codes(events: pl.LazyFrame) -> pl.LazyFrame:

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rationale_bench.codes import LAB_REFERENCE_RANGES, describe_many, matches_any
-from rationale_bench.cohort import DAYS_PER_YEAR
-from rationale_bench.templates import PLAIN, PromptTemplate
+from rationale_bench.cohort.build import DAYS_PER_YEAR
+from rationale_bench.data.codes import LAB_REFERENCE_RANGES, describe_many, matches_any
+from rationale_bench.text.templates import PLAIN, PromptTemplate
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def _describe(frame: pl.DataFrame, code_names: pl.DataFrame | None) -> pl.DataFr
     """Add ``description`` ("name (CODE)", or the bare code when unknown) and ``unknown``.
 
     Names from the data's own code table (OMOP concept names, a MEDS metadata/codes.parquet)
-    come first; the rest from the maintained vocabularies in :mod:`rationale_bench.codes`.
+    come first; the rest from the maintained vocabularies in :mod:`rationale_bench.data.codes`.
     """
     distinct = frame["code"].unique().to_list()
     names = describe_many(distinct)

@@ -36,7 +36,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rationale_bench.codes import describe_many
+from rationale_bench.data.codes import describe_many
 
 __all__ = [
     "ACUTE_NOISE_CODES",
@@ -1160,7 +1160,7 @@ def write_meds_dataset(
         meta = {
             "dataset_name": f"rationale-bench synthetic (seed {seed}, {n_subjects} subjects)",
             "dataset_version": f"{data_start.isoformat()}..{data_end.isoformat()}",
-            "etl_name": "rationale_bench.synthetic",
+            "etl_name": "rationale_bench.data.synthetic",
             "etl_version": f"stream_block={STREAM_BLOCK}",
             "meds_version": MEDS_VERSION,
         }

@@ -28,9 +28,8 @@ from typing import Any
 
 import polars as pl
 
-from rationale_bench.codes import ATC_DESCRIPTIONS, RISK_FACTORS, code_in
 from rationale_bench.config_check import horizon_spoken, horizon_words
-from rationale_bench.serialize import history_of
+from rationale_bench.data.codes import ATC_DESCRIPTIONS, RISK_FACTORS, code_in
 
 # The teacher's config slices live in study.py (the Snakefile imports them without polars).
 from rationale_bench.study import (  # noqa: F401
@@ -39,8 +38,9 @@ from rationale_bench.study import (  # noqa: F401
     rationale_settings,
     teacher_operational_settings,
 )
+from rationale_bench.text.serialize import history_of
 
-logger = logging.getLogger("rationale_bench.teacher")
+logger = logging.getLogger("rationale_bench.teacher.generate")
 
 STYLES = ("free_form", "step_by_step")
 TEACHER_SPLITS = ("train", "tuning")
@@ -422,7 +422,7 @@ class _OpenAIBackend(_Backend):
     def __init__(
         self, cfg: Mapping[str, Any], qc: QCSettings, cache_path: Path, read_also: Sequence[Path]
     ) -> None:
-        from rationale_bench.teacher_client import EndpointConfig, UsageSummary
+        from rationale_bench.teacher.client import EndpointConfig, UsageSummary
 
         api = cfg["openai"]
         self.cfg = cfg
@@ -469,8 +469,8 @@ class _OpenAIBackend(_Backend):
         """Answers of every request. Requests that failed every attempt get further rounds
         after a doubling back-off (answers received meanwhile come from the cache, so no
         prompt is answered twice); errors every request would hit end it at once."""
-        from rationale_bench.teacher_client import TeacherError as RequestError
-        from rationale_bench.teacher_client import run_chat_requests
+        from rationale_bench.teacher.client import TeacherError as RequestError
+        from rationale_bench.teacher.client import run_chat_requests
 
         for round_ in range(self.retry_rounds + 1):
             try:
@@ -514,7 +514,7 @@ class _OpenAIBackend(_Backend):
     def generate(
         self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int, longer: bool
     ) -> _Attempt:
-        from rationale_bench.teacher_client import ChatRequest
+        from rationale_bench.teacher.client import ChatRequest
 
         endpoint = self._endpoint(attempt, longer)
         requests = [

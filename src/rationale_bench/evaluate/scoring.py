@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rationale_bench import formats
-from rationale_bench.templates import PLAIN, PromptTemplate, template_for_model
+from rationale_bench.text import formats
+from rationale_bench.text.templates import PLAIN, PromptTemplate, template_for_model
 
 if TYPE_CHECKING:  # polars is imported where frames are built: the batched scoring paths
     # run without it (benchmarks/gpu_check.py on a bare GPU image).
@@ -77,7 +77,7 @@ def inference_device(local_rank: int = 0) -> torch.device:
 
 def inference_precision(setting: str, device: torch.device) -> str:
     """``evaluation.precision`` resolved by the training rules (finetune.resolve_precision)."""
-    from rationale_bench.finetune import TrainingError, resolve_precision
+    from rationale_bench.train.finetune import TrainingError, resolve_precision
 
     try:
         return resolve_precision(setting, device)
@@ -193,7 +193,7 @@ def _left_pad(
 def _autocast(runtime: InferenceRuntime | None) -> Any:
     if runtime is None:
         return contextlib.nullcontext()
-    from rationale_bench.finetune import autocast
+    from rationale_bench.train.finetune import autocast
 
     return autocast(runtime.precision, runtime.torch_device)
 
@@ -505,7 +505,7 @@ def run_scoring_processes(spec: Path, processes: int) -> None:
         "--standalone",
         f"--nproc_per_node={processes}",
         "-m",
-        "rationale_bench.scoring",
+        "rationale_bench.evaluate.scoring",
         "--job",
         str(spec),
     ]
@@ -534,7 +534,7 @@ def score_from_spec(spec_path: Path) -> None:
     """One process's share of a multi-GPU scoring job (started by run_scoring_processes)."""
     import polars as pl
 
-    from rationale_bench.finetune import data_parallel_from_env
+    from rationale_bench.train.finetune import data_parallel_from_env
 
     spec = json.loads(Path(spec_path).read_text())
     dp = data_parallel_from_env()
@@ -563,7 +563,7 @@ def score_from_spec(spec_path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m rationale_bench.scoring --job spec.json``: what torchrun starts per GPU."""
+    """``python -m rationale_bench.evaluate.scoring --job spec.json``, one per GPU (torchrun)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -27,8 +27,8 @@ from typing import Any
 
 import polars as pl
 
-from rationale_bench.codes import DATE_UNKNOWN_PREFIX
-from rationale_bench.data_quality import (
+from rationale_bench.data.codes import DATE_UNKNOWN_PREFIX
+from rationale_bench.data.quality import (
     DataError,
     Plausibility,
     QualityReport,

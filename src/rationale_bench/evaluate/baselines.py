@@ -30,9 +30,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import ParameterGrid
 from threadpoolctl import threadpool_limits
 
-from rationale_bench import metrics
-from rationale_bench.cohort import training_subset
-from rationale_bench.evaluate import age_band
+from rationale_bench.cohort.build import training_subset
+from rationale_bench.evaluate import metrics
+from rationale_bench.evaluate.evaluation import age_band
 
 BaselineKind = Literal["logistic_regression", "gradient_boosting"]
 BASELINE_KINDS: tuple[str, ...] = ("logistic_regression", "gradient_boosting")

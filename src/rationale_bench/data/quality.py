@@ -18,8 +18,8 @@ from typing import Any
 
 import polars as pl
 
-from rationale_bench.codes import DATE_UNKNOWN_PREFIX, normalize_codes
-from rationale_bench.cohort import CohortError
+from rationale_bench.data.codes import DATE_UNKNOWN_PREFIX, normalize_codes
+from rationale_bench.errors import CohortError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,23 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rationale_bench import diagnostics, formats, metrics, scoring
-from rationale_bench.study_report import PREDICTION_COLUMNS
-from rationale_bench.templates import template_for_model
+from rationale_bench.evaluate import diagnostics, metrics, scoring
+from rationale_bench.text import formats
+from rationale_bench.text.templates import template_for_model
+
+# Columns of predictions.parquet; the report treats any other column of its long table as a factor.
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "subject_id",
+    "prediction_time",
+    "boolean_value",
+    "predicted_boolean_value",
+    "predicted_boolean_probability",
+    "split",
+    "scoring_mode",
+    "forced_answer",
+    "parsed_answer",
+    "generated_text",
+)
 
 
 def age_band(age: pl.Expr) -> pl.Expr:
@@ -183,7 +197,8 @@ def few_shot_arm_prompts(
     subset before every tuning and held-out prompt, within the model's context."""
     from transformers import AutoTokenizer
 
-    from rationale_bench import fewshot, formats
+    from rationale_bench.evaluate import fewshot
+    from rationale_bench.text import formats
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     template = template_for_model(tokenizer, prompt_settings or {})

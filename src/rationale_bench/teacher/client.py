@@ -58,7 +58,7 @@ __all__ = [
     "run_chat_requests",
 ]
 
-logger = logging.getLogger("rationale_bench.teacher")
+logger = logging.getLogger("rationale_bench.teacher.generate")
 
 # Local servers (vLLM, llama.cpp) ignore the key, but the SDK insists on a non-empty one.
 DUMMY_API_KEY = "not-needed"

@@ -1,0 +1,1 @@
+"""Cohort: index times, outcome windows, exclusions, splits, attrition and Table 1."""

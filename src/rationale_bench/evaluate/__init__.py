@@ -1,0 +1,1 @@
+"""Evaluation: scoring, metrics, diagnostics, few-shot prompts and baselines."""

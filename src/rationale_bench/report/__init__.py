@@ -1,0 +1,1 @@
+"""Report: statistics across configurations, figures and the written report."""

@@ -1,0 +1,1 @@
+"""Teacher: the OpenAI-compatible client, rationale generation, QC and review."""

@@ -1,0 +1,1 @@
+"""Text: health histories, prompt templates and the training formats."""

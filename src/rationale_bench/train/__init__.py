@@ -1,0 +1,1 @@
+"""Fine-tuning: the training loop, models, launch and the per-configuration job lock."""
