@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "throughput": 9,
     "slurm_profile": 9,
     "workflow": 9,
+    "snakemake_patches": 9,
     "cli": 10,
 }
 

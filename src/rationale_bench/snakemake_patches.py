@@ -1,0 +1,101 @@
+"""Workarounds for Snakemake costs that grow with the number of jobs, applied by the Snakefile.
+
+Each one is a pure speed-up: it changes no DAG, no output and no message. benchmarks/
+dryrun_overhead.py measures them (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import functools
+
+
+def cache_source_path_parsing() -> bool:
+    """Memoise the URI parsing behind Snakemake's per-job check of a rule's ``script:``.
+
+    For every job of a ``script:`` rule, Snakemake's DAG check and its source cache parse the
+    script's path three times with ``smart_open.parse_uri``, which builds a new namedtuple class
+    (an ``eval``) on each call: about a quarter of a 1,000-job dry run. The parse is a pure
+    function of the path string and its result is immutable, so caching it is safe. Returns
+    whether the patch applied (False when a Snakemake version no longer has this function).
+    """
+    from snakemake import sourcecache
+
+    parse_uri = getattr(sourcecache, "parse_uri", None)
+    if parse_uri is None or hasattr(parse_uri, "cache_info"):
+        return parse_uri is not None
+    sourcecache.parse_uri = functools.lru_cache(maxsize=4096)(parse_uri)
+    return True
+
+
+def check_each_script_once() -> bool:
+    """Check that a rule's ``script:`` is readable once per rule, not once per job.
+
+    Snakemake's DAG check reads the script through its source cache for every job (1,000 reads
+    of the same eight files in the paper grid's dry run). A script path without wildcards is the
+    same file for every job of its rule, so one check per rule says the same. Paths with
+    wildcards are still checked job by job. Returns whether the patch applied.
+    """
+    import snakemake.api  # noqa: F401  (imports snakemake.dag the way snakemake does)
+    from snakemake import dag
+
+    processor = getattr(dag, "ScriptProcessor", None)
+    check_job = getattr(processor, "process_job", None)
+    if check_job is None or getattr(check_job, "checks_each_script_once", False):
+        return check_job is not None
+
+    @functools.wraps(check_job)
+    def check_rule_script_once(self, job) -> None:
+        entry = str(getattr(job.rule, self.script_type, None))
+        if "{" in entry:
+            return check_job(self, job)
+        checked = self.__dict__.setdefault("_checked_rule_scripts", set())
+        if (job.rule.name, entry) not in checked:
+            check_job(self, job)
+            checked.add((job.rule.name, entry))
+
+    check_rule_script_once.checks_each_script_once = True
+    processor.process_job = check_rule_script_once
+    return True
+
+
+def cache_function_signatures() -> bool:
+    """Inspect each input, params and resource function's signature once, not once per job.
+
+    Snakemake calls ``inspect.signature`` on these functions for every job, to pass only the
+    arguments each takes (wildcards, attempt, threads, ...): about a tenth of a 1,000-job dry
+    run. A function's signature does not change, so the answer is kept per function object
+    (an unhashable callable is inspected every time, as before). Snakemake's modules import the
+    function by name, so each module's reference is replaced. Returns whether the patch applied.
+    """
+    from snakemake import common, jobs, rules
+
+    get_params = getattr(common, "get_function_params", None)
+    if get_params is None:
+        return False
+    if getattr(get_params, "remembers_signatures", False):
+        return True
+    known: dict = {}
+
+    def remembered_params(func):
+        try:
+            return known[func]
+        except KeyError:
+            params = known[func] = get_params(func)
+            return params
+        except TypeError:
+            return get_params(func)
+
+    remembered_params.remembers_signatures = True
+    for module in (common, rules, jobs):
+        if getattr(module, "get_function_params", None) is get_params:
+            module.get_function_params = remembered_params
+    return True
+
+
+def speed_up_dry_runs() -> dict[str, bool]:
+    """Apply every patch above; which ones applied (all True on the pinned Snakemake)."""
+    return {
+        "cache_source_path_parsing": cache_source_path_parsing(),
+        "check_each_script_once": check_each_script_once(),
+        "cache_function_signatures": cache_function_signatures(),
+    }
