@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -273,22 +273,14 @@ def _dates(
 
 
 def _followup_end(
-    frame: pl.DataFrame,
-    cfg: Mapping[str, Any],
-    formats: list[str],
-    file: str,
-    report: QualityReport,
-    rules: Plausibility,
+    frame: pl.DataFrame, followup: Any, file: str, dates: Callable[[str, str], pl.Series]
 ) -> pl.Series:
-    """data.first_occurrence.followup_end: a column of dates, one YYYY-MM-DD date for all,
-    or (not set) no end."""
-    followup = cfg.get("followup_end")
+    """data.first_occurrence.followup_end: a column of dates (read by ``dates``), one
+    YYYY-MM-DD date for all, or (not set) no end."""
     if followup is None:
         return pl.Series([None] * frame.height, dtype=pl.Datetime("us"))
     if followup in frame.columns:
-        return _dates(
-            frame, followup, "unparseable follow-up end date", formats, file, report, rules
-        )
+        return dates(followup, "unparseable follow-up end date")
     try:
         end_date = dt.date.fromisoformat(str(followup))
     except ValueError:
@@ -312,21 +304,21 @@ def _subjects(
     year = _birth_year(frame, cfg, file, report)
     month = _birth_month(frame, cfg, file, report)
     sex = _sex(frame, cfg, file, report)
-    baseline_column = cfg["baseline_date_column"]
-    baseline = _dates(
-        frame, baseline_column, "unparseable baseline date", formats, file, report, rules
-    )
+
+    def dates(column: str | None, check: str) -> pl.Series:
+        return _dates(frame, column, check, formats, file, report, rules)
+
+    baseline = dates(cfg["baseline_date_column"], "unparseable baseline date")
     report.count(
         "missing baseline date",
         int(baseline.is_null().sum()),
         file,
-        baseline_column,
+        cfg["baseline_date_column"],
         "kept (warning)",
         "no VISIT/ASSESSMENT event; the cohort cannot index these subjects on the baseline",
     )
-    death_column = cfg.get("death_date_column")
-    death = _dates(frame, death_column, "unparseable death date", formats, file, report, rules)
-    end = _followup_end(frame, cfg, formats, file, report, rules)
+    death = dates(cfg.get("death_date_column"), "unparseable death date")
+    end = _followup_end(frame, cfg.get("followup_end"), file, dates)
     subjects = pl.DataFrame(
         {
             "subject_id": frame["subject_id"],
