@@ -264,3 +264,29 @@ def test_explicit_code_columns(tmp_path):
         "ICD10/F03",
     ]
     assert "column not used" not in quality["check"].to_list()
+
+
+def test_followup_end_column_ends_observation_at_each_date_or_at_death(tmp_path):
+    table = copy.deepcopy(TABLE)
+    table["fu"] = ["2020-01-01", "bad", "", "2021-05-05", "2019-01-01"]
+    events, _, quality = run(tmp_path, table, followup_end="fu")
+    ends = events.filter(pl.col("code") == "OBSERVATION_PERIOD/END")
+    # 2: the end date does not parse; 3: no end date; 5: died (2012) before the end date.
+    assert rows(ends) == [
+        (1, "2020-01-01", "OBSERVATION_PERIOD/END"),
+        (4, "2021-05-05", "OBSERVATION_PERIOD/END"),
+        (5, "2012-01-01", "OBSERVATION_PERIOD/END"),
+    ]
+    bad = quality.filter(pl.col("check") == "unparseable follow-up end date")
+    assert bad.select("column", "n_rows", "action").rows() == [("fu", 1, "set to null (warning)")]
+    unused = quality.filter(pl.col("check") == "column not used")["column"].to_list()
+    assert unused == ["note"]  # the follow-up column is a setting, not an ignored column
+
+
+def test_followup_end_that_is_neither_a_date_nor_a_column_stops(tmp_path):
+    with pytest.raises(
+        DataError,
+        match=r"data\.first_occurrence\.followup_end 'soon' is neither a YYYY-MM-DD date nor "
+        r"a column of .*fo\.csv",
+    ):
+        run(tmp_path, followup_end="soon")

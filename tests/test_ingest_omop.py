@@ -10,6 +10,7 @@ import pytest
 
 from rationale_bench.cohort.build import build_cohort
 from rationale_bench.data.ingest import ingest
+from rationale_bench.data.omop import CLINICAL_TABLES, _mapped_codes
 from rationale_bench.data.quality import DataError
 
 DATA = {
@@ -459,3 +460,45 @@ def test_concept_ancestor_without_its_columns_is_skipped_with_a_warning(tmp_path
     skipped = quality.filter(pl.col("check") == "optional table skipped")
     assert skipped.select("column", "action").rows() == [("concept_ancestor", "skipped (warning)")]
     assert "'descendant_concept_id' missing" in skipped["detail"][0]
+
+
+def test_each_event_takes_its_code_from_the_first_rule_that_applies():
+    """The source concept's vocabulary first; then ATC links (drugs only) or the source value
+    read as condition_source_vocabulary (conditions only), each for the events that the
+    earlier rules left without a code."""
+    rows = pl.DataFrame(
+        {
+            "_row": [0, 1, 2],
+            "concept_id": [2001, 2001, 2001],
+            "source_concept_id": [3001, 0, 0],
+            "source_value": ["F0390", "F0390", "zzz"],
+        },
+        schema_overrides={"_row": pl.UInt32},
+    )
+    concepts = pl.DataFrame(
+        {
+            "concept_id": [3001],
+            "concept_name": ["donepezil"],
+            "vocabulary_id": ["ATC"],
+            "concept_code": ["N06DA02"],
+        }
+    )
+    drug_atc = pl.DataFrame(
+        {"drug": [2001, 2001], "code": ["ATC/N06D", "ATC/N06DA"], "description": ["a", "b"]}
+    )
+    table = {t.name: t for t in CLINICAL_TABLES}
+
+    def mapped(name: str) -> list[tuple]:
+        frame = _mapped_codes(rows, table[name], concepts, drug_atc, "ICD10")
+        return sorted(frame.select("_row", "code").rows())
+
+    assert mapped("drug_exposure") == [
+        (0, "ATC/N06DA02"),  # not also the linked classes: the vocabulary came first
+        (1, "ATC/N06D"),
+        (1, "ATC/N06DA"),
+        (2, "ATC/N06D"),
+        (2, "ATC/N06DA"),
+    ]
+    # Conditions: no ATC links; 'zzz' is no ICD-10 code, so row 2 is left to OMOP/<concept>.
+    assert mapped("condition_occurrence") == [(0, "ATC/N06DA02"), (1, "ICD10/F03.90")]
+    assert mapped("measurement") == [(0, "ATC/N06DA02")]

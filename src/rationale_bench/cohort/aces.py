@@ -106,8 +106,20 @@ def aces_task(cfg: Mapping[str, Any], codes: pl.DataFrame | None = None) -> dict
     ``codes`` (the ingest's codes table) expands concept ids to their descendant codes.
     """
     defn = resolve_definition(cfg)
-    index, outcome = defn["index"], defn["outcome"]
-    strategy = index["strategy"]
+    predicates, label = _predicates(defn, codes)
+    if defn["index"]["strategy"] == "fixed_age":
+        trigger, at, windows = "birth", "to_index_age.end", _fixed_age_windows(defn)
+    else:
+        predicates["index_event"] = {"code": {"regex": prefix_regex(_index_prefixes(defn))}}
+        trigger, at, windows = "index_event", "trigger", _index_event_windows(defn)
+    windows |= _eligibility_windows(defn, at)
+    windows |= _label_windows(defn, at, label)
+    return {"predicates": predicates, "trigger": trigger, "windows": windows}
+
+
+def _predicates(defn: Mapping[str, Any], codes: pl.DataFrame | None) -> tuple[dict[str, Any], str]:
+    """The code predicates every task uses, and the name of the one that is the label."""
+    outcome = defn["outcome"]
     predicates: dict[str, Any] = {
         "birth": {"code": "MEDS_BIRTH"},
         "death": {"code": "MEDS_DEATH"},
@@ -132,88 +144,108 @@ def aces_task(cfg: Mapping[str, Any], codes: pl.DataFrame | None = None) -> dict
             }
         },
     }
-    label = "outcome_code"
-    if outcome["drugs_as_outcome"]:
-        predicates["outcome_or_drug"] = {"expr": "or(outcome_code, anti_dementia_drug)"}
-        label = "outcome_or_drug"
+    if not outcome["drugs_as_outcome"]:
+        return predicates, "outcome_code"
+    predicates["outcome_or_drug"] = {"expr": "or(outcome_code, anti_dementia_drug)"}
+    return predicates, "outcome_or_drug"
 
-    windows: dict[str, Any] = {}
-    if strategy == "fixed_age":
-        trigger = "birth"
-        days = math.ceil(index["fixed_age"] * DAYS_PER_YEAR)
-        windows["to_index_age"] = {
+
+def _index_prefixes(defn: Mapping[str, Any]) -> Sequence[str]:
+    """The codes an index event starts with: the baseline visit or any eligible event."""
+    index = defn["index"]
+    if index["strategy"] == "baseline_date":
+        return index["baseline_code_prefixes"]
+    return defn["index_event_prefixes"]
+
+
+def _fixed_age_windows(defn: Mapping[str, Any]) -> dict[str, Any]:
+    """fixed_age: the index is birth plus the age; the subject must be recorded from then on."""
+    days = math.ceil(defn["index"]["fixed_age"] * DAYS_PER_YEAR)
+    return {
+        "to_index_age": {
             "start": "trigger",
             "end": f"start + {_days(days)}",
             "start_inclusive": True,
             "end_inclusive": True,
-        }
-        at = "to_index_age.end"
-        windows["observed_at_or_after_index"] = {
-            "start": at,
+        },
+        "observed_at_or_after_index": {
+            "start": "to_index_age.end",
             "end": None,
             "start_inclusive": True,
             "end_inclusive": True,
             "has": {"recorded": "(1, None)"},
+        },
+    }
+
+
+def _index_event_windows(defn: Mapping[str, Any]) -> dict[str, Any]:
+    """Index on an event: born at least cohort.min_age before it (no window when 0)."""
+    age_days = math.ceil(defn["min_age"] * DAYS_PER_YEAR)
+    if age_days <= 0:
+        return {}
+    return {
+        "born_min_age_before": {
+            "start": None,
+            "end": f"trigger - {_days(age_days)}",
+            "start_inclusive": True,
+            "end_inclusive": True,
+            "has": {"birth": "(1, None)"},
         }
-    else:
-        prefixes = (
-            index["baseline_code_prefixes"]
-            if strategy == "baseline_date"
-            else defn["index_event_prefixes"]
-        )
-        trigger = "index_event"
-        predicates["index_event"] = {"code": {"regex": prefix_regex(prefixes)}}
-        at = "trigger"
-        age_days = math.ceil(defn["min_age"] * DAYS_PER_YEAR)
-        if age_days > 0:
-            windows["born_min_age_before"] = {
-                "start": None,
-                "end": f"{at} - {_days(age_days)}",
-                "start_inclusive": True,
-                "end_inclusive": True,
-                "has": {"birth": "(1, None)"},
-            }
+    }
+
+
+def _eligibility_windows(defn: Mapping[str, Any], at: str) -> dict[str, Any]:
+    """Observed long enough before the index ``at``, and no outcome (or anti-dementia drug;
+    for fixed_age no death either) at or before it."""
     prior_days = defn["min_prior_observation_days"]
-    windows["prior_observation"] = {
-        "start": None,
-        "end": f"{at} - {_days(prior_days)}" if prior_days > 0 else at,
-        "start_inclusive": True,
-        "end_inclusive": True,
-        "has": {"observed": "(1, None)"},
-    }
     no_prior = {"outcome_code": "(None, 0)", "anti_dementia_drug": "(None, 0)"}
-    if strategy == "fixed_age":
+    if defn["index"]["strategy"] == "fixed_age":
         no_prior["death"] = "(None, 0)"
-    windows["no_prior_outcome"] = {
-        "start": None,
-        "end": at,
-        "start_inclusive": True,
-        "end_inclusive": True,
-        "has": no_prior,
+    return {
+        "prior_observation": {
+            "start": None,
+            "end": f"{at} - {_days(prior_days)}" if prior_days > 0 else at,
+            "start_inclusive": True,
+            "end_inclusive": True,
+            "has": {"observed": "(1, None)"},
+        },
+        "no_prior_outcome": {
+            "start": None,
+            "end": at,
+            "start_inclusive": True,
+            "end_inclusive": True,
+            "has": no_prior,
+        },
     }
+
+
+def _label_windows(defn: Mapping[str, Any], at: str, label: str) -> dict[str, Any]:
+    """Inputs strictly before index minus the blackout, the ``label`` over the horizon after
+    the index ``at``, and a record after the horizon (follow-up)."""
     blackout = defn["blackout_days"]
-    windows["input"] = {
-        "start": None,
-        "end": f"{at} - {_days(blackout)}" if blackout > 0 else at,
-        "start_inclusive": True,
-        "end_inclusive": False,
+    return {
+        "input": {
+            "start": None,
+            "end": f"{at} - {_days(blackout)}" if blackout > 0 else at,
+            "start_inclusive": True,
+            "end_inclusive": False,
+        },
+        "target": {
+            "start": at,
+            "end": f"start + {_days(defn['horizon_days'])}",
+            "start_inclusive": False,
+            "end_inclusive": True,
+            "label": label,
+            "index_timestamp": "start",
+        },
+        "follow_up": {
+            "start": "target.end",
+            "end": None,
+            "start_inclusive": True,
+            "end_inclusive": True,
+            "has": {"recorded": "(1, None)"},
+        },
     }
-    windows["target"] = {
-        "start": at,
-        "end": f"start + {_days(defn['horizon_days'])}",
-        "start_inclusive": False,
-        "end_inclusive": True,
-        "label": label,
-        "index_timestamp": "start",
-    }
-    windows["follow_up"] = {
-        "start": "target.end",
-        "end": None,
-        "start_inclusive": True,
-        "end_inclusive": True,
-        "has": {"recorded": "(1, None)"},
-    }
-    return {"predicates": predicates, "trigger": trigger, "windows": windows}
 
 
 def _header(defn: Mapping[str, Any]) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,15 +119,11 @@ def _report_by_column(
         report.add(check, file, f"{rest.height} more columns", int(rest["n"].sum()), action, detail)
 
 
-def _subjects(
-    frame: pl.DataFrame,
-    cfg: Mapping[str, Any],
-    formats: list[str],
-    file: str,
-    report: QualityReport,
-    rules: Plausibility,
+def _subject_ids(
+    frame: pl.DataFrame, cfg: Mapping[str, Any], file: str, report: QualityReport
 ) -> pl.DataFrame:
-    """One row per participant: subject_id, birth_time, birth period start, sex, baseline, death."""
+    """The rows with an id, as ``subject_id``; rows without one are counted and dropped, a
+    repeated id stops (the table must have one row per participant)."""
     id_col = cfg["id_column"]
     ids = strict_integer(frame, id_col, file)
     missing_id = ids.is_null()
@@ -143,7 +139,13 @@ def _subjects(
             f"another row (e.g. {examples}); a first-occurrence table needs one row per "
             "participant. Deduplicate the table before ingesting it."
         )
+    return frame
 
+
+def _birth_year(
+    frame: pl.DataFrame, cfg: Mapping[str, Any], file: str, report: QualityReport
+) -> pl.Series:
+    """Whole birth years from MIN_BIRTH_YEAR to this year; anything else null, counted."""
     this_year = dt.date.today().year
     raw_year = frame[cfg["birth_year_column"]]
     year = raw_year.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
@@ -166,27 +168,37 @@ def _subjects(
         "kept (warning)",
         "no MEDS_BIRTH is written; the cohort excludes these subjects",
     )
-    year = pl.Series(year).set(bad_year, None).cast(pl.Int32)
+    return pl.Series(year).set(bad_year, None).cast(pl.Int32)
 
+
+def _birth_month(
+    frame: pl.DataFrame, cfg: Mapping[str, Any], file: str, report: QualityReport
+) -> pl.Series:
+    """Birth months 1-12 (all null without birth_month_column); others null, counted."""
     month_col = cfg.get("birth_month_column")
-    if month_col:
-        raw_month = frame[month_col]
-        month = raw_month.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
-        bad_month = raw_month.is_not_null() & (
-            month.is_null() | (month < 1) | (month > 12) | (month != month.floor())
-        )
-        report.count(
-            "unparseable birth month",
-            int(bad_month.sum()),
-            file,
-            month_col,
-            "set to null (warning)",
-            "not 1-12; birth is taken as 1 July of the birth year",
-        )
-        month = month.set(bad_month, None).cast(pl.Int32)
-    else:
-        month = pl.Series([None] * frame.height, dtype=pl.Int32)
+    if not month_col:
+        return pl.Series([None] * frame.height, dtype=pl.Int32)
+    raw_month = frame[month_col]
+    month = raw_month.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    bad_month = raw_month.is_not_null() & (
+        month.is_null() | (month < 1) | (month > 12) | (month != month.floor())
+    )
+    report.count(
+        "unparseable birth month",
+        int(bad_month.sum()),
+        file,
+        month_col,
+        "set to null (warning)",
+        "not 1-12; birth is taken as 1 July of the birth year",
+    )
+    return month.set(bad_month, None).cast(pl.Int32)
 
+
+def _sex(
+    frame: pl.DataFrame, cfg: Mapping[str, Any], file: str, report: QualityReport
+) -> pl.Series:
+    """Sex letters through data.first_occurrence.sex_values; a column in which no value is
+    listed stops (the coding is wrong, not a few cells), unknown values are counted."""
     sex_raw = frame[cfg["sex_column"]].cast(pl.String).str.strip_chars().str.to_lowercase()
     lookup = {
         str(value).strip().lower(): letter
@@ -218,36 +230,83 @@ def _subjects(
         "kept (warning)",
         "no SEX/ event is written; the cohort excludes these subjects",
     )
+    return sex
+
+
+def _dates(
+    frame: pl.DataFrame,
+    column: str | None,
+    check: str,
+    formats: list[str],
+    file: str,
+    report: QualityReport,
+    rules: Plausibility,
+) -> pl.Series:
+    """One date per row from ``column`` (all null when no column is set); values that do not
+    parse are null and counted under ``check``, too many of them stop."""
+    if not column:
+        return pl.Series([None] * frame.height, dtype=pl.Datetime("us"))
+    dtype = frame.schema[column]
+    where = f"{file}: column '{column}'"
+    parsed = frame.select(parse_datetime(pl.col(column), dtype, formats, rules.timezone, where))
+    parsed = parsed.to_series()
+    report_timezone(report, dtype, rules.timezone, file, column, int(parsed.is_not_null().sum()))
+    check_parse_rate(
+        file,
+        column,
+        frame[column],
+        parsed,
+        "dates",
+        f"add the column's format to data.date_formats (now {', '.join(formats)})",
+        rules.max_unparseable_fraction,
+    )
+    bad = frame[column].is_not_null() & parsed.is_null()
+    report.count(
+        check,
+        int(bad.sum()),
+        file,
+        column,
+        "set to null (warning)",
+        f"not a date in any of data.date_formats ({', '.join(formats)})",
+    )
+    return parsed
+
+
+def _followup_end(
+    frame: pl.DataFrame, followup: Any, file: str, dates: Callable[[str, str], pl.Series]
+) -> pl.Series:
+    """data.first_occurrence.followup_end: a column of dates (read by ``dates``), one
+    YYYY-MM-DD date for all, or (not set) no end."""
+    if followup is None:
+        return pl.Series([None] * frame.height, dtype=pl.Datetime("us"))
+    if followup in frame.columns:
+        return dates(followup, "unparseable follow-up end date")
+    try:
+        end_date = dt.date.fromisoformat(str(followup))
+    except ValueError:
+        raise DataError(
+            f"data.first_occurrence.followup_end '{followup}' is neither a YYYY-MM-DD date "
+            f"nor a column of {file}."
+        ) from None
+    return pl.Series([dt.datetime.combine(end_date, dt.time())] * frame.height)
+
+
+def _subjects(
+    frame: pl.DataFrame,
+    cfg: Mapping[str, Any],
+    formats: list[str],
+    file: str,
+    report: QualityReport,
+    rules: Plausibility,
+) -> pl.DataFrame:
+    """One row per participant: subject_id, birth_time, birth period start, sex, baseline, death."""
+    frame = _subject_ids(frame, cfg, file, report)
+    year = _birth_year(frame, cfg, file, report)
+    month = _birth_month(frame, cfg, file, report)
+    sex = _sex(frame, cfg, file, report)
 
     def dates(column: str | None, check: str) -> pl.Series:
-        if not column:
-            return pl.Series([None] * frame.height, dtype=pl.Datetime("us"))
-        dtype = frame.schema[column]
-        where = f"{file}: column '{column}'"
-        parsed = frame.select(parse_datetime(pl.col(column), dtype, formats, rules.timezone, where))
-        parsed = parsed.to_series()
-        report_timezone(
-            report, dtype, rules.timezone, file, column, int(parsed.is_not_null().sum())
-        )
-        check_parse_rate(
-            file,
-            column,
-            frame[column],
-            parsed,
-            "dates",
-            f"add the column's format to data.date_formats (now {', '.join(formats)})",
-            rules.max_unparseable_fraction,
-        )
-        bad = frame[column].is_not_null() & parsed.is_null()
-        report.count(
-            check,
-            int(bad.sum()),
-            file,
-            column,
-            "set to null (warning)",
-            f"not a date in any of data.date_formats ({', '.join(formats)})",
-        )
-        return parsed
+        return _dates(frame, column, check, formats, file, report, rules)
 
     baseline = dates(cfg["baseline_date_column"], "unparseable baseline date")
     report.count(
@@ -259,22 +318,7 @@ def _subjects(
         "no VISIT/ASSESSMENT event; the cohort cannot index these subjects on the baseline",
     )
     death = dates(cfg.get("death_date_column"), "unparseable death date")
-
-    followup = cfg.get("followup_end")
-    if followup is None:
-        end = pl.Series([None] * frame.height, dtype=pl.Datetime("us"))
-    elif followup in frame.columns:
-        end = dates(followup, "unparseable follow-up end date")
-    else:
-        try:
-            end_date = dt.date.fromisoformat(str(followup))
-        except ValueError:
-            raise DataError(
-                f"data.first_occurrence.followup_end '{followup}' is neither a YYYY-MM-DD date "
-                f"nor a column of {file}."
-            ) from None
-        end = pl.Series([dt.datetime.combine(end_date, dt.time())] * frame.height)
-
+    end = _followup_end(frame, cfg.get("followup_end"), file, dates)
     subjects = pl.DataFrame(
         {
             "subject_id": frame["subject_id"],
@@ -305,6 +349,26 @@ def first_occurrence_events(
     """MEDS-style events of a first-occurrence table (not yet checked by clean_events)."""
     rules = rules or Plausibility()
     file = str(cfg["path"])
+    frame, used = _read_first_occurrence(cfg, file, report)
+    columns = code_columns(frame.columns, cfg, set(used), file)
+    _report_unused_columns(frame, columns, used, file, report)
+    as_age = cfg["values"] == "age"
+    schema = frame.schema  # built once: a schema of 1,000+ columns is not free
+    _check_code_column_types(schema, columns, cfg, file)
+    subjects = _subjects(frame, cfg, formats, file, report, rules)
+    wide = _parse_code_values(frame, schema, columns, cfg, formats, file, report, rules)
+    long = _melt_codes(wide, columns, subjects)
+    if as_age:
+        long, unknown = _ages_to_times(long, cfg, file, report)
+    else:
+        long, unknown = _special_dates(long, cfg, file, report)
+    return _events(subjects, long, unknown, cfg)
+
+
+def _read_first_occurrence(
+    cfg: Mapping[str, Any], file: str, report: QualityReport
+) -> tuple[pl.DataFrame, list[str]]:
+    """The table and the columns its settings name (checked to exist); rows counted."""
     frame = read_table(cfg["path"], "data.first_occurrence.path")
     if frame.height == 0:
         raise DataError(f"{file}: the table has no rows; check data.first_occurrence.path.")
@@ -327,8 +391,18 @@ def first_occurrence_events(
         "baseline_date_column (and birth_month_column, death_date_column) to your column names",
     )
     report.add("rows read", file, None, frame.height, "info", "participants (one row each)")
+    return frame, used
 
-    columns = code_columns(frame.columns, cfg, set(used), file)
+
+def _report_unused_columns(
+    frame: pl.DataFrame,
+    columns: Mapping[str, str],
+    used: list[str],
+    file: str,
+    report: QualityReport,
+) -> None:
+    """A warning row per column that is neither a setting nor a code (the first
+    MAX_REPORTED_COLUMNS, then one row for the rest): a misnamed code column shows here."""
     unused = [c for c in frame.columns if c not in columns and c not in used]
     for column in unused[:MAX_REPORTED_COLUMNS]:
         report.add(
@@ -349,8 +423,13 @@ def first_occurrence_events(
             "",
         )
 
+
+def _check_code_column_types(
+    schema: pl.Schema, columns: Mapping[str, str], cfg: Mapping[str, Any], file: str
+) -> None:
+    """Stop on a typed code column that cannot hold what data.first_occurrence.values says
+    (text columns are parsed, and counted, later)."""
     as_age = cfg["values"] == "age"
-    schema = frame.schema  # built once: a schema of 1,000+ columns is not free
     for column in columns:
         dtype = schema[column]
         ok = (
@@ -367,12 +446,18 @@ def first_occurrence_events(
                 f"{'dates' if as_age else 'ages'}, or convert the column."
             )
 
-    subjects = _subjects(frame, cfg, formats, file, report, rules)
-    ids = strict_integer(frame, cfg["id_column"], file)
-    # Parse column by column before unpivoting (no text round trip for typed parquet columns);
-    # a cell that is set but does not parse is counted per column.
+
+def _typed_code_values(
+    schema: pl.Schema,
+    columns: Mapping[str, str],
+    as_age: bool,
+    formats: list[str],
+    file: str,
+    rules: Plausibility,
+) -> list[pl.Expr]:
+    """Per code column: ages as Float64 or dates as datetimes; null where a cell does not parse."""
     if as_age:
-        typed = [
+        return [
             (
                 pl.col(c).cast(pl.Float64)
                 if schema[c].is_numeric()
@@ -380,13 +465,31 @@ def first_occurrence_events(
             ).alias(c)
             for c in columns
         ]
-    else:
-        typed = [
-            parse_datetime(
-                pl.col(c), schema[c], formats, rules.timezone, f"{file}: column '{c}'"
-            ).alias(c)
-            for c in columns
-        ]
+    return [
+        parse_datetime(
+            pl.col(c), schema[c], formats, rules.timezone, f"{file}: column '{c}'"
+        ).alias(c)
+        for c in columns
+    ]
+
+
+def _parse_code_values(
+    frame: pl.DataFrame,
+    schema: pl.Schema,
+    columns: Mapping[str, str],
+    cfg: Mapping[str, Any],
+    formats: list[str],
+    file: str,
+    report: QualityReport,
+    rules: Plausibility,
+) -> pl.DataFrame:
+    """The code columns parsed, plus ``subject_id`` (null where the id is missing).
+
+    Parsed column by column before unpivoting (no text round trip for typed parquet columns);
+    a cell that is set but does not parse is counted per column."""
+    as_age = cfg["values"] == "age"
+    ids = strict_integer(frame, cfg["id_column"], file)
+    typed = _typed_code_values(schema, columns, as_age, formats, file, rules)
     raw_counts = frame.select(pl.col(list(columns)).is_not_null().sum())
     wide = frame.select(typed).with_columns(subject_id=ids)
     parsed_counts = wide.select(pl.col(list(columns)).is_not_null().sum())
@@ -417,11 +520,19 @@ def first_occurrence_events(
             "dropped",
             f"not a date in any of data.date_formats ({', '.join(formats)})",
         )
+    return wide
+
+
+def _melt_codes(
+    wide: pl.DataFrame, columns: Mapping[str, str], subjects: pl.DataFrame
+) -> pl.DataFrame:
+    """One row per set code value: ``subject_id, column, value, code`` and the subject's
+    ``birth_time`` and ``birth_period_start`` (rows without an id are left out)."""
     names = pl.DataFrame(
         {"column": list(columns), "code": list(columns.values())},
         schema={"column": pl.String, "code": pl.String},
     )
-    long = (
+    return (
         wide.lazy()
         .filter(pl.col("subject_id").is_not_null())
         .unpivot(index="subject_id", on=list(columns), variable_name="column", value_name="value")
@@ -434,24 +545,34 @@ def first_occurrence_events(
         .collect()
     )
 
-    if as_age:
-        unknown = _unknown_ages(long, cfg, file, report)
-        long = long.filter(pl.col("value") >= 0)
-        no_birth = long.filter(pl.col("birth_time").is_null())
-        report.count(
-            "age without birth",
-            no_birth.height,
-            file,
-            cfg["birth_year_column"],
-            "dropped",
-            "an age cannot be placed in time without a birth year",
-        )
-        long = long.filter(pl.col("birth_time").is_not_null())
-        micros = (pl.col("value") * 365.25 * 86_400_000_000).round().cast(pl.Int64)
-        long = long.with_columns(time=pl.col("birth_time") + pl.duration(microseconds=micros))
-    else:
-        long, unknown = _special_dates(long, cfg, file, report)
 
+def _ages_to_times(
+    long: pl.DataFrame, cfg: Mapping[str, Any], file: str, report: QualityReport
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Ages placed in time from the imputed birth (Julian years); returns (dated rows,
+    date-unknown rows). Negative ages are unknown dates, ages without a birth are dropped."""
+    unknown = _unknown_ages(long, cfg, file, report)
+    long = long.filter(pl.col("value") >= 0)
+    no_birth = long.filter(pl.col("birth_time").is_null())
+    report.count(
+        "age without birth",
+        no_birth.height,
+        file,
+        cfg["birth_year_column"],
+        "dropped",
+        "an age cannot be placed in time without a birth year",
+    )
+    long = long.filter(pl.col("birth_time").is_not_null())
+    micros = (pl.col("value") * 365.25 * 86_400_000_000).round().cast(pl.Int64)
+    long = long.with_columns(time=pl.col("birth_time") + pl.duration(microseconds=micros))
+    return long, unknown
+
+
+def _events(
+    subjects: pl.DataFrame, long: pl.DataFrame, unknown: pl.DataFrame, cfg: Mapping[str, Any]
+) -> pl.LazyFrame:
+    """Person events, dated diagnoses and ``DATE_UNKNOWN/<code>`` rows (no time) in the
+    MEDS event columns."""
     diagnoses = pl.concat(
         [
             long.select("subject_id", pl.col("time").cast(pl.Datetime("us")), "code"),

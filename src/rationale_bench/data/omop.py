@@ -29,7 +29,7 @@ came from several concepts gets the union of their parents.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,24 @@ CLINICAL_TABLES = (
         "measurement_source_value",
         "measurement_source_concept_id",
         value="value_as_number",
+    ),
+)
+# Tables of events with one code per column: (table, [(date, datetime, code)], and for visits
+# the concept column that gives the code instead).
+SIMPLE_TABLES = (
+    ("death", [("death_date", "death_datetime", "MEDS_DEATH")], None),
+    (
+        "observation_period",
+        [
+            ("observation_period_start_date", None, "OBSERVATION_PERIOD/START"),
+            ("observation_period_end_date", None, "OBSERVATION_PERIOD/END"),
+        ],
+        None,
+    ),
+    (
+        "visit_occurrence",
+        [("visit_start_date", "visit_start_datetime", "")],
+        "visit_concept_id",
     ),
 )
 EVENT_TABLES = (
@@ -412,19 +430,46 @@ def _clinical_events(
         OMOP_FIX,
     )
     report.add("rows read", file, None, frame.height, "info")
-    value = pl.lit(None, dtype=pl.Float32)
-    if table.value and table.value in frame.columns:
-        raw = frame[table.value]
-        parsed = raw.cast(pl.String).str.strip_chars().cast(pl.Float32, strict=False)
-        report.count(
-            "unparseable number",
-            int((raw.is_not_null() & parsed.is_null()).sum()),
-            file,
-            table.value,
-            "set to null (warning)",
-            "not a number; the event is kept without a value",
-        )
-        value = parsed
+    rows = _clinical_rows(frame, table, file, formats, report, rules)
+    rows = _known_persons(rows, persons, file, report).with_row_index("_row")
+    vocabulary = cfg.get("condition_source_vocabulary")
+    mapped = _mapped_codes(rows, table, concepts, drug_atc, vocabulary)
+    _report_mapped(report, file, table, mapped, vocabulary)
+    fallback = _concept_codes(rows, mapped, table, file, report)
+    return _clinical_outputs(rows, mapped, fallback, concepts)
+
+
+def _numeric_values(
+    frame: pl.DataFrame, table: ClinicalTable, file: str, report: QualityReport
+) -> pl.Expr | pl.Series:
+    """The table's value column as Float32 (measurement ``value_as_number``), else null;
+    a value that is not a number is counted and the event kept without it."""
+    if not (table.value and table.value in frame.columns):
+        return pl.lit(None, dtype=pl.Float32)
+    raw = frame[table.value]
+    parsed = raw.cast(pl.String).str.strip_chars().cast(pl.Float32, strict=False)
+    report.count(
+        "unparseable number",
+        int((raw.is_not_null() & parsed.is_null()).sum()),
+        file,
+        table.value,
+        "set to null (warning)",
+        "not a number; the event is kept without a value",
+    )
+    return parsed
+
+
+def _clinical_rows(
+    frame: pl.DataFrame,
+    table: ClinicalTable,
+    file: str,
+    formats: list[str],
+    report: QualityReport,
+    rules: Plausibility | None,
+) -> pl.DataFrame:
+    """``subject_id, time, concept_id`` (0 when missing), ``source_concept_id, source_value,
+    numeric_value`` of the rows with a time."""
+    value = _numeric_values(frame, table, file, report)
     rows = pl.DataFrame(
         {
             "subject_id": _integer(frame, "person_id", file),
@@ -438,46 +483,74 @@ def _clinical_events(
             ),
         }
     ).with_columns(numeric_value=value)
-    rows = rows.filter(pl.col("time").is_not_null())
-    rows = _known_persons(rows, persons, file, report)
-    rows = rows.with_row_index("_row")
+    return rows.filter(pl.col("time").is_not_null())
 
+
+def _mapped_codes(
+    rows: pl.DataFrame,
+    table: ClinicalTable,
+    concepts: pl.DataFrame | None,
+    drug_atc: pl.DataFrame | None,
+    vocabulary: str | None,
+) -> pl.DataFrame:
+    """``_row, code, description`` of the rows with an ICD10/ICD9/ATC code: through the
+    source concept's vocabulary first, then (drugs) ATC links, then (conditions) the source
+    value read as data.omop.condition_source_vocabulary; each later step only for rows the
+    earlier ones left without a code."""
     named: list[pl.DataFrame] = []
     if concepts is not None:
-        vocab = concepts.filter(pl.col("vocabulary_id").is_in(list(VOCABULARY_PREFIX))).select(
-            source_concept_id="concept_id",
-            code=pl.col("vocabulary_id").replace_strict(VOCABULARY_PREFIX)
-            + "/"
-            + pl.col("concept_code"),
-            description="concept_name",
-        )
-        named.append(rows.join(vocab, on="source_concept_id").select("_row", "code", "description"))
+        named.append(_vocabulary_codes(rows, concepts))
     if table.name == "drug_exposure" and drug_atc is not None:
-        done = (
-            pl.concat(named).select("_row") if named else pl.DataFrame(schema={"_row": pl.UInt32})
-        )
-        named.append(
-            rows.join(done, on="_row", how="anti")
-            .join(drug_atc, left_on="concept_id", right_on="drug")
-            .select("_row", "code", "description")
-        )
-    vocabulary = cfg.get("condition_source_vocabulary")
+        named.append(_atc_codes(_not_yet_mapped(rows, named), drug_atc))
     if table.name == "condition_occurrence" and vocabulary:
-        done = (
-            pl.concat(named).select("_row") if named else pl.DataFrame(schema={"_row": pl.UInt32})
-        )
-        from_value = (
-            rows.join(done, on="_row", how="anti")
-            .select("_row", code=_normalize_source(pl.col("source_value"), vocabulary))
-            .filter(pl.col("code").is_not_null())
-            .with_columns(description=pl.lit(None, dtype=pl.String))
-        )
-        named.append(from_value)
-    mapped = (
-        pl.concat(named, how="vertical_relaxed")
-        if named
-        else pl.DataFrame(schema={"_row": pl.UInt32, "code": pl.String, "description": pl.String})
+        named.append(_source_value_codes(_not_yet_mapped(rows, named), vocabulary))
+    if not named:
+        return pl.DataFrame(schema={"_row": pl.UInt32, "code": pl.String, "description": pl.String})
+    return pl.concat(named, how="vertical_relaxed")
+
+
+def _not_yet_mapped(rows: pl.DataFrame, named: list[pl.DataFrame]) -> pl.DataFrame:
+    """The rows that no frame in ``named`` has given a code yet."""
+    done = pl.concat(named).select("_row") if named else pl.DataFrame(schema={"_row": pl.UInt32})
+    return rows.join(done, on="_row", how="anti")
+
+
+def _vocabulary_codes(rows: pl.DataFrame, concepts: pl.DataFrame) -> pl.DataFrame:
+    """Rows whose source concept is in an ICD-10 / ICD-10-CM / ICD-9-CM / ATC vocabulary."""
+    vocab = concepts.filter(pl.col("vocabulary_id").is_in(list(VOCABULARY_PREFIX))).select(
+        source_concept_id="concept_id",
+        code=pl.col("vocabulary_id").replace_strict(VOCABULARY_PREFIX)
+        + "/"
+        + pl.col("concept_code"),
+        description="concept_name",
     )
+    return rows.join(vocab, on="source_concept_id").select("_row", "code", "description")
+
+
+def _atc_codes(rows: pl.DataFrame, drug_atc: pl.DataFrame) -> pl.DataFrame:
+    """Drug rows whose standard concept is linked to ATC classes (one row per class)."""
+    return rows.join(drug_atc, left_on="concept_id", right_on="drug").select(
+        "_row", "code", "description"
+    )
+
+
+def _source_value_codes(rows: pl.DataFrame, vocabulary: str) -> pl.DataFrame:
+    """Condition rows whose source value reads as a ``vocabulary`` code (no description)."""
+    return (
+        rows.select("_row", code=_normalize_source(pl.col("source_value"), vocabulary))
+        .filter(pl.col("code").is_not_null())
+        .with_columns(description=pl.lit(None, dtype=pl.String))
+    )
+
+
+def _report_mapped(
+    report: QualityReport,
+    file: str,
+    table: ClinicalTable,
+    mapped: pl.DataFrame,
+    vocabulary: str | None,
+) -> None:
+    """The info row of how many events got an ICD10/ICD9/ATC code, and through what."""
     report.add(
         "mapped to ICD10/ICD9/ATC",
         file,
@@ -493,6 +566,13 @@ def _clinical_events(
         ),
     )
 
+
+def _concept_codes(
+    rows: pl.DataFrame, mapped: pl.DataFrame, table: ClinicalTable, file: str, report: QualityReport
+) -> pl.DataFrame:
+    """The rows left without a mapped code, as ``OMOP/<concept>`` (standard concept, else the
+    source concept) in ``code`` and ``concept``; rows with neither are dropped and counted,
+    and a table in which no row has a code stops."""
     rest = rows.join(mapped.select("_row").unique(), on="_row", how="anti")
     fallback = rest.with_columns(
         concept=pl.when(pl.col("concept_id") != 0)
@@ -526,20 +606,23 @@ def _clinical_events(
         "kept as OMOP/<concept_id>",
         "no ICD10/ICD9/ATC code through the vocabulary or source value",
     )
-    fallback = fallback.with_columns(code="OMOP/" + pl.col("concept").cast(pl.String))
+    return fallback.with_columns(code="OMOP/" + pl.col("concept").cast(pl.String))
+
+
+def _clinical_outputs(
+    rows: pl.DataFrame,
+    mapped: pl.DataFrame,
+    fallback: pl.DataFrame,
+    concepts: pl.DataFrame | None,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Events, (code, description) rows and (code, concept_id) links of the mapped rows and
+    the ``OMOP/<concept>`` rows."""
     names = []
     if concepts is not None:
-        names.append(
-            fallback.select("code", "concept")
-            .unique()
-            .join(concepts.select(concept="concept_id", description="concept_name"), on="concept")
-            .select("code", "description")
-        )
+        names.append(_concept_names(fallback.select("code", concept_id="concept"), concepts))
+    with_code = rows.join(mapped.select("_row", "code"), on="_row")
     events = pl.concat(
-        [
-            rows.join(mapped.select("_row", "code"), on="_row").select(list(EVENTS_SCHEMA)),
-            fallback.select(list(EVENTS_SCHEMA)),
-        ],
+        [with_code.select(list(EVENTS_SCHEMA)), fallback.select(list(EVENTS_SCHEMA))],
         how="vertical_relaxed",
     )
     codes = pl.concat(
@@ -547,14 +630,22 @@ def _clinical_events(
     ).unique()
     links = pl.concat(
         [
-            rows.join(mapped.select("_row", "code"), on="_row")
-            .filter(pl.col("concept_id") != 0)
-            .select("code", "concept_id"),
+            with_code.filter(pl.col("concept_id") != 0).select("code", "concept_id"),
             fallback.select("code", concept_id="concept"),
         ],
         how="vertical_relaxed",
     ).unique()
     return events, codes, links.cast(LINKS_SCHEMA)
+
+
+def _concept_names(pairs: pl.DataFrame, concepts: pl.DataFrame) -> pl.DataFrame:
+    """``code, description`` of (code, concept_id) pairs: the concept's name, for the pairs
+    whose concept is in the concept table."""
+    return (
+        pairs.unique()
+        .join(concepts.select("concept_id", description="concept_name"), on="concept_id")
+        .select("code", "description")
+    )
 
 
 def _ancestors(
@@ -659,6 +750,25 @@ def _persons(
     if frame.height == 0:
         raise DataError(f"{file}: the person table has no rows.")
     report.add("rows read", file, None, frame.height, "info")
+    ids = _person_ids(frame, file)
+    sex = _sex_of_persons(frame, file, report, sex_values)
+    birth = _birth_times(frame, formats, file, report)
+    people = pl.DataFrame({"subject_id": ids, "birth": birth.cast(pl.Datetime("us")), "sex": sex})
+    events = pl.concat(
+        [
+            people.filter(pl.col("birth").is_not_null()).select(
+                "subject_id", time="birth", code=pl.lit("MEDS_BIRTH")
+            ),
+            people.filter(pl.col("sex").is_not_null()).select(
+                "subject_id", time="birth", code="SEX/" + pl.col("sex")
+            ),
+        ]
+    ).with_columns(numeric_value=pl.lit(None, dtype=pl.Float32))
+    return events, ids
+
+
+def _person_ids(frame: pl.DataFrame, file: str) -> pl.Series:
+    """``person_id``; a missing or repeated id stops (events are joined to persons by it)."""
     ids = _integer(frame, "person_id", file)
     if ids.is_null().any():
         raise DataError(
@@ -672,6 +782,14 @@ def _persons(
             f"(e.g. {ids.filter(duplicated).unique().sort().head(5).to_list()}); the person table "
             "needs one row per person."
         )
+    return ids
+
+
+def _sex_of_persons(
+    frame: pl.DataFrame, file: str, report: QualityReport, sex_values: Mapping[str, str] | None
+) -> pl.Series:
+    """``M`` / ``F`` of gender_concept_id (8507 / 8532 and data.sex_values); others null,
+    counted with the concepts seen."""
     gender = _integer(frame, "gender_concept_id", file)
     # data.sex_values maps further gender concepts ({"45878463": F}); keys are text.
     mapping = {**GENDER}
@@ -689,6 +807,14 @@ def _persons(
         f"not 8507 (male) or 8532 (female) (seen: {unknown}); no SEX/ event, the cohort "
         "excludes these persons; map other concepts with data.sex_values",
     )
+    return sex
+
+
+def _birth_times(
+    frame: pl.DataFrame, formats: list[str], file: str, report: QualityReport
+) -> pl.Series:
+    """birth_datetime when it parses, else year/month/day of birth; missing or impossible
+    ones null, counted."""
 
     def number(column: str) -> pl.Expr:
         if column not in frame.columns:
@@ -720,18 +846,7 @@ def _persons(
         "kept (warning)",
         "no MEDS_BIRTH; the cohort excludes these persons",
     )
-    people = pl.DataFrame({"subject_id": ids, "birth": birth.cast(pl.Datetime("us")), "sex": sex})
-    events = pl.concat(
-        [
-            people.filter(pl.col("birth").is_not_null()).select(
-                "subject_id", time="birth", code=pl.lit("MEDS_BIRTH")
-            ),
-            people.filter(pl.col("sex").is_not_null()).select(
-                "subject_id", time="birth", code="SEX/" + pl.col("sex")
-            ),
-        ]
-    ).with_columns(numeric_value=pl.lit(None, dtype=pl.Float32))
-    return events, ids
+    return birth
 
 
 def _simple_events(
@@ -746,10 +861,9 @@ def _simple_events(
     rules: Plausibility | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Events of death, observation_period or visit_occurrence (code per (date, datetime))."""
-    empty_codes = pl.DataFrame(schema={"code": pl.String, "description": pl.String})
     if not source.has(table):
         report.add("table absent", str(source.path), table, 0, "info", "no events of this kind")
-        return pl.DataFrame(schema=EVENTS_SCHEMA), empty_codes
+        return pl.DataFrame(schema=EVENTS_SCHEMA), _empty_codes()
     file = source.where(table)
     frame = source.read(table)
     required = ["person_id", *(date for date, _, _ in columns)]
@@ -758,28 +872,9 @@ def _simple_events(
     require_columns(frame.schema, required, file, f"OMOP {table}", OMOP_FIX)
     report.add("rows read", file, None, frame.height, "info")
     ids = _integer(frame, "person_id", file)
-    codes = empty_codes
+    codes = _empty_codes()
     if concept_column:
-        concept = _integer(frame, concept_column, file).fill_null(0)
-        kind = concept.replace_strict(VISIT_KIND, default=None, return_dtype=pl.String)
-        code = pl.Series(
-            "code",
-            pl.select(
-                pl.when(kind.is_not_null())
-                .then("VISIT/" + kind)
-                .when(concept != 0)
-                .then("VISIT/" + concept.cast(pl.String))
-                .otherwise(pl.lit("VISIT/OTHER"))
-            ).to_series(),
-        )
-        if concepts is not None:
-            codes = (
-                pl.DataFrame({"code": code, "concept_id": concept})
-                .filter(~pl.col("concept_id").is_in(list(VISIT_KIND)))
-                .unique()
-                .join(concepts.select("concept_id", description="concept_name"), on="concept_id")
-                .select("code", "description")
-            )
+        code, codes = _visit_codes(frame, concept_column, file, concepts)
     frames = []
     for date, datetime, fixed in columns:
         times = _times(frame, date, datetime, formats, file, report, rules)
@@ -788,6 +883,36 @@ def _simple_events(
         frames.append(part.filter(pl.col("time").is_not_null()))
     events = pl.concat(frames).with_columns(numeric_value=pl.lit(None, dtype=pl.Float32))
     return _known_persons(events, persons, file, report), codes
+
+
+def _empty_codes() -> pl.DataFrame:
+    """No (code, description) rows."""
+    return pl.DataFrame(schema={"code": pl.String, "description": pl.String})
+
+
+def _visit_codes(
+    frame: pl.DataFrame, concept_column: str, file: str, concepts: pl.DataFrame | None
+) -> tuple[pl.Series, pl.DataFrame]:
+    """``VISIT/<kind>`` per row (VISIT_KIND, else ``VISIT/<concept_id>``, else
+    ``VISIT/OTHER``), and the names of the ``VISIT/<concept_id>`` codes."""
+    concept = _integer(frame, concept_column, file).fill_null(0)
+    kind = concept.replace_strict(VISIT_KIND, default=None, return_dtype=pl.String)
+    code = pl.Series(
+        "code",
+        pl.select(
+            pl.when(kind.is_not_null())
+            .then("VISIT/" + kind)
+            .when(concept != 0)
+            .then("VISIT/" + concept.cast(pl.String))
+            .otherwise(pl.lit("VISIT/OTHER"))
+        ).to_series(),
+    )
+    if concepts is None:
+        return code, _empty_codes()
+    pairs = pl.DataFrame({"code": code, "concept_id": concept}).filter(
+        ~pl.col("concept_id").is_in(list(VISIT_KIND))
+    )
+    return code, _concept_names(pairs, concepts)
 
 
 def _skip_list(cfg: Mapping[str, Any], source: TableSource, report: QualityReport) -> set[str]:
@@ -856,6 +981,43 @@ def omop_events(
     person and condition_occurrence are required; every other table is optional: absent,
     empty or listed in data.omop.skip_tables means skipped with a row in data_quality.csv;
     one with data rows that cannot be read stops, naming skip_tables."""
+    source, skip = _open_source(cfg, report)
+    rules = rules or Plausibility()
+    person_events, persons = _persons(source, formats, report, rules.sex_values)
+    concepts = _optional(source, "concept", report, lambda: _concepts(source, report), None)
+    drug_atc = _optional(
+        source, "concept_relationship", report, lambda: _drug_atc(source, concepts, report), None
+    )
+
+    def clinical(table: ClinicalTable) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        return _clinical_events(
+            source, table, concepts, drug_atc, persons, cfg, formats, report, rules
+        )
+
+    def simple(
+        table: str, columns: list[tuple[str, str | None, str]], concept_column: str | None
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        return _simple_events(
+            source, table, columns, persons, formats, report, concept_column, concepts, rules
+        )
+
+    events, codes, links = _all_clinical_events(source, skip, report, clinical)
+    simple_events, simple_codes = _all_simple_events(source, skip, report, simple)
+    all_events = pl.concat(
+        [
+            e.select(list(EVENTS_SCHEMA)).cast(EVENTS_SCHEMA)
+            for e in [person_events, *events, *simple_events]
+        ],
+        how="vertical",
+    )
+    codes = [*codes, *simple_codes]
+    all_codes = pl.concat(codes, how="vertical_relaxed") if codes else _empty_codes()
+    return all_events.lazy(), _with_parent_codes(source, all_codes, links, report)
+
+
+def _open_source(cfg: Mapping[str, Any], report: QualityReport) -> tuple[TableSource, set[str]]:
+    """The CDM's tables less data.omop.skip_tables (returned too); stops without the
+    condition_occurrence table."""
     if not cfg.get("path"):
         raise DataError("data.omop.path is not set; point it at your OMOP CDM tables.")
     source = TableSource(cfg["path"], cfg.get("schema"))
@@ -867,14 +1029,18 @@ def omop_events(
             "(condition_occurrence.csv, .parquet, a folder of parquet parts, or a table in the "
             "DuckDB file); diagnoses, and so the outcome, come from it."
         )
-    rules = rules or Plausibility()
-    person_events, persons = _persons(source, formats, report, rules.sex_values)
-    concepts = _optional(source, "concept", report, lambda: _concepts(source, report), None)
-    drug_atc = _optional(
-        source, "concept_relationship", report, lambda: _drug_atc(source, concepts, report), None
-    )
-    events = [person_events]
-    codes = []
+    return source, skip
+
+
+def _all_clinical_events(
+    source: TableSource,
+    skip: set[str],
+    report: QualityReport,
+    events_of: Callable[[ClinicalTable], tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]],
+) -> tuple[list[pl.DataFrame], list[pl.DataFrame], pl.DataFrame]:
+    """Events and code names of each clinical table there is, and the (code, concept_id)
+    links of all of them."""
+    events, codes = [], []
     links = [pl.DataFrame(schema=LINKS_SCHEMA)]
     for table in CLINICAL_TABLES:
         if not source.has(table.name):
@@ -883,71 +1049,50 @@ def omop_events(
                     "table absent", str(source.path), table.name, 0, "info", "no such events"
                 )
             continue
-        result = _optional(
-            source,
-            table.name,
-            report,
-            lambda table=table: _clinical_events(
-                source, table, concepts, drug_atc, persons, cfg, formats, report, rules
-            ),
-            None,
-        )
+        result = _optional(source, table.name, report, lambda t=table: events_of(t), None)
         if result is None:
             continue
         events.append(result[0])
         codes.append(result[1])
         links.append(result[2])
-    for table, columns, concept_column in (
-        ("death", [("death_date", "death_datetime", "MEDS_DEATH")], None),
-        (
-            "observation_period",
-            [
-                ("observation_period_start_date", None, "OBSERVATION_PERIOD/START"),
-                ("observation_period_end_date", None, "OBSERVATION_PERIOD/END"),
-            ],
-            None,
-        ),
-        (
-            "visit_occurrence",
-            [("visit_start_date", "visit_start_datetime", "")],
-            "visit_concept_id",
-        ),
-    ):
+    return events, codes, pl.concat(links).unique()
+
+
+def _all_simple_events(
+    source: TableSource,
+    skip: set[str],
+    report: QualityReport,
+    events_of: Callable[..., tuple[pl.DataFrame, pl.DataFrame]],
+) -> tuple[list[pl.DataFrame], list[pl.DataFrame]]:
+    """Events and code names of death, observation_period and visit_occurrence."""
+    events, codes = [], []
+    for table, columns, concept_column in SIMPLE_TABLES:
         if table in skip:
             continue
-        empty = (
-            pl.DataFrame(schema=EVENTS_SCHEMA),
-            pl.DataFrame(schema={"code": pl.String, "description": pl.String}),
-        )
         table_events, table_codes = _optional(
             source,
             table,
             report,
-            lambda table=table, columns=columns, concept_column=concept_column: _simple_events(
-                source, table, columns, persons, formats, report, concept_column, concepts, rules
+            lambda table=table, columns=columns, concept_column=concept_column: events_of(
+                table, columns, concept_column
             ),
-            empty,
+            (pl.DataFrame(schema=EVENTS_SCHEMA), _empty_codes()),
         )
         events.append(table_events)
         codes.append(table_codes)
-    all_events = pl.concat(
-        [e.select(list(EVENTS_SCHEMA)).cast(EVENTS_SCHEMA) for e in events], how="vertical"
-    )
-    all_codes = (
-        pl.concat(codes, how="vertical_relaxed")
-        if codes
-        else pl.DataFrame(schema={"code": pl.String, "description": pl.String})
-    )
-    all_links = pl.concat(links).unique()
+    return events, codes
+
+
+def _with_parent_codes(
+    source: TableSource, codes: pl.DataFrame, links: pl.DataFrame, report: QualityReport
+) -> pl.DataFrame:
+    """The code names with the parent_codes of each code (concept_ancestor when there is one)."""
     ancestry = _optional(
         source,
         "concept_ancestor",
         report,
-        lambda: _ancestors(source, all_links["concept_id"].unique(), report),
+        lambda: _ancestors(source, links["concept_id"].unique(), report),
         None,
     )
     # Full join: a code with parents but no name (no concept table) is still listed.
-    all_codes = all_codes.join(
-        parent_codes(all_links, ancestry), on="code", how="full", coalesce=True
-    )
-    return all_events.lazy(), all_codes
+    return codes.join(parent_codes(links, ancestry), on="code", how="full", coalesce=True)
