@@ -833,6 +833,7 @@ def _shard_keys(files: Sequence[Path]) -> pl.LazyFrame:
 def _count_subjects_in_several_shards(
     keys: pl.LazyFrame, files: Sequence[Path], report: QualityReport
 ) -> None:
+    """MEDS keeps each subject in one shard: count the subjects found in several."""
     split = (
         keys.group_by("subject_id")
         .agg(n=pl.col("_file").n_unique())
@@ -852,6 +853,7 @@ def _count_subjects_in_several_shards(
 
 
 def _count_unsorted_rows(shard: pl.LazyFrame, file: Path, report: QualityReport) -> None:
+    """Count the shard's rows that break MEDS order (subject_id, then time, static first)."""
     # A run is a block of consecutive rows of one subject; within it, a row is out of order
     # when its time is earlier than a time above it (a null time, static, belongs first).
     run = (pl.col("subject_id") != pl.col("subject_id").shift(1)).fill_null(True).cum_sum()
