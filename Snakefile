@@ -25,6 +25,7 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/ingest.smk"
 include: "rules/cohort.smk"
 include: "rules/serialize.smk"
 include: "rules/rationales.smk"

@@ -26,7 +26,7 @@ from rationale_bench.cohort.build import (
     run_cohort_stage,
     table_one,
 )
-from rationale_bench.data.codes import normalize_code, risk_factors_in
+from rationale_bench.data.codes import RISK_FACTORS, code_in, matches_any, normalize_code
 from rationale_bench.data.ingest import ingest
 from rationale_bench.data.inputs import InputError, check_manifest, write_manifest
 from rationale_bench.data.quality import DataError, Plausibility, strict_integer
@@ -152,11 +152,17 @@ def test_exclusion_drug_written_in_lower_case_still_excludes():
 
 
 def test_risk_factors_match_normalised_codes():
-    assert risk_factors_in(["icd10/i109", "ICD10CM/S060X1A", "ICD10/ I48.91"]) == [
-        "hypertension",
-        "tbi",
-        "atrial_fibrillation",
+    codes = ["icd10/i109", "ICD10CM/S060X1A", "ICD10/ I48.91"]
+    found = [n for n, rf in RISK_FACTORS.items() if any(code_in(c, rf.prefixes) for c in codes)]
+    assert found == ["hypertension", "tbi", "atrial_fibrillation"]
+    # Table 1's vectorised match on the canonical codes ingest writes agrees.
+    canonical = pl.DataFrame({"code": [normalize_code(c) for c in codes]})
+    vectorised = [
+        n
+        for n, rf in RISK_FACTORS.items()
+        if canonical.select(matches_any(pl.col("code"), rf.prefixes).any()).item()
     ]
+    assert vectorised == found
 
 
 # --------------------------------------------------------------------------------------

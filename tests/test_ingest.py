@@ -245,7 +245,7 @@ def test_synthetic_audit_counts_duplicates_as_a_warning(tmp_path):
 def test_synthetic_audit_fails_on_a_generator_bug(tmp_path):
     events = tmp_path / "events.parquet"
     meds_frame(SHARD_0).write_parquet(events)
-    with pytest.raises(DataError, match=r"bug in rationale_bench\.synthetic"):
+    with pytest.raises(DataError, match=r"bug in rationale_bench\.data\.synthetic"):
         audit_synthetic(events, tmp_path / "codes.parquet", tmp_path / "dq.csv")
 
 

@@ -22,21 +22,23 @@ from rationale_bench.data import codes as C
 from rationale_bench.data import synthetic as S
 from rationale_bench.data.ingest import ingest, meds_files
 from rationale_bench.data.synthetic import (
-    ACUTE_NOISE_CODES,
-    ADRD_AGE_DOUBLING_YEARS,
-    ADRD_BASE_HAZARD_AT_80,
-    ADRD_HAZARD_RATIOS,
-    CHRONIC_NOISE_CONDITIONS,
     EVENT_SCHEMA,
-    RISK_CONDITIONS,
     STREAM_BLOCK,
-    TAIL_CODES,
     VOCAB,
     generate_events,
     iter_event_chunks,
     simulate_population,
     write_events,
     write_meds_dataset,
+)
+from rationale_bench.data.synthetic_tables import (
+    ACUTE_NOISE_CODES,
+    ADRD_AGE_DOUBLING_YEARS,
+    ADRD_BASE_HAZARD_AT_80,
+    ADRD_HAZARD_RATIOS,
+    CHRONIC_NOISE_CONDITIONS,
+    RISK_CONDITIONS,
+    TAIL_CODES,
 )
 
 with warnings.catch_warnings():

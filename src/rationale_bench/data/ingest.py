@@ -33,7 +33,6 @@ from rationale_bench.data.quality import (
     write_events,
 )
 
-MEDS_COLUMNS = ["subject_id", "time", "code", "numeric_value"]
 SOURCES = ("synthetic", "meds", "omop", "first_occurrence")
 
 
@@ -126,36 +125,58 @@ def check_parquet(file: Path) -> int:
         ) from None
 
 
+def _read_meds(
+    data_cfg: Mapping[str, Any], formats: list[str], report: QualityReport, rules: Plausibility
+) -> tuple[pl.LazyFrame, pl.DataFrame, str]:
+    """A MEDS dataset's events (every shard checked), its code table, and its layout checked
+    against the MEDS conventions."""
+    path = data_cfg["meds"]["path"]
+    events = meds_events(path, rules.timezone, report)
+    codes = meds_codes(path, report)
+    check_meds_conformance(meds_files(path), report)
+    return events, codes, str(path)
+
+
+def _read_omop(
+    data_cfg: Mapping[str, Any], formats: list[str], report: QualityReport, rules: Plausibility
+) -> tuple[pl.LazyFrame, pl.DataFrame, str]:
+    from rationale_bench.data.omop import omop_events
+
+    events, codes = omop_events(data_cfg["omop"], formats, report, rules)
+    return events, codes, str(data_cfg["omop"]["path"])
+
+
+def _read_first_occurrence(
+    data_cfg: Mapping[str, Any], formats: list[str], report: QualityReport, rules: Plausibility
+) -> tuple[pl.LazyFrame, pl.DataFrame, str]:
+    from rationale_bench.data.first_occurrence import first_occurrence_events
+
+    file = str(data_cfg["first_occurrence"]["path"])
+    events = first_occurrence_events(data_cfg["first_occurrence"], formats, report, rules)
+    return events, empty_codes(), file
+
+
+# data.source -> the adapter that reads it: (events, code table, the path named in messages).
+ADAPTERS = {"meds": _read_meds, "omop": _read_omop, "first_occurrence": _read_first_occurrence}
+
+
 def ingest(
     data_cfg: Mapping[str, Any],
     events_path: str | Path,
     codes_path: str | Path,
     quality_path: str | Path,
 ) -> QualityReport:
-    """Ingest ``data_cfg['source']`` (not 'synthetic') into the three ingest files."""
+    """Ingest ``data_cfg['source']`` (not 'synthetic') into the three ingest files: the source's
+    adapter (:data:`ADAPTERS`) reads it, the shared data-quality checks clean it."""
     source = data_cfg["source"]
     report = QualityReport()
     rules = Plausibility.from_config(data_cfg)
     known = tuple(KNOWN_VOCABULARIES) + tuple(data_cfg.get("extra_vocabularies") or ())
     formats = list(data_cfg.get("date_formats") or ["%Y-%m-%d"])
-    if source == "meds":
-        path = data_cfg["meds"]["path"]
-        events, file = meds_events(path, rules.timezone, report), str(path)
-        codes = meds_codes(path, report)
-        check_meds_conformance(meds_files(path), report)
-    elif source == "first_occurrence":
-        from rationale_bench.data.first_occurrence import first_occurrence_events
-
-        file = str(data_cfg["first_occurrence"]["path"])
-        events = first_occurrence_events(data_cfg["first_occurrence"], formats, report, rules)
-        codes = empty_codes()
-    elif source == "omop":
-        from rationale_bench.data.omop import omop_events
-
-        file = str(data_cfg["omop"]["path"])
-        events, codes = omop_events(data_cfg["omop"], formats, report, rules)
-    else:
+    adapter = ADAPTERS.get(source)
+    if adapter is None:
         raise DataError(f"data.source '{source}' is not ingested here; use one of {SOURCES}.")
+    events, codes, file = adapter(data_cfg, formats, report, rules)
     write_events(events, report, file, events_path, known, rules)
     write_codes(codes, codes_path)
     report.write(quality_path)

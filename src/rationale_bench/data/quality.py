@@ -32,7 +32,6 @@ EVENTS_SCHEMA = {
 # parent_codes: the MEDS metadata/codes.parquet column of a code's ancestors (for OMOP, every
 # ``OMOP/<id>`` above it in concept_ancestor); an empty list when the source has none.
 CODES_SCHEMA = {"code": pl.String, "description": pl.String, "parent_codes": pl.List(pl.String)}
-QUALITY_COLUMNS = ("check", "file", "column", "n_rows", "action", "detail")
 BARE_CODES = ("MEDS_BIRTH", "MEDS_DEATH")
 # Code systems the pipeline knows (the part of a code before '/'); others are counted.
 KNOWN_VOCABULARIES = (
@@ -64,7 +63,6 @@ CODE_SHAPES = {
 }
 # Codes that may carry no time in MEDS (static measurements), and the date-unknown markers.
 STATIC_PREFIXES = ("SEX/", DATE_UNKNOWN_PREFIX)
-STATIC_PREFIX = "SEX/"
 # Codes that describe the person or the record, not a clinical finding: an implausible date
 # drops them without a DATE_UNKNOWN/ marker.
 NOT_CLINICAL = ("MEDS_", "SEX/", "VISIT/", "OBSERVATION_PERIOD/", DATE_UNKNOWN_PREFIX)
@@ -445,6 +443,21 @@ def _extraction_end(
     return future, dt.datetime.combine(date + dt.timedelta(days=1), dt.time())
 
 
+# Every row that clean_events drops is counted under the first of these checks it fails, in
+# this column of data_quality.csv.
+DROP_COLUMNS = {
+    "missing subject_id or code": "subject_id, code",
+    "missing time": "time",
+    "event in the future": "time",
+    "event after extraction date": "time",
+    "event before birth": "time",
+    "event after death": "time",
+}
+# Drops that mean "date implausible", not "row unusable": the clinical code is kept as
+# DATE_UNKNOWN/<code>.
+IMPLAUSIBLE_DATE = ("event in the future", "event after extraction date", "event before birth")
+
+
 def clean_events(
     events: pl.LazyFrame,
     report: QualityReport,
@@ -465,25 +478,59 @@ def clean_events(
     unknown code system. The rows are deduplicated and sorted by subject and time (null-time
     static codes first, as MEDS orders them); the count is before deduplication, so the
     caller can count the duplicates it writes.
+
+    The rules run in this order, and data_quality.csv lists their rows in the same order.
     """
     rules = rules or Plausibility()
+    events = _normalised_events(events, report, file, rules)
+    per_subject = _per_subject(events)
+    future, after_extraction = _extraction_end(events, rules, report, file)
+    flagged = events.join(per_subject, on="subject_id", how="left", nulls_equal=False).with_columns(
+        _reason=_drop_reason(future, after_extraction)
+    )
+    n_in = _count_events_checked(flagged, report, file)
+    n_dropped = _count_drops(flagged, report, file, future, after_extraction)
+    markers, n_markers = _date_unknown_markers(flagged, report, file)
+    _count_subject_warnings(per_subject, report, file)
+    per_system = _code_systems(flagged)
+    _count_unknown_systems(per_system, report, file, known_vocabularies)
+    _count_malformed_codes(per_system, report, file)
+    return _kept_rows(flagged, markers), n_in - n_dropped + n_markers
+
+
+def _normalised_events(
+    events: pl.LazyFrame, report: QualityReport, file: str, rules: Plausibility
+) -> pl.LazyFrame:
+    """The events with checked MEDS columns and types, zone-free times (a zoned time column is
+    counted) and canonical codes (rewrites counted)."""
     raw_time = _raw_time_type(events, file)
     events = normalize_events(events, file, rules.timezone)
     if zone_of(raw_time) is not None:
         n_zoned = events.select(pl.col("time").is_not_null().sum()).collect().item()
         report_timezone(report, raw_time, rules.timezone, file, "time", n_zoned)
-    events = normalise_event_codes(events, report, file, rules.sex_values)
+    return normalise_event_codes(events, report, file, rules.sex_values)
+
+
+def _per_subject(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Per subject: the earliest birth and death, how many distinct of each, and whether any
+    sex code is recorded."""
     code = pl.col("code")
-    per_subject = events.group_by("subject_id").agg(
+    return events.group_by("subject_id").agg(
         _birth=pl.col("time").filter(code == "MEDS_BIRTH").min(),
         _death=pl.col("time").filter(code == "MEDS_DEATH").min(),
         _n_births=pl.col("time").filter(code == "MEDS_BIRTH").n_unique(),
         _n_deaths=pl.col("time").filter(code == "MEDS_DEATH").n_unique(),
         _has_sex=code.str.starts_with("SEX/").any(),
     )
-    future, after_extraction = _extraction_end(events, rules, report, file)
+
+
+def _drop_reason(future: dt.datetime, after_extraction: dt.datetime) -> pl.Expr:
+    """The first check (a key of :data:`DROP_COLUMNS`) an event fails; null when it passes.
+
+    Needs the :func:`_per_subject` columns joined to the events."""
+    code = pl.col("code")
     static = pl.any_horizontal([code.str.starts_with(p) for p in STATIC_PREFIXES])
-    reason = (
+    return (
         pl.when(pl.col("subject_id").is_null() | code.is_null())
         .then(pl.lit("missing subject_id or code"))
         .when(pl.col("time").is_null() & ~static)
@@ -499,10 +546,10 @@ def clean_events(
         .when(pl.col("time").dt.date() > pl.col("_death").dt.date())
         .then(pl.lit("event after death"))
     )
-    flagged = events.join(per_subject, on="subject_id", how="left", nulls_equal=False).with_columns(
-        _reason=reason
-    )
 
+
+def _count_events_checked(flagged: pl.LazyFrame, report: QualityReport, file: str) -> int:
+    """Stop on data without events; else one info row with the event and subject counts."""
     totals = flagged.select(
         n=pl.len(),
         n_subjects=pl.col("subject_id").drop_nulls().n_unique(),
@@ -511,29 +558,39 @@ def clean_events(
     if n_in == 0:
         raise DataError(f"{file}: the data holds no events; check the input path and filters.")
     report.add("events checked", file, None, n_in, "info", f"{totals['n_subjects'][0]} subjects")
+    return n_in
 
-    drops = flagged.group_by("_reason").len().collect()
-    column_of = {
-        "missing subject_id or code": "subject_id, code",
-        "missing time": "time",
-        "event in the future": "time",
-        "event after extraction date": "time",
-        "event before birth": "time",
-        "event after death": "time",
+
+def _count_drops(
+    flagged: pl.LazyFrame,
+    report: QualityReport,
+    file: str,
+    future: dt.datetime,
+    after_extraction: dt.datetime,
+) -> int:
+    """One 'dropped' row per drop reason found (in name order); the number of rows dropped."""
+    drops = flagged.group_by("_reason").len().collect().filter(pl.col("_reason").is_not_null())
+    details = {
+        "event in the future": f"time on or after {future.date()} (the run date + 1 day)",
+        "event after extraction date": f"time on or after {after_extraction.date()}",
+        "event before birth": "time earlier than the subject's MEDS_BIRTH",
+        "event after death": "time later than the subject's MEDS_DEATH (grace 0 days)",
+        "missing time": "only static codes (SEX/, DATE_UNKNOWN/) may have no time",
     }
-    for reason_name, n in drops.filter(pl.col("_reason").is_not_null()).sort("_reason").iter_rows():
-        detail = {
-            "event in the future": f"time on or after {future.date()} (the run date + 1 day)",
-            "event after extraction date": f"time on or after {after_extraction.date()}",
-            "event before birth": "time earlier than the subject's MEDS_BIRTH",
-            "event after death": "time later than the subject's MEDS_DEATH (grace 0 days)",
-            "missing time": "only static codes (SEX/, DATE_UNKNOWN/) may have no time",
-        }.get(reason_name, "")
-        report.add(reason_name, file, column_of[reason_name], n, "dropped", detail)
+    for reason, n in drops.sort("_reason").iter_rows():
+        report.add(reason, file, DROP_COLUMNS[reason], n, "dropped", details.get(reason, ""))
+    return int(drops["len"].sum())
 
-    implausible = pl.col("_reason").is_in(
-        ["event in the future", "event after extraction date", "event before birth"]
-    ) & ~pl.any_horizontal([code.str.starts_with(p) for p in NOT_CLINICAL])
+
+def _date_unknown_markers(
+    flagged: pl.LazyFrame, report: QualityReport, file: str
+) -> tuple[pl.LazyFrame, int]:
+    """``DATE_UNKNOWN/<code>`` rows (no time) for clinical codes dropped for an implausible
+    date, counted; and their number."""
+    code = pl.col("code")
+    implausible = pl.col("_reason").is_in(list(IMPLAUSIBLE_DATE)) & ~pl.any_horizontal(
+        [code.str.starts_with(p) for p in NOT_CLINICAL]
+    )
     markers = flagged.filter(implausible).select(
         "subject_id",
         pl.lit(None, dtype=pl.Datetime("us")).alias("time"),
@@ -550,7 +607,36 @@ def clean_events(
         "clinical codes whose date was dropped as implausible; the cohort excludes subjects "
         "whose outcome or exclusion drug has an unknown date",
     )
+    return markers, n_markers
 
+
+# Subject-level warnings: (check, column, detail) per count of :func:`_count_subject_warnings`.
+SUBJECT_WARNINGS = {
+    "no_birth": (
+        "subject without birth",
+        "code",
+        "no MEDS_BIRTH event; the cohort's attrition table excludes these subjects",
+    ),
+    "many_births": (
+        "subject with conflicting births",
+        "time",
+        "several MEDS_BIRTH times; the earliest is used",
+    ),
+    "many_deaths": (
+        "subject with conflicting deaths",
+        "time",
+        "several MEDS_DEATH times; the earliest is used, events after it are dropped",
+    ),
+    "no_sex": (
+        "subject without sex",
+        "code",
+        "no SEX/ event; the cohort's attrition table excludes these subjects",
+    ),
+}
+
+
+def _count_subject_warnings(per_subject: pl.LazyFrame, report: QualityReport, file: str) -> None:
+    """Subjects kept with a warning: no birth, several births or deaths, no sex."""
     subjects = (
         per_subject.filter(pl.col("subject_id").is_not_null())
         .select(
@@ -561,40 +647,16 @@ def clean_events(
         )
         .collect()
     )
-    report.count(
-        "subject without birth",
-        int(subjects["no_birth"][0]),
-        file,
-        "code",
-        "kept (warning)",
-        "no MEDS_BIRTH event; the cohort's attrition table excludes these subjects",
-    )
-    report.count(
-        "subject with conflicting births",
-        int(subjects["many_births"][0]),
-        file,
-        "time",
-        "kept (warning)",
-        "several MEDS_BIRTH times; the earliest is used",
-    )
-    report.count(
-        "subject with conflicting deaths",
-        int(subjects["many_deaths"][0]),
-        file,
-        "time",
-        "kept (warning)",
-        "several MEDS_DEATH times; the earliest is used, events after it are dropped",
-    )
-    report.count(
-        "subject without sex",
-        int(subjects["no_sex"][0]),
-        file,
-        "code",
-        "kept (warning)",
-        "no SEX/ event; the cohort's attrition table excludes these subjects",
-    )
+    for name, (check, column, detail) in SUBJECT_WARNINGS.items():
+        report.count(check, int(subjects[name][0]), file, column, "kept (warning)", detail)
 
-    # Code systems and shapes are judged once per distinct code, not once per event.
+
+def _code_systems(flagged: pl.LazyFrame) -> pl.DataFrame:
+    """Per code system of the kept events: events, an example code, and the events (and an
+    example) whose code is not shaped like the system's (:data:`CODE_SHAPES`).
+
+    Code systems and shapes are judged once per distinct code, not once per event."""
+    code = pl.col("code")
     per_code = (
         flagged.filter(pl.col("_reason").is_null() & ~code.is_in(BARE_CODES))
         .group_by("code")
@@ -609,7 +671,7 @@ def clean_events(
             .then(value.str.contains(pattern))
             .otherwise(shapes)
         )
-    per_system = (
+    return (
         per_code.with_columns(vocabulary=_vocabulary(code))
         .with_columns(_malformed=~shapes.fill_null(True))
         .group_by("vocabulary")
@@ -621,6 +683,16 @@ def clean_events(
         )
         .sort("n", "vocabulary", descending=[True, False])
     )
+
+
+def _count_unknown_systems(
+    per_system: pl.DataFrame,
+    report: QualityReport,
+    file: str,
+    known_vocabularies: Sequence[str],
+) -> None:
+    """A warning row per unknown code system, the largest first; beyond MAX_VOCABULARY_ROWS
+    of them, one row for the rest."""
     unknown = per_system.filter(~pl.col("vocabulary").is_in(list(known_vocabularies)))
     for vocabulary, n, example in (
         unknown.head(MAX_VOCABULARY_ROWS).select("vocabulary", "n", "example").iter_rows()
@@ -644,6 +716,10 @@ def clean_events(
             "kept (warning)",
             f"{rest.height} more unknown code systems",
         )
+
+
+def _count_malformed_codes(per_system: pl.DataFrame, report: QualityReport, file: str) -> None:
+    """A warning row per code system with codes not shaped like it (ICD-10, ICD-9, ATC)."""
     malformed = per_system.filter(pl.col("n_malformed") > 0).sort("vocabulary")
     for vocabulary, n, example in malformed.select(
         "vocabulary", "n_malformed", "malformed_example"
@@ -658,8 +734,10 @@ def clean_events(
             "(ICD10/F03.90, ICD9/290.0, ATC/N06DA02)",
         )
 
-    n_dropped = int(drops.filter(pl.col("_reason").is_not_null())["len"].sum())
-    clean = (
+
+def _kept_rows(flagged: pl.LazyFrame, markers: pl.LazyFrame) -> pl.LazyFrame:
+    """The events that passed, with the date-unknown markers, deduplicated and in MEDS order."""
+    return (
         pl.concat(
             [flagged.filter(pl.col("_reason").is_null()).select(list(EVENTS_SCHEMA)), markers]
         )
@@ -673,7 +751,6 @@ def clean_events(
             nulls_last=[False, False, True, True],
         )
     )
-    return clean, n_in - n_dropped + n_markers
 
 
 def _raw_time_type(events: pl.LazyFrame, file: str) -> pl.DataType | None:
@@ -695,39 +772,52 @@ def check_meds_conformance(files: Sequence[Path], report: QualityReport) -> None
     ``large_string`` for ``string`` is not counted: parquet stores both alike (polars writes
     the former), only the Arrow schema hint differs.
     """
+    for file in files:
+        _check_meds_schema(file, report)
+    if not files:
+        return
+    keys = _shard_keys(files)
+    _count_subjects_in_several_shards(keys, files, report)
+    for i, file in enumerate(files):
+        _count_unsorted_rows(keys.filter(pl.col("_file") == i), file, report)
+
+
+def _check_meds_schema(file: Path, report: QualityReport) -> None:
+    """One warning row when the shard's parquet schema is not ``meds.DataSchema``."""
     import meds
     import pyarrow as pa
     import pyarrow.parquet as pq
     from flexible_schema.exceptions import SchemaValidationError
 
-    for file in files:
-        schema = pq.read_schema(file)
-        try:
-            meds.DataSchema.validate(schema)
-        except SchemaValidationError as error:
-            wrong = [
-                (col, want, got)
-                for col, want, got in error.mistyped_cols or []
-                if not (pa.types.is_string(want) and pa.types.is_large_string(got))
-            ]
-            missing = ", ".join(error.missing_req_cols or [])
-            if not wrong and not missing:
-                continue
-            mistyped = ", ".join(f"{col} is {got}, not {want}" for col, want, got in wrong)
-            report.add(
-                "not the MEDS data schema",
-                str(file),
-                ", ".join(col for col, _, _ in wrong) or missing,
-                pq.read_metadata(file).num_rows,
-                "kept (warning)",
-                f"meds {meds.__version__} DataSchema: "
-                + (f"mistyped {mistyped}" if mistyped else "")
-                + (f"missing {missing}" if missing else "")
-                + "; MEDS wants subject_id int64, time timestamp[us], code string, "
-                "numeric_value float32 (cast on ingest)",
-            )
-    if not files:
-        return
+    schema = pq.read_schema(file)
+    try:
+        meds.DataSchema.validate(schema)
+    except SchemaValidationError as error:
+        wrong = [
+            (col, want, got)
+            for col, want, got in error.mistyped_cols or []
+            if not (pa.types.is_string(want) and pa.types.is_large_string(got))
+        ]
+        missing = ", ".join(error.missing_req_cols or [])
+        if not wrong and not missing:
+            return
+        mistyped = ", ".join(f"{col} is {got}, not {want}" for col, want, got in wrong)
+        report.add(
+            "not the MEDS data schema",
+            str(file),
+            ", ".join(col for col, _, _ in wrong) or missing,
+            pq.read_metadata(file).num_rows,
+            "kept (warning)",
+            f"meds {meds.__version__} DataSchema: "
+            + (f"mistyped {mistyped}" if mistyped else "")
+            + (f"missing {missing}" if missing else "")
+            + "; MEDS wants subject_id int64, time timestamp[us], code string, "
+            "numeric_value float32 (cast on ingest)",
+        )
+
+
+def _shard_keys(files: Sequence[Path]) -> pl.LazyFrame:
+    """``subject_id, time`` of every row of every shard, with the shard's index (``_file``)."""
     keys = [
         pl.scan_parquet(f)
         .select(
@@ -737,9 +827,15 @@ def check_meds_conformance(files: Sequence[Path], report: QualityReport) -> None
         .with_columns(_file=pl.lit(i, dtype=pl.Int32))
         for i, f in enumerate(files)
     ]
-    frame = pl.concat(keys)
+    return pl.concat(keys)
+
+
+def _count_subjects_in_several_shards(
+    keys: pl.LazyFrame, files: Sequence[Path], report: QualityReport
+) -> None:
+    """MEDS keeps each subject in one shard: count the subjects found in several."""
     split = (
-        frame.group_by("subject_id")
+        keys.group_by("subject_id")
         .agg(n=pl.col("_file").n_unique())
         .filter(pl.col("n") > 1)
         .select(pl.len())
@@ -754,24 +850,26 @@ def check_meds_conformance(files: Sequence[Path], report: QualityReport) -> None
         "kept (warning)",
         "MEDS keeps each subject in one shard; the ingest gathers all shards",
     )
-    for i, file in enumerate(files):
-        shard = frame.filter(pl.col("_file") == i)
-        # A run is a block of consecutive rows of one subject; within it, a row is out of order
-        # when its time is earlier than a time above it (a null time, static, belongs first).
-        run = (pl.col("subject_id") != pl.col("subject_id").shift(1)).fill_null(True).cum_sum()
-        earlier = pl.col("time").cum_max().forward_fill().shift(1).over(run)
-        out_of_order = (pl.col("subject_id") < pl.col("subject_id").shift(1)) | (
-            (pl.col("time") < earlier) | (pl.col("time").is_null() & earlier.is_not_null())
-        )
-        n = shard.select(out_of_order.fill_null(False).sum()).collect().item()
-        report.count(
-            "shard not sorted by subject_id, time",
-            n,
-            str(file),
-            "subject_id, time",
-            "kept (warning)",
-            "rows before the previous row's subject or time; the ingest sorts the events",
-        )
+
+
+def _count_unsorted_rows(shard: pl.LazyFrame, file: Path, report: QualityReport) -> None:
+    """Count the shard's rows that break MEDS order (subject_id, then time, static first)."""
+    # A run is a block of consecutive rows of one subject; within it, a row is out of order
+    # when its time is earlier than a time above it (a null time, static, belongs first).
+    run = (pl.col("subject_id") != pl.col("subject_id").shift(1)).fill_null(True).cum_sum()
+    earlier = pl.col("time").cum_max().forward_fill().shift(1).over(run)
+    out_of_order = (pl.col("subject_id") < pl.col("subject_id").shift(1)) | (
+        (pl.col("time") < earlier) | (pl.col("time").is_null() & earlier.is_not_null())
+    )
+    n = shard.select(out_of_order.fill_null(False).sum()).collect().item()
+    report.count(
+        "shard not sorted by subject_id, time",
+        n,
+        str(file),
+        "subject_id, time",
+        "kept (warning)",
+        "rows before the previous row's subject or time; the ingest sorts the events",
+    )
 
 
 def write_events(

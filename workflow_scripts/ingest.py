@@ -4,6 +4,7 @@ from rationale_bench.workflow import start
 
 log = start(snakemake)  # noqa: F821
 out = snakemake.output  # noqa: F821
+# The adapter is chosen by data.source (meds, omop or first_occurrence).
 report = ingest(snakemake.params.data, out.events, out.codes, out.quality)  # noqa: F821
 report.log_summary(log)
 # Rows and digest of what ingest wrote: the cohort job refuses files changed after this.
