@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from rationale_bench import study, throughput
+from rationale_bench import config_check, study, throughput
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,8 +123,10 @@ def load_config(configfile: Path) -> dict[str, Any]:
     from snakemake.utils import validate
 
     config = yaml.safe_load(configfile.read_text())
+    for message in config_check.apply_renames(config):
+        print(message, file=sys.stderr)
     validate(config, str(REPO / "schemas" / "config.schema.yaml"))
-    study.check_grid(config)
+    config_check.check_grid(config)
     return config
 
 
