@@ -712,11 +712,13 @@ def run_cohort_stage(
     failed_attrition_path: str | Path,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """The cohort job: check ingest's files against its manifest, build the cohort, check
-    the grid's n_train, write the published attrition table; returns the cohort, the attrition
+    the grid's n_train, write the attrition table with exact counts (table_one publishes it
+    with small cells suppressed: :func:`publish_attrition`); returns the cohort, the attrition
     table and the records (rows, digest) of the files read.
 
     When the cohort fails, the attrition table up to the failing step is written to
-    ``failed_attrition_path`` (Snakemake deletes a failed job's outputs) and the error names it.
+    ``failed_attrition_path`` (Snakemake deletes a failed job's outputs), suppressed per
+    ``settings["small_cell_threshold"]`` as it is shown to the user, and the error names it.
     """
     read = {
         name: check_manifest(ingest_manifest, name, path, "ingest")
@@ -740,9 +742,22 @@ def run_cohort_stage(
             f"{error} The attrition table up to this point: {failed_attrition_path}.", table
         ) from None
     Path(attrition_path).parent.mkdir(parents=True, exist_ok=True)
-    suppress_small_cells(attrition, ATTRITION_COUNTS, threshold).write_csv(attrition_path)
+    attrition.write_csv(attrition_path)
     Path(failed_attrition_path).unlink(missing_ok=True)
     return cohort, attrition, read
+
+
+def publish_attrition(
+    exact_path: str | Path, threshold: int | None, published_path: str | Path
+) -> pl.DataFrame:
+    """attrition.csv as published: the cohort job's exact counts with small cells suppressed
+    (:func:`suppress_small_cells`). A job of its own (table_one's), so that changing
+    cohort.small_cell_threshold rewrites the published tables and reruns no cohort."""
+    counts = {column: pl.Int64 for column in ATTRITION_COUNTS}
+    exact = pl.read_csv(exact_path, schema_overrides={"step": pl.String, **counts})
+    published = suppress_small_cells(exact, ATTRITION_COUNTS, threshold)
+    published.write_csv(published_path)
+    return published
 
 
 def _attrition_table(steps: list[dict[str, Any]]) -> pl.DataFrame:
