@@ -142,6 +142,13 @@ def print_rates(cost: Mapping[str, Any], results: str) -> None:
 
 def plan_command(args: argparse.Namespace) -> int:
     configfile = Path(args.configfile)
+    # Snakemake reads --configfile files before the workflow's own checks, and its message for
+    # a YAML error names neither the file nor the line: say both first.
+    try:
+        config_check.check_yaml_file(configfile)
+    except config_check.ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
     result = subprocess.run(
         [
             sys.executable,
