@@ -17,7 +17,7 @@ rule baseline:
         "../envs/report.yaml"
     params:
         baselines=get_settings("baselines"),
-        # Only its bootstrap: the rest of evaluation is the language models' scoring.
-        evaluation=get_bootstrap_settings(),
+        # Only evaluation's bootstrap: the rest is the language models' scoring.
+        bootstrap=get_bootstrap_settings(),
     script:
         "../workflow_scripts/baseline.py"

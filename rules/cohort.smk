@@ -14,7 +14,8 @@ rule build_cohort:
         manifest="results/data/manifest.json",
     output:
         cohort="results/cohort/cohort.parquet",
-        attrition="results/cohort/attrition.csv",
+        # Exact counts; table_one publishes attrition.csv with small cells suppressed.
+        attrition="results/cohort/attrition_exact.csv",
         aces_task="results/cohort/aces_task.yaml",
         manifest="results/cohort/manifest.json",
     log:
@@ -22,18 +23,23 @@ rule build_cohort:
     conda:
         "../envs/data.yaml"
     params:
-        cohort=get_settings("cohort"),
+        # Small-cell suppression is table_one's: changing it reruns no cohort.
+        cohort=get_settings("cohort", operational=("small_cell_threshold",)),
     script:
         "../workflow_scripts/build_cohort.py"
 
 
 rule table_one:
-    """Table 1: demographics, follow-up and risk-factor prevalence by split and label."""
+    """Table 1: demographics, follow-up and risk-factor prevalence by split and label; and the
+    attrition table as published. Both with small cells suppressed (cohort.small_cell_threshold).
+    """
     input:
         cohort="results/cohort/cohort.parquet",
+        attrition="results/cohort/attrition_exact.csv",
         histories=REFERENCE_HISTORIES,
     output:
-        "results/cohort/table1.csv",
+        table1="results/cohort/table1.csv",
+        attrition="results/cohort/attrition.csv",
     log:
         "results/logs/table_one.log",
     conda:

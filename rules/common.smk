@@ -5,6 +5,7 @@ import os
 import re
 import sys
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 # The library lives in src/: importable here, and by the scripts inside conda envs and on
@@ -23,6 +24,12 @@ from rationale_bench.train import models
 
 from rationale_bench import study
 
+# Renamed keys first: the schema knows only the new names.
+try:
+    for message in config_check.apply_renames(config):
+        logger.warning(message)
+except config_check.ConfigError as error:
+    raise WorkflowError(str(error)) from None
 try:
     validate(config, "../schemas/config.schema.yaml")
 except WorkflowError:
@@ -30,12 +37,10 @@ except WorkflowError:
     schema_file = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
     raise WorkflowError(config_check.short_schema_error(config, schema_file)) from None
 try:
-    study.check_grid(config)
-    config_check.check_budgets(config)
+    config_check.check_config(config, "results/cohort/cohort.parquet")
     config["serialization"]["question"] = config_check.fill_horizon(
         config["serialization"]["question"], config["cohort"]["horizon_days"]
     )
-    config_check.check_training_split(config, "results/cohort/cohort.parquet")
     for name in config["grid"]["model"]:
         models.source_kind(config["models"][name]["source"])
 except ValueError as error:
@@ -75,18 +80,7 @@ wildcard_constraints:
 
 
 BASELINE_DIR = "results/baselines/{kind}/n_train={n_train}/seed={seed}"
-BASELINES = [
-    {
-        "model": None,
-        "serialization": None,
-        "format": kind,
-        "n_train": n_train,
-        "seed": seed,
-    }
-    for kind in config["baselines"]["kinds"]
-    for n_train in config["grid"]["n_train"]
-    for seed in config["grid"]["seed"]
-]
+BASELINES = study.baseline_runs(config)
 RUN_FILES = ("predictions.parquet", "metrics.json", "run.json")
 REPORT_TABLES = [
     "metrics",
@@ -248,13 +242,9 @@ def get_model_settings(wildcards):
 
 @functools.cache
 def model_settings_of(model):
-    """A model's registry entry for its jobs' params (computed once per model, not per job)."""
-    settings = study.model_settings(config, model)
-    # Only a hub model is read from the hub cache: a built or converted one ignores it, so
-    # moving the cache reruns none of its jobs.
-    if models.source_kind(settings["source"]) == "hub":
-        settings["cache_dir"] = config["hub"]["cache_dir"]
-    return study.canonical(settings)
+    """A model's settings for its jobs' params (computed once per model, not per job)."""
+    kind = models.source_kind(config["models"][model]["source"])
+    return study.model_settings(config, model, kind)
 
 
 def get_models_pattern(kind):
@@ -274,14 +264,6 @@ def get_gguf_file(wildcards):
         return str(models.gguf_file(config["models"][wildcards.model]["source"]))
     except models.ModelSourceError as error:
         raise WorkflowError(str(error)) from None
-
-
-def get_hub_models():
-    return [
-        name
-        for name in config["grid"]["model"]
-        if models.source_kind(config["models"][name]["source"]) == "hub"
-    ]
 
 
 def get_job_resource(name, scale_with_attempt=False):
@@ -326,37 +308,19 @@ def get_job_threads(wildcards):
 
 
 def get_build_settings(wildcards):
-    settings = dict(config["models"][wildcards.model]["build"])
-    settings["max_seq_len"] = config["models"][wildcards.model]["max_seq_len"]
-    settings["answer_words"] = config["serialization"]["answer_words"]
-    return study.canonical(settings)
+    return study.build_settings(config, wildcards.model)
 
 
 def get_settings(*keys, operational=()):
-    """A config section as a job param, keys sorted so that only a real edit reruns the job.
-    ``operational`` keys of the section change no output (the script reads them from the
-    config), so they are left out and editing them reruns nothing."""
-    section = config
-    for key in keys:
-        section = section[key]
-    return study.canonical({k: v for k, v in section.items() if k not in operational})
+    return study.section_settings(config, *keys, operational=operational)
 
 
 def get_bootstrap_settings():
-    """What the report reads of evaluation: its bootstrap (the rest reaches it through the
-    evaluation jobs' outputs)."""
-    evaluation = config["evaluation"]
-    return {k: evaluation[k] for k in ("bootstrap_resamples", "bootstrap_seed")}
+    return study.bootstrap_settings(config)
 
 
 def get_serialization_settings():
-    """How histories are written: time encoding and look-back. The question, system prompt and
-    answer words are added later (build_prompts, the model's settings), and which variant is
-    the reference view changes no history."""
-    serialization = config["serialization"]
-    return study.canonical(
-        {k: serialization[k] for k in ("time_encoding", "lookback_days")}
-    )
+    return study.serialization_settings(config)
 
 
 @functools.cache

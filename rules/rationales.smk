@@ -101,7 +101,7 @@ else:
             "../envs/data.yaml"
         params:
             # Near-duplicates are flagged on the merged style.
-            qc=config["teacher"]["qc"],
+            qc=study.qc_settings(config),
         script:
             "../workflow_scripts/merge_rationale_shards.py"
 

@@ -43,16 +43,22 @@ COHORT_CFG = {
     "min_age": 65,
     "min_prior_observation_days": 730,
     "horizon_days": 1826,
-    "index_event_prefixes": ["VISIT/"],
-    "outcome_code_prefixes": list(ADRD_CODE_PREFIXES),
-    "exclusion_drug_prefixes": list(ANTI_DEMENTIA_DRUG_PREFIXES),
+    "index": {"event_prefixes": ["VISIT/"]},
+    "outcome": {"code_prefixes": list(ADRD_CODE_PREFIXES)},
+    "exclusion": {"drug_prefixes": list(ANTI_DEMENTIA_DRUG_PREFIXES)},
     "split": {"seed": 1, "tuning_fraction": 0.1, "held_out_fraction": 0.3},
 }
 
 
 def cohort_cfg(**overrides) -> dict:
+    """The test cohort with ``overrides``; a nested section (outcome={"tier": ...}) is merged
+    into the test cohort's, not put in its place."""
     cfg = copy.deepcopy(COHORT_CFG)
-    cfg.update(overrides)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **copy.deepcopy(value)}
+        else:
+            cfg[key] = copy.deepcopy(value)
     return cfg
 
 

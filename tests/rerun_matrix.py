@@ -111,10 +111,9 @@ ROWS: tuple[Row, ...] = (
     Row(
         ("cohort.small_cell_threshold",),
         {"cohort.small_cell_threshold": 11},
-        EVERYTHING_FROM_COHORT,
-        "Only Table 1 suppresses small cells.",
-        known_excess="It is in the cohort job's params (the whole cohort section), so the "
-        "cohort and every stage after it rerun; only table_one and the report must.",
+        {"table_one": 1, **REPORT},
+        "table_one publishes Table 1 and the attrition table, both with small cells "
+        "suppressed; the cohort job writes exact counts and does not read it.",
     ),
     # ----------------------------------------------------------------------------- serialization
     Row(
@@ -183,7 +182,7 @@ ROWS: tuple[Row, ...] = (
             "teacher.qc.min_words",
             "teacher.qc.max_words",
             "teacher.qc.min_grounded_fraction",
-            "teacher.qc.max_attempts",
+            "teacher.qc.regenerations",
             "teacher.qc.regenerate_temperature",
             "teacher.qc.max_duplicate_share",
             "teacher.qc.length_retry_factor",
@@ -194,7 +193,6 @@ ROWS: tuple[Row, ...] = (
             "teacher.openai.temperature",
             "teacher.openai.top_p",
             "teacher.openai.max_tokens",
-            "teacher.openai.seed",
         ),
         {"teacher.seed": 5},
         {**TEACHER, **RATIONALE_RUNS, **REPORT},
@@ -242,7 +240,7 @@ ROWS: tuple[Row, ...] = (
             "teacher.openai.api_key_env",
             "teacher.openai.concurrency",
             "teacher.openai.request_timeout_s",
-            "teacher.openai.max_attempts",
+            "teacher.openai.http_attempts",
             "teacher.openai.retry_rounds",
             "teacher.openai.round_backoff_s",
             "teacher.allowed_hosts",

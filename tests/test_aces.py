@@ -104,10 +104,13 @@ CONFIGS = {
     "fixed_age": {"index": {"strategy": "fixed_age", "fixed_age": 70}},
     "baseline": {"index": {"strategy": "baseline_date"}, "min_prior_observation_days": 0},
     "random": {"index": {"strategy": "random_visit", "seed": 3}},
-    "drugs": {"outcome": {"drugs_as_outcome": True, "drug_concept_ids": [1]}},
+    "drugs": {"outcome": {"drugs_as_outcome": True}, "exclusion": {"drug_concept_ids": [1]}},
     "omop": {
-        "outcome_code_prefixes": [],
-        "outcome": {"regex": "^SNOMED/26929004$", "concept_ids": [4182210, 378419]},
+        "outcome": {
+            "code_prefixes": [],
+            "regex": "^SNOMED/26929004$",
+            "concept_ids": [4182210, 378419],
+        },
     },
     "blackout": {"blackout_days": 365, "horizon_days": 1095},
 }
@@ -214,8 +217,8 @@ def test_predicates_match_the_same_codes_as_the_cohort(name, code_universe):
     assert aces("observed") == _matched(code_universe, ~static & (pl.col("code") != "MEDS_DEATH"))
     if "index_event" in preds:
         strategy = defn["index"]["strategy"]
-        key = "baseline_code_prefixes" if strategy == "baseline_date" else None
-        prefixes = defn["index"][key] if key else defn["index_event_prefixes"]
+        key = "baseline_code_prefixes" if strategy == "baseline_date" else "event_prefixes"
+        prefixes = defn["index"][key]
         assert aces("index_event") == _matched(code_universe, matches_any(pl.col("code"), prefixes))
 
 
@@ -257,7 +260,7 @@ def test_concept_ids_export_their_descendant_codes():
             "parent_codes": [["OMOP/4182210"], ["OMOP/378419", "OMOP/4182210"], []],
         }
     )
-    cfg = cohort_cfg(outcome_code_prefixes=[], outcome={"concept_ids": [4182210]})
+    cfg = cohort_cfg(outcome={"code_prefixes": [], "concept_ids": [4182210]})
     rx = aces_task(cfg, codes)["predicates"]["outcome_code"]["code"]["regex"]
     universe = pl.DataFrame({"code": [*codes["code"], "OMOP/4182210", "ICD10/F03.9", "OMOP/37"]})
     expected = {"OMOP/4182210", "OMOP/378419", "ICD10/F03.90"}

@@ -136,7 +136,7 @@ def test_outcome_written_another_way_is_still_a_case(written):
 def test_outcome_prefixes_in_the_config_are_normalised():
     b = EventBuilder().person(1, "1940-01-01").visits(1, "2005-01-01", 12)
     events = b.add(1, "2009-06-01", "ICD10/G31.0").frame()
-    cohort, _ = cohort_of(events, outcome_code_prefixes=["icd10/g310"])
+    cohort, _ = cohort_of(events, outcome={"code_prefixes": ["icd10/g310"]})
     assert labels(cohort) == {1: True}
 
 

@@ -169,21 +169,14 @@ import yaml  # noqa: E402
 from rationale_bench.cohort.build import (  # noqa: E402
     ATTRITION_COUNTS,
     CONFIRMATION_RULES,
-    DEFAULTS,
     INDEX_STRATEGIES,
+    cohort_defaults,
     resolve_definition,
     suppress_small_cells,
 )
-from rationale_bench.data.codes import OUTCOME_TIERS  # noqa: E402
+from rationale_bench.data.codes import ANTI_DEMENTIA_DRUG_PREFIXES, OUTCOME_TIERS  # noqa: E402
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-
-
-def _schema_defaults(node: dict) -> object:
-    """The defaults a validator fills in, objects expanded property by property."""
-    if node.get("type") == "object" and "properties" in node:
-        return {k: _schema_defaults(v) for k, v in node["properties"].items()}
-    return node["default"]
 
 
 def test_golden_attrition_cases_noncases_and_deaths(hand_cohort):
@@ -202,10 +195,28 @@ def test_golden_attrition_cases_noncases_and_deaths(hand_cohort):
     )[1:].all()
 
 
-def test_defaults_mirror_the_schema():
+def test_defaults_are_the_schemas():
+    """The cohort's defaults are read from the schema (no copy in the code): an empty cohort
+    section resolves to exactly what the validator fills in."""
+    from jsonschema import Draft202012Validator, validators
+
     schema = yaml.safe_load(SCHEMA.read_text())
     cohort = schema["properties"]["cohort"]
-    assert _schema_defaults(cohort) == DEFAULTS
+
+    def fill_defaults(validator, properties, instance, node):  # jsonschema's documented recipe
+        for key, sub in properties.items():
+            if "default" in sub:
+                instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from Draft202012Validator.VALIDATORS["properties"](
+            validator, properties, instance, node
+        )
+
+    filling = validators.extend(Draft202012Validator, {"properties": fill_defaults})
+    filled: dict = {}
+    filling({**cohort, "$defs": schema["$defs"]}).validate(filled)
+    assert resolve_definition({}) == cohort_defaults() == filled
+    # The schema's default drug list is the one the code documents.
+    assert cohort_defaults()["exclusion"]["drug_prefixes"] == list(ANTI_DEMENTIA_DRUG_PREFIXES)
     props = cohort["properties"]
     assert props["index"]["properties"]["strategy"]["enum"] == list(INDEX_STRATEGIES)
     assert props["outcome"]["properties"]["tier"]["enum"] == list(OUTCOME_TIERS)
@@ -235,7 +246,7 @@ def test_default_definition_equals_the_explicit_one(events_builder):
         ({"index": {"strategy": "fixed_age", "fixed_age": 60}}, "at or above cohort.min_age"),
         ({"outcome": {"regex": "(ICD10"}}, "not a valid regex"),
         ({"outcome": {"confirmation": {"rule": "three_codes"}}}, "rule 'three_codes'"),
-        ({"outcome_code_prefixes": []}, "outcome code set is empty"),
+        ({"outcome": {"code_prefixes": []}}, "outcome code set is empty"),
         ({"min_agee": 65}, r"cohort: unknown key\(s\) \['min_agee'\]"),
         ({"outcome": {"tierr": "core"}}, r"cohort.outcome: unknown key"),
         ({"case_control": {"controls_per_case": 0}}, "must be positive"),
@@ -362,9 +373,7 @@ TIER_CODES = [
     [("narrow", {1, 2}), ("core", set(range(1, 10))), ("broad", set(range(1, 12)))],
 )
 def test_outcome_tiers(events_builder, tier, cases):
-    labels = _labels_for(
-        events_builder, TIER_CODES, outcome_code_prefixes=None, outcome={"tier": tier}
-    )
+    labels = _labels_for(events_builder, TIER_CODES, outcome={"code_prefixes": None, "tier": tier})
     assert {s for s, y in labels.items() if y} == cases
     assert len(labels) == len(TIER_CODES)  # nobody excluded: all codes are after index
 
@@ -387,8 +396,11 @@ def test_regex_and_omop_concept_ids_without_icd_codes(events_builder):
     labels = _labels_for(
         events_builder,
         codes,
-        outcome_code_prefixes=[],
-        outcome={"regex": "^SNOMED/(26929004|52448006)$", "concept_ids": [4182210]},
+        outcome={
+            "code_prefixes": [],
+            "regex": "^SNOMED/(26929004|52448006)$",
+            "concept_ids": [4182210],
+        },
     )
     assert labels == {1: True, 2: True, 3: False, 4: False}
 
@@ -400,7 +412,8 @@ def test_drugs_as_outcome_and_drug_concepts(events_builder):
     labels = _labels_for(
         events_builder,
         codes,
-        outcome={"drugs_as_outcome": True, "drug_concept_ids": [19006111]},
+        outcome={"drugs_as_outcome": True},
+        exclusion={"drug_concept_ids": [19006111]},
     )
     assert labels == {1: True, 2: True}
 

@@ -152,3 +152,40 @@ def test_cohort_reruns_when_the_code_table_changes(workdir):
     os.utime(workdir / "results/data/codes.parquet", (2_000_000, 2_000_000))
     counts = dry_run(workdir, target, *args)
     assert counts["build_cohort"] == 1 and "synthesize_events" not in counts
+
+
+def test_yaml_error_in_a_configfile_is_found_with_its_line(workdir, tmp_path, capsys):
+    """Snakemake reads --configfile files before the workflow runs, and its message names no
+    file or line (docs/study.md quotes it); `rationale-bench plan` names both."""
+    from rationale_bench import cli
+
+    path = tmp_path / "my_study.yaml"
+    path.write_text("grid:\n  model: [tiny\n  seed: [1]\n")
+    result = snakemake(workdir, "-n", configfile=path, check=False)
+    assert result.returncode != 0
+    said = "Config file is not valid JSON or YAML."
+    assert said in result.stdout + result.stderr
+    assert said in (REPO / "docs" / "study.md").read_text()
+    assert cli.main(["plan", "--configfile", str(path), "--directory", str(workdir)]) == 1
+    assert "my_study.yaml, line 3, column 7: not valid YAML" in capsys.readouterr().err
+
+
+def test_an_old_key_is_read_with_a_deprecation_message(workdir, tmp_path):
+    path = write_config(
+        tmp_path,
+        lambda c: c["teacher"].update(qc={"max_attempts": 3}, openai={"max_attempts": 2}),
+    )
+    result = snakemake(workdir, "-n", configfile=path)
+    said = result.stdout + result.stderr
+    assert "teacher.qc.max_attempts is deprecated" in said
+    assert "use teacher.qc.regenerations" in said and "use teacher.openai.http_attempts" in said
+
+
+def test_an_old_and_a_new_key_together_stop_naming_both(workdir, tmp_path):
+    path = write_config(tmp_path, lambda c: c["teacher"].update(seed=1, openai={"seed": 2}))
+    result = snakemake(workdir, "-n", configfile=path, check=False)
+    assert result.returncode != 0
+    assert "config sets both teacher.openai.seed (deprecated) and teacher.seed" in (
+        result.stdout + result.stderr
+    )
+    assert not (workdir / "results").exists()

@@ -422,9 +422,8 @@ def hierarchy_cdm() -> dict[str, dict[str, list]]:
 CONCEPT_COHORT = {
     "min_age": 65,
     "min_prior_observation_days": 730,
-    "outcome_code_prefixes": [],
-    "exclusion_drug_prefixes": [],
-    "outcome": {"concept_ids": [4182210], "drug_concept_ids": [715997]},
+    "outcome": {"code_prefixes": [], "concept_ids": [4182210]},
+    "exclusion": {"drug_prefixes": [], "drug_concept_ids": [715997]},
 }
 
 

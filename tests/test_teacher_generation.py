@@ -463,7 +463,7 @@ def test_rationale_job_settings_hold_only_what_changes_that_style() -> None:
             "name": "t",
             "backend": "openai",
             "mode": "label_aware",
-            "qc": {"max_attempts": 3},
+            "qc": {"regenerations": 2},
             "seed": 0,
             "openai": {"model": "m", "base_url": "http://127.0.0.1:1/v1", "concurrency": 4},
             "view": "full_history",
@@ -485,14 +485,14 @@ def test_rationale_job_settings_hold_only_what_changes_that_style() -> None:
         base_url="http://10.0.0.2/v1",
         concurrency=64,
         request_timeout_s=5,
-        max_attempts=9,
+        http_attempts=9,
         api_key_env="KEY",
         retry_rounds=1,
         round_backoff_s=1,
     )
     config["teacher"]["allowed_hosts"] = ["example.org"]
     assert rationale_settings(config, "free_form") == before
-    config["teacher"]["qc"] = {"max_attempts": 4}
+    config["teacher"]["qc"] = {"regenerations": 3}
     assert rationale_settings(config, "free_form") != before
     config["teacher"]["mode"] = "label_blind"
     blind = rationale_settings(config, "free_form")

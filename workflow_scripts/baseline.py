@@ -10,8 +10,8 @@ from rationale_bench.workflow import read_cohort, start, write_parquet
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
 cfg = dict(smk.params.baselines)
-cfg["bootstrap_resamples"] = smk.params.evaluation["bootstrap_resamples"]
-cfg["bootstrap_seed"] = smk.params.evaluation["bootstrap_seed"]
+cfg["bootstrap_resamples"] = smk.params.bootstrap["bootstrap_resamples"]
+cfg["bootstrap_seed"] = smk.params.bootstrap["bootstrap_seed"]
 predictions, metrics = run_baseline(
     smk.wildcards.kind,
     pl.read_parquet(smk.input.histories),

@@ -7,6 +7,9 @@ from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 settings = resolve_definition(snakemake.params.cohort)  # noqa: F821
+# Small cells are suppressed by table_one, which publishes attrition.csv; here only in the
+# attrition table of a failed cohort, which no rule reads: read from the config, no param.
+settings["small_cell_threshold"] = snakemake.config["cohort"]["small_cell_threshold"]  # noqa: F821
 inp, out = snakemake.input, snakemake.output  # noqa: F821
 # grid.n_train is read from the config, not a param: changing the grid must not rerun the
 # cohort (the Snakefile checks a changed grid against an existing cohort at parse time).

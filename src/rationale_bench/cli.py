@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from rationale_bench import study, throughput
+from rationale_bench import config_check, study, throughput
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,8 +123,10 @@ def load_config(configfile: Path) -> dict[str, Any]:
     from snakemake.utils import validate
 
     config = yaml.safe_load(configfile.read_text())
+    for message in config_check.apply_renames(config):
+        print(message, file=sys.stderr)
     validate(config, str(REPO / "schemas" / "config.schema.yaml"))
-    study.check_grid(config)
+    config_check.check_grid(config)
     return config
 
 
@@ -140,6 +142,13 @@ def print_rates(cost: Mapping[str, Any], results: str) -> None:
 
 def plan_command(args: argparse.Namespace) -> int:
     configfile = Path(args.configfile)
+    # Snakemake reads --configfile files before the workflow's own checks, and its message for
+    # a YAML error names neither the file nor the line: say both first.
+    try:
+        config_check.check_yaml_file(configfile)
+    except config_check.ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
     result = subprocess.run(
         [
             sys.executable,

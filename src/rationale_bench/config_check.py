@@ -1,25 +1,115 @@
 """Config checks at parse time, with short messages: the first problem and its key path.
 
-The Snakefile validates the config against schemas/config.schema.yaml (which also fills the
-defaults); when that fails, :func:`short_schema_error` replaces the validator's dump of the
-schema with one line. :func:`check_budgets` and :func:`check_training_split` catch, before any
-job runs, settings that would otherwise fail hours later in a training job. No polars here:
-the Snakefile imports this module on every start.
+The Snakefile first moves renamed keys to their new names (:func:`apply_renames`, with a
+deprecation message), then validates the config against schemas/config.schema.yaml (which also
+fills the defaults); when that fails, :func:`short_schema_error` replaces the validator's dump
+of the schema with one line. :func:`check_config` then runs every check that spans several
+keys, before any job runs, so that a setting that cannot work stops now rather than hours later
+in a training job. No polars here: the Snakefile imports this module on every start.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from rationale_bench import study
+
 
 class ConfigError(ValueError):
     """A config value cannot work; the message names the key path and the fix."""
+
+
+@dataclass(frozen=True)
+class Rename:
+    """A config key renamed: its old dotted path, the new one, and how an old value reads in
+    the new key's terms (``convert``; unchanged for a plain rename)."""
+
+    old: str
+    new: str
+    convert: Callable[[Any], Any] | None = None
+    meaning: str = ""  # how the old value maps to the new key, when not unchanged
+
+
+# The old names are accepted until the version named here, with a message naming the new key.
+RENAMED_KEYS_REMOVED_IN = "0.3.0"
+RENAMES: tuple[Rename, ...] = (
+    Rename("teacher.openai.max_attempts", "teacher.openai.http_attempts"),
+    Rename(
+        "teacher.qc.max_attempts",
+        "teacher.qc.regenerations",
+        convert=lambda attempts: attempts - 1 if isinstance(attempts, int) else attempts,
+        meaning="regenerations = max_attempts - 1 (the first generation is not one)",
+    ),
+    Rename("teacher.openai.seed", "teacher.seed"),
+    Rename("cohort.index_event_prefixes", "cohort.index.event_prefixes"),
+    Rename("cohort.outcome_code_prefixes", "cohort.outcome.code_prefixes"),
+    Rename("cohort.exclusion_drug_prefixes", "cohort.exclusion.drug_prefixes"),
+    Rename("cohort.outcome.drug_regex", "cohort.exclusion.drug_regex"),
+    Rename("cohort.outcome.drug_concept_ids", "cohort.exclusion.drug_concept_ids"),
+)
+
+_MISSING = object()
+
+
+def _pop_key(config: MutableMapping[str, Any], dotted: str) -> Any:
+    """Remove and return the value at a dotted path (``_MISSING`` when absent); a mapping left
+    empty by the removal stays, as an empty mapping means the defaults."""
+    *parents, leaf = dotted.split(".")
+    node: Any = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    if not isinstance(node, MutableMapping) or leaf not in node:
+        return _MISSING
+    return node.pop(leaf)
+
+
+def _has_key(config: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _set_key(config: MutableMapping[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+
+
+def apply_renames(config: MutableMapping[str, Any]) -> list[str]:
+    """Move every old key of :data:`RENAMES` present in ``config`` to its new key (in place);
+    return one deprecation message per key moved. Giving both the old and the new key is an
+    error naming both. Runs before schema validation, which would refuse the old key."""
+    messages = []
+    for rename in RENAMES:
+        if not _has_key(config, rename.old):
+            continue
+        if _has_key(config, rename.new):
+            raise ConfigError(
+                f"config sets both {rename.old} (deprecated) and {rename.new}, its new name: "
+                f"remove {rename.old}."
+            )
+        value = _pop_key(config, rename.old)
+        _set_key(config, rename.new, rename.convert(value) if rename.convert else value)
+        meaning = f"; {rename.meaning}" if rename.meaning else ""
+        messages.append(
+            f"config: {rename.old} is deprecated and will be refused from version "
+            f"{RENAMED_KEYS_REMOVED_IN}: use {rename.new}{meaning}. Read as {rename.new}."
+        )
+    return messages
 
 
 def _key_path(path: Any) -> str:
@@ -71,6 +161,46 @@ def short_schema_error(config: Mapping[str, Any], schema_path: str | Path) -> st
     description = _subschema(schema, error.absolute_path).get("description", "")
     about = f" ({' '.join(str(description).split())[:200]})" if description else ""
     return f"config: {where}: {message}{about}."
+
+
+def check_config(config: Mapping[str, Any], cohort_path: str | Path) -> None:
+    """Every check that spans several keys (JSON Schema checks one key at a time), run at parse
+    time on the validated config: the grid against the models, formats and teacher styles,
+    each model's prompt budget, the teacher's mode and view, and grid.n_train against an
+    existing cohort (``cohort_path``). Raises ValueError (mostly :class:`ConfigError`) naming
+    the keys and the fix."""
+    check_grid(config)
+    check_budgets(config)
+    study.check_teacher_config(config)
+    check_training_split(config, cohort_path)
+
+
+def check_grid(config: Mapping[str, Any]) -> None:
+    """The grid's models, formats and sizes: known, and taught by the configured styles."""
+    grid = config["grid"]
+    for model in grid["model"]:
+        if model not in config["models"]:
+            known = ", ".join(sorted(config["models"])) or "none"
+            raise ConfigError(
+                f"config grid.model lists '{model}', but models has no entry '{model}' "
+                f"(known models: {known}). Add models.{model} or remove it from grid.model."
+            )
+    styles = set(config["teacher"]["styles"])
+    for fmt in grid["format"]:
+        if fmt not in study.RATIONALE_STYLE_OF_FORMAT:
+            raise ConfigError(
+                f"config grid.format lists unknown format '{fmt}'; "
+                f"known formats: {', '.join(study.RATIONALE_STYLE_OF_FORMAT)}."
+            )
+        style = study.rationale_style(fmt)
+        if style is not None and style not in styles:
+            raise ConfigError(
+                f"config grid.format lists '{fmt}', which trains on '{style}' rationales, "
+                f"but teacher.styles does not include '{style}'. Add it to teacher.styles."
+            )
+    for size in grid["n_train"]:
+        if int(size) <= 0:
+            raise ConfigError(f"config grid.n_train must be positive, got {size}.")
 
 
 def check_budgets(config: Mapping[str, Any]) -> None:

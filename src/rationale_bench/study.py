@@ -60,34 +60,6 @@ def iter_configurations(config: Mapping[str, Any]) -> Iterator[Configuration]:
         )
 
 
-def check_grid(config: Mapping[str, Any]) -> None:
-    """Cross-key checks that JSON Schema cannot express; raise ValueError naming the key."""
-    grid = config["grid"]
-    for model in grid["model"]:
-        if model not in config["models"]:
-            known = ", ".join(sorted(config["models"])) or "none"
-            raise ValueError(
-                f"config grid.model lists '{model}', but models has no entry '{model}' "
-                f"(known models: {known}). Add models.{model} or remove it from grid.model."
-            )
-    styles = set(config["teacher"]["styles"])
-    for fmt in grid["format"]:
-        style = RATIONALE_STYLE_OF_FORMAT.get(fmt)
-        if fmt not in RATIONALE_STYLE_OF_FORMAT:
-            raise ValueError(
-                f"config grid.format lists unknown format '{fmt}'; "
-                f"known formats: {', '.join(RATIONALE_STYLE_OF_FORMAT)}."
-            )
-        if style is not None and style not in styles:
-            raise ValueError(
-                f"config grid.format lists '{fmt}', which trains on '{style}' rationales, "
-                f"but teacher.styles does not include '{style}'. Add it to teacher.styles."
-            )
-    for size in grid["n_train"]:
-        if int(size) <= 0:
-            raise ValueError(f"config grid.n_train must be positive, got {size}.")
-
-
 def is_trained(fmt: str) -> bool:
     """Whether a format's configurations are fine-tuned (zero_shot scores the base model)."""
     return FORMATS[fmt].trained
@@ -131,10 +103,14 @@ def training_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     return canonical(deep_merge(config["training"], config["models"][model].get("training", {})))
 
 
-def model_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+def model_settings(
+    config: Mapping[str, Any], model: str, source_kind: str | None = None
+) -> dict[str, Any]:
     """What a job needs to load a model. Training overrides have their own slice; the cluster
     resources and the cost-planning assumptions change no result, so editing them reruns
-    nothing."""
+    nothing. ``source_kind`` (``train.models.source_kind`` of its source): only a ``hub``
+    model is read from the hub cache, so only its slice holds hub.cache_dir, and moving the
+    cache reruns no job of a built or converted model."""
     settings = {
         k: v
         for k, v in config["models"][model].items()
@@ -145,7 +121,57 @@ def model_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     serialization = config.get("serialization", {})
     settings["system_prompt"] = serialization.get("system_prompt")
     settings["answer_words"] = serialization.get("answer_words", list(DEFAULT_ANSWER_WORDS))
+    if source_kind == "hub":
+        settings["cache_dir"] = config["hub"]["cache_dir"]
     return canonical(settings)
+
+
+def build_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """What build_tiny_model needs: the model's build block, its sequence length, and the
+    answer words (the tokenizer must hold each as one token)."""
+    entry = config["models"][model]
+    settings = dict(entry["build"])
+    settings["max_seq_len"] = entry["max_seq_len"]
+    settings["answer_words"] = config["serialization"]["answer_words"]
+    return canonical(settings)
+
+
+def serialization_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """How histories are written: time encoding and look-back. The question, system prompt and
+    answer words are added later (build_prompts, the model's settings), and which variant is
+    the reference view changes no history."""
+    serialization = config["serialization"]
+    return canonical({k: serialization[k] for k in ("time_encoding", "lookback_days")})
+
+
+def section_settings(
+    config: Mapping[str, Any], *keys: str, operational: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A config section as a job param, keys sorted so that only a real edit reruns the job.
+    ``operational`` keys of the section change no output (the script reads them from the
+    config), so they are left out and editing them reruns nothing."""
+    section = config
+    for key in keys:
+        section = section[key]
+    return canonical({k: v for k, v in section.items() if k not in operational})
+
+
+def bootstrap_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The bootstrap of evaluation (resamples and seed): all the report and the baselines read
+    of that section (the rest is the language models' scoring)."""
+    evaluation = config["evaluation"]
+    return {k: evaluation[k] for k in ("bootstrap_resamples", "bootstrap_seed")}
+
+
+def baseline_runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every classical baseline run: one per kind, n_train and seed, shaped like a
+    configuration (no model or serialization; the kind is its format)."""
+    return [
+        {"model": None, "serialization": None, "format": kind, "n_train": n_train, "seed": seed}
+        for kind in config["baselines"]["kinds"]
+        for n_train in config["grid"]["n_train"]
+        for seed in config["grid"]["seed"]
+    ]
 
 
 def check_teacher_config(config: Mapping[str, Any]) -> None:
@@ -168,7 +194,7 @@ OPERATIONAL_OPENAI_KEYS = (
     "api_key_env",
     "concurrency",
     "request_timeout_s",
-    "max_attempts",
+    "http_attempts",
     "retry_rounds",
     "round_backoff_s",
 )
@@ -182,19 +208,23 @@ def rationale_settings(config: Mapping[str, Any], style: str) -> dict[str, Any]:
     retries, allowed hosts: :func:`teacher_operational_settings`) reruns no teacher job. Keys
     sorted, so key order never does either."""
     teacher = config["teacher"]
-    keys = ["name", "backend", "mode", "qc", "view"]
-    settings = {k: teacher[k] for k in keys}
+    settings = {k: teacher[k] for k in ("name", "backend", "mode", "view")}
+    settings["qc"] = qc_settings(config)
     # The outcome window the rationales speak of ("within five years"): the cohort's.
     settings["horizon_days"] = config["cohort"]["horizon_days"]
     if teacher["view"] == "student_prompt":
         settings["view_model"] = teacher_view_model(config)
     if teacher["backend"] == "template":
-        return canonical({**settings, "seed": teacher["seed"]})
+        # The template teacher always draws its wordings; null (no seed sent) draws with 0.
+        seed = teacher["seed"] if teacher["seed"] is not None else 0
+        return canonical({**settings, "seed": seed})
     if teacher["view"] == "full_history":
         settings["max_history_lines"] = teacher["max_history_lines"]
     settings["openai"] = {
         k: v for k, v in teacher["openai"].items() if k not in OPERATIONAL_OPENAI_KEYS
     }
+    # The one teacher seed, sent with every request (regenerations add their number to it).
+    settings["openai"]["seed"] = teacher["seed"]
     prompts = teacher["prompts"]
     settings["prompts"] = {"system": prompts["system"], style: prompts[style]}
     if teacher["mode"] == "label_blind":
@@ -204,13 +234,30 @@ def rationale_settings(config: Mapping[str, Any], style: str) -> dict[str, Any]:
     return canonical(settings)
 
 
+def qc_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """teacher.qc as the teacher jobs read it (``teacher.generate.QCSettings``): regenerations
+    become max_attempts, the generations per subject and prompt with the first included. The
+    jobs' params hence stay as they were before the key was renamed, and the rename reruns
+    nothing."""
+    # Key order kept (the merge job's param is not sorted, and order is part of its text).
+    return {
+        ("max_attempts" if key == "regenerations" else key): (
+            value + 1 if key == "regenerations" else value
+        )
+        for key, value in config["teacher"]["qc"].items()
+    }
+
+
 def teacher_operational_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """How the teacher's requests are sent: read by the teacher script from the config, never a
     param, because none of it changes an answer (answers come from the cache, keyed by model,
-    messages and sampling)."""
+    messages and sampling). http_attempts is passed as the client's max_attempts (attempts per
+    request in one round)."""
     teacher = config["teacher"]
     api = teacher.get("openai") or {}
     settings = {k: api[k] for k in OPERATIONAL_OPENAI_KEYS if k in api}
+    if "http_attempts" in settings:
+        settings["max_attempts"] = settings.pop("http_attempts")
     settings["allowed_hosts"] = list(teacher.get("allowed_hosts") or [])
     return settings
 

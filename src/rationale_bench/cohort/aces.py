@@ -15,9 +15,9 @@ cross-check it. Two differences are inherent and written into the file as commen
   cases whatever their follow-up (PLP ``includeAllOutcomes``). On the subjects both keep, the
   labels agree; the subjects only we keep are cases with short follow-up.
 
-With the ingest's codes table (``codes``), ``outcome.concept_ids`` / ``drug_concept_ids`` are
-written as the exact list of codes they match (the concepts and their descendants through
-parent_codes), since ACES has no concept hierarchy of its own.
+With the ingest's codes table (``codes``), ``outcome.concept_ids`` and
+``exclusion.drug_concept_ids`` are written as the exact list of codes they match (the concepts
+and their descendants through parent_codes), since ACES has no concept hierarchy of its own.
 
 Case:control sampling and splits are not part of a task definition and are not exported.
 """
@@ -136,9 +136,9 @@ def _predicates(defn: Mapping[str, Any], codes: pl.DataFrame | None) -> tuple[di
         "anti_dementia_drug": {
             "code": {
                 "regex": prefix_regex(
-                    defn["exclusion_drug_prefixes"],
-                    outcome["drug_regex"],
-                    outcome["drug_concept_ids"],
+                    defn["exclusion"]["drug_prefixes"],
+                    defn["exclusion"]["drug_regex"],
+                    defn["exclusion"]["drug_concept_ids"],
                     codes,
                 )
             }
@@ -155,7 +155,7 @@ def _index_prefixes(defn: Mapping[str, Any]) -> Sequence[str]:
     index = defn["index"]
     if index["strategy"] == "baseline_date":
         return index["baseline_code_prefixes"]
-    return defn["index_event_prefixes"]
+    return index["event_prefixes"]
 
 
 def _fixed_age_windows(defn: Mapping[str, Any]) -> dict[str, Any]:

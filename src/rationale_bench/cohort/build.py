@@ -10,13 +10,15 @@ Follows OHDSI PatientLevelPrediction conventions (docs/references.md):
 - cases are kept whatever their follow-up, non-cases need full follow-up (death or the end of
   observation before the horizon drops them, and the attrition table counts them).
 
-:data:`DEFAULTS` mirrors the ``cohort`` defaults of schemas/config.schema.yaml (a test keeps
-them equal), so a partial cohort mapping (as in the tests) means the same as the config.
+A partial cohort mapping (as in the tests) is completed with the ``cohort`` defaults of
+schemas/config.schema.yaml, the one place defaults are written, so it means the same as the
+config.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 import re
@@ -25,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import yaml
 
 from rationale_bench.data.codes import (
-    ANTI_DEMENTIA_DRUG_PREFIXES,
     DATE_UNKNOWN_PREFIX,
     OUTCOME_TIERS,
     RISK_FACTORS,
@@ -67,35 +69,26 @@ TABLE_ONE_COUNTS = ("n", *(f"n condition {k}" for k in range(1, TOP_CONDITIONS +
 # Percentages computed from a Table 1 count: blanked when that count is suppressed.
 TABLE_ONE_PERCENTS = {f"% condition {k}": f"n condition {k}" for k in range(1, TOP_CONDITIONS + 1)}
 
-DEFAULTS: dict[str, Any] = {
-    "min_age": 65,
-    "max_age_at_index": 115,
-    "min_prior_observation_days": 730,
-    "horizon_days": 1826,
-    "index_event_prefixes": ["VISIT/"],
-    "outcome_code_prefixes": None,
-    "exclusion_drug_prefixes": list(ANTI_DEMENTIA_DRUG_PREFIXES),
-    "index": {
-        "strategy": "first_visit",
-        "fixed_age": None,
-        "baseline_code_prefixes": ["BASELINE/"],
-        "seed": 0,
-    },
-    "outcome": {
-        "tier": "core",
-        "regex": None,
-        "concept_ids": [],
-        "drug_regex": None,
-        "drug_concept_ids": [],
-        "drugs_as_outcome": False,
-        "confirmation": {"rule": "none", "within_days": 365},
-    },
-    "blackout_days": 0,
-    "risk_factor_codes": {},
-    "case_control": {"controls_per_case": None, "seed": 0},
-    "small_cell_threshold": None,
-    "split": {"seed": 1, "tuning_fraction": 0.1, "held_out_fraction": 0.3},
-}
+SCHEMA_FILE = Path(__file__).resolve().parents[3] / "schemas" / "config.schema.yaml"
+
+
+def schema_defaults(node: Mapping[str, Any]) -> Any:
+    """The defaults a validator fills in for a schema node, objects expanded property by
+    property (an object without properties, a free-form table, keeps its own default)."""
+    if node.get("type") == "object" and "properties" in node:
+        return {key: schema_defaults(child) for key, child in node["properties"].items()}
+    return node["default"]
+
+
+@functools.cache
+def _cohort_defaults() -> dict[str, Any]:
+    schema = yaml.safe_load(SCHEMA_FILE.read_text())
+    return schema_defaults(schema["properties"]["cohort"])
+
+
+def cohort_defaults() -> dict[str, Any]:
+    """The cohort section's defaults, as schemas/config.schema.yaml writes them (a copy)."""
+    return copy.deepcopy(_cohort_defaults())
 
 
 def canonical_codes(events: pl.LazyFrame) -> pl.LazyFrame:
@@ -132,7 +125,7 @@ def outcome_absent_message(events: pl.LazyFrame, defn: Mapping[str, Any]) -> str
         )
     return (
         "cohort: no event matches the outcome codes "
-        f"(cohort.outcome.tier '{defn['outcome']['tier']}', outcome_code_prefixes, outcome.regex, "
+        f"(cohort.outcome.tier '{defn['outcome']['tier']}', outcome.code_prefixes, outcome.regex, "
         f"outcome.concept_ids); nothing could be a case. Code systems in the data: {seen}.{hint}"
     )
 
@@ -206,7 +199,7 @@ def _merge(default: Any, given: Any, path: str) -> Any:
 
 def resolve_definition(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The cohort section with defaults filled in, checked for values the schema cannot catch."""
-    defn = _merge(DEFAULTS, cfg, "cohort")
+    defn = _merge(_cohort_defaults(), cfg, "cohort")
     index, outcome = defn["index"], defn["outcome"]
     if index["strategy"] not in INDEX_STRATEGIES:
         raise CohortError(
@@ -233,13 +226,14 @@ def resolve_definition(cfg: Mapping[str, Any]) -> dict[str, Any]:
         )
     if outcome["confirmation"]["within_days"] < 1:
         raise CohortError("cohort.outcome.confirmation.within_days must be at least 1.")
-    for key in ("regex", "drug_regex"):
-        if outcome[key] is not None:
+    for section, key in (("outcome", "regex"), ("exclusion", "drug_regex")):
+        pattern = defn[section][key]
+        if pattern is not None:
             try:
-                re.compile(outcome[key])
+                re.compile(pattern)
             except re.error as error:
                 raise CohortError(
-                    f"cohort.outcome.{key} '{outcome[key]}' is not a valid regex: {error}."
+                    f"cohort.{section}.{key} '{pattern}' is not a valid regex: {error}."
                 ) from None
     if defn["blackout_days"] < 0:
         raise CohortError("cohort.blackout_days must be 0 or more days.")
@@ -248,15 +242,15 @@ def resolve_definition(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise CohortError("cohort.case_control.controls_per_case must be positive (or null).")
     if not (outcome_prefixes(defn) or outcome["regex"] or outcome["concept_ids"]):
         raise CohortError(
-            "cohort: the outcome code set is empty (outcome_code_prefixes is [] and neither "
+            "cohort: the outcome code set is empty (outcome.code_prefixes is [] and neither "
             "outcome.regex nor outcome.concept_ids is set); nothing could be a case."
         )
     return defn
 
 
 def outcome_prefixes(defn: Mapping[str, Any]) -> tuple[str, ...]:
-    """The outcome prefix list: ``outcome_code_prefixes`` when set, else the tier's list."""
-    explicit = defn["outcome_code_prefixes"]
+    """The outcome prefix list: ``outcome.code_prefixes`` when set, else the tier's list."""
+    explicit = defn["outcome"]["code_prefixes"]
     if explicit is not None:
         return tuple(explicit)
     return OUTCOME_TIERS[defn["outcome"]["tier"]]
@@ -320,12 +314,12 @@ def drug_expr(
     defn: Mapping[str, Any], codes: pl.DataFrame | None = None, expr: pl.Expr | None = None
 ) -> pl.Expr:
     """True for events carrying an anti-dementia drug code."""
-    o = defn["outcome"]
+    drugs = defn["exclusion"]
     return code_set(
         pl.col("code") if expr is None else expr,
-        defn["exclusion_drug_prefixes"],
-        o["drug_regex"],
-        o["drug_concept_ids"],
+        drugs["drug_prefixes"],
+        drugs["drug_regex"],
+        drugs["drug_concept_ids"],
         codes,
     )
 
@@ -381,9 +375,7 @@ def find_index_times(
             .select("subject_id", "index_time")
         )
     prefixes = (
-        index["baseline_code_prefixes"]
-        if strategy == "baseline_date"
-        else defn["index_event_prefixes"]
+        index["baseline_code_prefixes"] if strategy == "baseline_date" else index["event_prefixes"]
     )
     eligible = (
         events.filter(matches_any(pl.col("code"), prefixes))
@@ -517,7 +509,7 @@ def build_cohort(
     ``cohort.blackout_days``); the outcome window is (index_time, index_time + horizon].
     ``check_splits`` requires cases and non-cases in every split (off only for tiny fixtures).
     ``codes`` is the ingest's codes table: with ``parent_codes``, ``outcome.concept_ids`` and
-    ``drug_concept_ids`` also match every descendant code (OMOP concept_ancestor).
+    ``exclusion.drug_concept_ids`` also match every descendant code (OMOP concept_ancestor).
     Attrition: one row per step, the first row is the input, counts never increase.
     """
     defn = resolve_definition(cfg)
@@ -720,11 +712,13 @@ def run_cohort_stage(
     failed_attrition_path: str | Path,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """The cohort job: check ingest's files against its manifest, build the cohort, check
-    the grid's n_train, write the published attrition table; returns the cohort, the attrition
+    the grid's n_train, write the attrition table with exact counts (table_one publishes it
+    with small cells suppressed: :func:`publish_attrition`); returns the cohort, the attrition
     table and the records (rows, digest) of the files read.
 
     When the cohort fails, the attrition table up to the failing step is written to
-    ``failed_attrition_path`` (Snakemake deletes a failed job's outputs) and the error names it.
+    ``failed_attrition_path`` (Snakemake deletes a failed job's outputs), suppressed per
+    ``settings["small_cell_threshold"]`` as it is shown to the user, and the error names it.
     """
     read = {
         name: check_manifest(ingest_manifest, name, path, "ingest")
@@ -748,9 +742,22 @@ def run_cohort_stage(
             f"{error} The attrition table up to this point: {failed_attrition_path}.", table
         ) from None
     Path(attrition_path).parent.mkdir(parents=True, exist_ok=True)
-    suppress_small_cells(attrition, ATTRITION_COUNTS, threshold).write_csv(attrition_path)
+    attrition.write_csv(attrition_path)
     Path(failed_attrition_path).unlink(missing_ok=True)
     return cohort, attrition, read
+
+
+def publish_attrition(
+    exact_path: str | Path, threshold: int | None, published_path: str | Path
+) -> pl.DataFrame:
+    """attrition.csv as published: the cohort job's exact counts with small cells suppressed
+    (:func:`suppress_small_cells`). A job of its own (table_one's), so that changing
+    cohort.small_cell_threshold rewrites the published tables and reruns no cohort."""
+    counts = {column: pl.Int64 for column in ATTRITION_COUNTS}
+    exact = pl.read_csv(exact_path, schema_overrides={"step": pl.String, **counts})
+    published = suppress_small_cells(exact, ATTRITION_COUNTS, threshold)
+    published.write_csv(published_path)
+    return published
 
 
 def _attrition_table(steps: list[dict[str, Any]]) -> pl.DataFrame:

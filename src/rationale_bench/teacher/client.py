@@ -152,7 +152,7 @@ class EndpointConfig:
         if self.concurrency < 1:
             raise ValueError(f"teacher.concurrency must be >= 1, got {self.concurrency}")
         if self.max_attempts < 1:
-            raise ValueError(f"teacher.max_attempts must be >= 1, got {self.max_attempts}")
+            raise ValueError(f"teacher.openai.http_attempts must be >= 1, got {self.max_attempts}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"teacher.request_timeout_s must be > 0, got {self.request_timeout_s}")
         if self.backoff_base_s < 0 or self.backoff_max_s < 0:
@@ -904,7 +904,8 @@ class _Run:
             else:
                 head = (
                     f"Teacher request {first.request_key!r} failed after {first.attempts} "
-                    f"attempt(s) (teacher.max_attempts={ep.max_attempts}); last error: {reason}"
+                    f"attempt(s) (teacher.openai.http_attempts={ep.max_attempts}); "
+                    f"last error: {reason}"
                 )
                 if abort is not None:
                     head += f". Stopped the run after {consecutive_failed} failures in a row"
