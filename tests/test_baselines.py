@@ -12,7 +12,7 @@ import pytest
 from rationale_bench.cohort.build import training_subset
 from rationale_bench.evaluate import baselines as B
 from rationale_bench.evaluate import metrics
-from rationale_bench.report.analysis import PREDICTION_COLUMNS
+from rationale_bench.evaluate.evaluation import PREDICTION_COLUMNS
 
 # The 2,500-subject fixture keeps 632 subjects in its training split; 600 is the largest round
 # subset and the closest it allows to the n_train ~ 1,000 of the brief.

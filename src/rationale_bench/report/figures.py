@@ -200,6 +200,140 @@ def _mark_degenerate(ax: Any, pairs: pl.DataFrame, metric: str) -> int:
     return bad.height
 
 
+def _paired_with_reference(
+    metrics_table: pl.DataFrame, reference: str, others: Sequence[str], metric: str
+) -> tuple[dict[str, pl.DataFrame], list[str]]:
+    """Each other format's rows joined to the reference's on the matched factors (reference
+    columns suffixed ``_ref``), and the CI columns present ([] when there are none)."""
+    axes = [f for f in table_factors(metrics_table) if f != "format"]
+    ci = [f"{metric}_ci_low", f"{metric}_ci_high"]
+    has_ci = all(c in metrics_table.columns for c in ci)
+    keep = [metric, *ci] if has_ci else [metric]
+    if "valid" in metrics_table.columns:  # degenerate configurations are marked, not hidden
+        keep.append("valid")
+    ref = metrics_table.filter(pl.col("format") == reference).select(
+        *axes, *[pl.col(c).alias(f"{c}_ref") for c in keep]
+    )
+    joined = {
+        fmt: metrics_table.filter(pl.col("format") == fmt)
+        .select(*axes, *keep)
+        .join(ref, on=axes, how="inner", nulls_equal=True)
+        .drop_nulls([metric, f"{metric}_ref"])
+        for fmt in others
+    }
+    return joined, ci if has_ci else []
+
+
+def _shared_limits(joined: Mapping[str, pl.DataFrame], metric: str) -> tuple[float, float]:
+    """One range for both axes of every panel, padded, within [0, 1]."""
+    values = np.concatenate(
+        [np.r_[j[metric].to_numpy(), j[f"{metric}_ref"].to_numpy()] for j in joined.values()]
+    )
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.4, 1.0)
+    pad = max(0.05, 0.1 * (hi - lo))
+    return (max(0.0, lo - pad), min(1.0, hi + pad))
+
+
+def _diagonal_panel(
+    ax: Any,
+    lims: tuple[float, float],
+    better_above: bool,
+    fmt: str,
+    reference: str,
+    mname: str,
+    colour: str,
+) -> None:
+    """The empty panel: the diagonal, the shaded "format worse" side, limits and labels."""
+    ax.set_title(f"{format_name(fmt)} vs {_short(reference)}", color=colour)
+    ax.plot(lims, lims, color="0.35", lw=0.9, ls="--", zorder=1)
+    # Shade the "format worse" side of the diagonal.
+    worse_y2 = lims[0] if better_above else lims[1]
+    ax.fill_between(lims, lims, worse_y2, color="0.5", alpha=0.07, lw=0, zorder=0)
+    ax.set_xlim(lims)
+    ax.set_ylim(lims)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"{format_name(reference)} {mname} (held-out)")
+    ax.set_ylabel(f"{format_name(fmt)} {mname} (held-out)")
+    if lims[0] < 0.5 < lims[1]:
+        ax.axhline(0.5, color="0.75", lw=0.6, ls=":")
+        ax.axvline(0.5, color="0.75", lw=0.6, ls=":")
+
+
+def _scatter_by_model(ax: Any, j: pl.DataFrame, metric: str, colour: str) -> int:
+    """One marker shape per model; with several models each model's mean labelled by name.
+    Returns the number of models."""
+    models = j["model"].unique(maintain_order=True).to_list() if "model" in j.columns else [None]
+    for i, model in enumerate(models):
+        g = j if model is None else j.filter(pl.col("model").eq_missing(model))
+        gx, gy = g[f"{metric}_ref"].to_numpy(), g[metric].to_numpy()
+        marker = MARKERS[i % len(MARKERS)]
+        ax.scatter(
+            gx, gy, s=22, marker=marker, color=colour, alpha=0.8, ec="white", lw=0.4, zorder=2
+        )
+        if len(models) > 1:
+            ax.scatter(
+                gx.mean(), gy.mean(), s=70, marker=marker, color=colour, ec="black", zorder=3
+            )
+            ax.annotate(
+                str(model),
+                (gx.mean(), gy.mean()),
+                xytext=(6, 4),
+                textcoords="offset points",
+                fontsize=8,
+            )
+    return len(models)
+
+
+def _paired_points(
+    ax: Any,
+    fmt: str,
+    j: pl.DataFrame,
+    reference: str,
+    metric: str,
+    ci: Sequence[str],
+    better_above: bool,
+    colour: str,
+) -> None:
+    """The matched configurations of one format, with the worse/better counts in the title."""
+    if j.height == 0:
+        ax.text(0.5, 0.5, "no matched configurations yet", ha="center", transform=ax.transAxes)
+        return
+    x, y = j[f"{metric}_ref"].to_numpy(), j[metric].to_numpy()
+    if ci:
+        xerr = np.abs(np.vstack([x - j[f"{ci[0]}_ref"], j[f"{ci[1]}_ref"] - x]))
+        yerr = np.abs(np.vstack([y - j[ci[0]], j[ci[1]] - y]))
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor="0.82", lw=0.6, zorder=1)
+    n_models = _scatter_by_model(ax, j, metric, colour)
+    n = x.size
+    worse = int(np.sum(y < x)) if better_above else int(np.sum(y > x))
+    better = int(np.sum(y > x)) if better_above else int(np.sum(y < x))
+    degenerate = _mark_degenerate(ax, j, metric)
+    # The counts go in the title so that they never cover a point.
+    ax.set_title(
+        f"{format_name(fmt)} vs {_short(reference)}\n"
+        f"worse in {worse} of {n} (shaded side), better in {better}"
+        + (f"\n{degenerate} degenerate (red x, excluded)" if degenerate else ""),
+        color=colour,
+    )
+    ax.text(
+        0.5,
+        0.5,
+        "equal",
+        rotation=45,
+        transform=ax.transAxes,
+        color="0.35",
+        ha="center",
+        va="bottom",
+        fontsize=7.5,
+        rotation_mode="anchor",
+    )
+    if n_models == 1 and n > 1:
+        ax.scatter(x.mean(), y.mean(), s=80, marker="X", color="black", zorder=3)
+        ax.annotate(
+            f"mean of {n}", (x.mean(), y.mean()), xytext=(6, -10), textcoords="offset points"
+        )
+
+
 def paired_configurations(
     metrics_table: pl.DataFrame,
     formats: Sequence[str],
@@ -228,105 +362,16 @@ def paired_configurations(
         )
     if not others:
         return _message_figure(path, title, f"Only {format_name(reference)} results so far.")
-    axes = [f for f in table_factors(metrics_table) if f != "format"]
-    ci = [f"{metric}_ci_low", f"{metric}_ci_high"]
-    has_ci = all(c in metrics_table.columns for c in ci)
-    keep = [metric, *ci] if has_ci else [metric]
-    if "valid" in metrics_table.columns:  # degenerate configurations are marked, not hidden
-        keep.append("valid")
-    ref = metrics_table.filter(pl.col("format") == reference).select(
-        *axes, *[pl.col(c).alias(f"{c}_ref") for c in keep]
-    )
-    joined = {
-        fmt: metrics_table.filter(pl.col("format") == fmt)
-        .select(*axes, *keep)
-        .join(ref, on=axes, how="inner", nulls_equal=True)
-        .drop_nulls([metric, f"{metric}_ref"])
-        for fmt in others
-    }
-    values = np.concatenate(
-        [np.r_[j[metric].to_numpy(), j[f"{metric}_ref"].to_numpy()] for j in joined.values()]
-    )
-    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.4, 1.0)
-    pad = max(0.05, 0.1 * (hi - lo))
-    lims = (max(0.0, lo - pad), min(1.0, hi + pad))
+    joined, ci = _paired_with_reference(metrics_table, reference, others, metric)
+    lims = _shared_limits(joined, metric)
     better_above = HIGHER_IS_BETTER.get(metric, True)
 
     fig = _figure(3.5 * len(others) + 0.3, 3.9)
     panels = fig.subplots(1, len(others), squeeze=False)[0]
     for ax, fmt in zip(panels, others, strict=True):
         colour = colour_of(fmt, present)
-        j = joined[fmt]
-        ax.set_title(f"{format_name(fmt)} vs {_short(reference)}", color=colour)
-        ax.plot(lims, lims, color="0.35", lw=0.9, ls="--", zorder=1)
-        # Shade the "format worse" side of the diagonal.
-        worse_y2 = lims[0] if better_above else lims[1]
-        ax.fill_between(lims, lims, worse_y2, color="0.5", alpha=0.07, lw=0, zorder=0)
-        ax.set_xlim(lims)
-        ax.set_ylim(lims)
-        ax.set_aspect("equal")
-        ax.set_xlabel(f"{format_name(reference)} {mname} (held-out)")
-        ax.set_ylabel(f"{format_name(fmt)} {mname} (held-out)")
-        if lims[0] < 0.5 < lims[1]:
-            ax.axhline(0.5, color="0.75", lw=0.6, ls=":")
-            ax.axvline(0.5, color="0.75", lw=0.6, ls=":")
-        if j.height == 0:
-            ax.text(0.5, 0.5, "no matched configurations yet", ha="center", transform=ax.transAxes)
-            continue
-        x, y = j[f"{metric}_ref"].to_numpy(), j[metric].to_numpy()
-        if has_ci:
-            xerr = np.abs(np.vstack([x - j[f"{ci[0]}_ref"], j[f"{ci[1]}_ref"] - x]))
-            yerr = np.abs(np.vstack([y - j[ci[0]], j[ci[1]] - y]))
-            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor="0.82", lw=0.6, zorder=1)
-        models = (
-            j["model"].unique(maintain_order=True).to_list() if "model" in j.columns else [None]
-        )
-        for i, model in enumerate(models):
-            g = j if model is None else j.filter(pl.col("model").eq_missing(model))
-            gx, gy = g[f"{metric}_ref"].to_numpy(), g[metric].to_numpy()
-            marker = MARKERS[i % len(MARKERS)]
-            ax.scatter(
-                gx, gy, s=22, marker=marker, color=colour, alpha=0.8, ec="white", lw=0.4, zorder=2
-            )
-            if len(models) > 1:
-                ax.scatter(
-                    gx.mean(), gy.mean(), s=70, marker=marker, color=colour, ec="black", zorder=3
-                )
-                ax.annotate(
-                    str(model),
-                    (gx.mean(), gy.mean()),
-                    xytext=(6, 4),
-                    textcoords="offset points",
-                    fontsize=8,
-                )
-        n = x.size
-        worse = int(np.sum(y < x)) if better_above else int(np.sum(y > x))
-        better = int(np.sum(y > x)) if better_above else int(np.sum(y < x))
-        degenerate = _mark_degenerate(ax, j, metric)
-        # The counts go in the title so that they never cover a point.
-        ax.set_title(
-            f"{format_name(fmt)} vs {_short(reference)}\n"
-            f"worse in {worse} of {n} (shaded side), better in {better}"
-            + (f"\n{degenerate} degenerate (red x, excluded)" if degenerate else ""),
-            color=colour,
-        )
-        ax.text(
-            0.5,
-            0.5,
-            "equal",
-            rotation=45,
-            transform=ax.transAxes,
-            color="0.35",
-            ha="center",
-            va="bottom",
-            fontsize=7.5,
-            rotation_mode="anchor",
-        )
-        if len(models) == 1 and n > 1:
-            ax.scatter(x.mean(), y.mean(), s=80, marker="X", color="black", zorder=3)
-            ax.annotate(
-                f"mean of {n}", (x.mean(), y.mean()), xytext=(6, -10), textcoords="offset points"
-            )
+        _diagonal_panel(ax, lims, better_above, fmt, reference, mname, colour)
+        _paired_points(ax, fmt, joined[fmt], reference, metric, ci, better_above, colour)
     subtitle = "same model, training size and seed; bars: 95% bootstrap CIs"
     fig.suptitle(f"{title}\n({subtitle})")
     return save_figure(fig, path)
