@@ -12,7 +12,6 @@ from scipy import optimize, special
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     average_precision_score,
-    brier_score_loss,
     roc_auc_score,
     roc_curve,
 )
@@ -227,10 +226,24 @@ def test_auprc_edge_cases():
 
 def test_brier_and_prevalence():
     y, s = make_data(500, 11)
-    assert M.brier(y, s) == pytest.approx(brier_score_loss(y, s), abs=1e-12)
+    textbook = sum((float(p) - float(t)) ** 2 for t, p in zip(y, s, strict=True)) / len(y)
+    assert M.brier(y, s) == pytest.approx(textbook, rel=1e-12)
     assert M.prevalence(y) == pytest.approx(np.mean(y))
     assert M.brier([0, 1], [0.0, 1.0]) == 0.0
     assert M.brier([0, 1], [1.0, 0.0]) == 1.0
+
+
+def test_brier_agrees_with_the_former_hand_written_formula():
+    """brier is sklearn's brier_score_loss; the hand-written mean((s - y) ** 2) it replaced
+    agrees to the last bit or two (sklearn halves the squared error of both one-hot columns,
+    and 1 - (1 - p) need not be p exactly), on many sizes, prevalences and skewed scores."""
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        n = int(rng.integers(1, 300))
+        y = rng.random(n) < rng.random()
+        s = rng.random(n) ** rng.choice([1, 3, 10, 30])
+        former = float(np.mean((s - y) ** 2))
+        assert M.brier(y, s) == pytest.approx(former, rel=1e-14, abs=1e-16)
 
 
 # --------------------------------------------------------------------------------------
@@ -501,16 +514,6 @@ def test_threshold_for_sensitivity_exact_fraction():
     s = [0.9, 0.8, 0.7, 0.6, 0.1, 0.5, 0.2]
     assert M.threshold_for_sensitivity(y, s, 0.8) == 0.6
     assert M.threshold_for_sensitivity(y, s, 1.0) == 0.1
-
-
-def test_threshold_top_fraction():
-    s = np.arange(100) / 100.0
-    t = M.threshold_top_fraction(s, 0.1)
-    assert t == 0.9 and np.sum(s >= t) == 10
-    assert M.threshold_top_fraction(s, 1.0) == 0.0
-    assert np.sum(s >= M.threshold_top_fraction(s, 0.015)) == 2  # ceil(1.5)
-    with pytest.raises(ValueError, match="fraction"):
-        M.threshold_top_fraction(s, 0.0)
 
 
 def test_operating_point_hand_example():
