@@ -17,7 +17,6 @@ from rationale_bench.evaluate import diagnostics
 from rationale_bench.report.names import (
     REFERENCE,
     paired_factors,
-    plural,
     table_factors,
 )
 from rationale_bench.report.tables import match_id, matched_groups
@@ -81,34 +80,6 @@ def reason_kind(reason: str) -> str:
     """'reached the answer slot unforced 0.12 (limit >= 0.95)' -> 'reached the answer slot
     unforced': what failed, without the numbers, for counting."""
     return re.sub(r" [-+\d.e]+$", "", reason.split(" (")[0])
-
-
-def validity_sentences(paired: pl.DataFrame, table: pl.DataFrame) -> tuple[str, str]:
-    """(opening, exclusions) of the headline: the opening is set when no pair is valid."""
-    if not paired.height or "valid" not in paired.columns:
-        return "", ""
-    excluded = paired.filter(~pl.col("valid"))
-    if not excluded.height:
-        return "", f"All {paired.height} matched comparisons passed the validity gates."
-    invalid = table.filter(pl.col("valid").not_()) if "valid" in table.columns else table.head(0)
-    kinds: dict[str, int] = {}
-    for reasons in invalid["validity_reasons"].to_list():
-        for kind in {reason_kind(r) for r in reasons.split("; ") if r}:
-            kinds[kind] = kinds.get(kind, 0) + 1
-    listed = ", ".join(f"{k} ({plural(n, 'configuration')})" for k, n in kinds.items())
-    exclusions = (
-        f"{excluded.height} of {paired.height} matched comparisons were excluded because a "
-        f"configuration in them is degenerate ({invalid.height} of {table.height} "
-        f"configurations: {listed}); see validity.csv."
-    )
-    if excluded.height < paired.height:
-        return "", exclusions
-    opening = (
-        f"No valid comparison: every one of the {paired.height} matched comparisons involves a "
-        "degenerate configuration, so this study does not answer whether rationale SFT helps "
-        "or hurts; the numbers below describe broken models, not a finding."
-    )
-    return opening, exclusions
 
 
 def gate_pairs(paired: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
