@@ -16,7 +16,7 @@ from scipy import special, stats
 from rationale_bench.evaluate import metrics
 from rationale_bench.report.error_analysis import matched_error_analysis
 from rationale_bench.report.names import paired_factors
-from rationale_bench.report.prose import headline
+from rationale_bench.report.prose import headline, validity_sentences
 from rationale_bench.report.statistics import (
     baseline_table,
     paired_differences,
@@ -475,6 +475,39 @@ def test_baseline_table(tmp_path):
     expected = table.filter(pl.col("format") == "logistic_regression")["auroc"].mean()
     assert lr_all["auroc_mean"][0] == pytest.approx(expected)
     assert lr_all["n_configurations"][0] == 4
+
+
+def test_baseline_table_orders_unknown_formats_as_the_metrics_table_does(tmp_path):
+    """Formats the report has no name for (the zero- and few-shot arms) keep the metrics
+    table's order on every call; the grouped table's own row order is arbitrary."""
+    configs = grid_configurations(models=("tiny",), sizes=(50,), seeds=(1,))
+    configs += [
+        {"model": "tiny", "format": fmt, "n_train": 50, "seed": 1}
+        for fmt in ("zero_shot", "few_shot_labels", "logistic_regression")
+    ]
+    table = load_metrics_table(write_grid(tmp_path, configs))
+    expected = [f for f in table["format"].unique(maintain_order=True) if "shot" in f]
+    assert len(expected) == 2
+    for _ in range(20):
+        formats = baseline_table(table, ["logistic_regression"])["format"].to_list()
+        assert [f for f in dict.fromkeys(formats) if "shot" in f] == expected
+
+
+def test_exclusion_reasons_are_listed_in_first_seen_order():
+    """The headline lists why configurations were excluded in the order first met, so the
+    report does not change with Python's string hashing (it did with a set)."""
+    paired = pl.DataFrame({"format": ["free_form"], "valid": [False]})
+    reasons = [
+        "reached the answer slot unforced 0.1 (limit >= 0.95); answers failed to parse 0.9 "
+        "(limit <= 0.5)",
+        "most common generation 0.8 (limit <= 0.5); answers failed to parse 1 (limit <= 0.5)",
+    ]
+    table = pl.DataFrame({"valid": [False, False], "validity_reasons": reasons})
+    _, exclusions = validity_sentences(paired, table)
+    assert (
+        "reached the answer slot unforced (1 configuration), answers failed to parse "
+        "(2 configurations), most common generation (1 configuration)"
+    ) in exclusions
 
 
 def test_write_study_report_on_a_partial_grid(tmp_path, monkeypatch):

@@ -39,7 +39,8 @@ def validity_sentences(paired: pl.DataFrame, table: pl.DataFrame) -> tuple[str, 
     invalid = table.filter(pl.col("valid").not_()) if "valid" in table.columns else table.head(0)
     kinds: dict[str, int] = {}
     for reasons in invalid["validity_reasons"].to_list():
-        for kind in {reason_kind(r) for r in reasons.split("; ") if r}:
+        # First-seen order: a set's order would change with Python's string hashing.
+        for kind in dict.fromkeys(reason_kind(r) for r in reasons.split("; ") if r):
             kinds[kind] = kinds.get(kind, 0) + 1
     listed = ", ".join(f"{k} ({plural(n, 'configuration')})" for k, n in kinds.items())
     exclusions = (

@@ -241,7 +241,8 @@ def baseline_table(
         table = pl.concat([per_size, overall.select(per_size.columns)])
     table = table.with_columns(kind)
     order = [f for f in baseline_formats if f in set(table["format"])]
-    rest = [f for f in table["format"].unique(maintain_order=True) if f not in order]
+    # Other formats in the metrics table's order (the grouped table's row order is arbitrary).
+    rest = [f for f in metrics_table["format"].unique(maintain_order=True) if f not in order]
     order += format_order(rest, reference)
     rank = pl.col("format").replace_strict(
         {f: i for i, f in enumerate(order)}, return_dtype=pl.Int64
