@@ -15,6 +15,7 @@ from scipy import special, stats
 
 from rationale_bench.evaluate import metrics
 from rationale_bench.report.error_analysis import matched_error_analysis
+from rationale_bench.report.mechanism import mechanism_table
 from rationale_bench.report.names import paired_factors
 from rationale_bench.report.prose import headline, validity_sentences
 from rationale_bench.report.statistics import (
@@ -31,6 +32,7 @@ from rationale_bench.report.tables import (
     load_predictions,
     missing_cells,
 )
+from rationale_bench.text.formats import FORMATS
 
 N_SUBJECTS = 120
 # How much signal each format's scores carry in the synthetic grid (label-only is best).
@@ -477,25 +479,36 @@ def test_baseline_table(tmp_path):
     assert lr_all["n_configurations"][0] == 4
 
 
-def test_baseline_table_orders_unknown_formats_as_the_metrics_table_does(tmp_path):
-    """Formats the report has no name for (the zero- and few-shot arms) keep the metrics
-    table's order on every call; the grouped table's own row order is arbitrary."""
+def test_baseline_table_orders_formats_as_text_formats_defines_them(tmp_path):
+    """Formats the report has no name for (the zero- and few-shot arms) come in the order of
+    text.formats.FORMATS on every call; the grouped table's own row order is arbitrary."""
     configs = grid_configurations(models=("tiny",), sizes=(50,), seeds=(1,))
     configs += [
         {"model": "tiny", "format": fmt, "n_train": 50, "seed": 1}
         for fmt in ("zero_shot", "few_shot_labels", "logistic_regression")
     ]
     table = load_metrics_table(write_grid(tmp_path, configs))
-    expected = [f for f in table["format"].unique(maintain_order=True) if "shot" in f]
-    assert len(expected) == 2
+    expected = ["zero_shot", "few_shot_labels"]
+    assert [f for f in FORMATS if f in expected] == expected
     for _ in range(20):
         formats = baseline_table(table, ["logistic_regression"])["format"].to_list()
         assert [f for f in dict.fromkeys(formats) if "shot" in f] == expected
 
 
-def test_exclusion_reasons_are_listed_in_first_seen_order():
-    """The headline lists why configurations were excluded in the order first met, so the
-    report does not change with Python's string hashing (it did with a set)."""
+def test_mechanism_rows_follow_the_paired_table_for_unnamed_formats():
+    paired = pl.DataFrame(
+        {"format": ["zero_shot", "few_shot_labels"] * 3, "valid": [False] * 6},
+        schema_overrides={"valid": pl.Boolean},
+    ).with_columns(pl.lit(0.0).alias("auroc_diff"))
+    table = pl.DataFrame({"format": ["label_only"], "valid": [True]})
+    for _ in range(20):
+        rows = mechanism_table(paired, table)["format"].to_list()
+        assert rows == ["zero_shot", "few_shot_labels"]
+
+
+def test_exclusion_reasons_are_listed_most_common_first_then_first_seen():
+    """The headline lists why configurations were excluded, most common first and ties in the
+    order first met, so that it does not change with Python's string hashing (it did)."""
     paired = pl.DataFrame({"format": ["free_form"], "valid": [False]})
     reasons = [
         "reached the answer slot unforced 0.1 (limit >= 0.95); answers failed to parse 0.9 "
@@ -505,8 +518,8 @@ def test_exclusion_reasons_are_listed_in_first_seen_order():
     table = pl.DataFrame({"valid": [False, False], "validity_reasons": reasons})
     _, exclusions = validity_sentences(paired, table)
     assert (
-        "reached the answer slot unforced (1 configuration), answers failed to parse "
-        "(2 configurations), most common generation (1 configuration)"
+        "answers failed to parse (2 configurations), reached the answer slot unforced "
+        "(1 configuration), most common generation (1 configuration)"
     ) in exclusions
 
 

@@ -55,7 +55,9 @@ def mechanism_table(
     """
     rows = []
     valid = table.filter(pl.col("valid")) if "valid" in table.columns else table
-    for fmt in format_order(paired["format"].unique().to_list() if paired.height else []):
+    # The paired table's order for formats without a name (unique() alone has none).
+    present = paired["format"].unique(maintain_order=True).to_list() if paired.height else []
+    for fmt in format_order(present):
         pairs = paired.filter(pl.col("format") == fmt)
         kept = pairs.filter(pl.col("valid")) if "valid" in pairs.columns else pairs
         own = valid.filter(pl.col("format") == fmt)

@@ -39,10 +39,12 @@ def validity_sentences(paired: pl.DataFrame, table: pl.DataFrame) -> tuple[str, 
     invalid = table.filter(pl.col("valid").not_()) if "valid" in table.columns else table.head(0)
     kinds: dict[str, int] = {}
     for reasons in invalid["validity_reasons"].to_list():
-        # First-seen order: a set's order would change with Python's string hashing.
         for kind in dict.fromkeys(reason_kind(r) for r in reasons.split("; ") if r):
             kinds[kind] = kinds.get(kind, 0) + 1
-    listed = ", ".join(f"{k} ({plural(n, 'configuration')})" for k, n in kinds.items())
+    # Most common reason first, ties in the order first seen (never a set's order, which
+    # changes with Python's string hashing from one run to the next).
+    by_count = sorted(kinds.items(), key=lambda kind_n: -kind_n[1])
+    listed = ", ".join(f"{k} ({plural(n, 'configuration')})" for k, n in by_count)
     exclusions = (
         f"{excluded.height} of {paired.height} matched comparisons were excluded because a "
         f"configuration in them is degenerate ({invalid.height} of {table.height} "

@@ -241,8 +241,10 @@ def baseline_table(
         table = pl.concat([per_size, overall.select(per_size.columns)])
     table = table.with_columns(kind)
     order = [f for f in baseline_formats if f in set(table["format"])]
-    # Other formats in the metrics table's order (the grouped table's row order is arbitrary).
-    rest = [f for f in metrics_table["format"].unique(maintain_order=True) if f not in order]
+    # The other formats in the order text.formats defines them, any unknown one after them in
+    # the metrics table's order (the grouped table's own row order is arbitrary).
+    seen = metrics_table["format"].unique(maintain_order=True).to_list()
+    rest = list(dict.fromkeys(f for f in [*FORMATS, *seen] if f in seen and f not in order))
     order += format_order(rest, reference)
     rank = pl.col("format").replace_strict(
         {f: i for i, f in enumerate(order)}, return_dtype=pl.Int64
