@@ -118,8 +118,8 @@ def test_the_cycle_check_catches_a_cycle(tmp_path, monkeypatch):
     fake = tmp_path / "rationale_bench" / "report"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")
-    (fake / "figures.py").write_text("from rationale_bench.report import analysis\n")
-    (fake / "analysis.py").write_text("def f():\n    from rationale_bench.report import figures\n")
+    (fake / "figures.py").write_text("from rationale_bench.report import prose\n")
+    (fake / "prose.py").write_text("def f():\n    from rationale_bench.report import figures\n")
     monkeypatch.setattr(sys.modules[__name__], "SRC", fake.parent)
     with pytest.raises(pytest.fail.Exception, match="import cycle"):
         test_no_import_cycle()

@@ -12,7 +12,7 @@ import pytest
 from rationale_bench.cohort.build import training_subset
 from rationale_bench.evaluate import baselines as B
 from rationale_bench.evaluate import metrics
-from rationale_bench.report.analysis import PREDICTION_COLUMNS
+from rationale_bench.evaluate.evaluation import PREDICTION_COLUMNS
 
 # The 2,500-subject fixture keeps 632 subjects in its training split; 600 is the largest round
 # subset and the closest it allows to the n_train ~ 1,000 of the brief.
@@ -51,13 +51,14 @@ def lr_run(synthetic_histories, cohort):
 # --------------------------------------------------------------------------------------
 
 
-def test_icd10_rollup():
-    assert B.icd10_rollup("ICD10/I10.9") == "ICD10/I10"
-    assert B.icd10_rollup("ICD10/G31.83") == "ICD10/G31"
-    assert B.icd10_rollup("ICD10/F0390") == "ICD10/F03"
-    assert B.icd10_rollup("ICD10/I10") is None
-    assert B.icd10_rollup("ATC/N06DA02") is None
-    assert B.icd10_rollup("LAB/LDL") is None
+def test_icd10_rollups_in_the_vocabulary():
+    """Specific ICD-10 codes add their 3-character category; categories and other
+    vocabularies add nothing."""
+    codes = ["ICD10/I10.9", "ICD10/G31.83", "ICD10/F0390", "ICD10/I10", "ATC/N06DA02", "LAB/LDL"]
+    hist = _histories([(1, "train", True, 70.0, "F", codes)])
+    rolled = B.fit_feature_space(hist, min_count=1).vocabulary
+    assert set(rolled) - set(codes) == {"ICD10/G31", "ICD10/F03"}  # ICD10/I10 is already there
+    assert B.fit_feature_space(hist, min_count=1, rollup=False).vocabulary == tuple(sorted(codes))
 
 
 def test_feature_matrix_binary_rollups_and_training_scaler():

@@ -13,8 +13,10 @@ import polars as pl
 import pytest
 from test_study_report import grid_configurations, write_grid
 
-from rationale_bench.report import analysis as study_report
 from rationale_bench.report import figures
+from rationale_bench.report.error_analysis import matched_error_analysis
+from rationale_bench.report.statistics import paired_differences
+from rationale_bench.report.tables import load_metrics_table, load_predictions
 
 # Cells dropped to mimic a grid that is still running: a whole label-only model/size block,
 # one rationale cell and one seed.
@@ -85,15 +87,15 @@ def tables(tmp_path_factory) -> dict:
         for s in (1, 2)
     ]
     entries = write_grid(root, configs)
-    preds = study_report.load_predictions(entries)
-    table = study_report.load_metrics_table(entries)
+    preds = load_predictions(entries)
+    table = load_metrics_table(entries)
     return {"full": _derive(preds, table), "partial": _derive(preds.filter(~DROPPED), table)}
 
 
 def _derive(preds: pl.DataFrame, table: pl.DataFrame) -> dict:
     table = table.filter(pl.col("config_id").is_in(preds["config_id"].unique().implode()))
-    paired = study_report.paired_differences(preds, n_boot=100)
-    errors = study_report.matched_error_analysis(preds, "label_only", ["free_form", "step_by_step"])
+    paired = paired_differences(preds, n_boot=100)
+    errors = matched_error_analysis(preds, "label_only", ["free_form", "step_by_step"])
     return {"preds": preds, "table": table, "paired": paired, "errors": errors}
 
 
@@ -215,7 +217,7 @@ def test_roc_svg_has_a_curve_per_format(tables, tmp_path):
 
 @pytest.mark.parametrize("name", list(DRAW))
 def test_empty_grid_draws_the_no_data_note(tmp_path, name):
-    empty = _derive(study_report.load_predictions([]), study_report.load_metrics_table([]))
+    empty = _derive(load_predictions([]), load_metrics_table([]))
     svg = DRAW[name](empty, tmp_path / name)[1]
     texts = svg_texts(svg)
     assert NO_DATA[name] in texts
@@ -251,7 +253,7 @@ def test_figures_with_a_single_configuration_or_nothing(tables, tmp_path):
     for name, draw in DRAW.items():
         assert_written(draw(nothing, tmp_path / f"none_{name}"), tmp_path / f"none_{name}")
     # Nothing has finished at all.
-    empty = _derive(study_report.load_predictions([]), study_report.load_metrics_table([]))
+    empty = _derive(load_predictions([]), load_metrics_table([]))
     for name, draw in DRAW.items():
         assert_written(draw(empty, tmp_path / f"empty_{name}"), tmp_path / f"empty_{name}")
 
@@ -308,8 +310,8 @@ def test_model_free_baseline_is_drawn_with_every_model(tmp_path):
     configs = grid_configurations(sizes=(50,), seeds=(1,))
     configs.append({"model": None, "format": "logistic_regression", "n_train": 50, "seed": 1})
     entries = write_grid(tmp_path / "runs", configs)
-    preds = study_report.load_predictions(entries)
-    t = _derive(preds, study_report.load_metrics_table(entries))
+    preds = load_predictions(entries)
+    t = _derive(preds, load_metrics_table(entries))
     assert set(t["paired"]["format"]) == {"free_form", "step_by_step"}  # no model to match
     for name, draw in DRAW.items():
         assert_written(draw(t, tmp_path / name), tmp_path / name)

@@ -233,9 +233,15 @@ def test_brier_and_prevalence():
     assert M.brier([0, 1], [1.0, 0.0]) == 1.0
 
 
-# --------------------------------------------------------------------------------------
-# Bootstrap
-# --------------------------------------------------------------------------------------
+def test_brier_agrees_with_sklearn_on_skewed_scores():
+    """Many sizes, prevalences and scores crowded near 0 (as dementia risks are): sklearn's
+    brier_score_loss agrees to float tolerance, though not always to the last bit."""
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        n = int(rng.integers(1, 300))
+        y = rng.random(n) < rng.random()
+        s = rng.random(n) ** rng.choice([1, 3, 10, 30])
+        assert M.brier(y, s) == pytest.approx(brier_score_loss(y, s), rel=1e-14, abs=1e-16)
 
 
 def test_bootstrap_contains_estimate_and_is_deterministic():
@@ -501,16 +507,6 @@ def test_threshold_for_sensitivity_exact_fraction():
     s = [0.9, 0.8, 0.7, 0.6, 0.1, 0.5, 0.2]
     assert M.threshold_for_sensitivity(y, s, 0.8) == 0.6
     assert M.threshold_for_sensitivity(y, s, 1.0) == 0.1
-
-
-def test_threshold_top_fraction():
-    s = np.arange(100) / 100.0
-    t = M.threshold_top_fraction(s, 0.1)
-    assert t == 0.9 and np.sum(s >= t) == 10
-    assert M.threshold_top_fraction(s, 1.0) == 0.0
-    assert np.sum(s >= M.threshold_top_fraction(s, 0.015)) == 2  # ceil(1.5)
-    with pytest.raises(ValueError, match="fraction"):
-        M.threshold_top_fraction(s, 0.0)
 
 
 def test_operating_point_hand_example():

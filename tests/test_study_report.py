@@ -14,8 +14,25 @@ import pytest
 from scipy import special, stats
 
 from rationale_bench.evaluate import metrics
-from rationale_bench.report import analysis as study_report
-from rationale_bench.report.analysis import RunOutputs
+from rationale_bench.report.error_analysis import matched_error_analysis
+from rationale_bench.report.mechanism import mechanism_table
+from rationale_bench.report.names import paired_factors
+from rationale_bench.report.prose import headline, validity_sentences
+from rationale_bench.report.statistics import (
+    baseline_table,
+    paired_differences,
+    summary_across_configurations,
+)
+from rationale_bench.report.study_report import write_study_report
+from rationale_bench.report.tables import (
+    RunOutputs,
+    available_outputs,
+    config_id,
+    load_metrics_table,
+    load_predictions,
+    missing_cells,
+)
+from rationale_bench.text.formats import FORMATS
 
 N_SUBJECTS = 120
 # How much signal each format's scores carry in the synthetic grid (label-only is best).
@@ -78,7 +95,7 @@ def write_grid(root: Path, configurations: list[dict], with_runs: bool = True) -
     y = labels()
     entries = []
     for c in configurations:
-        d = root / study_report.config_id(c)
+        d = root / config_id(c)
         d.mkdir(parents=True, exist_ok=True)
         preds = predictions_for(c, y)
         preds.write_parquet(d / "predictions.parquet")
@@ -123,9 +140,9 @@ def grid(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("grid")
     configurations = grid_configurations()
     entries = write_grid(root, configurations)
-    preds = study_report.load_predictions(entries)
-    table = study_report.load_metrics_table(entries)
-    paired = study_report.paired_differences(preds, n_boot=200)
+    preds = load_predictions(entries)
+    table = load_metrics_table(entries)
+    paired = paired_differences(preds, n_boot=200)
     return {"entries": entries, "preds": preds, "table": table, "paired": paired}
 
 
@@ -167,7 +184,7 @@ def test_metrics_table_tolerates_missing_run_json(tmp_path):
     configs = grid_configurations(models=("tiny",), sizes=(50,), seeds=(1,))
     configs.append({"model": "tiny", "format": "logistic_regression", "n_train": 50, "seed": 1})
     entries = write_grid(tmp_path, configs)
-    table = study_report.load_metrics_table(entries)
+    table = load_metrics_table(entries)
     assert table.height == 4
     lr = table.filter(pl.col("format") == "logistic_regression")
     assert lr["mean_label_loss_share"].is_null().all()
@@ -179,17 +196,15 @@ def test_available_outputs_and_missing_cells(tmp_path):
     configs = grid_configurations(models=("tiny",), sizes=(50,), seeds=(1, 2))
     entries = write_grid(tmp_path, configs)
     (entries[1].predictions).unlink()
-    present, missing = study_report.available_outputs(entries)
+    present, missing = available_outputs(entries)
     assert len(present) == 5
-    assert missing == [study_report.config_id(configs[1])]
+    assert missing == [config_id(configs[1])]
     assert missing[0] == "model=tiny/format=label_only/n_train=50/seed=2"
-    table = study_report.load_metrics_table(present)
-    assert study_report.missing_cells(configs, table) == missing
-    assert study_report.missing_cells(configs, [configs[0]]) == [
-        study_report.config_id(c) for c in configs[1:]
-    ]
+    table = load_metrics_table(present)
+    assert missing_cells(configs, table) == missing
+    assert missing_cells(configs, [configs[0]]) == [config_id(c) for c in configs[1:]]
     with pytest.raises(FileNotFoundError, match="available_outputs"):
-        study_report.load_predictions(entries)
+        load_predictions(entries)
 
 
 # --------------------------------------------------------------------------------------
@@ -200,9 +215,7 @@ def test_available_outputs_and_missing_cells(tmp_path):
 def test_identical_scores_give_zero_difference():
     y = labels(80, seed=1)
     s = special.expit(np.random.default_rng(0).normal(size=80) + y)
-    paired = study_report.paired_differences(
-        hand_preds({"label_only": s, "free_form": s.copy()}, y), n_boot=200
-    )
+    paired = paired_differences(hand_preds({"label_only": s, "free_form": s.copy()}, y), n_boot=200)
     row = paired.row(0, named=True)
     assert paired.height == 1
     assert row["format"] == "free_form" and row["reference"] == "label_only"
@@ -220,7 +233,7 @@ def test_better_scores_give_positive_difference_with_ci_above_zero():
     rng = np.random.default_rng(3)
     weak = special.expit(0.3 * y + rng.normal(size=200))
     strong = special.expit(4.0 * y + rng.normal(size=200))
-    paired = study_report.paired_differences(
+    paired = paired_differences(
         hand_preds({"label_only": weak, "step_by_step": strong}, y), n_boot=300, seed=5
     )
     row = paired.row(0, named=True)
@@ -247,20 +260,20 @@ def test_mismatched_subjects_are_an_error():
         .alias("subject_id")
     )
     with pytest.raises(ValueError, match="different held-out subjects"):
-        study_report.paired_differences(preds, n_boot=50)
+        paired_differences(preds, n_boot=50)
 
 
 def test_paired_rows_match_within_groups_and_skip_groups_without_reference(grid):
     paired = grid["paired"]
     assert paired.height == 16  # 8 matched groups x 2 rationale formats
     assert set(paired["format"]) == {"free_form", "step_by_step"}
-    assert study_report.paired_factors(paired) == ["model", "n_train", "seed"]
+    assert paired_factors(paired) == ["model", "n_train", "seed"]
     preds = grid["preds"].filter(
         ~((pl.col("format") == "label_only") & (pl.col("model") == "tiny"))
     )
-    partial = study_report.paired_differences(preds, n_boot=50)
+    partial = paired_differences(preds, n_boot=50)
     assert partial.height == 8 and set(partial["model"]) == {"small"}
-    empty = study_report.paired_differences(preds.filter(pl.col("format") != "label_only"))
+    empty = paired_differences(preds.filter(pl.col("format") != "label_only"))
     assert empty.height == 0 and "auroc_diff" in empty.columns
 
 
@@ -269,9 +282,9 @@ def test_extra_factor_joins_the_matched_group():
     s = special.expit(y + np.random.default_rng(1).normal(size=60))
     a = hand_preds({"label_only": s, "free_form": s}, y, teacher="t1")
     b = hand_preds({"label_only": s, "free_form": 1 - s}, y, teacher="t2")
-    paired = study_report.paired_differences(pl.concat([a, b]), n_boot=50)
+    paired = paired_differences(pl.concat([a, b]), n_boot=50)
     assert paired.height == 2
-    assert "teacher" in study_report.paired_factors(paired)
+    assert "teacher" in paired_factors(paired)
     assert paired.filter(pl.col("teacher") == "t1")["auroc_diff"][0] == 0.0
 
 
@@ -305,7 +318,7 @@ def constructed_paired(diffs: dict[str, list[float]], ci_half: float = 0.02) -> 
 def test_summary_counts_and_wilcoxon_match_scipy():
     ff = [-0.10, -0.05, -0.01, 0.03, -0.08, -0.12, -0.015, -0.2]
     sbs = [0.01, -0.01, 0.02]
-    summary = study_report.summary_across_configurations(
+    summary = summary_across_configurations(
         constructed_paired({"free_form": ff, "step_by_step": sbs})
     )
     row = summary.filter((pl.col("by") == "all") & (pl.col("format") == "free_form")).row(
@@ -330,9 +343,7 @@ def test_summary_counts_and_wilcoxon_match_scipy():
 
 
 def test_summary_breaks_down_by_factor_and_handles_all_zero():
-    summary = study_report.summary_across_configurations(
-        constructed_paired({"free_form": [0.0] * 7})
-    )
+    summary = summary_across_configurations(constructed_paired({"free_form": [0.0] * 7}))
     overall = summary.filter(pl.col("by") == "all")
     assert math.isnan(overall["wilcoxon_p_value"][0])
     assert "all differences are zero" in overall["note"][0]
@@ -343,7 +354,7 @@ def test_summary_breaks_down_by_factor_and_handles_all_zero():
 
 
 def test_summary_on_the_grid_agrees_with_paired(grid):
-    summary = study_report.summary_across_configurations(grid["paired"])
+    summary = summary_across_configurations(grid["paired"])
     ff = grid["paired"].filter(pl.col("format") == "free_form")
     row = summary.filter((pl.col("by") == "all") & (pl.col("format") == "free_form"))
     assert row["n_configurations"][0] == ff.height == 8
@@ -361,7 +372,7 @@ def test_summary_on_the_grid_agrees_with_paired(grid):
 def test_headline_states_computed_numbers():
     ff = [-0.10, -0.05, -0.01, 0.03, -0.08, -0.12, -0.015, -0.2]
     paired = constructed_paired({"free_form": ff, "step_by_step": [0.01, -0.01, 0.02]})
-    summary = study_report.summary_across_configurations(paired)
+    summary = summary_across_configurations(paired)
     table = pl.DataFrame(
         {
             "model": ["a", "b", "a", "a"],
@@ -371,7 +382,7 @@ def test_headline_states_computed_numbers():
             "auroc": [0.70, 0.76, 0.60, 0.69],
         }
     )
-    text = study_report.headline(summary, table, missing=["model=a/format=x/n_train=1/seed=1"])
+    text = headline(summary, table, missing=["model=a/format=x/n_train=1/seed=1"])
     p = stats.wilcoxon(ff).pvalue
     assert "label-only SFT reached a mean held-out AUROC of 0.730" in text
     assert f"{0.75 + np.mean(ff):.3f} against 0.750" in text
@@ -388,14 +399,14 @@ def test_headline_states_computed_numbers():
 def test_headline_says_when_not_significant_and_when_reference_missing():
     rng = np.random.default_rng(0)
     diffs = list(rng.normal(0, 0.05, size=10))
-    summary = study_report.summary_across_configurations(constructed_paired({"free_form": diffs}))
+    summary = summary_across_configurations(constructed_paired({"free_form": diffs}))
     p = summary["wilcoxon_p_value"][0]
     assert p >= 0.05
     table = pl.DataFrame({"format": ["label_only"], "auroc": [0.7], "model": ["a"]})
-    assert "the difference is not significant" in study_report.headline(summary, table)
-    empty = study_report.summary_across_configurations(constructed_paired({}))
+    assert "the difference is not significant" in headline(summary, table)
+    empty = summary_across_configurations(constructed_paired({}))
     table = pl.DataFrame({"format": ["free_form"], "auroc": [0.6]})
-    assert "No label-only SFT results" in study_report.headline(empty, table)
+    assert "No label-only SFT results" in headline(empty, table)
 
 
 # --------------------------------------------------------------------------------------
@@ -408,7 +419,7 @@ def test_error_analysis_crosstab_on_hand_built_example():
     ref = np.array([0.9, 0.8, 0.2, 0.1, 0.1, 0.7, 0.2, 0.6])  # right: 0,1,3,4,6
     oth = np.array([0.9, 0.3, 0.7, 0.1, 0.8, 0.7, 0.2, 0.1])  # right: 0,2,3,6,7
     preds = hand_preds({"label_only": ref, "free_form": oth}, y)
-    out = study_report.matched_error_analysis(preds, "label_only", "free_form")
+    out = matched_error_analysis(preds, "label_only", "free_form")
     cross = {
         (r["reference_correct"], r["format_correct"]): r["n"]
         for r in out["crosstab"].iter_rows(named=True)
@@ -433,7 +444,7 @@ def test_error_analysis_crosstab_on_hand_built_example():
             "config_id"
         )
     )
-    out = study_report.matched_error_analysis(preds, "label_only", "free_form", {cid: 0.0})
+    out = matched_error_analysis(preds, "label_only", "free_form", {cid: 0.0})
     flips = out["flips"].row(0, named=True)
     assert flips["accuracy_format"] == 3 / 8  # everything predicted positive
 
@@ -442,7 +453,7 @@ def test_error_analysis_on_grid_with_missing_cells(grid):
     preds = grid["preds"].filter(
         pl.col("config_id") != "model=tiny/format=free_form/n_train=50/seed=1"
     )
-    out = study_report.matched_error_analysis(preds, "label_only", ["free_form", "step_by_step"])
+    out = matched_error_analysis(preds, "label_only", ["free_form", "step_by_step"])
     assert out["flips"].height == 15
     assert out["crosstab"].height == 15 * 4
     assert (
@@ -458,14 +469,58 @@ def test_baseline_table(tmp_path):
         for n in (50, 200)
         for s in (1, 2)
     ]
-    table = study_report.load_metrics_table(write_grid(tmp_path, configs))
-    out = study_report.baseline_table(table, ["logistic_regression"])
+    table = load_metrics_table(write_grid(tmp_path, configs))
+    out = baseline_table(table, ["logistic_regression"])
     assert out["format"][0] == "logistic_regression" and out["kind"][0] == "baseline"
     assert out.height == 4 * 3  # 4 formats x (2 sizes + all sizes)
     lr_all = out.filter((pl.col("format") == "logistic_regression") & pl.col("n_train").is_null())
     expected = table.filter(pl.col("format") == "logistic_regression")["auroc"].mean()
     assert lr_all["auroc_mean"][0] == pytest.approx(expected)
     assert lr_all["n_configurations"][0] == 4
+
+
+def test_baseline_table_orders_formats_as_text_formats_defines_them(tmp_path):
+    """Formats the report has no name for (the zero- and few-shot arms) come in the order of
+    text.formats.FORMATS on every call; the grouped table's own row order is arbitrary."""
+    configs = grid_configurations(models=("tiny",), sizes=(50,), seeds=(1,))
+    configs += [
+        {"model": "tiny", "format": fmt, "n_train": 50, "seed": 1}
+        for fmt in ("zero_shot", "few_shot_labels", "logistic_regression")
+    ]
+    table = load_metrics_table(write_grid(tmp_path, configs))
+    expected = ["zero_shot", "few_shot_labels"]
+    assert [f for f in FORMATS if f in expected] == expected
+    for _ in range(20):
+        formats = baseline_table(table, ["logistic_regression"])["format"].to_list()
+        assert [f for f in dict.fromkeys(formats) if "shot" in f] == expected
+
+
+def test_mechanism_rows_follow_the_paired_table_for_unnamed_formats():
+    paired = pl.DataFrame(
+        {"format": ["zero_shot", "few_shot_labels"] * 3, "valid": [False] * 6},
+        schema_overrides={"valid": pl.Boolean},
+    ).with_columns(pl.lit(0.0).alias("auroc_diff"))
+    table = pl.DataFrame({"format": ["label_only"], "valid": [True]})
+    for _ in range(20):
+        rows = mechanism_table(paired, table)["format"].to_list()
+        assert rows == ["zero_shot", "few_shot_labels"]
+
+
+def test_exclusion_reasons_are_listed_most_common_first_then_first_seen():
+    """The headline lists why configurations were excluded, most common first and ties in the
+    order first met, so that it does not change with Python's string hashing (it did)."""
+    paired = pl.DataFrame({"format": ["free_form"], "valid": [False]})
+    reasons = [
+        "reached the answer slot unforced 0.1 (limit >= 0.95); answers failed to parse 0.9 "
+        "(limit <= 0.5)",
+        "most common generation 0.8 (limit <= 0.5); answers failed to parse 1 (limit <= 0.5)",
+    ]
+    table = pl.DataFrame({"valid": [False, False], "validity_reasons": reasons})
+    _, exclusions = validity_sentences(paired, table)
+    assert (
+        "answers failed to parse (2 configurations), reached the answer slot unforced "
+        "(1 configuration), most common generation (1 configuration)"
+    ) in exclusions
 
 
 def test_write_study_report_on_a_partial_grid(tmp_path, monkeypatch):
@@ -475,8 +530,8 @@ def test_write_study_report_on_a_partial_grid(tmp_path, monkeypatch):
     configs = grid_configurations(models=("tiny",), sizes=(50,), seeds=(1, 2, 3))
     entries = write_grid(tmp_path / "runs", configs)
     entries[-1].predictions.unlink()  # a cell still running
-    paths = study_report.write_study_report(entries, tmp_path / "report", n_boot=50)
-    assert paths["missing"].read_text().strip() == study_report.config_id(configs[-1])
+    paths = write_study_report(entries, tmp_path / "report", n_boot=50)
+    assert paths["missing"].read_text().strip() == config_id(configs[-1])
     assert "Partial report: 1 grid cell" in paths["headline"].read_text()
     assert pl.read_csv(paths["paired"]).height == 5
     for name in ("figure_paired_configurations", "figure_learning_curves"):
@@ -485,15 +540,15 @@ def test_write_study_report_on_a_partial_grid(tmp_path, monkeypatch):
 
 def test_nothing_finished_yet():
     configs = grid_configurations(models=("tiny",), sizes=(50,), seeds=(1,))
-    preds = study_report.load_predictions([])
-    table = study_report.load_metrics_table([])
-    paired = study_report.paired_differences(preds)
-    summary = study_report.summary_across_configurations(paired)
+    preds = load_predictions([])
+    table = load_metrics_table([])
+    paired = paired_differences(preds)
+    summary = summary_across_configurations(paired)
     assert paired.height == table.height == summary.height == 0
-    assert len(study_report.missing_cells(configs, table)) == 3
-    text = study_report.headline(summary, table, missing=study_report.missing_cells(configs, table))
+    assert len(missing_cells(configs, table)) == 3
+    text = headline(summary, table, missing=missing_cells(configs, table))
     assert "No label-only SFT results" in text and "3 grid cells without results" in text
-    errors = study_report.matched_error_analysis(preds)
+    errors = matched_error_analysis(preds)
     assert errors["crosstab"].height == 0
 
 
@@ -506,7 +561,7 @@ def test_serialization_axis_is_a_matched_factor(tmp_path):
     ]
     entries = write_grid(tmp_path / "runs", configs)
     assert "serialization=markdown_recent" in str(entries[1].predictions)
-    paths = study_report.write_study_report(entries, tmp_path / "report", n_boot=50)
+    paths = write_study_report(entries, tmp_path / "report", n_boot=50)
     table = pl.read_csv(paths["metrics"])
     assert set(table["serialization"]) == {"timeline_recent", "markdown_recent"}
     paired = pl.read_csv(paths["paired"])

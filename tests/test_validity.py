@@ -9,7 +9,8 @@ import pytest
 from test_study_report import grid_configurations, write_grid
 
 from rationale_bench.evaluate import diagnostics
-from rationale_bench.report import analysis as study_report
+from rationale_bench.report.study_report import write_study_report
+from rationale_bench.report.validity import MatchedTrainingError
 
 GATES = {
     "min_answer_slot_rate": 0.95,
@@ -144,7 +145,7 @@ def _degrade(entries, fmt: str, seeds: set[int]) -> None:
 
 
 def _report(tmp_path, entries):
-    return study_report.write_study_report(entries, tmp_path / "report", n_boot=50, gates=GATES)
+    return write_study_report(entries, tmp_path / "report", n_boot=50, gates=GATES)
 
 
 @pytest.fixture
@@ -252,7 +253,7 @@ def test_tampered_run_json_stops_the_report(tmp_path, small_grid, no_figures, fi
     victim = next(e for e in small_grid if e.configuration["format"] == "step_by_step")
     run = json.loads(victim.run.read_text()) | {field: value}
     victim.run.write_text(json.dumps(run))
-    with pytest.raises(study_report.MatchedTrainingError, match=f"differ in {field}"):
+    with pytest.raises(MatchedTrainingError, match=f"differ in {field}"):
         _report(tmp_path, small_grid)
 
 

@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 
 from rationale_bench.cohort.build import training_subset
 from rationale_bench.evaluate import metrics
-from rationale_bench.evaluate.evaluation import age_band
+from rationale_bench.evaluate.evaluation import subgroup_labels
 
 BaselineKind = Literal["logistic_regression", "gradient_boosting"]
 BASELINE_KINDS: tuple[str, ...] = ("logistic_regression", "gradient_boosting")
@@ -82,19 +82,6 @@ class FeatureSpace:
         return len(self.vocabulary) + 2
 
 
-def icd10_rollup(code: str) -> str | None:
-    """3-character ICD-10 category of a more specific code (``ICD10/I10.9`` -> ``ICD10/I10``).
-
-    None for non-ICD-10 codes and for codes that already are a category.
-    """
-    if not code.startswith(ICD10_PREFIX):
-        return None
-    value = code[len(ICD10_PREFIX) :].replace(".", "")
-    if len(value) <= 3:
-        return None
-    return ICD10_PREFIX + value[:3]
-
-
 def _subject_codes(histories: pl.DataFrame, rollup: bool) -> pl.DataFrame:
     """Long frame ``row, code``: each row's distinct codes, plus their roll-ups if asked."""
     if "codes" not in histories.columns:
@@ -108,7 +95,7 @@ def _subject_codes(histories: pl.DataFrame, rollup: bool) -> pl.DataFrame:
         .rename({"codes": "code"})
         .drop_nulls("code")
     )
-    if rollup:
+    if rollup:  # ICD10/I10.9 -> ICD10/I10; categories (3 characters) and other codes have none
         value = pl.col("code").str.strip_prefix(ICD10_PREFIX).str.replace_all(".", "", literal=True)
         parents = long.filter(
             pl.col("code").str.starts_with(ICD10_PREFIX) & (value.str.len_chars() > 3)
@@ -358,6 +345,119 @@ def baseline_rows(
     return train, tuning, held
 
 
+@dataclass(frozen=True)
+class BaselineFit:
+    """A baseline fitted on the training subset, its choice on tuning and its scores."""
+
+    space: FeatureSpace
+    hyperparameters: dict[str, Any]
+    tuning_auroc: float
+    p_tune: np.ndarray
+    p_held: np.ndarray
+
+
+def fit_and_score(
+    kind: BaselineKind,
+    train: pl.DataFrame,
+    tuning: pl.DataFrame,
+    held: pl.DataFrame,
+    seed: int,
+    cfg: Mapping[str, Any],
+) -> BaselineFit:
+    """Features learned from the training subset; the grid point best on tuning; its scores."""
+    threads = cfg.get("threads", 1)
+    space = fit_feature_space(
+        train, min_count=int(cfg.get("min_count", 5)), rollup=bool(cfg.get("rollup", True))
+    )
+    x_train, _, _ = feature_matrix(train, space)
+    x_tune, _, _ = feature_matrix(tuning, space)
+    x_held, _, _ = feature_matrix(held, space)
+    model, hyperparameters, tuning_auroc = fit_baseline(
+        kind,
+        (x_train, train["label"].to_numpy()),
+        (x_tune, tuning["label"].to_numpy()),
+        seed,
+        _grid_from_cfg(kind, cfg),
+        n_threads=threads,
+    )
+    p_tune = predict_proba(model, x_tune, threads)
+    p_held = predict_proba(model, x_held, threads)
+    return BaselineFit(space, hyperparameters, tuning_auroc, p_tune, p_held)
+
+
+def baseline_summary(
+    kind: BaselineKind,
+    n_train: int,
+    seed: int,
+    tuning: pl.DataFrame,
+    held: pl.DataFrame,
+    fit: BaselineFit,
+    cfg: Mapping[str, Any],
+) -> dict[str, Any]:
+    """metrics.json of a baseline: the LM metrics, its threshold and how it was fitted."""
+    y_tune = tuning["label"].to_numpy()
+    summary = metrics.summarize(
+        held["label"].to_numpy(),
+        fit.p_held,
+        n_boot=int(cfg.get("bootstrap_resamples", 1000)),
+        seed=cfg.get("bootstrap_seed", 0),
+        tuning_true=y_tune,
+        tuning_score=fit.p_tune,
+        groups=subgroup_labels(held),
+    )
+    # The hard label for meds-evaluation: the Youden threshold chosen on tuning, as for the LMs.
+    threshold = metrics.youden_threshold(y_tune, fit.p_tune)
+    summary.update(
+        {
+            "config": {"format": kind, "n_train": n_train, "seed": seed},
+            "scoring_mode": kind,
+            "threshold": threshold,
+            "hyperparameters": fit.hyperparameters,
+            "tuning_auroc": fit.tuning_auroc,
+            "n_features": fit.space.n_features,
+            "n_code_features": len(fit.space.vocabulary),
+            "min_count": fit.space.min_count,
+            "rollup": fit.space.rollup,
+            "n_forced_answer": 0,
+            "forced_answer_rate": 0.0,
+        }
+    )
+    return summary
+
+
+def baseline_predictions(
+    kind: BaselineKind,
+    tuning: pl.DataFrame,
+    held: pl.DataFrame,
+    fit: BaselineFit,
+    threshold: float,
+) -> pl.DataFrame:
+    """predictions.parquet of a baseline, in the columns of the LM configurations."""
+    scored = pl.concat(
+        [
+            held.select("subject_id", "index_time", "label", "split").with_columns(
+                predicted_boolean_probability=pl.Series(fit.p_held, dtype=pl.Float64)
+            ),
+            tuning.select("subject_id", "index_time", "label", "split").with_columns(
+                predicted_boolean_probability=pl.Series(fit.p_tune, dtype=pl.Float64)
+            ),
+        ]
+    )
+    return scored.select(
+        "subject_id",
+        pl.col("index_time").cast(pl.Datetime("us")).alias("prediction_time"),
+        pl.col("label").alias("boolean_value"),
+        (pl.col("predicted_boolean_probability") >= threshold).alias("predicted_boolean_value"),
+        "predicted_boolean_probability",
+        "split",
+        pl.lit(kind, dtype=pl.String).alias("scoring_mode"),
+        pl.lit(False, dtype=pl.Boolean).alias("forced_answer"),
+        # A classifier states no answer of its own; the parsed mode is for language models.
+        pl.lit(None, dtype=pl.Boolean).alias("parsed_answer"),
+        pl.lit(None, dtype=pl.String).alias("generated_text"),
+    ).sort("split", "subject_id")
+
+
 def run_baseline(
     kind: BaselineKind,
     histories: pl.DataFrame,
@@ -378,77 +478,7 @@ def run_baseline(
     if kind not in BASELINE_KINDS:
         raise BaselineError(f"baseline kind '{kind}' is unknown; choose one of {BASELINE_KINDS}.")
     train, tuning, held = baseline_rows(histories, cohort, n_train, seed)
-    threads = cfg.get("threads", 1)
-    space = fit_feature_space(
-        train, min_count=int(cfg.get("min_count", 5)), rollup=bool(cfg.get("rollup", True))
-    )
-    x_train, _, _ = feature_matrix(train, space)
-    x_tune, _, _ = feature_matrix(tuning, space)
-    x_held, _, _ = feature_matrix(held, space)
-    y_tune = tuning["label"].to_numpy()
-    y_held = held["label"].to_numpy()
-    model, hyperparameters, tuning_auroc = fit_baseline(
-        kind,
-        (x_train, train["label"].to_numpy()),
-        (x_tune, y_tune),
-        seed,
-        _grid_from_cfg(kind, cfg),
-        n_threads=threads,
-    )
-    p_tune = predict_proba(model, x_tune, threads)
-    p_held = predict_proba(model, x_held, threads)
-
-    groups = {
-        "sex": held["sex"].to_numpy(),
-        "age_band": held.select(age_band(pl.col("age")).alias("band"))["band"].to_numpy(),
-    }
-    summary = metrics.summarize(
-        y_held,
-        p_held,
-        n_boot=int(cfg.get("bootstrap_resamples", 1000)),
-        seed=cfg.get("bootstrap_seed", 0),
-        tuning_true=y_tune,
-        tuning_score=p_tune,
-        groups=groups,
-    )
-    # The hard label for meds-evaluation: the Youden threshold chosen on tuning, as for the LMs.
-    threshold = metrics.youden_threshold(y_tune, p_tune)
-    summary.update(
-        {
-            "config": {"format": kind, "n_train": n_train, "seed": seed},
-            "scoring_mode": kind,
-            "threshold": threshold,
-            "hyperparameters": hyperparameters,
-            "tuning_auroc": tuning_auroc,
-            "n_features": space.n_features,
-            "n_code_features": len(space.vocabulary),
-            "min_count": space.min_count,
-            "rollup": space.rollup,
-            "n_forced_answer": 0,
-            "forced_answer_rate": 0.0,
-        }
-    )
-    scored = pl.concat(
-        [
-            held.select("subject_id", "index_time", "label", "split").with_columns(
-                predicted_boolean_probability=pl.Series(p_held, dtype=pl.Float64)
-            ),
-            tuning.select("subject_id", "index_time", "label", "split").with_columns(
-                predicted_boolean_probability=pl.Series(p_tune, dtype=pl.Float64)
-            ),
-        ]
-    )
-    predictions = scored.select(
-        "subject_id",
-        pl.col("index_time").cast(pl.Datetime("us")).alias("prediction_time"),
-        pl.col("label").alias("boolean_value"),
-        (pl.col("predicted_boolean_probability") >= threshold).alias("predicted_boolean_value"),
-        "predicted_boolean_probability",
-        "split",
-        pl.lit(kind, dtype=pl.String).alias("scoring_mode"),
-        pl.lit(False, dtype=pl.Boolean).alias("forced_answer"),
-        # A classifier states no answer of its own; the parsed mode is for language models.
-        pl.lit(None, dtype=pl.Boolean).alias("parsed_answer"),
-        pl.lit(None, dtype=pl.String).alias("generated_text"),
-    ).sort("split", "subject_id")
+    fit = fit_and_score(kind, train, tuning, held, seed, cfg)
+    summary = baseline_summary(kind, n_train, seed, tuning, held, fit, cfg)
+    predictions = baseline_predictions(kind, tuning, held, fit, summary["threshold"])
     return predictions, summary

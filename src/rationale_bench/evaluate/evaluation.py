@@ -85,45 +85,68 @@ def evaluate_configuration(
     )
     held = scored.filter(pl.col("split") == "held_out")
     tuning = scored.filter(pl.col("split") == "tuning")
+    summary = held_out_summary(held, tuning, cfg)
+    threshold = tuning_threshold(tuning)
+    summary["parsed"] = parsed_summary(held["label"], held["parsed_answer"])
+    summary["diagnostics"] = held_out_diagnostics(held, subjects, run["format"], teacher_rationales)
+    summary.update(scoring_record(held, run, runtime, threshold))
+    return hard_predictions(scored, threshold), summary
+
+
+def held_out_summary(
+    held: pl.DataFrame, tuning: pl.DataFrame, cfg: Mapping[str, Any]
+) -> dict[str, Any]:
+    """metrics.summarize of the held-out scores: tuning for calibration, sex and age subgroups."""
     y, p = held["label"].to_numpy(), held["predicted_boolean_probability"].to_numpy()
-    groups = {
-        "sex": held["sex"].to_numpy(),
-        "age_band": held.select(age_band(pl.col("age")).alias("band"))["band"].to_numpy(),
-    }
-    summary = metrics.summarize(
+    return metrics.summarize(
         y,
         p,
         n_boot=cfg["bootstrap_resamples"],
         seed=cfg["bootstrap_seed"],
         tuning_true=tuning["label"].to_numpy() if tuning.height else None,
         tuning_score=tuning["predicted_boolean_probability"].to_numpy() if tuning.height else None,
-        groups=groups,
+        groups=subgroup_labels(held),
     )
-    # A hard label for meds-evaluation: the Youden threshold chosen on tuning when available.
-    threshold = (
-        metrics.youden_threshold(
-            tuning["label"].to_numpy(), tuning["predicted_boolean_probability"].to_numpy()
-        )
-        if tuning.height
-        else 0.5
+
+
+def subgroup_labels(held: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Per-subject sex and age band, the subgroups metrics.json reports AUROC for."""
+    return {
+        "sex": held["sex"].to_numpy(),
+        "age_band": held.select(age_band(pl.col("age")).alias("band"))["band"].to_numpy(),
+    }
+
+
+def tuning_threshold(tuning: pl.DataFrame) -> float:
+    """A hard label for meds-evaluation: the Youden threshold chosen on tuning when available."""
+    if not tuning.height:
+        return 0.5
+    return metrics.youden_threshold(
+        tuning["label"].to_numpy(), tuning["predicted_boolean_probability"].to_numpy()
     )
+
+
+def scoring_record(
+    held: pl.DataFrame, run: Mapping[str, Any], runtime: Mapping[str, Any], threshold: float
+) -> dict[str, Any]:
+    """The configuration, where and how it was scored, the threshold and forced answers."""
     forced = held["forced_answer"].to_numpy()
-    summary["parsed"] = parsed_summary(held["label"], held["parsed_answer"])
-    summary["diagnostics"] = held_out_diagnostics(held, subjects, run["format"], teacher_rationales)
-    summary.update(
-        {
-            "config": {k: run[k] for k in ("format", "n_train", "seed")},
-            # Where and how it was scored (device, precision, batch size, OOM back-offs).
-            "device": runtime["device"],
-            "precision": runtime["precision"],
-            "inference": runtime,
-            "scoring_mode": held["scoring_mode"][0],
-            "threshold": threshold,
-            "n_forced_answer": int(np.sum(forced)),
-            "forced_answer_rate": float(np.mean(forced)) if len(forced) else 0.0,
-        }
-    )
-    predictions = (
+    return {
+        "config": {k: run[k] for k in ("format", "n_train", "seed")},
+        # Where and how it was scored (device, precision, batch size, OOM back-offs).
+        "device": runtime["device"],
+        "precision": runtime["precision"],
+        "inference": runtime,
+        "scoring_mode": held["scoring_mode"][0],
+        "threshold": threshold,
+        "n_forced_answer": int(np.sum(forced)),
+        "forced_answer_rate": float(np.mean(forced)) if len(forced) else 0.0,
+    }
+
+
+def hard_predictions(scored: pl.DataFrame, threshold: float) -> pl.DataFrame:
+    """predictions.parquet: the meds-evaluation columns, hard labels at ``threshold``."""
+    return (
         scored.with_columns(
             pl.col("prediction_time").cast(pl.Datetime("us")),
             pl.col("label").alias("boolean_value"),
@@ -132,7 +155,6 @@ def evaluate_configuration(
         .select(PREDICTION_COLUMNS)
         .sort("split", "subject_id")
     )
-    return predictions, summary
 
 
 def held_out_diagnostics(

@@ -64,7 +64,6 @@ __all__ = [
     "subgroup_auroc",
     "summarize",
     "threshold_for_sensitivity",
-    "threshold_top_fraction",
     "to_jsonable",
     "youden_threshold",
 ]
@@ -555,7 +554,14 @@ def paired_bootstrap_diff(
 
 
 def brier(y_true: ArrayLike, y_score: ArrayLike) -> float:
-    """Brier score: mean squared difference between predicted probability and outcome."""
+    """Brier score: mean squared difference between predicted probability and outcome.
+
+    Not ``sklearn.metrics.brier_score_loss``: sklearn squares both columns of the one-hot
+    target and halves the sum, and ``1 - (1 - p)`` need not be ``p`` exactly, so it differs
+    from this in the last bit on some inputs (41 of 3,000 random ones; the Platt Brier of one
+    tiny-study configuration), which would change metrics.json; tests/test_metrics.py checks
+    that both agree to float tolerance.
+    """
     y, s = _check_pair(y_true, y_score, probability=True)
     return float(np.mean((s - y) ** 2))
 
@@ -585,6 +591,12 @@ def calibration_bins(
     first bin also includes its lower edge).  Empty bins are omitted (with heavily tied
     scores, quantile bins can coincide).  Each row has ``bin`` (index), ``lower``,
     ``upper``, ``n``, ``mean_predicted`` and ``observed_rate``.
+
+    Not calibration_curve itself: it returns only the two rates, while metrics.json records
+    each bin's edges and count (and the ECE weights bins by count); and it asks for the
+    quantiles ``linspace(0, 1) * 100``, which differ from ``linspace(0, 100)`` in the last bit
+    (30.000000000000004), so its edges differ from the ones metrics.json has always recorded.
+    tests/test_metrics.py checks the rates against calibration_curve's.
     """
     y, s = _check_pair(y_true, y_score, probability=True)
     edges = _bin_edges(s, n_bins, strategy)
@@ -832,19 +844,6 @@ def threshold_for_sensitivity(y_true: ArrayLike, y_score: ArrayLike, target: flo
     return float(thr[int(np.argmax(ok))])
 
 
-def threshold_top_fraction(y_score: ArrayLike, fraction: float = 0.1) -> float:
-    """Threshold flagging the highest-scoring ``fraction`` of subjects.
-
-    Returns the ``k``-th largest score with ``k = ceil(fraction * n)``; the rule
-    ``score >= t`` then flags at least that fraction (more if scores are tied at t).
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    s = _check_score(y_score, None, probability=False)
-    k = max(1, math.ceil(fraction * s.size - 1e-9))
-    return float(np.partition(s, s.size - k)[s.size - k])
-
-
 def operating_point(y_true: ArrayLike, y_score: ArrayLike, threshold: float) -> dict[str, Any]:
     """Confusion matrix and derived rates at ``score >= threshold``.
 
@@ -928,6 +927,105 @@ def subgroup_auroc(
     return rows
 
 
+def _bootstrap_summary(
+    y: NDArray[np.bool_],
+    s: NDArray[np.float64],
+    metric: Metric,
+    n_boot: int,
+    seed: int | None,
+    alpha: float,
+) -> dict[str, Any]:
+    """A metric's stratified percentile CI with the settings that produced it."""
+    r = bootstrap_ci(y, s, metric=metric, n_boot=n_boot, seed=seed, alpha=alpha)
+    return {
+        "ci_low": r["ci_low"],
+        "ci_high": r["ci_high"],
+        "n_boot": int(n_boot),
+        "seed": seed,
+        "stratified": True,
+        "method": "percentile",
+        "n_boot_valid": r["n_boot_valid"],
+    }
+
+
+def _held_out_metrics(
+    y: NDArray[np.bool_],
+    s: NDArray[np.float64],
+    n_boot: int,
+    seed: int | None,
+    alpha: float,
+    n_bins: int,
+) -> dict[str, Any]:
+    """Discrimination and calibration on the held-out predictions alone (no tuning data)."""
+    dl = auroc_delong(y, s, alpha=alpha)
+    return {
+        "n": int(y.size),
+        "n_pos": int(y.sum()),
+        "prevalence": prevalence(y),
+        "alpha": alpha,
+        "auroc": dl["auroc"],
+        "auroc_delong": {
+            "se": dl["se"],
+            "ci_low": dl["ci_low"],
+            "ci_high": dl["ci_high"],
+            "transform": "logit",
+        },
+        "auroc_bootstrap": _bootstrap_summary(y, s, auroc, n_boot, seed, alpha),
+        "auprc": auprc(y, s),
+        "auprc_bootstrap": _bootstrap_summary(y, s, auprc, n_boot, seed, alpha),
+        "brier": brier(y, s),
+        "brier_bootstrap": _bootstrap_summary(y, s, brier, n_boot, seed, alpha),
+        "ece": expected_calibration_error(y, s, n_bins=n_bins, strategy="quantile"),
+        "ece_n_bins": int(n_bins),
+        "ece_strategy": "quantile",
+        "calibration": calibration_intercept_slope(y, s),
+        "calibration_bins": calibration_bins(y, s, n_bins=n_bins, strategy="quantile"),
+    }
+
+
+def _platt_on_tuning(
+    y: NDArray[np.bool_],
+    s: NDArray[np.float64],
+    ty: NDArray[np.bool_],
+    ts: NDArray[np.float64],
+    n_bins: int,
+) -> dict[str, Any]:
+    """Platt scaling fitted on tuning; held-out Brier, ECE and calibration after it."""
+    a, b = fit_platt(ty, ts)
+    cal = apply_platt((a, b), s)
+    return {
+        "fitted_on": "tuning",
+        "a": a,
+        "b": b,
+        "brier": brier(y, cal),
+        "ece": expected_calibration_error(y, cal, n_bins=n_bins, strategy="quantile"),
+        "calibration": calibration_intercept_slope(y, cal),
+    }
+
+
+def _operating_points_from_tuning(
+    y: NDArray[np.bool_],
+    s: NDArray[np.float64],
+    ty: NDArray[np.bool_],
+    ts: NDArray[np.float64],
+) -> dict[str, Any]:
+    """Held-out confusion matrices at thresholds chosen on tuning (Youden; sensitivity 0.8)."""
+    t_youden = youden_threshold(ty, ts)
+    t_sens = threshold_for_sensitivity(ty, ts, target=0.8)
+    return {
+        "youden": {
+            "selected_on": "tuning",
+            "rule": "max sensitivity + specificity - 1",
+            **operating_point(y, s, t_youden),
+        },
+        "sensitivity_0.8": {
+            "selected_on": "tuning",
+            "rule": "highest threshold with tuning sensitivity >= 0.8",
+            **operating_point(y, s, t_sens),
+        },
+    }
+
+
 def summarize(
     y_true: ArrayLike,
     y_score: ArrayLike,
@@ -964,73 +1062,12 @@ def summarize(
     y, s = _check_pair(y_true, y_score, probability=True)
     if (tuning_true is None) != (tuning_score is None):
         raise ValueError("tuning_true and tuning_score must be given together")
-
-    boot = {"n_boot": int(n_boot), "seed": seed, "stratified": True, "method": "percentile"}
-
-    def _boot(metric: Metric) -> dict[str, Any]:
-        r = bootstrap_ci(y, s, metric=metric, n_boot=n_boot, seed=seed, alpha=alpha)
-        return {
-            "ci_low": r["ci_low"],
-            "ci_high": r["ci_high"],
-            **boot,
-            "n_boot_valid": r["n_boot_valid"],
-        }
-
-    dl = auroc_delong(y, s, alpha=alpha)
-    out: dict[str, Any] = {
-        "n": int(y.size),
-        "n_pos": int(y.sum()),
-        "prevalence": float(y.mean()),
-        "alpha": alpha,
-        "auroc": dl["auroc"],
-        "auroc_delong": {
-            "se": dl["se"],
-            "ci_low": dl["ci_low"],
-            "ci_high": dl["ci_high"],
-            "transform": "logit",
-        },
-        "auroc_bootstrap": _boot(auroc),
-        "auprc": auprc(y, s),
-        "auprc_bootstrap": _boot(auprc),
-        "brier": brier(y, s),
-        "brier_bootstrap": _boot(brier),
-        "ece": expected_calibration_error(y, s, n_bins=n_bins, strategy="quantile"),
-        "ece_n_bins": int(n_bins),
-        "ece_strategy": "quantile",
-        "calibration": calibration_intercept_slope(y, s),
-        "calibration_bins": calibration_bins(y, s, n_bins=n_bins, strategy="quantile"),
-        "platt": None,
-        "operating_points": None,
-        "subgroups": None,
-    }
-
+    out = _held_out_metrics(y, s, n_boot, seed, alpha, n_bins)
+    out |= {"platt": None, "operating_points": None, "subgroups": None}
     if tuning_true is not None:
         ty, ts = _check_pair(tuning_true, tuning_score, probability=True)
-        a, b = fit_platt(ty, ts)
-        cal = apply_platt((a, b), s)
-        out["platt"] = {
-            "fitted_on": "tuning",
-            "a": a,
-            "b": b,
-            "brier": brier(y, cal),
-            "ece": expected_calibration_error(y, cal, n_bins=n_bins, strategy="quantile"),
-            "calibration": calibration_intercept_slope(y, cal),
-        }
-        t_youden = youden_threshold(ty, ts)
-        t_sens = threshold_for_sensitivity(ty, ts, target=0.8)
-        out["operating_points"] = {
-            "youden": {
-                "selected_on": "tuning",
-                "rule": "max sensitivity + specificity - 1",
-                **operating_point(y, s, t_youden),
-            },
-            "sensitivity_0.8": {
-                "selected_on": "tuning",
-                "rule": "highest threshold with tuning sensitivity >= 0.8",
-                **operating_point(y, s, t_sens),
-            },
-        }
-
+        out["platt"] = _platt_on_tuning(y, s, ty, ts, n_bins)
+        out["operating_points"] = _operating_points_from_tuning(y, s, ty, ts)
     if groups is not None:
         out["subgroups"] = {
             str(name): subgroup_auroc(y, s, labels, alpha=alpha) for name, labels in groups.items()

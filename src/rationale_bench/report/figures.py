@@ -51,8 +51,6 @@ FORMAT_COLOURS = {
 SPARE_COLOURS = ("#CC79A7", "#D55E00", "#56B4E9", "#000000", "#999999")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 DPI = 150
-# Behind text drawn over data, so that it stays legible.
-TEXT_BOX = {"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8}
 FACTOR_NAMES = {"n_train": "training size (n_train)", "seed": "seed", "model": "model"}
 
 STYLE = {
@@ -200,6 +198,140 @@ def _mark_degenerate(ax: Any, pairs: pl.DataFrame, metric: str) -> int:
     return bad.height
 
 
+def _paired_with_reference(
+    metrics_table: pl.DataFrame, reference: str, others: Sequence[str], metric: str
+) -> tuple[dict[str, pl.DataFrame], list[str]]:
+    """Each other format's rows joined to the reference's on the matched factors (reference
+    columns suffixed ``_ref``), and the CI columns present ([] when there are none)."""
+    axes = [f for f in table_factors(metrics_table) if f != "format"]
+    ci = [f"{metric}_ci_low", f"{metric}_ci_high"]
+    has_ci = all(c in metrics_table.columns for c in ci)
+    keep = [metric, *ci] if has_ci else [metric]
+    if "valid" in metrics_table.columns:  # degenerate configurations are marked, not hidden
+        keep.append("valid")
+    ref = metrics_table.filter(pl.col("format") == reference).select(
+        *axes, *[pl.col(c).alias(f"{c}_ref") for c in keep]
+    )
+    joined = {
+        fmt: metrics_table.filter(pl.col("format") == fmt)
+        .select(*axes, *keep)
+        .join(ref, on=axes, how="inner", nulls_equal=True)
+        .drop_nulls([metric, f"{metric}_ref"])
+        for fmt in others
+    }
+    return joined, ci if has_ci else []
+
+
+def _shared_limits(joined: Mapping[str, pl.DataFrame], metric: str) -> tuple[float, float]:
+    """One range for both axes of every panel, padded, within [0, 1]."""
+    values = np.concatenate(
+        [np.r_[j[metric].to_numpy(), j[f"{metric}_ref"].to_numpy()] for j in joined.values()]
+    )
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.4, 1.0)
+    pad = max(0.05, 0.1 * (hi - lo))
+    return (max(0.0, lo - pad), min(1.0, hi + pad))
+
+
+def _diagonal_panel(
+    ax: Any,
+    lims: tuple[float, float],
+    better_above: bool,
+    fmt: str,
+    reference: str,
+    mname: str,
+    colour: str,
+) -> None:
+    """The empty panel: the diagonal, the shaded "format worse" side, limits and labels."""
+    ax.set_title(f"{format_name(fmt)} vs {_short(reference)}", color=colour)
+    ax.plot(lims, lims, color="0.35", lw=0.9, ls="--", zorder=1)
+    # Shade the "format worse" side of the diagonal.
+    worse_y2 = lims[0] if better_above else lims[1]
+    ax.fill_between(lims, lims, worse_y2, color="0.5", alpha=0.07, lw=0, zorder=0)
+    ax.set_xlim(lims)
+    ax.set_ylim(lims)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"{format_name(reference)} {mname} (held-out)")
+    ax.set_ylabel(f"{format_name(fmt)} {mname} (held-out)")
+    if lims[0] < 0.5 < lims[1]:
+        ax.axhline(0.5, color="0.75", lw=0.6, ls=":")
+        ax.axvline(0.5, color="0.75", lw=0.6, ls=":")
+
+
+def _scatter_by_model(ax: Any, j: pl.DataFrame, metric: str, colour: str) -> int:
+    """One marker shape per model; with several models each model's mean labelled by name.
+    Returns the number of models."""
+    models = j["model"].unique(maintain_order=True).to_list() if "model" in j.columns else [None]
+    for i, model in enumerate(models):
+        g = j if model is None else j.filter(pl.col("model").eq_missing(model))
+        gx, gy = g[f"{metric}_ref"].to_numpy(), g[metric].to_numpy()
+        marker = MARKERS[i % len(MARKERS)]
+        ax.scatter(
+            gx, gy, s=22, marker=marker, color=colour, alpha=0.8, ec="white", lw=0.4, zorder=2
+        )
+        if len(models) > 1:
+            ax.scatter(
+                gx.mean(), gy.mean(), s=70, marker=marker, color=colour, ec="black", zorder=3
+            )
+            ax.annotate(
+                str(model),
+                (gx.mean(), gy.mean()),
+                xytext=(6, 4),
+                textcoords="offset points",
+                fontsize=8,
+            )
+    return len(models)
+
+
+def _paired_points(
+    ax: Any,
+    fmt: str,
+    j: pl.DataFrame,
+    reference: str,
+    metric: str,
+    ci: Sequence[str],
+    better_above: bool,
+    colour: str,
+) -> None:
+    """The matched configurations of one format, with the worse/better counts in the title."""
+    if j.height == 0:
+        ax.text(0.5, 0.5, "no matched configurations yet", ha="center", transform=ax.transAxes)
+        return
+    x, y = j[f"{metric}_ref"].to_numpy(), j[metric].to_numpy()
+    if ci:
+        xerr = np.abs(np.vstack([x - j[f"{ci[0]}_ref"], j[f"{ci[1]}_ref"] - x]))
+        yerr = np.abs(np.vstack([y - j[ci[0]], j[ci[1]] - y]))
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor="0.82", lw=0.6, zorder=1)
+    n_models = _scatter_by_model(ax, j, metric, colour)
+    n = x.size
+    worse = int(np.sum(y < x)) if better_above else int(np.sum(y > x))
+    better = int(np.sum(y > x)) if better_above else int(np.sum(y < x))
+    degenerate = _mark_degenerate(ax, j, metric)
+    # The counts go in the title so that they never cover a point.
+    ax.set_title(
+        f"{format_name(fmt)} vs {_short(reference)}\n"
+        f"worse in {worse} of {n} (shaded side), better in {better}"
+        + (f"\n{degenerate} degenerate (red x, excluded)" if degenerate else ""),
+        color=colour,
+    )
+    ax.text(
+        0.5,
+        0.5,
+        "equal",
+        rotation=45,
+        transform=ax.transAxes,
+        color="0.35",
+        ha="center",
+        va="bottom",
+        fontsize=7.5,
+        rotation_mode="anchor",
+    )
+    if n_models == 1 and n > 1:
+        ax.scatter(x.mean(), y.mean(), s=80, marker="X", color="black", zorder=3)
+        ax.annotate(
+            f"mean of {n}", (x.mean(), y.mean()), xytext=(6, -10), textcoords="offset points"
+        )
+
+
 def paired_configurations(
     metrics_table: pl.DataFrame,
     formats: Sequence[str],
@@ -228,105 +360,16 @@ def paired_configurations(
         )
     if not others:
         return _message_figure(path, title, f"Only {format_name(reference)} results so far.")
-    axes = [f for f in table_factors(metrics_table) if f != "format"]
-    ci = [f"{metric}_ci_low", f"{metric}_ci_high"]
-    has_ci = all(c in metrics_table.columns for c in ci)
-    keep = [metric, *ci] if has_ci else [metric]
-    if "valid" in metrics_table.columns:  # degenerate configurations are marked, not hidden
-        keep.append("valid")
-    ref = metrics_table.filter(pl.col("format") == reference).select(
-        *axes, *[pl.col(c).alias(f"{c}_ref") for c in keep]
-    )
-    joined = {
-        fmt: metrics_table.filter(pl.col("format") == fmt)
-        .select(*axes, *keep)
-        .join(ref, on=axes, how="inner", nulls_equal=True)
-        .drop_nulls([metric, f"{metric}_ref"])
-        for fmt in others
-    }
-    values = np.concatenate(
-        [np.r_[j[metric].to_numpy(), j[f"{metric}_ref"].to_numpy()] for j in joined.values()]
-    )
-    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.4, 1.0)
-    pad = max(0.05, 0.1 * (hi - lo))
-    lims = (max(0.0, lo - pad), min(1.0, hi + pad))
+    joined, ci = _paired_with_reference(metrics_table, reference, others, metric)
+    lims = _shared_limits(joined, metric)
     better_above = HIGHER_IS_BETTER.get(metric, True)
 
     fig = _figure(3.5 * len(others) + 0.3, 3.9)
     panels = fig.subplots(1, len(others), squeeze=False)[0]
     for ax, fmt in zip(panels, others, strict=True):
         colour = colour_of(fmt, present)
-        j = joined[fmt]
-        ax.set_title(f"{format_name(fmt)} vs {_short(reference)}", color=colour)
-        ax.plot(lims, lims, color="0.35", lw=0.9, ls="--", zorder=1)
-        # Shade the "format worse" side of the diagonal.
-        worse_y2 = lims[0] if better_above else lims[1]
-        ax.fill_between(lims, lims, worse_y2, color="0.5", alpha=0.07, lw=0, zorder=0)
-        ax.set_xlim(lims)
-        ax.set_ylim(lims)
-        ax.set_aspect("equal")
-        ax.set_xlabel(f"{format_name(reference)} {mname} (held-out)")
-        ax.set_ylabel(f"{format_name(fmt)} {mname} (held-out)")
-        if lims[0] < 0.5 < lims[1]:
-            ax.axhline(0.5, color="0.75", lw=0.6, ls=":")
-            ax.axvline(0.5, color="0.75", lw=0.6, ls=":")
-        if j.height == 0:
-            ax.text(0.5, 0.5, "no matched configurations yet", ha="center", transform=ax.transAxes)
-            continue
-        x, y = j[f"{metric}_ref"].to_numpy(), j[metric].to_numpy()
-        if has_ci:
-            xerr = np.abs(np.vstack([x - j[f"{ci[0]}_ref"], j[f"{ci[1]}_ref"] - x]))
-            yerr = np.abs(np.vstack([y - j[ci[0]], j[ci[1]] - y]))
-            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor="0.82", lw=0.6, zorder=1)
-        models = (
-            j["model"].unique(maintain_order=True).to_list() if "model" in j.columns else [None]
-        )
-        for i, model in enumerate(models):
-            g = j if model is None else j.filter(pl.col("model").eq_missing(model))
-            gx, gy = g[f"{metric}_ref"].to_numpy(), g[metric].to_numpy()
-            marker = MARKERS[i % len(MARKERS)]
-            ax.scatter(
-                gx, gy, s=22, marker=marker, color=colour, alpha=0.8, ec="white", lw=0.4, zorder=2
-            )
-            if len(models) > 1:
-                ax.scatter(
-                    gx.mean(), gy.mean(), s=70, marker=marker, color=colour, ec="black", zorder=3
-                )
-                ax.annotate(
-                    str(model),
-                    (gx.mean(), gy.mean()),
-                    xytext=(6, 4),
-                    textcoords="offset points",
-                    fontsize=8,
-                )
-        n = x.size
-        worse = int(np.sum(y < x)) if better_above else int(np.sum(y > x))
-        better = int(np.sum(y > x)) if better_above else int(np.sum(y < x))
-        degenerate = _mark_degenerate(ax, j, metric)
-        # The counts go in the title so that they never cover a point.
-        ax.set_title(
-            f"{format_name(fmt)} vs {_short(reference)}\n"
-            f"worse in {worse} of {n} (shaded side), better in {better}"
-            + (f"\n{degenerate} degenerate (red x, excluded)" if degenerate else ""),
-            color=colour,
-        )
-        ax.text(
-            0.5,
-            0.5,
-            "equal",
-            rotation=45,
-            transform=ax.transAxes,
-            color="0.35",
-            ha="center",
-            va="bottom",
-            fontsize=7.5,
-            rotation_mode="anchor",
-        )
-        if len(models) == 1 and n > 1:
-            ax.scatter(x.mean(), y.mean(), s=80, marker="X", color="black", zorder=3)
-            ax.annotate(
-                f"mean of {n}", (x.mean(), y.mean()), xytext=(6, -10), textcoords="offset points"
-            )
+        _diagonal_panel(ax, lims, better_above, fmt, reference, mname, colour)
+        _paired_points(ax, fmt, joined[fmt], reference, metric, ci, better_above, colour)
     subtitle = "same model, training size and seed; bars: 95% bootstrap CIs"
     fig.suptitle(f"{title}\n({subtitle})")
     return save_figure(fig, path)
@@ -343,6 +386,76 @@ def _mean_ci(d: np.ndarray) -> tuple[float, float]:
         return float(np.mean(d)) if d.size else math.nan, math.nan
     half = stats.t.ppf(0.975, d.size - 1) * np.std(d, ddof=1) / math.sqrt(d.size)
     return float(np.mean(d)), float(half)
+
+
+def _factor_categories(
+    paired: pl.DataFrame, factor: str, formats: Sequence[str]
+) -> list[tuple[str, str, pl.DataFrame]]:
+    """(label, format, rows) of one panel: each format, or each level of ``factor`` x format."""
+    if factor == "format":
+        return [(format_name(fmt), fmt, paired.filter(pl.col("format") == fmt)) for fmt in formats]
+    cats = []
+    for level in paired[factor].unique().sort(nulls_last=True).to_list():
+        for fmt in formats:
+            rows = paired.filter(pl.col(factor).eq_missing(level) & (pl.col("format") == fmt))
+            if rows.height:
+                cats.append((f"{factor} = {level} · {_short(fmt)}", fmt, rows))
+    return cats
+
+
+def _delta_row(
+    ax: Any, yc: float, rows: pl.DataFrame, colour: str, metric: str, sign: float
+) -> str:
+    """One category at height ``yc``: its configurations with CIs and the mean with its t
+    interval; returns the note written on the right."""
+    diff = f"{metric}_diff"
+    d = rows[diff].to_numpy().astype(float)
+    lo = rows[f"{metric}_ci_low"].to_numpy().astype(float)
+    hi = rows[f"{metric}_ci_high"].to_numpy().astype(float)
+    ok = np.isfinite(d)
+    d, lo, hi = d[ok], lo[ok], hi[ok]
+    offsets = np.linspace(-0.3, 0.3, d.size) if d.size > 1 else np.zeros(d.size)
+    ax.hlines(yc + offsets, lo, hi, color=colour, alpha=0.3 if d.size > 3 else 0.7, lw=0.7)
+    ax.scatter(d, yc + offsets, s=7, color=colour, alpha=0.7, lw=0)
+    mean, half = _mean_ci(d)
+    if not d.size:
+        return f"no defined Δ{METRIC_NAMES.get(metric, metric)}"
+    ax.errorbar(
+        mean,
+        yc,
+        xerr=None if math.isnan(half) else half,
+        fmt="D",
+        color="black",
+        mfc=colour,
+        ms=6,
+        capsize=3,
+        lw=1.2,
+        zorder=3,
+    )
+    worse = int(np.sum(sign * d < 0))
+    return f"mean {mean:+.3f}; worse {worse}/{d.size}"
+
+
+def _factor_panel(
+    ax: Any,
+    factor: str,
+    cats: Sequence[tuple[str, str, pl.DataFrame]],
+    formats: Sequence[str],
+    metric: str,
+    sign: float,
+) -> None:
+    """One panel of delta_by_factor: a row per category, zero line, labels."""
+    ticks = []
+    for i, (label, fmt, rows) in enumerate(cats):
+        yc = -i
+        note = _delta_row(ax, yc, rows, colour_of(fmt, formats), metric, sign)
+        ax.text(1.01, yc, note, transform=ax.get_yaxis_transform(), va="center", fontsize=7.5)
+        ticks.append((yc, label))
+    ax.axvline(0.0, color="0.3", lw=0.8)
+    ax.set_yticks([t for t, _ in ticks], [label for _, label in ticks])
+    ax.set_ylim(-len(cats) + 0.4, 0.6)
+    ax.set_title(f"by {FACTOR_NAMES.get(factor, factor.replace('_', ' '))}", loc="left")
+    ax.tick_params(axis="y", length=0)
 
 
 @_styled
@@ -370,63 +483,13 @@ def delta_by_factor(
     factors = [f for f in dict.fromkeys(factors) if f in paired.columns]
     formats = format_order(paired["format"].unique(maintain_order=True).to_list(), reference)
     sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
-    panels = []
-    for factor in factors:
-        cats = []
-        if factor == "format":
-            for fmt in formats:
-                cats.append((format_name(fmt), fmt, paired.filter(pl.col("format") == fmt)))
-        else:
-            for level in paired[factor].unique().sort(nulls_last=True).to_list():
-                for fmt in formats:
-                    rows = paired.filter(
-                        pl.col(factor).eq_missing(level) & (pl.col("format") == fmt)
-                    )
-                    if rows.height:
-                        cats.append((f"{factor} = {level} · {_short(fmt)}", fmt, rows))
-        panels.append((factor, cats))
+    panels = [(factor, _factor_categories(paired, factor, formats)) for factor in factors]
 
     heights = [len(c) + 0.8 for _, c in panels]
     fig = _figure(7.6, 0.34 * sum(heights) + 1.4)
     axs = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights, sharex=True)[:, 0]
     for ax, (factor, cats) in zip(axs, panels, strict=True):
-        ticks = []
-        for i, (label, fmt, rows) in enumerate(cats):
-            yc = -i
-            colour = colour_of(fmt, formats)
-            d = rows[diff].to_numpy().astype(float)
-            lo = rows[f"{metric}_ci_low"].to_numpy().astype(float)
-            hi = rows[f"{metric}_ci_high"].to_numpy().astype(float)
-            ok = np.isfinite(d)
-            d, lo, hi = d[ok], lo[ok], hi[ok]
-            offsets = np.linspace(-0.3, 0.3, d.size) if d.size > 1 else np.zeros(d.size)
-            ax.hlines(yc + offsets, lo, hi, color=colour, alpha=0.3 if d.size > 3 else 0.7, lw=0.7)
-            ax.scatter(d, yc + offsets, s=7, color=colour, alpha=0.7, lw=0)
-            mean, half = _mean_ci(d)
-            if d.size:
-                ax.errorbar(
-                    mean,
-                    yc,
-                    xerr=None if math.isnan(half) else half,
-                    fmt="D",
-                    color="black",
-                    mfc=colour,
-                    ms=6,
-                    capsize=3,
-                    lw=1.2,
-                    zorder=3,
-                )
-                worse = int(np.sum(sign * d < 0))
-                note = f"mean {mean:+.3f}; worse {worse}/{d.size}"
-            else:
-                note = f"no defined Δ{mname}"
-            ax.text(1.01, yc, note, transform=ax.get_yaxis_transform(), va="center", fontsize=7.5)
-            ticks.append((yc, label))
-        ax.axvline(0.0, color="0.3", lw=0.8)
-        ax.set_yticks([t for t, _ in ticks], [label for _, label in ticks])
-        ax.set_ylim(-len(cats) + 0.4, 0.6)
-        ax.set_title(f"by {FACTOR_NAMES.get(factor, factor.replace('_', ' '))}", loc="left")
-        ax.tick_params(axis="y", length=0)
+        _factor_panel(ax, factor, cats, formats, metric, sign)
     axs[-1].set_xlabel(
         f"Δ{mname} = format − {format_name(reference)}   (← format worse  |  format better →)"
     )
@@ -449,7 +512,7 @@ def error_analysis(
 ) -> list[Path]:
     """Correct/incorrect cross-tab of reference vs each format, pooled over matched configs.
 
-    ``crosstab`` is the ``"crosstab"`` table of ``study_report.matched_error_analysis`` (or the
+    ``crosstab`` is the ``"crosstab"`` table of ``error_analysis.matched_error_analysis`` (or the
     dict itself).  The off-diagonal cells are the flips: subjects one format gets right and
     the other wrong at each configuration's own threshold.
     """
@@ -502,49 +565,26 @@ def error_analysis(
 # --------------------------------------------------------------------------------------
 
 
-@_styled
-def token_dilution(
-    paired: pl.DataFrame,
-    runs_table: pl.DataFrame | None,
-    path: Path | str,
-    metric: str = "auroc",
-) -> list[Path]:
-    """ΔAUROC (y) vs the answer tokens' mean share of the training loss (x) of the format's run.
-
-    ``runs_table`` has the configuration columns and ``mean_label_loss_share`` (the metrics
-    table of ``study_report.load_metrics_table`` does).  Spearman's rho per format is written
-    next to the format's name.
-    """
-    mname = METRIC_NAMES.get(metric, metric)
-    title = (
-        f"Δ{mname} vs the answer tokens' share of the training loss (one point per configuration)"
-    )
+def _with_loss_share(paired: pl.DataFrame, runs_table: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """Paired rows with the format's run ``mean_label_loss_share``; rows lacking either dropped."""
     diff = f"{metric}_diff"
-    if (
-        paired.height == 0
-        or runs_table is None
-        or "mean_label_loss_share" not in runs_table.columns
-    ):
-        return _message_figure(path, title, "No paired results with training-run loss shares yet.")
     keys = [f for f in paired_factors(paired) if f in runs_table.columns] + ["format"]
     runs = runs_table.select(*keys, "mean_label_loss_share").unique(keys, keep="first")
     j = paired.join(runs, on=keys, how="left", nulls_equal=True).drop_nulls(
         ["mean_label_loss_share", diff]
     )
-    j = j.filter(pl.col(diff).is_not_nan() & pl.col("mean_label_loss_share").is_not_nan())
-    if j.height == 0:
-        return _message_figure(
-            path, title, "The paired configurations have no run.json loss share."
-        )
-    reference = j["reference"][0]
-    formats = format_order(j["format"].unique(maintain_order=True).to_list(), reference)
-    fig = _figure(6.6, 4.3)
-    ax = fig.add_subplot()
+    return j.filter(pl.col(diff).is_not_nan() & pl.col("mean_label_loss_share").is_not_nan())
+
+
+def _dilution_points(
+    ax: Any, j: pl.DataFrame, formats: Sequence[str], metric: str
+) -> list[tuple[str, str]]:
+    """Each format's configurations with paired CIs; returns (format, label with Spearman's rho)."""
     labels = []
     for fmt in formats:
         g = j.filter(pl.col("format") == fmt)
         x = 100.0 * g["mean_label_loss_share"].to_numpy()
-        y = g[diff].to_numpy()
+        y = g[f"{metric}_diff"].to_numpy()
         yerr = np.abs(np.vstack([y - g[f"{metric}_ci_low"], g[f"{metric}_ci_high"] - y]))
         colour = colour_of(fmt, formats)
         ax.errorbar(
@@ -565,7 +605,13 @@ def token_dilution(
             labels.append((fmt, f"{format_name(fmt)}: Spearman ρ = {rho:+.2f} (n = {x.size})"))
         else:
             labels.append((fmt, f"{format_name(fmt)}: n = {x.size} (too few for a correlation)"))
-    # Headroom above the data for the coloured labels, so they never cover points.
+    return labels
+
+
+def _label_formats_above(
+    ax: Any, labels: Sequence[tuple[str, str]], formats: Sequence[str]
+) -> None:
+    """Coloured labels in headroom above the data, so that they never cover points."""
     lo_y, hi_y = ax.get_ylim()
     ax.set_ylim(lo_y, hi_y + (hi_y - lo_y) * 0.09 * (len(labels) + 0.5))
     for k, (fmt, text) in enumerate(labels):
@@ -579,6 +625,10 @@ def token_dilution(
             fontsize=8.5,
             weight="bold",
         )
+
+
+def _dilution_axes(ax: Any, j: pl.DataFrame, reference: str, mname: str, title: str) -> None:
+    """Zero line, x range from the loss shares, axis labels and title."""
     ax.axhline(0.0, color="0.3", lw=0.8)
     ax.text(
         1.0,
@@ -598,6 +648,43 @@ def token_dilution(
     )
     ax.set_ylabel(f"Δ{mname} vs {format_name(reference)} (held-out, paired 95% CI)")
     ax.set_title(title)
+
+
+@_styled
+def token_dilution(
+    paired: pl.DataFrame,
+    runs_table: pl.DataFrame | None,
+    path: Path | str,
+    metric: str = "auroc",
+) -> list[Path]:
+    """ΔAUROC (y) vs the answer tokens' mean share of the training loss (x) of the format's run.
+
+    ``runs_table`` has the configuration columns and ``mean_label_loss_share`` (the metrics
+    table of ``tables.load_metrics_table`` does).  Spearman's rho per format is written
+    next to the format's name.
+    """
+    mname = METRIC_NAMES.get(metric, metric)
+    title = (
+        f"Δ{mname} vs the answer tokens' share of the training loss (one point per configuration)"
+    )
+    if (
+        paired.height == 0
+        or runs_table is None
+        or "mean_label_loss_share" not in runs_table.columns
+    ):
+        return _message_figure(path, title, "No paired results with training-run loss shares yet.")
+    j = _with_loss_share(paired, runs_table, metric)
+    if j.height == 0:
+        return _message_figure(
+            path, title, "The paired configurations have no run.json loss share."
+        )
+    reference = j["reference"][0]
+    formats = format_order(j["format"].unique(maintain_order=True).to_list(), reference)
+    fig = _figure(6.6, 4.3)
+    ax = fig.add_subplot()
+    labels = _dilution_points(ax, j, formats, metric)
+    _label_formats_above(ax, labels, formats)
+    _dilution_axes(ax, j, reference, mname, title)
     return save_figure(fig, path)
 
 
@@ -611,6 +698,97 @@ def _roc(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     fpr, tpr, _ = roc_curve(y, s)
     return fpr, tpr
+
+
+def _roc_curves(
+    ax: Any, part: pl.DataFrame, group_cols: Sequence[str], grid: np.ndarray, colour: str
+) -> list[float]:
+    """A thin ROC curve per configuration of one format and a thick mean curve; returns the
+    configurations' AUROCs (those with both classes)."""
+    tprs, aucs = [], []
+    configs = part.group_by(list(group_cols), maintain_order=True) if group_cols else [(0, part)]
+    for _, g in configs:
+        y = g["boolean_value"].to_numpy().astype(bool)
+        s = g["predicted_boolean_probability"].to_numpy().astype(float)
+        if y.all() or not y.any():
+            continue  # ROC undefined with one class
+        fpr, tpr = _roc(y, s)
+        ax.plot(fpr, tpr, color=colour, alpha=0.18, lw=0.6)
+        tprs.append(np.interp(grid, fpr, tpr))
+        aucs.append(metrics.auroc(y, s))
+    if tprs:
+        mean_tpr = np.mean(tprs, axis=0)
+        mean_tpr[0] = 0.0
+        ax.plot(grid, mean_tpr, color=colour, lw=2.0)
+    return aucs
+
+
+def _calibration_line(
+    ax: Any, part: pl.DataFrame, colour: str, n_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions pooled over a format's configurations, in quantile bins; returns (x, y)."""
+    y_all = part["boolean_value"].to_numpy().astype(bool)
+    s_all = part["predicted_boolean_probability"].to_numpy().astype(float)
+    bins = metrics.calibration_bins(y_all, s_all, n_bins=n_bins, strategy="quantile")
+    xp = np.array([b["mean_predicted"] for b in bins])
+    yp = np.array([b["observed_rate"] for b in bins])
+    ax.plot(xp, yp, marker="o", ms=3.5, color=colour, lw=1.4)
+    return xp, yp
+
+
+def _roc_axes(
+    ax: Any, roc_labels: Sequence[tuple[str, str]], order: Sequence[str], label: str
+) -> None:
+    """Direct labels (a coloured line of text per format), chance line, limits and titles."""
+    for k, (fmt, text) in enumerate(reversed(roc_labels)):
+        ax.text(
+            0.98,
+            0.04 + 0.07 * k,
+            text,
+            color=colour_of(fmt, order),
+            ha="right",
+            transform=ax.transAxes,
+            weight="bold",
+        )
+    ax.plot([0, 1], [0, 1], color="0.6", ls=":", lw=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false-positive rate (1 − specificity)")
+    ax.set_ylabel("true-positive rate (sensitivity)")
+    ax.set_title(f"{label}ROC (thin: each configuration; thick: mean curve)")
+
+
+def _calibration_axes(
+    ax: Any,
+    cal_ends: Sequence[tuple[str, float, float]],
+    cal_max: float,
+    order: Sequence[str],
+    label: str,
+    n_bins: int,
+) -> None:
+    """Line-end labels, the perfect-calibration diagonal, limits and titles."""
+    lim = min(1.0, 1.08 * cal_max)
+    if cal_ends:
+        _label_line_ends(ax, cal_ends, 0.06 * lim, order, offset=4)
+    ax.plot([0, lim], [0, lim], color="0.6", ls=":", lw=0.8)
+    ax.text(
+        0.5 * lim,
+        0.5 * lim,
+        "perfect calibration",
+        rotation=45,
+        color="0.5",
+        ha="center",
+        va="bottom",
+        rotation_mode="anchor",
+        fontsize=7.5,
+    )
+    ax.set_xlim(0, lim)
+    ax.set_ylim(0, lim)
+    ax.set_aspect("equal")
+    ax.set_xlabel("mean predicted 5-year ADRD risk (probability)")
+    ax.set_ylabel("observed 5-year ADRD rate (proportion)")
+    ax.set_title(f"{label}calibration ({n_bins} quantile bins, configurations pooled)")
 
 
 @_styled
@@ -643,72 +821,17 @@ def roc_and_calibration(
             if part.height == 0:
                 continue
             colour = colour_of(fmt, order)
-            tprs, aucs = [], []
-            configs = part.group_by(group_cols, maintain_order=True) if group_cols else [(0, part)]
-            for _, g in configs:
-                y = g["boolean_value"].to_numpy().astype(bool)
-                s = g["predicted_boolean_probability"].to_numpy().astype(float)
-                if y.all() or not y.any():
-                    continue  # ROC undefined with one class
-                fpr, tpr = _roc(y, s)
-                ax_roc.plot(fpr, tpr, color=colour, alpha=0.18, lw=0.6)
-                tprs.append(np.interp(grid, fpr, tpr))
-                aucs.append(metrics.auroc(y, s))
-            if tprs:
-                mean_tpr = np.mean(tprs, axis=0)
-                mean_tpr[0] = 0.0
-                ax_roc.plot(grid, mean_tpr, color=colour, lw=2.0)
+            aucs = _roc_curves(ax_roc, part, group_cols, grid, colour)
+            if aucs:
                 roc_labels.append(
                     (fmt, f"{_short(fmt)}: mean AUROC {np.mean(aucs):.3f}, {len(aucs)} config(s)")
                 )
-            y_all = part["boolean_value"].to_numpy().astype(bool)
-            s_all = part["predicted_boolean_probability"].to_numpy().astype(float)
-            bins = metrics.calibration_bins(y_all, s_all, n_bins=n_bins, strategy="quantile")
-            xp = np.array([b["mean_predicted"] for b in bins])
-            yp = np.array([b["observed_rate"] for b in bins])
-            ax_cal.plot(xp, yp, marker="o", ms=3.5, color=colour, lw=1.4)
+            xp, yp = _calibration_line(ax_cal, part, colour, n_bins)
             cal_max = max(cal_max, float(xp.max()), float(yp.max()))
             cal_ends.append((fmt, float(xp[-1]), float(yp[-1])))
-        # Direct labels: a coloured line of text per format, inside the ROC panel.
-        for k, (fmt, text) in enumerate(reversed(roc_labels)):
-            ax_roc.text(
-                0.98,
-                0.04 + 0.07 * k,
-                text,
-                color=colour_of(fmt, order),
-                ha="right",
-                transform=ax_roc.transAxes,
-                weight="bold",
-            )
-        ax_roc.plot([0, 1], [0, 1], color="0.6", ls=":", lw=0.8)
-        ax_roc.set_xlim(0, 1)
-        ax_roc.set_ylim(0, 1.01)
-        ax_roc.set_aspect("equal")
-        ax_roc.set_xlabel("false-positive rate (1 − specificity)")
-        ax_roc.set_ylabel("true-positive rate (sensitivity)")
         label = "" if model is None else f"{model}: "
-        ax_roc.set_title(f"{label}ROC (thin: each configuration; thick: mean curve)")
-        lim = min(1.0, 1.08 * cal_max)
-        if cal_ends:
-            _label_line_ends(ax_cal, cal_ends, 0.06 * lim, order, offset=4)
-        ax_cal.plot([0, lim], [0, lim], color="0.6", ls=":", lw=0.8)
-        ax_cal.text(
-            0.5 * lim,
-            0.5 * lim,
-            "perfect calibration",
-            rotation=45,
-            color="0.5",
-            ha="center",
-            va="bottom",
-            rotation_mode="anchor",
-            fontsize=7.5,
-        )
-        ax_cal.set_xlim(0, lim)
-        ax_cal.set_ylim(0, lim)
-        ax_cal.set_aspect("equal")
-        ax_cal.set_xlabel("mean predicted 5-year ADRD risk (probability)")
-        ax_cal.set_ylabel("observed 5-year ADRD rate (proportion)")
-        ax_cal.set_title(f"{label}calibration ({n_bins} quantile bins, configurations pooled)")
+        _roc_axes(ax_roc, roc_labels, order, label)
+        _calibration_axes(ax_cal, cal_ends, cal_max, order, label, n_bins)
     fig.suptitle(title)
     return save_figure(fig, path)
 

@@ -1,8 +1,9 @@
-"""Names the report shares between its tables, prose and figures: formats, metrics and the
-configuration factors of a table."""
+"""Names the report shares between its tables, prose and figures: formats, metrics, the
+configuration factors of a table, and the wording of numbers in prose."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import polars as pl
@@ -51,3 +52,29 @@ def paired_factors(paired: pl.DataFrame) -> list[str]:
     if "match_id" not in paired.columns:
         return [c for c in KNOWN_FACTORS if c in paired.columns and c != "format"]
     return paired.columns[: paired.columns.index("match_id")]
+
+
+# Wording shared by the headline and the mechanism section.
+
+
+def capitalised(text: str) -> str:
+    """Capitalise the first letter only ("SFT" stays upper case)."""
+    return text[:1].upper() + text[1:]
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def p_value_text(p: float) -> str:
+    if not math.isfinite(p):
+        return "p not computed"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def percent_or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def number_or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -1,4 +1,5 @@
-"""Study report: the rule's entry point over study_report (tables, statistics) and figures."""
+"""Study report: the rule's entry point over study_report (tables, statistics, figures), with the
+front page (README.md), the truncation table and the run card."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import Any
 import polars as pl
 import yaml
 
-from rationale_bench.report import analysis as study_report
+from rationale_bench.report.study_report import write_study_report
+from rationale_bench.report.tables import as_outputs, available_outputs
 from rationale_bench.study import GRID_AXES
 from rationale_bench.text.serialize import truncation_summary
 
@@ -114,9 +116,9 @@ def write_report(
     ``gates`` are the config's ``validity`` thresholds (see diagnostics.validity).
     """
     grid = [entry[0] for entry in entries]
-    outputs = [study_report.as_outputs(entry) for entry in entries]
+    outputs = [as_outputs(entry) for entry in entries]
     if partial:
-        outputs, _ = study_report.available_outputs(outputs)
+        outputs, _ = available_outputs(outputs)
     # A grid without rationale formats still gets its (empty, self-explaining) QC figure.
     qc = (
         pl.concat([pl.read_parquet(p) for p in qc_paths])
@@ -125,7 +127,7 @@ def write_report(
             schema={"style": pl.String, "n_words": pl.Int32, "grounded_fraction": pl.Float64}
         )
     )
-    paths = study_report.write_study_report(
+    paths = write_study_report(
         outputs,
         out_dir,
         configurations=grid,
