@@ -178,7 +178,6 @@ def _for_model(frame: pl.DataFrame, model: Any) -> pl.DataFrame:
 # --------------------------------------------------------------------------------------
 
 
-@_styled
 def _mark_degenerate(ax: Any, pairs: pl.DataFrame, metric: str) -> int:
     """A red x over each pair with a degenerate configuration; returns how many."""
     if "valid" not in pairs.columns:
@@ -332,6 +331,7 @@ def _paired_points(
         )
 
 
+@_styled
 def paired_configurations(
     metrics_table: pl.DataFrame,
     formats: Sequence[str],
