@@ -7,8 +7,13 @@ subjects are refused here, not just filtered upstream.
 Backends:
 - ``template``: offline and deterministic, grounded in the risk factors present in the
   subject's own record; the embedded default.
-- ``openai``: any OpenAI-compatible endpoint through ``teacher_client.run_chat_requests``
+- ``openai``: any OpenAI-compatible endpoint through ``teacher.client.run_chat_requests``
   (bounded concurrency, retries, persistent cache, PHI guard).
+
+Each rationale is checked as it is drawn (:mod:`rationale_bench.teacher.qc`) and regenerated
+while it fails. The steps of :func:`generate_rationales`: check the settings (``_plan``), pick
+the backend, draw in phases (``_run_phase``: label-aware, or label-blind then rationalized),
+settle who keeps a rationale (``_settle``), then the table and the report.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from rationale_bench.data.codes import RISK_FACTORS, code_in
 
 # The teacher's config slices live in study.py (the Snakefile imports them without polars).
 from rationale_bench.study import (  # noqa: F401
+    check_label_blind_teacher,
     check_teacher_config,
     drops_subjects,
     rationale_settings,
@@ -275,12 +281,6 @@ class _TemplateBackend(_Backend):
     def generate(
         self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int, longer: bool
     ) -> _Attempt:
-        if prompt != "label_aware":
-            raise TeacherError(
-                "teacher.mode 'label_blind' needs a teacher that predicts the outcome; the "
-                "'template' teacher only explains a known outcome. Use backend 'openai' or "
-                "mode 'label_aware'."
-            )
         # A regeneration draws another wording (attempt 0 keeps the historical draw).
         seed = self.seed if attempt == 0 else f"{self.seed}:{attempt}"
         sampling = {"seed": self.seed} if attempt == 0 else {"seed": self.seed, "attempt": attempt}
@@ -554,6 +554,10 @@ def _backend(
 ) -> _Backend:
     backend_name = cfg["backend"]
     if backend_name == "template":
+        try:  # refused at parse time in the workflow; here for callers of the library
+            check_label_blind_teacher(cfg)
+        except ValueError as error:
+            raise TeacherError(str(error)) from None
         return _TemplateBackend(cfg)
     if backend_name == "openai":
         return _OpenAIBackend(cfg, qc, cache_path, read_also)
