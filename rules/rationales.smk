@@ -8,19 +8,15 @@
 
 import glob
 
-from rationale_bench.study import (  # noqa: E402
-    check_teacher_config,
-    drops_subjects,
-    rationale_settings,
-)
-
-try:
-    check_teacher_config(config)
-except ValueError as error:
-    raise WorkflowError(str(error)) from None
+from rationale_bench.study import drops_subjects, rationale_settings  # noqa: E402
 
 SHARDS = config["teacher"]["shards"]
 RATIONALES = "results/rationales/{teacher}"
+# What one generate_rationales job writes: with one shard, the style's own files; with several,
+# one shard's files, which merge_rationale_shards then merges into the style's.
+SHARD = f"{{style}}/{{shard}}-of-{SHARDS}"
+GENERATED = f"{RATIONALES}/{{style}}" if SHARDS == 1 else f"{RATIONALES}/shards/{SHARD}"
+GENERATION_LOG = "{style}" if SHARDS == 1 else SHARD
 
 
 if config["execution"]["teacher_on_login_node"]:
@@ -29,68 +25,44 @@ if config["execution"]["teacher_on_login_node"]:
         generate_rationales,
 
 
-if SHARDS == 1:
+rule generate_rationales:
+    """One rationale per training/tuning subject in the given style; with teacher.shards > 1,
+    those of one shard (every n-th subject): shards run as separate jobs, at most
+    `teacher_jobs` at once, each with its own cache file."""
+    input:
+        histories=REFERENCE_HISTORIES,
+        prompts=TEACHER_PROMPTS,
+    output:
+        rationales=f"{GENERATED}.parquet",
+        report=f"{GENERATED}.generation.json",
+    log:
+        f"results/logs/generate_rationales/{{teacher}}/{GENERATION_LOG}.log",
+    wildcard_constraints:
+        shard=r"\d+",
+    conda:
+        "../envs/teacher.yaml"
+    resources:
+        # Global cap (profiles/default): teacher jobs running at once share one endpoint.
+        teacher_jobs=1,
+    params:
+        teacher=lambda wildcards: rationale_settings(config, wildcards.style),
+        cache_dir=f"{RATIONALES}/cache",
+        shard=lambda wildcards: int(wildcards.get("shard", 0)),
+        n_shards=SHARDS,
+    script:
+        "../workflow_scripts/generate_rationales.py"
 
-    rule generate_rationales:
-        """One rationale per training/tuning subject in the given style."""
-        input:
-            histories=REFERENCE_HISTORIES,
-            prompts=TEACHER_PROMPTS,
-        output:
-            rationales=f"{RATIONALES}/{{style}}.parquet",
-            report=f"{RATIONALES}/{{style}}.generation.json",
-        log:
-            "results/logs/generate_rationales/{teacher}/{style}.log",
-        conda:
-            "../envs/teacher.yaml"
-        resources:
-            # Global cap (profiles/default): teacher jobs running at once share one endpoint.
-            teacher_jobs=1,
-        params:
-            teacher=lambda wildcards: rationale_settings(config, wildcards.style),
-            cache_dir=f"{RATIONALES}/cache",
-            shard=0,
-            n_shards=1,
-        script:
-            "../workflow_scripts/generate_rationales.py"
 
-else:
-
-    rule generate_rationales:
-        """One shard (every n-th subject) of a style's rationales: shards run as separate
-        jobs, at most `teacher_jobs` at once, each with its own cache file."""
-        input:
-            histories=REFERENCE_HISTORIES,
-            prompts=TEACHER_PROMPTS,
-        output:
-            rationales=f"{RATIONALES}/shards/{{style}}/{{shard}}-of-{SHARDS}.parquet",
-            report=f"{RATIONALES}/shards/{{style}}/{{shard}}-of-{SHARDS}.generation.json",
-        log:
-            f"results/logs/generate_rationales/{{teacher}}/{{style}}/{{shard}}-of-{SHARDS}.log",
-        wildcard_constraints:
-            shard=r"\d+",
-        conda:
-            "../envs/teacher.yaml"
-        resources:
-            teacher_jobs=1,
-        params:
-            teacher=lambda wildcards: rationale_settings(config, wildcards.style),
-            cache_dir=f"{RATIONALES}/cache",
-            shard=lambda wildcards: int(wildcards.shard),
-            n_shards=SHARDS,
-        script:
-            "../workflow_scripts/generate_rationales.py"
+if SHARDS > 1:
 
     rule merge_rationale_shards:
         """A style's shards in one file and one generation report; refuses overlaps."""
         input:
             rationales=expand(
-                f"results/rationales/{{{{teacher}}}}/shards/{{{{style}}}}/{{shard}}-of-{SHARDS}.parquet",
-                shard=range(SHARDS),
+                f"{GENERATED}.parquet", shard=range(SHARDS), allow_missing=True
             ),
             reports=expand(
-                f"results/rationales/{{{{teacher}}}}/shards/{{{{style}}}}/{{shard}}-of-{SHARDS}.generation.json",
-                shard=range(SHARDS),
+                f"{GENERATED}.generation.json", shard=range(SHARDS), allow_missing=True
             ),
         output:
             rationales=f"{RATIONALES}/{{style}}.parquet",

@@ -9,7 +9,8 @@ import pytest
 from workflow_helpers import REPO, dry_run, snakemake, study_with_teacher
 
 from rationale_bench.cohort.build import restrict_training, training_subset
-from rationale_bench.teacher.generate import drops_subjects, eligible_subjects
+from rationale_bench.study import drops_subjects
+from rationale_bench.teacher.generate import eligible_subjects
 from rationale_bench.train.finetune import TrainingError, build_examples
 
 

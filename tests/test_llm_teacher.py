@@ -19,7 +19,8 @@ import yaml
 from workflow_helpers import REPO
 
 from rationale_bench.cli import load_config
-from rationale_bench.teacher.generate import generate_rationales, rationale_settings, run_settings
+from rationale_bench.study import rationale_settings
+from rationale_bench.teacher.generate import generate_rationales, run_settings
 from rationale_bench.train import models
 
 pytestmark = [

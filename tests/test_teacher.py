@@ -10,10 +10,10 @@ from rationale_bench.teacher.generate import (
     TeacherError,
     build_messages,
     generate_rationales,
-    grounded_fraction,
     teacher_inputs,
     template_rationale,
 )
+from rationale_bench.teacher.qc import grounded_fraction
 
 CFG = {"name": "template", "backend": "template", "seed": 0}
 

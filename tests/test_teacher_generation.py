@@ -22,16 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
 
 from rationale_bench.teacher.generate import (  # noqa: E402
-    QC_REASONS,
-    QCSettings,
     TeacherError,
     generate_rationales,
     merge_shards,
     outcome_words,
-    qc_failures,
     shard_of,
-    split_answer,
     teacher_inputs,
+)
+from rationale_bench.teacher.qc import (  # noqa: E402
+    QC_REASONS,
+    QCSettings,
+    qc_failures,
+    split_answer,
     usage_cost,
 )
 
@@ -426,7 +428,7 @@ def test_progress_goes_to_the_log_as_lines(subjects, tmp_path, monkeypatch) -> N
 
 
 def test_qc_table_and_report_carry_the_generation_verdict(synthetic_histories, tmp_path) -> None:
-    from rationale_bench.teacher.generate import qc_report, quality_control
+    from rationale_bench.teacher.qc import qc_report, quality_control
 
     cfg = {"name": "template", "backend": "template", "seed": 0}
     table, generation = generate_rationales(
@@ -453,7 +455,7 @@ def test_qc_table_and_report_carry_the_generation_verdict(synthetic_histories, t
 
 
 def test_rationale_job_settings_hold_only_what_changes_that_style() -> None:
-    from rationale_bench.teacher.generate import rationale_settings
+    from rationale_bench.study import rationale_settings
 
     prompts = {k: f"{k} {{history}}" for k in CFG_BASE["prompts"]}
     config = {
@@ -515,6 +517,6 @@ def test_rationale_job_settings_hold_only_what_changes_that_style() -> None:
     ],
 )
 def test_grounding_sees_wordings_drugs_and_negation(text, codes, expected) -> None:
-    from rationale_bench.teacher.generate import grounded_fraction
+    from rationale_bench.teacher.qc import grounded_fraction
 
     assert grounded_fraction(text, codes) == pytest.approx(expected)

@@ -28,17 +28,15 @@ from test_teacher_generation import (  # noqa: E402
 
 from rationale_bench.teacher import client as teacher_client  # noqa: E402
 from rationale_bench.teacher.generate import (  # noqa: E402
-    QCSettings,
     TeacherError,
     build_messages,
     check_training_pool,
-    flag_near_duplicates,
     generate_rationales,
-    qc_failures,
     teacher_inputs,
     teacher_view,
     visible_codes,
 )
+from rationale_bench.teacher.qc import QCSettings, flag_near_duplicates, qc_failures  # noqa: E402
 
 
 @pytest.fixture

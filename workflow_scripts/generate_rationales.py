@@ -4,11 +4,11 @@ from pathlib import Path
 
 import polars as pl
 
+from rationale_bench.study import drops_subjects
 from rationale_bench.teacher.generate import (
     cache_files,
     cache_path,
     check_training_pool,
-    drops_subjects,
     generate_rationales,
     run_settings,
     teacher_view,

@@ -3,12 +3,9 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.teacher.generate import (
-    QCSettings,
-    check_training_pool,
-    drops_subjects,
-    merge_shards,
-)
+from rationale_bench.study import drops_subjects
+from rationale_bench.teacher.generate import check_training_pool, merge_shards
+from rationale_bench.teacher.qc import QCSettings
 from rationale_bench.workflow import start, stop_on, write_json, write_parquet
 
 log = start(snakemake)  # noqa: F821

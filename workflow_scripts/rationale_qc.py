@@ -3,7 +3,8 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.teacher.generate import qc_report, quality_control, teacher_view
+from rationale_bench.teacher.generate import teacher_view
+from rationale_bench.teacher.qc import qc_report, quality_control
 from rationale_bench.workflow import start, write_json, write_parquet
 
 log = start(snakemake)  # noqa: F821

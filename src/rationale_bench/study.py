@@ -177,14 +177,20 @@ def baseline_runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 def check_teacher_config(config: Mapping[str, Any]) -> None:
     """Settings the schema cannot rule out; raised before any job runs."""
     teacher = config["teacher"]
+    check_label_blind_teacher(teacher)
+    if teacher.get("view", "student_prompt") == "student_prompt":
+        teacher_view_model(config)
+
+
+def check_label_blind_teacher(teacher: Mapping[str, Any]) -> None:
+    """A label-blind teacher predicts the outcome, which the template teacher cannot. The
+    teacher's settings, whole or its jobs' slice; the teacher checks its slice too."""
     if teacher.get("mode") == "label_blind" and teacher.get("backend") == "template":
         raise ValueError(
             "teacher.mode 'label_blind' needs a teacher that predicts the outcome; the "
             "'template' teacher only explains a known one. Set teacher.backend to 'openai' or "
             "teacher.mode to 'label_aware'."
         )
-    if teacher.get("view", "student_prompt") == "student_prompt":
-        teacher_view_model(config)
 
 
 # Settings of the openai block that decide how requests are sent, not what is answered: the

@@ -147,7 +147,7 @@ def faithfulness(
     otherwise. Negated mentions ("no diabetes") claim nothing and are not counted. Without
     ``visible_codes`` only age and sex are checked.
     """
-    from rationale_bench.teacher.generate import named_entities
+    from rationale_bench.teacher.qc import named_entities
 
     n = len(texts)
     if not n:
@@ -180,7 +180,7 @@ FAITHFULNESS_KEYS = (
 
 def conclusion_agreement(texts: Sequence[str], parsed: Sequence[bool | None]) -> dict[str, Any]:
     """How often the answer follows the rationale's own conclusion ("more/less likely")."""
-    from rationale_bench.teacher.generate import conclusion_direction
+    from rationale_bench.teacher.qc import conclusion_direction
 
     pairs = [(conclusion_direction(t), p) for t, p in zip(texts, parsed, strict=True)]
     decided = [(c, p) for c, p in pairs if c is not None and p is not None]

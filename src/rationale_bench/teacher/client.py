@@ -322,6 +322,19 @@ def cache_key(
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def _cache_record(raw: bytes) -> dict[str, Any]:
+    """One line of a cache file as a record; ValueError when it is not one (JSONDecodeError
+    and UnicodeDecodeError included)."""
+    rec = json.loads(raw)
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    if not isinstance(rec.get("cache_key"), str):
+        raise ValueError("no cache_key")
+    if not isinstance(rec.get("content"), str):
+        raise ValueError("no content")
+    return rec
+
+
 class ResponseCache:
     """Append-only JSONL cache of completed requests, durable after every `put`.
 
@@ -362,14 +375,8 @@ class ResponseCache:
                 if not raw.strip():
                     continue
                 try:
-                    rec = json.loads(raw)
-                    if not isinstance(rec, dict):
-                        raise ValueError("not a JSON object")
-                    if not isinstance(rec.get("cache_key"), str):
-                        raise ValueError("no cache_key")
-                    if not isinstance(rec.get("content"), str):
-                        raise ValueError("no content")
-                except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
+                    rec = _cache_record(raw)
+                except ValueError as exc:
                     self.skipped_lines += 1
                     logger.warning(
                         "teacher cache %s: skipping unreadable line %d (%s); the request will "
@@ -603,6 +610,160 @@ def _classify_status(
 # --------------------------------------------------------------------------------------------
 
 
+def _client(
+    endpoint: EndpointConfig, api_key: str, connections: int, tls: ssl.SSLContext
+) -> openai.AsyncOpenAI:
+    http_client = openai.DefaultAsyncHttpx2Client(
+        timeout=endpoint.request_timeout_s,
+        verify=tls,
+        # Following a redirect would hand the body to a host the PHI guard never saw.
+        follow_redirects=False,
+        # Nor may a proxy from HTTP(S)_PROXY / ALL_PROXY (or .netrc credentials) reroute
+        # patient data: the guard checked base_url, so requests go to base_url directly.
+        trust_env=False,
+        limits=httpx2.Limits(
+            max_connections=connections + 2, max_keepalive_connections=connections
+        ),
+    )
+    return openai.AsyncOpenAI(
+        base_url=endpoint.base_url,
+        api_key=api_key,
+        max_retries=0,  # our own loop retries, so we control and count every attempt
+        timeout=endpoint.request_timeout_s,
+        http_client=http_client,
+    )
+
+
+def _connection_slots(
+    endpoint: EndpointConfig, api_key: str
+) -> tuple[list[openai.AsyncOpenAI], asyncio.Queue[openai.AsyncOpenAI]]:
+    """The clients (connection pools) and one slot per request allowed in flight."""
+    # Several small connection pools instead of one: the HTTP pool scans its connections
+    # on every request and release (probing idle sockets), so one pool of `concurrency`
+    # connections costs O(concurrency) CPU per request on the single event-loop thread.
+    n_pools = math.ceil(endpoint.concurrency / _CONNECTIONS_PER_POOL)
+    # One TLS context for all pools: loading the CA bundle costs tens of ms per context.
+    tls = ssl.create_default_context()
+    per_pool = math.ceil(endpoint.concurrency / n_pools)
+    clients = [_client(endpoint, api_key, per_pool, tls) for _ in range(n_pools)]
+    # One slot per allowed request in flight, each bound to a pool, handed out in turn.
+    slots: asyncio.Queue[openai.AsyncOpenAI] = asyncio.Queue()
+    for i in range(endpoint.concurrency):
+        slots.put_nowait(clients[i % n_pools])
+    return clients, slots
+
+
+@dataclass
+class _Tally:
+    """What the requests of one run came to, in the order their outcomes arrived."""
+
+    done: dict[str, ChatResult] = field(default_factory=dict)  # by cache key
+    failed: list[_RequestFailed] = field(default_factory=list)
+    consecutive_failed: int = 0
+    abort: _RequestFailed | None = None  # the failure that stopped the run early
+
+
+class _TaskWindow:
+    """The request tasks of one run, created in a bounded window, each reporting exactly one
+    outcome on a queue: waiting on all N tasks at once would cost O(N) per completion, i.e.
+    O(N^2) for a long run."""
+
+    def __init__(
+        self, run: _Run, slots: asyncio.Queue[openai.AsyncOpenAI], pending: Mapping[str, Any]
+    ) -> None:
+        self.run = run
+        self.slots = slots
+        self.outcomes: asyncio.Queue[tuple[ChatResult | None, BaseException | None]] = (
+            asyncio.Queue()
+        )
+        self.size = 4 * run.endpoint.concurrency  # room for requests sleeping in backoff
+        self.todo = iter(pending.items())
+        self.live: set[asyncio.Task[None]] = set()
+        self.created = self.received = 0
+
+    async def _report(self, ckey: str, request: ChatRequest) -> None:
+        try:
+            result = await self.run.one(self.slots, ckey, request)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the main loop as is
+            self.outcomes.put_nowait((None, exc))
+        else:
+            self.outcomes.put_nowait((result, None))
+
+    def refill(self) -> None:
+        # Count unreported tasks, not `live`: done-callbacks run a loop iteration late.
+        while not self.run.stopping and self.created - self.received < self.size:
+            item = next(self.todo, None)
+            if item is None:
+                return
+            task = asyncio.create_task(self._report(*item), name=f"teacher:{item[1].key}")
+            self.live.add(task)
+            task.add_done_callback(self.live.discard)
+            self.created += 1
+
+    def unreported(self) -> bool:
+        return self.received < self.created
+
+    async def next_outcome(self) -> tuple[ChatResult | None, BaseException | None]:
+        outcome = await self.outcomes.get()
+        self.received += 1
+        return outcome
+
+    async def cancel_live(self) -> None:
+        for task in list(self.live):
+            task.cancel()
+        if self.live:
+            await asyncio.gather(*self.live, return_exceptions=True)
+
+
+class _GroupCommit:
+    """Writes answers to the cache as they arrive, one fsync for everything finished since
+    the last: one fsync costs milliseconds, and one per result would cap a run at a few
+    hundred results per second."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+        self._to_commit: list[tuple[ChatResult, asyncio.Future[None]]] = []
+        self._commit_wanted = asyncio.Event()
+
+    async def commit(self, result: ChatResult) -> None:
+        """Return once `result` is durably in the cache."""
+        done = asyncio.get_running_loop().create_future()
+        self._to_commit.append((result, done))
+        self._commit_wanted.set()
+        await done
+
+    async def run(self) -> None:
+        """Commit until cancelled (a task of its own)."""
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            batch, self._to_commit = self._to_commit, []
+            if not batch:
+                continue
+            try:
+                # Off the event loop, so a slow disk does not stall requests in flight.
+                await asyncio.to_thread(self.cache.put_many, [r for r, _ in batch])
+            except Exception as exc:  # e.g. disk full: every waiting request fails the run
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Cancel the committing `task`, then write what it had not committed yet."""
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        # Answers that arrived but were not yet committed are complete: keep them.
+        leftovers, self._to_commit = self._to_commit, []
+        if leftovers:
+            self.cache.put_many([r for r, _ in leftovers])
+
+
 class _Run:
     """Mutable state of one `run_chat_requests` call (single event loop, so no locking)."""
 
@@ -629,14 +790,15 @@ class _Run:
         # Set on the first run-ending error, so requests waiting for a slot are not sent.
         self.stopping = False
         # Group commit: results finished while an fsync is under way share the next one.
-        self._to_commit: list[tuple[ChatResult, asyncio.Future[None]]] = []
-        self._commit_wanted = asyncio.Event()
+        self.commits = _GroupCommit(cache)
 
     def _postfix(self) -> None:
         if self.bar is not None:
             self.bar.set_postfix(
                 failures=self.usage.failures, retries=self.usage.retries, refresh=False
             )
+
+    # ---------------------------------------------------------------- one HTTP attempt
 
     def _body(self, request: ChatRequest) -> bytes:
         body = {
@@ -674,33 +836,7 @@ class _Run:
             raise _AttemptFailed(f"bad response: {self.redact(str(exc))}") from None
         return _parse_completion(raw.content)
 
-    async def _commit(self, result: ChatResult) -> None:
-        """Return once `result` is durably in the cache."""
-        done = asyncio.get_running_loop().create_future()
-        self._to_commit.append((result, done))
-        self._commit_wanted.set()
-        await done
-
-    async def _committer(self) -> None:
-        # One fsync costs milliseconds; one per result would cap a run at a few hundred
-        # results per second, so each fsync covers everything finished since the last one.
-        while True:
-            await self._commit_wanted.wait()
-            self._commit_wanted.clear()
-            batch, self._to_commit = self._to_commit, []
-            if not batch:
-                continue
-            try:
-                # Off the event loop, so a slow disk does not stall requests in flight.
-                await asyncio.to_thread(self.cache.put_many, [r for r, _ in batch])
-            except Exception as exc:  # e.g. disk full: every waiting request fails the run
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-            else:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
+    # ---------------------------------------------------------------- one request, retried
 
     async def one(
         self,
@@ -709,85 +845,77 @@ class _Run:
         request: ChatRequest,
     ) -> ChatResult:
         ep = self.endpoint
-        last_error = "no attempt made"
         for attempt in range(1, ep.max_attempts + 1):
-            failure: _AttemptFailed | None = None
-            client = await slots.get()  # a free slot bounds what is in flight
-            try:
-                if self.stopping:
-                    raise _Stopped
-                self.usage.requests_sent += 1
-                try:
-                    content, finish, p_tok, c_tok, model = await self._attempt(client, request)
-                except _AttemptFailed as exc:
-                    failure = exc
-            finally:
-                slots.put_nowait(client)
-            if failure is None:
-                # Tokens were spent whether or not the validator likes the answer.
-                self.usage.prompt_tokens += p_tok
-                self.usage.completion_tokens += c_tok
-                reason = self.validate(content) if self.validate is not None else None
-                if reason is None:
-                    result = ChatResult(
-                        key=request.key,
-                        content=content,
-                        finish_reason=finish,
-                        prompt_tokens=p_tok,
-                        completion_tokens=c_tok,
-                        cache_key=ckey,
-                        from_cache=False,
-                        attempts=attempt,
-                        model=model or ep.model,
-                        sampling=dict(self.sampling),
-                    )
-                    await self._commit(result)
-                    return result
-                failure = _AttemptFailed(f"rejected by validator: {self.redact(str(reason))}")
-
+            outcome = await self._try_once(slots, ckey, request, attempt)
+            if isinstance(outcome, ChatResult):
+                await self.commits.commit(outcome)
+                return outcome
             self.usage.failures += 1
-            last_error = failure.reason
             self._postfix()
-            if not failure.retryable or attempt == ep.max_attempts:
-                self.stopping = self.stopping or failure.fatal
-                raise _RequestFailed(ckey, request.key, last_error, attempt, failure.fatal)
+            if not outcome.retryable or attempt == ep.max_attempts:
+                self.stopping = self.stopping or outcome.fatal
+                raise _RequestFailed(ckey, request.key, outcome.reason, attempt, outcome.fatal)
             self.usage.retries += 1
-            if failure.retry_after is not None:
-                delay = failure.retry_after
-            else:
-                delay = _backoff_delay(attempt, ep.backoff_base_s, ep.backoff_max_s, self.rng)
-            logger.debug(
-                "teacher request %r attempt %d/%d failed (%s); retrying in %.2fs",
-                request.key,
-                attempt,
-                ep.max_attempts,
-                last_error,
-                delay,
-            )
-            await asyncio.sleep(delay)
+            await self._back_off(request, attempt, outcome)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _client(self, connections: int, tls: ssl.SSLContext) -> openai.AsyncOpenAI:
+    async def _try_once(
+        self,
+        slots: asyncio.Queue[openai.AsyncOpenAI],
+        ckey: str,
+        request: ChatRequest,
+        attempt: int,
+    ) -> ChatResult | _AttemptFailed:
+        """One attempt: the answer, or why it failed (an HTTP error or the validator's
+        rejection). Raises _Stopped, sending nothing, once the run is stopping."""
+        client = await slots.get()  # a free slot bounds what is in flight
+        try:
+            if self.stopping:
+                raise _Stopped
+            self.usage.requests_sent += 1
+            try:
+                content, finish, p_tok, c_tok, model = await self._attempt(client, request)
+            except _AttemptFailed as failure:
+                return failure
+        finally:
+            slots.put_nowait(client)
+        # Tokens were spent whether or not the validator likes the answer.
+        self.usage.prompt_tokens += p_tok
+        self.usage.completion_tokens += c_tok
+        reason = self.validate(content) if self.validate is not None else None
+        if reason is not None:
+            return _AttemptFailed(f"rejected by validator: {self.redact(str(reason))}")
+        return ChatResult(
+            key=request.key,
+            content=content,
+            finish_reason=finish,
+            prompt_tokens=p_tok,
+            completion_tokens=c_tok,
+            cache_key=ckey,
+            from_cache=False,
+            attempts=attempt,
+            model=model or self.endpoint.model,
+            sampling=dict(self.sampling),
+        )
+
+    async def _back_off(self, request: ChatRequest, attempt: int, failure: _AttemptFailed) -> None:
+        """Wait before the next attempt: as long as the server asked, else full jitter."""
         ep = self.endpoint
-        http_client = openai.DefaultAsyncHttpx2Client(
-            timeout=ep.request_timeout_s,
-            verify=tls,
-            # Following a redirect would hand the body to a host the PHI guard never saw.
-            follow_redirects=False,
-            # Nor may a proxy from HTTP(S)_PROXY / ALL_PROXY (or .netrc credentials) reroute
-            # patient data: the guard checked base_url, so requests go to base_url directly.
-            trust_env=False,
-            limits=httpx2.Limits(
-                max_connections=connections + 2, max_keepalive_connections=connections
-            ),
+        if failure.retry_after is not None:
+            delay = failure.retry_after
+        else:
+            delay = _backoff_delay(attempt, ep.backoff_base_s, ep.backoff_max_s, self.rng)
+        logger.debug(
+            "teacher request %r attempt %d/%d failed (%s); retrying in %.2fs",
+            request.key,
+            attempt,
+            ep.max_attempts,
+            failure.reason,
+            delay,
         )
-        return openai.AsyncOpenAI(
-            base_url=ep.base_url,
-            api_key=self.api_key,
-            max_retries=0,  # our own loop retries, so we control and count every attempt
-            timeout=ep.request_timeout_s,
-            http_client=http_client,
-        )
+        await asyncio.sleep(delay)
+
+    # ---------------------------------------------------------------- every request
 
     async def run_all(self, pending: Mapping[str, ChatRequest]) -> dict[str, ChatResult]:
         """Send every pending request; returns results by cache key.
@@ -797,131 +925,94 @@ class _Run:
         (401/403/404/redirect) or when `concurrency` requests in a row fail for good (the
         endpoint is down). Either way TeacherError is raised once nothing is in flight.
         """
-        ep = self.endpoint
-        done: dict[str, ChatResult] = {}
-        failed: list[_RequestFailed] = []
-        consecutive_failed = 0
-        abort: _RequestFailed | None = None
-        # Several small connection pools instead of one: the HTTP pool scans its connections
-        # on every request and release (probing idle sockets), so one pool of `concurrency`
-        # connections costs O(concurrency) CPU per request on the single event-loop thread.
-        n_pools = math.ceil(ep.concurrency / _CONNECTIONS_PER_POOL)
-        # One TLS context for all pools: loading the CA bundle costs tens of ms per context.
-        tls = ssl.create_default_context()
-        per_pool = math.ceil(ep.concurrency / n_pools)
-        clients = [self._client(per_pool, tls) for _ in range(n_pools)]
-        # One slot per allowed request in flight, each bound to a pool, handed out in turn.
-        slots: asyncio.Queue[openai.AsyncOpenAI] = asyncio.Queue()
-        for i in range(ep.concurrency):
-            slots.put_nowait(clients[i % n_pools])
-        # Outcomes arrive on a queue and tasks are created in a bounded window: waiting on
-        # all N tasks at once would cost O(N) per completion, i.e. O(N^2) for a long run.
-        outcomes: asyncio.Queue[tuple[ChatResult | None, BaseException | None]] = asyncio.Queue()
-        window = 4 * ep.concurrency  # room for requests sleeping in backoff
-        todo = iter(pending.items())
-        live: set[asyncio.Task[None]] = set()
-        created = received = 0  # every task reports exactly one outcome
-
-        async def report(ckey: str, request: ChatRequest) -> None:
-            try:
-                result = await self.one(slots, ckey, request)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:  # noqa: BLE001 - handed to the main loop as is
-                outcomes.put_nowait((None, exc))
-            else:
-                outcomes.put_nowait((result, None))
-
-        def refill() -> None:
-            nonlocal created
-            # Count unreported tasks, not `live`: done-callbacks run a loop iteration late.
-            while not self.stopping and created - received < window:
-                item = next(todo, None)
-                if item is None:
-                    return
-                task = asyncio.create_task(report(*item), name=f"teacher:{item[1].key}")
-                live.add(task)
-                task.add_done_callback(live.discard)
-                created += 1
-
-        committer = asyncio.create_task(self._committer(), name="teacher:cache-commit")
+        clients, slots = _connection_slots(self.endpoint, self.api_key)
+        window = _TaskWindow(self, slots, pending)
+        tally = _Tally()
+        committer = asyncio.create_task(self.commits.run(), name="teacher:cache-commit")
         async with contextlib.AsyncExitStack() as stack:
             for client in clients:
                 await stack.enter_async_context(client)
             try:
-                refill()
-                while received < created:
-                    result, exc = await outcomes.get()
-                    received += 1
-                    if exc is None:
-                        assert result is not None
-                        done[result.cache_key] = result
-                        consecutive_failed = 0
-                    elif isinstance(exc, _RequestFailed):
-                        failed.append(exc)
-                        consecutive_failed += 1
-                        logger.warning(
-                            "teacher request %r failed after %d attempt(s): %s",
-                            exc.request_key,
-                            exc.attempts,
-                            exc.reason,
-                        )
-                        if abort is None and (exc.fatal or consecutive_failed >= ep.concurrency):
-                            abort = exc
-                            self.stopping = True
-                    elif isinstance(exc, _Stopped):
-                        continue
-                    else:
-                        raise exc
-                    if self.bar is not None:
-                        self.bar.update(1)
-                        self._postfix()
-                    if abort is not None:
-                        break
-                    refill()
+                await self._collect(window, tally)
             finally:
-                for task in list(live):
-                    task.cancel()
-                if live:
-                    await asyncio.gather(*live, return_exceptions=True)
-                committer.cancel()
-                await asyncio.gather(committer, return_exceptions=True)
-                # Answers that arrived but were not yet committed are complete: keep them.
-                leftovers, self._to_commit = self._to_commit, []
-                if leftovers:
-                    self.cache.put_many([r for r, _ in leftovers])
+                await window.cancel_live()
+                await self.commits.stop(committer)
+        if tally.abort is not None or tally.failed:
+            raise _run_failed(tally, len(pending), self.endpoint, self.cache.path, self.redact)
+        return tally.done
 
-        if abort is not None or failed:
-            first = abort or failed[0]
-            keys = [f.request_key for f in failed]
-            shown = ", ".join(repr(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
-            reason = first.reason.rstrip(". ")
-            if first.fatal:
-                head = (
-                    f"Teacher request {first.request_key!r} failed: {reason}. Stopped the run "
-                    "because this error would hit every request"
-                )
+    async def _collect(self, window: _TaskWindow, tally: _Tally) -> None:
+        """Take the outcomes as they arrive, keeping the window full, until every request has
+        reported or the run stops early."""
+        window.refill()
+        while window.unreported():
+            result, exc = await window.next_outcome()
+            if exc is None:
+                assert result is not None
+                tally.done[result.cache_key] = result
+                tally.consecutive_failed = 0
+            elif isinstance(exc, _RequestFailed):
+                self._count_failure(tally, exc)
+            elif isinstance(exc, _Stopped):
+                continue
             else:
-                head = (
-                    f"Teacher request {first.request_key!r} failed after {first.attempts} "
-                    f"attempt(s) (teacher.openai.http_attempts={ep.max_attempts}); "
-                    f"last error: {reason}"
-                )
-                if abort is not None:
-                    head += f". Stopped the run after {consecutive_failed} failures in a row"
-            message = (
-                f"{head}. Failed: {shown}; {len(pending) - len(done)} of {len(pending)} "
-                f"requests sent in this run have no result. All completed results are safely "
-                f"cached in {self.cache.path}; rerunning resumes from there."
-            )
-            raise TeacherError(
-                self.redact(message),
-                request_key=first.request_key,
-                last_error=self.redact(first.reason),
-                failed_keys=keys,
-                fatal=first.fatal,
-            )
-        return done
+                raise exc
+            if self.bar is not None:
+                self.bar.update(1)
+                self._postfix()
+            if tally.abort is not None:
+                break
+            window.refill()
+
+    def _count_failure(self, tally: _Tally, failure: _RequestFailed) -> None:
+        tally.failed.append(failure)
+        tally.consecutive_failed += 1
+        logger.warning(
+            "teacher request %r failed after %d attempt(s): %s",
+            failure.request_key,
+            failure.attempts,
+            failure.reason,
+        )
+        stop = failure.fatal or tally.consecutive_failed >= self.endpoint.concurrency
+        if tally.abort is None and stop:
+            tally.abort = failure
+            self.stopping = True
+
+
+def _run_failed(
+    tally: _Tally, n_pending: int, endpoint: EndpointConfig, cache: Path, redact: _Redactor
+) -> TeacherError:
+    """The error of a run with requests that failed for good: the first failure's reason,
+    which requests have no result, and that a rerun resumes from the cache."""
+    first = tally.abort or tally.failed[0]
+    keys = [f.request_key for f in tally.failed]
+    shown = ", ".join(repr(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
+    reason = first.reason.rstrip(". ")
+    if first.fatal:
+        head = (
+            f"Teacher request {first.request_key!r} failed: {reason}. Stopped the run "
+            "because this error would hit every request"
+        )
+    else:
+        head = (
+            f"Teacher request {first.request_key!r} failed after {first.attempts} "
+            f"attempt(s) (teacher.openai.http_attempts={endpoint.max_attempts}); "
+            f"last error: {reason}"
+        )
+        if tally.abort is not None:
+            head += f". Stopped the run after {tally.consecutive_failed} failures in a row"
+    message = (
+        f"{head}. Failed: {shown}; {n_pending - len(tally.done)} of {n_pending} "
+        f"requests sent in this run have no result. All completed results are safely "
+        f"cached in {cache}; rerunning resumes from there."
+    )
+    return TeacherError(
+        redact(message),
+        request_key=first.request_key,
+        last_error=redact(first.reason),
+        failed_keys=keys,
+        fatal=first.fatal,
+    )
 
 
 class _LineWriter:
@@ -966,6 +1057,101 @@ def _resolve_api_key(endpoint: EndpointConfig) -> str:
     return key.strip()
 
 
+def _check_unique_keys(requests: Sequence[ChatRequest]) -> None:
+    keys = [r.key for r in requests]
+    if len(set(keys)) != len(keys):
+        dupes = sorted({k for k in keys if keys.count(k) > 1})[:5]
+        raise ValueError(f"ChatRequest keys must be unique; duplicated: {dupes}")
+
+
+def _answer_from_cache(
+    by_ckey: Mapping[str, list[ChatRequest]],
+    cache: ResponseCache,
+    endpoint: EndpointConfig,
+    validate: Callable[[str], str | None] | None,
+    usage: UsageSummary,
+) -> tuple[dict[str, ChatResult], dict[str, ChatRequest]]:
+    """(results by request key of the cached answers the validator accepts, the requests still
+    to send by cache key: one per distinct cache key)."""
+    sampling = endpoint.sampling()
+    results: dict[str, ChatResult] = {}
+    pending: dict[str, ChatRequest] = {}
+    for ckey, reqs in by_ckey.items():
+        rec = cache.get(ckey)
+        if rec is not None and validate is not None:
+            reason = validate(rec["content"])
+            if reason is not None:
+                logger.info(
+                    "teacher cache: cached answer for %r rejected by validator (%s); "
+                    "requesting a new one",
+                    reqs[0].key,
+                    reason,
+                )
+                rec = None
+        if rec is None:
+            pending[ckey] = reqs[0]
+            continue
+        rec_usage = rec.get("usage") or {}
+        for req in reqs:
+            usage.cache_hits += 1
+            results[req.key] = ChatResult(
+                key=req.key,
+                content=rec["content"],
+                finish_reason=rec.get("finish_reason"),
+                prompt_tokens=int(rec_usage.get("prompt_tokens") or 0),
+                completion_tokens=int(rec_usage.get("completion_tokens") or 0),
+                cache_key=ckey,
+                from_cache=True,
+                attempts=0,
+                model=rec.get("model") or endpoint.model,
+                sampling=dict(rec.get("sampling") or sampling),
+            )
+    return results, pending
+
+
+def _progress_bar(total: int, description: str, progress: bool) -> tqdm:
+    interactive = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        desc=description,
+        unit="req",
+        # In a log file (a Snakemake job) one line every 30 s instead of a bar
+        # redrawn with carriage returns.
+        file=sys.stderr if interactive else _LineWriter(sys.stderr),
+        dynamic_ncols=interactive,
+        ncols=None if interactive else 110,
+        mininterval=0.1 if interactive else 30.0,
+        ascii=not interactive,
+        disable=not progress,
+    )
+
+
+def _send_pending(
+    pending: Mapping[str, ChatRequest],
+    endpoint: EndpointConfig,
+    cache: ResponseCache,
+    usage: UsageSummary,
+    validate: Callable[[str], str | None] | None,
+    progress: tuple[str, bool],
+    t0: float,
+) -> dict[str, ChatResult]:
+    """Send the requests no cached answer serves; results by cache key. ``progress``: the
+    bar's description and whether to show it. A TeacherError carries the run's usage."""
+    api_key = _resolve_api_key(endpoint)
+    bar = _progress_bar(len(pending), *progress)
+    run = _Run(endpoint, api_key, cache, usage, validate, bar)
+    try:
+        return _run_sync(lambda: run.run_all(pending))
+    except TeacherError as error:
+        error.usage = usage  # completed by the finally block below
+        raise
+    finally:
+        bar.close()
+        usage.wall_s = time.monotonic() - t0
+        _finish_usage(usage, endpoint)
+        logger.info("teacher usage: %s", usage.as_dict())
+
+
 def run_chat_requests(
     requests: Sequence[ChatRequest],
     endpoint: EndpointConfig,
@@ -987,89 +1173,30 @@ def run_chat_requests(
     """
     t0 = time.monotonic()
     check_phi_guard(endpoint.base_url, endpoint.allowed_hosts)
-    keys = [r.key for r in requests]
-    if len(set(keys)) != len(keys):
-        dupes = sorted({k for k in keys if keys.count(k) > 1})[:5]
-        raise ValueError(f"ChatRequest keys must be unique; duplicated: {dupes}")
-
+    _check_unique_keys(requests)
     sampling = endpoint.sampling()
     usage = UsageSummary()
-    results: dict[str, ChatResult] = {}
     by_ckey: dict[str, list[ChatRequest]] = {}
     for req in requests:
         by_ckey.setdefault(cache_key(endpoint.model, req.messages, sampling), []).append(req)
 
     with ResponseCache(cache_path, read_also) as cache:
-        pending: dict[str, ChatRequest] = {}
-        for ckey, reqs in by_ckey.items():
-            rec = cache.get(ckey)
-            if rec is not None and validate is not None:
-                reason = validate(rec["content"])
-                if reason is not None:
-                    logger.info(
-                        "teacher cache: cached answer for %r rejected by validator (%s); "
-                        "requesting a new one",
-                        reqs[0].key,
-                        reason,
-                    )
-                    rec = None
-            if rec is None:
-                pending[ckey] = reqs[0]
-                continue
-            rec_usage = rec.get("usage") or {}
-            for req in reqs:
-                usage.cache_hits += 1
-                results[req.key] = ChatResult(
-                    key=req.key,
-                    content=rec["content"],
-                    finish_reason=rec.get("finish_reason"),
-                    prompt_tokens=int(rec_usage.get("prompt_tokens") or 0),
-                    completion_tokens=int(rec_usage.get("completion_tokens") or 0),
-                    cache_key=ckey,
-                    from_cache=True,
-                    attempts=0,
-                    model=rec.get("model") or endpoint.model,
-                    sampling=dict(rec.get("sampling") or sampling),
-                )
-
+        results, pending = _answer_from_cache(by_ckey, cache, endpoint, validate, usage)
+        n_cached = len(by_ckey) - len(pending)
         logger.info(
             "teacher: %d requests (%d distinct), %d answered from cache, %d to send to %s "
             "(model %s, concurrency %d)",
             len(requests),
             len(by_ckey),
-            len(by_ckey) - len(pending),
+            n_cached,
             len(pending),
             _redacted_url(endpoint.base_url),
             endpoint.model,
             endpoint.concurrency,
         )
         if pending:
-            api_key = _resolve_api_key(endpoint)
-            interactive = sys.stderr.isatty()
-            bar = tqdm(
-                total=len(pending),
-                desc=f"{description} ({len(by_ckey) - len(pending)} cached)",
-                unit="req",
-                # In a log file (a Snakemake job) one line every 30 s instead of a bar
-                # redrawn with carriage returns.
-                file=sys.stderr if interactive else _LineWriter(sys.stderr),
-                dynamic_ncols=interactive,
-                ncols=None if interactive else 110,
-                mininterval=0.1 if interactive else 30.0,
-                ascii=not interactive,
-                disable=not progress,
-            )
-            run = _Run(endpoint, api_key, cache, usage, validate, bar)
-            try:
-                sent = _run_sync(lambda: run.run_all(pending))
-            except TeacherError as error:
-                error.usage = usage  # completed by the finally block below
-                raise
-            finally:
-                bar.close()
-                usage.wall_s = time.monotonic() - t0
-                _finish_usage(usage, endpoint)
-                logger.info("teacher usage: %s", usage.as_dict())
+            bar = (f"{description} ({n_cached} cached)", progress)
+            sent = _send_pending(pending, endpoint, cache, usage, validate, bar, t0)
             for ckey, res in sent.items():
                 for req in by_ckey[ckey]:
                     results[req.key] = replace(res, key=req.key)

@@ -7,8 +7,13 @@ subjects are refused here, not just filtered upstream.
 Backends:
 - ``template``: offline and deterministic, grounded in the risk factors present in the
   subject's own record; the embedded default.
-- ``openai``: any OpenAI-compatible endpoint through ``teacher_client.run_chat_requests``
+- ``openai``: any OpenAI-compatible endpoint through ``teacher.client.run_chat_requests``
   (bounded concurrency, retries, persistent cache, PHI guard).
+
+Each rationale is checked as it is drawn (:mod:`rationale_bench.teacher.qc`) and regenerated
+while it fails. The steps of :func:`generate_rationales`: check the settings (``_plan``), pick
+the backend, draw in phases (``_run_phase``: label-aware, or label-blind then rationalized),
+settle who keeps a rationale (``_settle``), then the table and the report.
 """
 
 from __future__ import annotations
@@ -22,27 +27,42 @@ import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from rationale_bench.config_check import horizon_spoken, horizon_words
-from rationale_bench.data.codes import ATC_DESCRIPTIONS, RISK_FACTORS, code_in
+from rationale_bench.data.codes import RISK_FACTORS, code_in
 
 # The teacher's config slices live in study.py (the Snakefile imports them without polars).
-from rationale_bench.study import (  # noqa: F401
-    check_teacher_config,
-    drops_subjects,
-    rationale_settings,
+from rationale_bench.study import (
+    check_label_blind_teacher,
     teacher_operational_settings,
 )
+from rationale_bench.teacher import TeacherError
+from rationale_bench.teacher.qc import (
+    QCSettings,
+    flag_near_duplicates,
+    ordered_reasons,
+    qc_failures,
+    split_answer,
+)
 from rationale_bench.text.serialize import history_of
+
+if TYPE_CHECKING:  # the client needs openai, which the data environment lacks: imported lazily
+    from rationale_bench.teacher.client import (
+        ChatRequest,
+        ChatResult,
+        EndpointConfig,
+        UsageSummary,
+    )
 
 logger = logging.getLogger("rationale_bench.teacher.generate")
 
 STYLES = ("free_form", "step_by_step")
+MODES = ("label_aware", "label_blind")
 TEACHER_SPLITS = ("train", "tuning")
 DEFAULT_HORIZON_DAYS = 1826  # five years, the reference study's window
 
@@ -54,10 +74,6 @@ def outcome_words(label: bool, horizon_days: int = DEFAULT_HORIZON_DAYS) -> str:
         f"the patient {did} a diagnosis of Alzheimer's disease or a related dementia within "
         f"{horizon_words(horizon_days)}"
     )
-
-
-class TeacherError(ValueError):
-    """The teacher cannot produce rationales as configured."""
 
 
 def teacher_inputs(histories: pl.DataFrame) -> pl.DataFrame:
@@ -230,136 +246,6 @@ def _subject_seed(subject_id: int, style: str, seed: int | str) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Quality control of one rationale
-# --------------------------------------------------------------------------------------------
-
-MODES = ("label_aware", "label_blind")
-# Why a rationale is rejected, in the order they are checked and reported.
-QC_REASONS = (
-    "empty",
-    "refusal",
-    "missing_answer",
-    "label_leak",
-    "too_short",
-    "too_long",
-    "no_conclusion",
-    "ungrounded",
-    "label_inconsistent",
-    "truncated",
-    "near_duplicate",
-)
-# The teacher refused or answered as a chatbot instead of reasoning about the record.
-_REFUSAL = re.compile(
-    r"\b(?:i'?m sorry|i am sorry|i (?:cannot|can't|can ?not|am unable to|'m unable to|am not "
-    r"able to) (?:provide|help|assist|give|make|determine|answer)|as an (?:ai|artificial "
-    r"intelligence|language model))\b",
-    re.IGNORECASE,
-)
-# The rationale states the outcome itself (what the answer after it must carry), rather than
-# reasoning towards it: a model trained on it learns to assert outcomes, and the label then
-# appears before the reasoning.
-_LABEL_LEAK = re.compile(
-    r"\b(?:(?:actual|true|known|real) outcome|the outcome (?:was|is)|(?:went on to|later|"
-    r"eventually|subsequently) (?:develop|be diagnosed|was diagnosed|received a diagnosis)|"
-    r"(?:received|receives|got|was given) a (?:diagnosis|dx) of (?:alzheimer|dementia|adrd)|"
-    r"(?:did not|didn't|never) (?:receive|develop|get) (?:a diagnosis|alzheimer|dementia|adrd)|"
-    r"was (?:later )?diagnosed with (?:alzheimer|dementia|adrd))",
-    re.IGNORECASE,
-)
-_ANSWER_LINE = re.compile(
-    r"^\W*(?:final\s+)?(?:answer|prediction)\W*\s*[:\-]?\s*\**\s*(yes|no)\b", re.IGNORECASE
-)
-# "Yes." / "No, ..." as the opening words: the answer given before any reasoning. ("No
-# cognitive symptoms..." is reasoning, hence the punctuation.)
-_OPENS_WITH_ANSWER = re.compile(r"^\W*(?:yes|no)\s*[.,:;!\n]", re.IGNORECASE)
-_CONCLUSION_STEP = re.compile(r"^\s*\d+\s*[.)]\s*\**\s*conclusion\b", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class QCSettings:
-    """`teacher.qc` in the config: what a usable rationale is and what to do with the rest."""
-
-    min_words: int = 20
-    max_words: int = 400
-    min_grounded_fraction: float = 1.0
-    max_attempts: int = 3  # generations per subject and prompt, the first included
-    regenerate_temperature: float = 0.7
-    on_failure: str = "keep"  # keep (flagged qc_pass=false) or drop
-    max_duplicate_share: float = 0.05  # near-duplicates above this share of a style: flagged
-    length_retry_factor: float = 2.0  # max_tokens x this per regeneration of a cut-off text
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> QCSettings:
-        qc = dict(cfg.get("qc") or {})
-        unknown = set(qc) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TeacherError(f"teacher.qc has unknown keys {sorted(unknown)}")
-        settings = cls(**qc)
-        if settings.on_failure not in ("keep", "drop"):
-            raise TeacherError(
-                f"teacher.qc.on_failure must be 'keep' or 'drop', got {settings.on_failure!r}"
-            )
-        if settings.max_attempts < 1 or settings.min_words > settings.max_words:
-            raise TeacherError(
-                "teacher.qc needs max_attempts >= 1 and min_words <= max_words "
-                f"(got {settings.max_attempts}, {settings.min_words}, {settings.max_words})"
-            )
-        return settings
-
-
-def split_answer(text: str) -> tuple[str, bool | None]:
-    """(rationale without its final 'Answer: Yes/No' line, the answer or None if absent)."""
-    lines = text.rstrip().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if lines:
-        match = _ANSWER_LINE.match(lines[-1])
-        if match:
-            return "\n".join(lines[:-1]).strip(), match.group(1).lower() == "yes"
-    return text.strip(), None
-
-
-def qc_failures(
-    text: str,
-    style: str,
-    label: bool,
-    codes: Sequence[str],
-    settings: QCSettings,
-    age: float | None = None,
-    finish_reason: str | None = None,
-) -> list[str]:
-    """Every QC check a rationale fails (names from QC_REASONS); empty when it is usable.
-
-    ``codes`` and ``age`` are what the teacher was shown; a rationale naming none of them
-    fails grounding. ``finish_reason`` 'length' (cut off at max_tokens) fails as truncated.
-    """
-    if not text.strip():
-        return ["empty"]
-    failures = []
-    if _REFUSAL.search(text):
-        failures.append("refusal")
-    if _LABEL_LEAK.search(text) or _OPENS_WITH_ANSWER.match(text) or _ANSWER_LINE.match(text):
-        failures.append("label_leak")
-    words = len(text.split())
-    if words < settings.min_words:
-        failures.append("too_short")
-    if words > settings.max_words:
-        failures.append("too_long")
-    if style == "step_by_step":
-        lines = [x for x in text.strip().splitlines() if x.strip()]
-        if not lines or not _CONCLUSION_STEP.match(lines[-1]):
-            failures.append("no_conclusion")
-    if grounded_fraction(text, codes, age) < settings.min_grounded_fraction:
-        failures.append("ungrounded")
-    direction = conclusion_direction(text)
-    if direction is not None and direction != bool(label):
-        failures.append("label_inconsistent")
-    if finish_reason == "length":
-        failures.append("truncated")
-    return failures
-
-
-# --------------------------------------------------------------------------------------------
 # Backends: one generation attempt for a batch of subjects
 # --------------------------------------------------------------------------------------------
 
@@ -392,12 +278,6 @@ class _TemplateBackend(_Backend):
     def generate(
         self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int, longer: bool
     ) -> _Attempt:
-        if prompt != "label_aware":
-            raise TeacherError(
-                "teacher.mode 'label_blind' needs a teacher that predicts the outcome; the "
-                "'template' teacher only explains a known outcome. Use backend 'openai' or "
-                "mode 'label_aware'."
-            )
         # A regeneration draws another wording (attempt 0 keeps the historical draw).
         seed = self.seed if attempt == 0 else f"{self.seed}:{attempt}"
         sampling = {"seed": self.seed} if attempt == 0 else {"seed": self.seed, "attempt": attempt}
@@ -416,13 +296,62 @@ class _TemplateBackend(_Backend):
         return _Attempt(texts, [json.dumps(sampling)] * len(rows), ["stop"] * len(rows))
 
 
+def endpoint_config(cfg: Mapping[str, Any]) -> EndpointConfig:
+    """The endpoint of a teacher job's settings (:func:`run_settings`): where requests go, how
+    they are sent, and the sampling of the first attempt."""
+    from rationale_bench.teacher.client import EndpointConfig
+
+    api = cfg["openai"]
+    return EndpointConfig(
+        base_url=api["base_url"],
+        model=api["model"],
+        api_key_env=api.get("api_key_env"),
+        temperature=api["temperature"],
+        top_p=api["top_p"],
+        max_tokens=api["max_tokens"],
+        seed=api.get("seed"),
+        concurrency=api["concurrency"],
+        request_timeout_s=api["request_timeout_s"],
+        max_attempts=api["max_attempts"],
+        allowed_hosts=tuple(cfg.get("allowed_hosts", [])),
+    )
+
+
+def regeneration_endpoint(
+    endpoint: EndpointConfig, qc: QCSettings, attempt: int, longer: bool
+) -> EndpointConfig:
+    """Attempt 0 uses the configured sampling; a regeneration needs another draw, so it
+    changes the seed and (if the configured one is lower) raises the temperature. A text
+    cut off at max_tokens is regenerated with a larger budget."""
+    if attempt == 0:
+        return endpoint
+    factor = qc.length_retry_factor**attempt if longer else 1.0
+    return replace(
+        endpoint,
+        seed=(endpoint.seed or 0) + attempt,
+        temperature=max(endpoint.temperature, qc.regenerate_temperature),
+        max_tokens=int(round(endpoint.max_tokens * factor)),
+    )
+
+
+def _add_usage(total: UsageSummary, usage: UsageSummary | None) -> None:
+    """Add one run's usage (None: a run that failed before sending) to ``total``."""
+    if usage is None:
+        return
+    for name in ("requests_sent", "cache_hits", "retries", "failures"):
+        setattr(total, name, getattr(total, name) + getattr(usage, name))
+    total.prompt_tokens += usage.prompt_tokens
+    total.completion_tokens += usage.completion_tokens
+    total.wall_s += usage.wall_s
+
+
 class _OpenAIBackend(_Backend):
     name = "openai"
 
     def __init__(
         self, cfg: Mapping[str, Any], qc: QCSettings, cache_path: Path, read_also: Sequence[Path]
     ) -> None:
-        from rationale_bench.teacher.client import EndpointConfig, UsageSummary
+        from rationale_bench.teacher.client import UsageSummary
 
         api = cfg["openai"]
         self.cfg = cfg
@@ -430,19 +359,7 @@ class _OpenAIBackend(_Backend):
         self.cache_path = cache_path
         self.read_also = tuple(read_also)
         self.model = api["model"]
-        self.endpoint = EndpointConfig(
-            base_url=api["base_url"],
-            model=api["model"],
-            api_key_env=api.get("api_key_env"),
-            temperature=api["temperature"],
-            top_p=api["top_p"],
-            max_tokens=api["max_tokens"],
-            seed=api.get("seed"),
-            concurrency=api["concurrency"],
-            request_timeout_s=api["request_timeout_s"],
-            max_attempts=api["max_attempts"],
-            allowed_hosts=tuple(cfg.get("allowed_hosts", [])),
-        )
+        self.endpoint = endpoint_config(cfg)
         self.retry_rounds = int(api.get("retry_rounds", 3))
         self.round_backoff_s = float(api.get("round_backoff_s", 30.0))
         self.usage = UsageSummary()
@@ -450,22 +367,9 @@ class _OpenAIBackend(_Backend):
         self.total_prompt_tokens = 0
         self.total_completion_tokens = 0
 
-    def _endpoint(self, attempt: int, longer: bool) -> Any:
-        """Attempt 0 uses the configured sampling; a regeneration needs another draw, so it
-        changes the seed and (if the configured one is lower) raises the temperature. A text
-        cut off at max_tokens is regenerated with a larger budget."""
-        if attempt == 0:
-            return self.endpoint
-        ep = self.endpoint
-        factor = self.qc.length_retry_factor**attempt if longer else 1.0
-        return replace(
-            ep,
-            seed=(ep.seed or 0) + attempt,
-            temperature=max(ep.temperature, self.qc.regenerate_temperature),
-            max_tokens=int(round(ep.max_tokens * factor)),
-        )
-
-    def _answer_in_rounds(self, requests: list[Any], endpoint: Any, description: str) -> Any:
+    def _answer_in_rounds(
+        self, requests: list[ChatRequest], endpoint: EndpointConfig, description: str
+    ) -> dict[str, ChatResult]:
         """Answers of every request. Requests that failed every attempt get further rounds
         after a doubling back-off (answers received meanwhile come from the cache, so no
         prompt is answered twice); errors every request would hit end it at once."""
@@ -482,7 +386,7 @@ class _OpenAIBackend(_Backend):
                     description=description,
                 )
             except RequestError as error:
-                self._add_usage(getattr(error, "usage", None))
+                _add_usage(self.usage, getattr(error, "usage", None))
                 if error.fatal or round_ == self.retry_rounds:
                     raise
                 delay = self.round_backoff_s * 2**round_
@@ -498,25 +402,16 @@ class _OpenAIBackend(_Backend):
                 )
                 time.sleep(delay)
                 continue
-            self._add_usage(usage)
+            _add_usage(self.usage, usage)
             return results
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _add_usage(self, usage: Any) -> None:
-        if usage is None:
-            return
-        for name in ("requests_sent", "cache_hits", "retries", "failures"):
-            setattr(self.usage, name, getattr(self.usage, name) + getattr(usage, name))
-        self.usage.prompt_tokens += usage.prompt_tokens
-        self.usage.completion_tokens += usage.completion_tokens
-        self.usage.wall_s += usage.wall_s
 
     def generate(
         self, rows: list[dict[str, Any]], style: str, prompt: str, attempt: int, longer: bool
     ) -> _Attempt:
         from rationale_bench.teacher.client import ChatRequest
 
-        endpoint = self._endpoint(attempt, longer)
+        endpoint = regeneration_endpoint(self.endpoint, self.qc, attempt, longer)
         requests = [
             ChatRequest(
                 key=f"{r['subject_id']}:{style}:{prompt}",
@@ -602,15 +497,6 @@ def _draw(
     return drawn
 
 
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-
-
-def near_duplicate_key(text: str) -> str:
-    """The text with case, numbers and spacing made uniform: two rationales with the same key
-    say the same thing whatever the patient's age or counts."""
-    return " ".join(_NUMBER.sub("#", text.lower()).split())
-
-
 def cache_path(cache_dir: Path, style: str, shard: int, n_shards: int) -> Path:
     """The cache file a shard appends to (unsharded runs keep the plain name)."""
     name = f"{style}.jsonl" if n_shards == 1 else f"{style}.shard{shard}of{n_shards}.jsonl"
@@ -633,6 +519,241 @@ def shard_of(subjects: pl.DataFrame, shard: int, n_shards: int) -> pl.DataFrame:
         raise TeacherError(f"shard {shard} of {n_shards} does not exist (shards count from 0).")
     ordered = subjects.sort("subject_id")
     return ordered.filter(pl.int_range(pl.len()) % n_shards == shard)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one generation job does, from its settings (checked before any draw)."""
+
+    style: str
+    mode: str  # label_aware | label_blind
+    on_disagreement: str  # label_blind: rationalize | drop
+    qc: QCSettings
+
+
+def _plan(style: str, cfg: Mapping[str, Any]) -> _Plan:
+    if style not in STYLES:
+        raise TeacherError(f"unknown rationale style '{style}'; known styles: {', '.join(STYLES)}")
+    mode = cfg.get("mode", "label_aware")
+    if mode not in MODES:
+        raise TeacherError(f"teacher.mode must be one of {MODES}, got {mode!r}")
+    on_disagreement = (cfg.get("label_blind") or {}).get("on_disagreement", "rationalize")
+    if on_disagreement not in ("rationalize", "drop"):
+        raise TeacherError(
+            "teacher.label_blind.on_disagreement must be 'rationalize' or 'drop', got "
+            f"{on_disagreement!r}"
+        )
+    return _Plan(style, mode, on_disagreement, QCSettings.from_config(cfg))
+
+
+def _backend(
+    cfg: Mapping[str, Any], qc: QCSettings, cache_path: Path, read_also: Sequence[Path]
+) -> _Backend:
+    backend_name = cfg["backend"]
+    if backend_name == "template":
+        try:  # refused at parse time in the workflow; here for callers of the library
+            check_label_blind_teacher(cfg)
+        except ValueError as error:
+            raise TeacherError(str(error)) from None
+        return _TemplateBackend(cfg)
+    if backend_name == "openai":
+        return _OpenAIBackend(cfg, qc, cache_path, read_also)
+    raise TeacherError(f"teacher.backend '{backend_name}' is unknown; use 'template' or 'openai'.")
+
+
+# What a backend reads of a subject: its facts, and its history in whichever form is present.
+_SUBJECT_COLUMNS = ("subject_id", "split", "label", "age", "sex", "codes")
+_HISTORY_COLUMNS = ("variant", "header", "lines", "sections", "shown_history")
+
+
+def _subjects(subjects: pl.DataFrame) -> list[_Subject]:
+    history = (c for c in _HISTORY_COLUMNS if c in subjects.columns)
+    rows = subjects.select(*_SUBJECT_COLUMNS, *history).to_dicts()
+    return [_Subject(row=r) for r in rows]
+
+
+def _take_draw(
+    s: _Subject, raw: str, sampling: str, finish: str | None, plan: _Plan, prompt: str
+) -> None:
+    """Record one draw of subject ``s``: its text (and, label-blind, its answer) and the QC
+    checks the text fails."""
+    s.attempts += 1
+    s.sampling = sampling
+    s.finish_reason = finish
+    label = bool(s.row["label"])
+    facts = (s.row["codes"], plan.qc, s.row["age"], finish)
+    if prompt == "label_blind":
+        s.text, s.answer = split_answer(raw)
+        failures = ["missing_answer"] if s.answer is None else []
+        failures += qc_failures(s.text, plan.style, label, *facts)
+    else:
+        s.text = raw.strip()
+        failures = qc_failures(s.text, plan.style, label, *facts)
+    s.failures = failures
+
+
+def _run_phase(
+    backend: _Backend,
+    todo: list[_Subject],
+    plan: _Plan,
+    prompt: str,
+    accept_as: str,
+    first_failures: Counter[str] | None,
+) -> None:
+    """Generate for `todo` until each is accepted or its attempts run out; in the blind
+    phase a wrong answer also ends it (that is the teacher's prediction, not noise).
+    ``first_failures``: where to count the first attempt's failures (None: not counted)."""
+    for attempt in range(plan.qc.max_attempts):
+        if not todo:
+            return
+        retry = []
+        for s, raw, sampling, finish in _draw(backend, todo, plan.style, prompt, attempt):
+            _take_draw(s, raw, sampling, finish, plan, prompt)
+            if attempt == 0 and first_failures is not None:
+                first_failures.update(s.failures)
+            label = bool(s.row["label"])
+            if prompt == "label_blind" and s.answer not in (None, label):
+                s.disagreed = True
+            elif s.failures:
+                retry.append(s)
+            else:
+                s.source = accept_as
+        todo = retry
+
+
+def _generate(backend: _Backend, state: list[_Subject], plan: _Plan) -> Counter[str]:
+    """Every subject's rationale, per the mode; returns the first attempt's QC failures."""
+    first_failures: Counter[str] = Counter()
+    if plan.mode == "label_aware":
+        _run_phase(backend, state, plan, "label_aware", "label_aware", first_failures)
+    else:
+        _run_phase(backend, state, plan, "label_blind", "agreed", first_failures)
+        if plan.on_disagreement == "rationalize":
+            todo = [s for s in state if s.source is None]
+            _run_phase(backend, todo, plan, "label_aware", "rationalized", None)
+    return first_failures
+
+
+@dataclass
+class _Settled:
+    """Which subjects keep a rationale, and why the others do not."""
+
+    kept: list[_Subject] = field(default_factory=list)
+    kept_failing: int = 0
+    dropped_by: Counter[str] = field(default_factory=Counter)
+    final_failures: Counter[str] = field(default_factory=Counter)
+
+
+def _settle(state: list[_Subject], plan: _Plan) -> _Settled:
+    """Keep every accepted rationale; keep the rest flagged or drop them, per the settings."""
+    out = _Settled()
+    for s in state:
+        if s.source is not None:
+            out.kept.append(s)
+            continue
+        out.final_failures.update(s.failures)
+        if plan.mode == "label_blind" and s.disagreed and plan.on_disagreement == "drop":
+            out.dropped_by["disagrees_with_label"] += 1
+        elif plan.qc.on_failure == "drop" or not s.text.strip():
+            # An empty text is never kept: no fine-tuning example can be built from it.
+            out.dropped_by[s.failures[0] if s.failures else "empty"] += 1
+        else:
+            out.kept.append(s)
+            out.kept_failing += 1
+    return out
+
+
+# The rationale table's columns after subject_id (whose type is the subjects' own).
+_RATIONALE_COLUMNS: dict[str, Any] = {
+    "split": pl.String,
+    "label": pl.Boolean,
+    "style": pl.String,
+    "teacher": pl.String,
+    "backend": pl.String,
+    "teacher_model": pl.String,
+    "sampling": pl.String,
+    "mode": pl.String,
+    "source": pl.String,
+    "teacher_answer": pl.Boolean,
+    "attempts": pl.Int32,
+    "qc_pass": pl.Boolean,
+    "qc_failures": pl.String,
+    "finish_reason": pl.String,
+    "rationale": pl.String,
+}
+
+
+def _rationale_table(
+    kept: list[_Subject], plan: _Plan, teacher: str, backend: _Backend, id_type: Any
+) -> pl.DataFrame:
+    n = len(kept)
+    return pl.DataFrame(
+        {
+            "subject_id": [s.row["subject_id"] for s in kept],
+            "split": [s.row["split"] for s in kept],
+            "label": [s.row["label"] for s in kept],
+            "style": [plan.style] * n,
+            "teacher": [teacher] * n,
+            "backend": [backend.name] * n,
+            "teacher_model": [backend.model] * n,
+            "sampling": [s.sampling for s in kept],
+            "mode": [plan.mode] * n,
+            "source": [s.source or "failed_qc" for s in kept],
+            "teacher_answer": [s.answer for s in kept],
+            "attempts": [s.attempts for s in kept],
+            "qc_pass": [s.source is not None for s in kept],
+            "qc_failures": [",".join(s.failures) if s.source is None else None for s in kept],
+            "finish_reason": [s.finish_reason for s in kept],
+            "rationale": [s.text for s in kept],
+        },
+        schema={"subject_id": id_type, **_RATIONALE_COLUMNS},
+    )
+
+
+def _generation_report(
+    state: list[_Subject],
+    settled: _Settled,
+    first_failures: Counter[str],
+    plan: _Plan,
+    header: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The generation's counts; ``header``: teacher, style, mode, backend and shards."""
+    report: dict[str, Any] = {
+        **header,
+        "subjects": len(state),
+        "kept": len(settled.kept),
+        "dropped": len(state) - len(settled.kept),
+        "qc_pass": sum(1 for s in state if s.source is not None),
+        "kept_failing_qc": settled.kept_failing,
+        "regenerated": sum(1 for s in state if s.attempts > 1),
+        "recovered_by_regeneration": sum(
+            1 for s in state if s.attempts > 1 and s.source is not None
+        ),
+        "requests_per_subject_max": max((s.attempts for s in state), default=0),
+        "first_attempt_failures": ordered_reasons(first_failures),
+        "final_failures": ordered_reasons(settled.final_failures),
+        "dropped_by_reason": ordered_reasons(settled.dropped_by),
+        "truncated": sum(1 for s in state if s.finish_reason == "length"),
+    }
+    if plan.mode == "label_blind":
+        report["label_blind"] = {
+            "agreed": sum(1 for s in state if s.source == "agreed"),
+            "disagreed": sum(1 for s in state if s.disagreed),
+            "rationalized": sum(1 for s in state if s.source == "rationalized"),
+            "no_answer": sum(1 for s in state if s.answer is None),
+            "on_disagreement": plan.on_disagreement,
+        }
+    return report
+
+
+def _usage(backend: _Backend, state: list[_Subject]) -> dict[str, Any]:
+    if isinstance(backend, _OpenAIBackend):
+        usage = backend.usage.as_dict()
+        usage.pop("cost", None)  # priced in the QC report, where a price change reruns nothing
+        usage["total_prompt_tokens"] = backend.total_prompt_tokens
+        usage["total_completion_tokens"] = backend.total_completion_tokens
+        return usage
+    return {"requests_sent": 0, "generated": sum(s.attempts for s in state)}
 
 
 def generate_rationales(
@@ -661,227 +782,27 @@ def generate_rationales(
     Returns the rationale table and a report (counts per outcome and reason, usage) for the log
     and the QC report.
     """
-    if style not in STYLES:
-        raise TeacherError(f"unknown rationale style '{style}'; known styles: {', '.join(STYLES)}")
-    mode = cfg.get("mode", "label_aware")
-    if mode not in MODES:
-        raise TeacherError(f"teacher.mode must be one of {MODES}, got {mode!r}")
-    on_disagreement = (cfg.get("label_blind") or {}).get("on_disagreement", "rationalize")
-    if on_disagreement not in ("rationalize", "drop"):
-        raise TeacherError(
-            "teacher.label_blind.on_disagreement must be 'rationalize' or 'drop', got "
-            f"{on_disagreement!r}"
-        )
-    qc = QCSettings.from_config(cfg)
+    plan = _plan(style, cfg)
     _check_splits(subjects)
     subjects = shard_of(subjects, shard, n_shards)
-    backend_name = cfg["backend"]
-    backend: _Backend
-    if backend_name == "template":
-        backend = _TemplateBackend(cfg)
-    elif backend_name == "openai":
-        backend = _OpenAIBackend(cfg, qc, cache_path, cache_read_also)
-    else:
-        raise TeacherError(
-            f"teacher.backend '{backend_name}' is unknown; use 'template' or 'openai'."
-        )
-    rows = subjects.select(
-        "subject_id",
-        "split",
-        "label",
-        "age",
-        "sex",
-        "codes",
-        *(
-            c
-            for c in ("variant", "header", "lines", "sections", "shown_history")
-            if c in subjects.columns
-        ),
-    ).to_dicts()
-    state = [_Subject(row=r) for r in rows]
-    first_failures: Counter[str] = Counter()
-
-    def run_phase(todo: list[_Subject], prompt: str, accept_as: str, count_first: bool) -> None:
-        """Generate for `todo` until each is accepted or its attempts run out; in the blind
-        phase a wrong answer also ends it (that is the teacher's prediction, not noise)."""
-        for attempt in range(qc.max_attempts):
-            if not todo:
-                return
-            retry = []
-            for s, raw, sampling, finish in _draw(backend, todo, style, prompt, attempt):
-                s.attempts += 1
-                s.sampling = sampling
-                s.finish_reason = finish
-                label = bool(s.row["label"])
-                facts = (s.row["codes"], qc, s.row["age"], finish)
-                if prompt == "label_blind":
-                    s.text, s.answer = split_answer(raw)
-                    failures = ["missing_answer"] if s.answer is None else []
-                    failures += qc_failures(s.text, style, label, *facts)
-                else:
-                    s.text = raw.strip()
-                    failures = qc_failures(s.text, style, label, *facts)
-                s.failures = failures
-                if attempt == 0 and count_first:
-                    first_failures.update(failures)
-                if prompt == "label_blind" and s.answer is not None and s.answer != label:
-                    s.disagreed = True
-                elif failures:
-                    retry.append(s)
-                else:
-                    s.source = accept_as
-            todo = retry
-
-    if mode == "label_aware":
-        run_phase(state, "label_aware", "label_aware", count_first=True)
-    else:
-        run_phase(state, "label_blind", "agreed", count_first=True)
-        if on_disagreement == "rationalize":
-            todo = [s for s in state if s.source is None]
-            run_phase(todo, "label_aware", "rationalized", count_first=False)
-
-    kept: list[_Subject] = []
-    kept_failing = 0
-    dropped_by: Counter[str] = Counter()
-    final_failures: Counter[str] = Counter()
-    for s in state:
-        if s.source is not None:
-            kept.append(s)
-            continue
-        final_failures.update(s.failures)
-        if mode == "label_blind" and s.disagreed and on_disagreement == "drop":
-            dropped_by["disagrees_with_label"] += 1
-        elif qc.on_failure == "drop" or not s.text.strip():
-            # An empty text is never kept: no fine-tuning example can be built from it.
-            dropped_by[s.failures[0] if s.failures else "empty"] += 1
-        else:
-            kept.append(s)
-            kept_failing += 1
-
-    n_regenerated = sum(1 for s in state if s.attempts > 1)
-    table = pl.DataFrame(
-        {
-            "subject_id": [s.row["subject_id"] for s in kept],
-            "split": [s.row["split"] for s in kept],
-            "label": [s.row["label"] for s in kept],
-            "style": [style] * len(kept),
-            "teacher": [cfg["name"]] * len(kept),
-            "backend": [backend.name] * len(kept),
-            "teacher_model": [backend.model] * len(kept),
-            "sampling": [s.sampling for s in kept],
-            "mode": [mode] * len(kept),
-            "source": [s.source or "failed_qc" for s in kept],
-            "teacher_answer": [s.answer for s in kept],
-            "attempts": [s.attempts for s in kept],
-            "qc_pass": [s.source is not None for s in kept],
-            "qc_failures": [",".join(s.failures) if s.source is None else None for s in kept],
-            "finish_reason": [s.finish_reason for s in kept],
-            "rationale": [s.text for s in kept],
-        },
-        schema={
-            "subject_id": subjects.schema["subject_id"],
-            "split": pl.String,
-            "label": pl.Boolean,
-            "style": pl.String,
-            "teacher": pl.String,
-            "backend": pl.String,
-            "teacher_model": pl.String,
-            "sampling": pl.String,
-            "mode": pl.String,
-            "source": pl.String,
-            "teacher_answer": pl.Boolean,
-            "attempts": pl.Int32,
-            "qc_pass": pl.Boolean,
-            "qc_failures": pl.String,
-            "finish_reason": pl.String,
-            "rationale": pl.String,
-        },
-    )
-    report: dict[str, Any] = {
+    backend = _backend(cfg, plan.qc, cache_path, cache_read_also)
+    state = _subjects(subjects)
+    first_failures = _generate(backend, state, plan)
+    settled = _settle(state, plan)
+    id_type = subjects.schema["subject_id"]
+    table = _rationale_table(settled.kept, plan, cfg["name"], backend, id_type)
+    header = {
         "teacher": cfg["name"],
         "style": style,
-        "mode": mode,
+        "mode": plan.mode,
         "backend": backend.name,
         "shards": n_shards,
-        "subjects": len(state),
-        "kept": len(kept),
-        "dropped": len(state) - len(kept),
-        "qc_pass": sum(1 for s in state if s.source is not None),
-        "kept_failing_qc": kept_failing,
-        "regenerated": n_regenerated,
-        "recovered_by_regeneration": sum(
-            1 for s in state if s.attempts > 1 and s.source is not None
-        ),
-        "requests_per_subject_max": max((s.attempts for s in state), default=0),
-        "first_attempt_failures": _ordered(first_failures),
-        "final_failures": _ordered(final_failures),
-        "dropped_by_reason": _ordered(dropped_by),
-        "truncated": sum(1 for s in state if s.finish_reason == "length"),
     }
-    if mode == "label_blind":
-        report["label_blind"] = {
-            "agreed": sum(1 for s in state if s.source == "agreed"),
-            "disagreed": sum(1 for s in state if s.disagreed),
-            "rationalized": sum(1 for s in state if s.source == "rationalized"),
-            "no_answer": sum(1 for s in state if s.answer is None),
-            "on_disagreement": on_disagreement,
-        }
-    if isinstance(backend, _OpenAIBackend):
-        usage = backend.usage.as_dict()
-        usage.pop("cost", None)  # priced in the QC report, where a price change reruns nothing
-        usage["total_prompt_tokens"] = backend.total_prompt_tokens
-        usage["total_completion_tokens"] = backend.total_completion_tokens
-    else:
-        usage = {"requests_sent": 0, "generated": sum(s.attempts for s in state)}
-    report["usage"] = usage
+    report = _generation_report(state, settled, first_failures, plan, header)
+    report["usage"] = _usage(backend, state)
     if n_shards == 1:  # sharded: on the merged file (merge_shards), where the style is whole
-        table, report = flag_near_duplicates(table, report, qc)
+        table, report = flag_near_duplicates(table, report, plan.qc)
     return table, report
-
-
-def flag_near_duplicates(
-    table: pl.DataFrame, report: Mapping[str, Any], qc: QCSettings
-) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Flag every rationale whose near-duplicate group (:func:`near_duplicate_key`) holds more
-    than ``qc.max_duplicate_share`` of the style's rationales: it fails QC as
-    'near_duplicate', and is kept flagged or dropped per ``qc.on_failure``. Not regenerated: a
-    teacher that writes one text for many patients needs other prompts, not another draw."""
-    keys = table["rationale"].map_elements(near_duplicate_key, return_dtype=pl.String)
-    sizes = keys.to_frame("key").group_by("key").len()
-    size = keys.to_frame("key").join(sizes, on="key", how="left")["len"]
-    flagged = size > max(1.0, qc.max_duplicate_share * table.height)
-    out = dict(report)
-    n_flagged = int(flagged.sum())
-    out["near_duplicates"] = n_flagged
-    if not n_flagged:
-        return table, out
-    failures = (
-        pl.when(pl.col("qc_failures").is_null())
-        .then(pl.lit("near_duplicate"))
-        .otherwise(pl.col("qc_failures") + ",near_duplicate")
-    )
-    passing = int((table["qc_pass"] & flagged).sum())
-    marked = table.with_columns(
-        qc_pass=pl.when(flagged).then(False).otherwise(pl.col("qc_pass")),
-        qc_failures=pl.when(flagged).then(failures).otherwise(pl.col("qc_failures")),
-        source=pl.when(flagged).then(pl.lit("failed_qc")).otherwise(pl.col("source")),
-    )
-    out["qc_pass"] = report["qc_pass"] - passing
-    final = Counter(report.get("final_failures", {}))
-    final["near_duplicate"] += n_flagged
-    out["final_failures"] = _ordered(final)
-    if qc.on_failure == "drop":
-        marked = marked.filter(~flagged)
-        dropped = Counter(report.get("dropped_by_reason", {}))
-        dropped["near_duplicate"] += n_flagged
-        out.update(
-            kept=marked.height,
-            dropped=report["dropped"] + n_flagged,
-            dropped_by_reason=_ordered(dropped),
-        )
-    else:
-        out["kept_failing_qc"] = report["kept_failing_qc"] + passing
-    return marked, out
 
 
 def run_settings(job_settings: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -910,11 +831,6 @@ def check_training_pool(table: pl.DataFrame, report: Mapping[str, Any], n_train:
         "teacher.label_blind.on_disagreement to 'rationalize'), fix the teacher's prompts, or "
         "lower grid.n_train."
     )
-
-
-def _ordered(counts: Counter[str]) -> dict[str, int]:
-    known = [r for r in (*QC_REASONS, "disagrees_with_label") if counts.get(r)]
-    return {r: counts[r] for r in known + sorted(set(counts) - set(known))}
 
 
 def eligible_subjects(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
@@ -972,226 +888,3 @@ def _sum_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             else:
                 out[key] = out.get(key, 0) + value
     return out
-
-
-def usage_cost(usage: Mapping[str, Any], price: Mapping[str, float] | None) -> dict[str, Any]:
-    """Cost of this run's tokens and of all tokens behind the rationales, per million tokens."""
-    if not price or all(price.get(k) is None for k in ("input", "output")):
-        return {"cost_this_run": None, "cost_total": None}
-    per_input, per_output = price.get("input") or 0.0, price.get("output") or 0.0
-
-    def cost(prompt: int, completion: int) -> float:
-        return round((prompt * per_input + completion * per_output) / 1e6, 6)
-
-    return {
-        "cost_this_run": cost(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
-        "cost_total": cost(
-            usage.get("total_prompt_tokens", 0), usage.get("total_completion_tokens", 0)
-        ),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# QC table of a finished rationale file
-# --------------------------------------------------------------------------------------------
-# How rationales (an LLM's above all) name the risk factors, besides their labels. Matched as
-# whole words, case-insensitively.
-_RISK_WORDINGS: dict[str, tuple[str, ...]] = {
-    "hypertension": ("high blood pressure", "hypertensive"),
-    "type2_diabetes": ("diabetes", "diabetic", "t2dm"),
-    "hyperlipidaemia": (
-        "hyperlipidaemia",
-        "hyperlipidemia",
-        "dyslipidaemia",
-        "dyslipidemia",
-        "high cholesterol",
-        "hypercholesterolaemia",
-        "hypercholesterolemia",
-    ),
-    "obesity": ("obese",),
-    "depression": ("depressive",),
-    "hearing_loss": ("hearing impairment", "deafness"),
-    "vision_loss": ("visual impairment", "blindness"),
-    "stroke": ("cerebral infarction", "cerebrovascular accident"),
-    "tbi": ("head injury", "tbi"),
-    "smoking": ("smoker", "tobacco"),
-    "alcohol": ("alcohol",),
-    "atrial_fibrillation": ("afib",),
-    "ckd": ("ckd", "kidney disease"),
-    "sleep_apnoea": ("sleep apnea",),
-    "social_isolation": ("socially isolated",),
-    "physical_inactivity": ("sedentary",),
-    "memory_complaint": ("memory complaints", "memory loss", "forgetfulness"),
-    "cognitive_symptoms": ("disorientation", "amnesia", "altered mental status"),
-    "mci": ("mci",),
-}
-# Drug names (and a few classes) a rationale may cite -> the ATC prefixes that ground them.
-_DRUG_WORDINGS: dict[str, tuple[str, ...]] = {
-    "statin": ("ATC/C10AA",),
-    "anticoagulant": ("ATC/B01AA", "ATC/B01AF"),
-    "antidepressant": ("ATC/N06A",),
-    "cholinesterase inhibitor": ("ATC/N06DA",),
-    "aspirin": ("ATC/B01AC06",),
-    "nitroglycerin": ("ATC/C01DA02",),
-    "alendronate": ("ATC/M05BA04",),
-    "insulin": ("ATC/A10A",),
-}
-for _code, _name in ATC_DESCRIPTIONS.items():
-    for _part in re.split(r" and | \(|\)", _name):
-        _word = _part.strip().removesuffix(" sodium")
-        if len(_word) > 3 and _word not in ("eye drops", "topical"):  # forms, not drugs
-            _DRUG_WORDINGS.setdefault(_word, ())
-            _DRUG_WORDINGS[_word] += (f"ATC/{_code}",)
-_NEGATION = re.compile(
-    r"\b(?:no|not|without|absence of|absent|denies|negative for|none of|free of|lacks?|never)\b",
-    re.IGNORECASE,
-)
-
-
-def _mention_pattern(words: Sequence[str]) -> re.Pattern[str]:
-    alternatives = sorted({w.lower() for w in words}, key=len, reverse=True)
-    return re.compile(
-        r"(?<![\w-])(?:" + "|".join(re.escape(w) for w in alternatives) + r")(?![\w-])",
-        re.IGNORECASE,
-    )
-
-
-_MENTIONS: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = [
-    (f"risk:{f.name}", _mention_pattern([f.label, *_RISK_WORDINGS.get(f.name, ())]), f.prefixes)
-    for f in RISK_FACTORS.values()
-] + [(f"drug:{w}", _mention_pattern([w]), prefixes) for w, prefixes in _DRUG_WORDINGS.items()]
-
-
-def _asserted(text: str, start: int) -> bool:
-    """False when the mention is negated in its own clause ("no history of stroke")."""
-    before = re.split(r"[.;:!?\n]", text[max(0, start - 60) : start])[-1]
-    return not _NEGATION.search(before)
-
-
-def named_entities(rationale: str) -> list[tuple[str, tuple[str, ...]]]:
-    """The conditions and drugs a rationale says the patient has: (name, grounding prefixes).
-    Negated mentions ("no diabetes") claim nothing and are left out."""
-    return [
-        (name, prefixes)
-        for name, pattern, prefixes in _MENTIONS
-        if any(_asserted(rationale, m.start()) for m in pattern.finditer(rationale))
-    ]
-
-
-# "72-year-old", "72 year old", "aged 72", "age 72", "age of 72": the age a rationale states.
-_AGE_STATED = re.compile(
-    r"\b(\d{2,3})[- ]years?[- ]old\b|\baged? (?:of )?(\d{2,3})\b", re.IGNORECASE
-)
-
-
-def stated_ages(rationale: str) -> list[int]:
-    return [int(a or b) for a, b in _AGE_STATED.findall(rationale)]
-
-
-def grounded_fraction(rationale: str, codes: Sequence[str], age: float | None = None) -> float:
-    """Share of the facts a rationale states about the patient that the record shown holds:
-    the conditions and drugs it names (risk factors by their label or a common wording, drugs
-    from the code dictionary), each present in ``codes``, and, when ``age`` is given, each age
-    it states (within a year of ``age``).
-
-    0.0 when it states no such fact: a rationale that could be about anyone ("age and
-    comorbidity raise the risk") explains nothing about this patient.
-    """
-    named = named_entities(rationale)
-    present = sum(1 for _, prefixes in named if any(code_in(c, prefixes) for c in codes))
-    ages = stated_ages(rationale) if age is not None else []
-    right_ages = sum(1 for a in ages if abs(a - float(age)) < 1.5)  # type: ignore[arg-type]
-    if not named and not ages:
-        return 0.0
-    return (present + right_ages) / (len(named) + len(ages))
-
-
-def conclusion_direction(rationale: str) -> bool | None:
-    """True / False when the rationale's last sentence says the outcome is more / less likely."""
-    sentences = [x for x in rationale.replace("\n", ". ").split(".") if x.strip()]
-    last = sentences[-1].lower() if sentences else ""
-    more, less = "more likely" in last, "less likely" in last
-    return more if more != less else None
-
-
-def quality_control(rationales: pl.DataFrame, histories: pl.DataFrame) -> pl.DataFrame:
-    """Per rationale: length, grounding in the subject's record, agreement with its label, and
-    (for files written by `generate_rationales`) the generation's QC verdict and attempts."""
-    codes = dict(histories.select("subject_id", "codes").iter_rows())
-    ages = dict(histories.select("subject_id", "age").iter_rows())
-    groups = Counter(near_duplicate_key(t) for t in rationales["rationale"])
-    rows = []
-    for sid, style, label, text in rationales.select(
-        "subject_id", "style", "label", "rationale"
-    ).iter_rows():
-        direction = conclusion_direction(text)
-        rows.append(
-            {
-                "subject_id": sid,
-                "style": style,
-                "label": label,
-                "n_words": len(text.split()),
-                "grounded_fraction": grounded_fraction(text, codes.get(sid, []), ages.get(sid)),
-                "label_consistent": None if direction is None else direction == bool(label),
-                "duplicate_share": groups[near_duplicate_key(text)] / max(1, rationales.height),
-            }
-        )
-    table = pl.DataFrame(
-        rows,
-        schema={
-            "subject_id": pl.Int64,
-            "style": pl.String,
-            "label": pl.Boolean,
-            "n_words": pl.Int32,
-            "grounded_fraction": pl.Float64,
-            "label_consistent": pl.Boolean,
-            "duplicate_share": pl.Float64,
-        },
-    )
-    verdict = {
-        "source": pl.String,
-        "attempts": pl.Int32,
-        "qc_pass": pl.Boolean,
-        "qc_failures": pl.String,
-        "finish_reason": pl.String,
-    }
-    extra = [
-        (rationales[c] if c in rationales.columns else pl.Series(c, [None] * table.height))
-        .cast(dtype)
-        .alias(c)
-        for c, dtype in verdict.items()
-    ]
-    return table.with_columns(extra)
-
-
-def qc_report(
-    qc: pl.DataFrame,
-    generation: Mapping[str, Any],
-    price: Mapping[str, float] | None = None,
-) -> dict[str, Any]:
-    """The QC report of one teacher/style: the generation's counts (kept, regenerated, dropped
-    per reason, label-blind outcomes), usage and cost, and the distribution of the checks."""
-    words = qc["n_words"].cast(pl.Float64)
-    consistent = qc["label_consistent"].drop_nulls()
-    report = dict(generation)
-    report["usage"] = {**dict(generation.get("usage") or {})}
-    report["usage"].update(usage_cost(report["usage"], price))
-    report["distribution"] = {
-        "rationales": qc.height,
-        "words_mean": _round(words.mean()),
-        "words_p05": _round(words.quantile(0.05)),
-        "words_median": _round(words.median()),
-        "words_p95": _round(words.quantile(0.95)),
-        "grounded_fraction_mean": _round(qc["grounded_fraction"].mean()),
-        "fully_grounded_share": _round((qc["grounded_fraction"] >= 1.0).mean()),
-        "label_consistent_share": _round(consistent.mean()) if consistent.len() else None,
-        "conclusion_undetermined": qc.height - consistent.len(),
-        "naming_no_fact": int((qc["grounded_fraction"] == 0.0).sum()),
-        "largest_duplicate_share": _round(qc["duplicate_share"].max()),
-        "truncated": int((qc["finish_reason"] == "length").sum()),
-    }
-    return report
-
-
-def _round(value: Any) -> float | None:
-    return None if value is None else round(float(value), 4)
