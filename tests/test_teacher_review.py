@@ -111,6 +111,16 @@ def test_written_sheets_round_trip_and_kappa_matches_sklearn(
     assert main(["review-kappa", str(tmp_path / "alice.csv"), str(tmp_path / "bob.csv")]) == 0
 
 
+def test_cohen_kappa_textbook_value() -> None:
+    """Cohen (1960)'s worked form: 50 items, agreement 35/50 = 0.70, chance agreement
+    (25*30 + 25*20) / 50**2 = 0.50, so kappa = (0.70 - 0.50) / (1 - 0.50) = 0.40."""
+    a = [1] * 20 + [1] * 5 + [2] * 10 + [2] * 15
+    b = [1] * 20 + [2] * 5 + [1] * 10 + [2] * 15
+    assert cohen_kappa(a, b) == pytest.approx(0.40)
+    # Quadratic weights on two categories equal the unweighted kappa.
+    assert cohen_kappa(a, b, "quadratic") == pytest.approx(0.40)
+
+
 def test_kappa_edge_cases_and_fleiss() -> None:
     assert cohen_kappa([1, 2, 3], [1, 2, 3]) == 1.0
     assert math.isnan(cohen_kappa([2, 2], [2, 2]))  # sklearn gives nan here too

@@ -189,30 +189,20 @@ def read_review_sheet(path: Path | str, scale_max: int) -> pl.DataFrame:
 
 
 def cohen_kappa(a: Sequence[int], b: Sequence[int], weights: str | None = None) -> float:
-    """Cohen's kappa of two raters (weights None, 'linear' or 'quadratic', as in
-    sklearn.metrics.cohen_kappa_score). NaN when chance agreement is perfect (one category)."""
+    """Cohen's kappa of two raters (weights None, 'linear' or 'quadratic'): scikit-learn's
+    ``cohen_kappa_score``, with our errors for unusable input. NaN when chance agreement is
+    perfect (both raters used one and the same category), where kappa is undefined."""
+    from sklearn.metrics import cohen_kappa_score
+
     if len(a) != len(b):
         raise ReviewError(f"rater lists differ in length ({len(a)} vs {len(b)})")
     if not a:
         raise ReviewError("no items rated by both raters")
-    cats = sorted(set(a) | set(b))
-    index = {c: i for i, c in enumerate(cats)}
-    k = len(cats)
-    observed = np.zeros((k, k))
-    for x, y in zip(a, b, strict=True):
-        observed[index[x], index[y]] += 1
-    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
-    if weights is None:
-        w = 1.0 - np.eye(k)
-    elif weights in ("linear", "quadratic"):
-        grid = np.abs(np.subtract.outer(np.arange(k), np.arange(k))).astype(float)
-        w = grid if weights == "linear" else grid**2
-    else:
+    if weights not in (None, "linear", "quadratic"):
         raise ReviewError(f"weights must be None, 'linear' or 'quadratic', got {weights!r}")
-    denominator = float((w * expected).sum())
-    if denominator == 0:
+    if len(set(a) | set(b)) == 1:
         return math.nan
-    return float(1.0 - (w * observed).sum() / denominator)
+    return float(cohen_kappa_score(list(a), list(b), weights=weights))
 
 
 def fleiss_kappa(ratings: Sequence[Sequence[int]]) -> float:
