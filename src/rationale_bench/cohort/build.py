@@ -41,6 +41,18 @@ from rationale_bench.data.inputs import check_manifest
 from rationale_bench.errors import CohortError
 
 SPLITS = ("train", "tuning", "held_out")
+# The columns of cohort.parquet, in order.
+COHORT_COLUMNS = (
+    "subject_id",
+    "index_time",
+    "input_end_time",
+    "label",
+    "age",
+    "sex",
+    "followup_days",
+    "outcome_time",
+    "split",
+)
 DAYS_PER_YEAR = 365.25
 EVENT_COLUMNS = {"subject_id": pl.Int64, "time": pl.Datetime, "code": pl.String}
 # Codes that describe the person rather than an encounter; they do not open observation.
@@ -495,6 +507,39 @@ def _sample_train_controls(
     return frame.filter(~train | pl.col("label") | pl.col("subject_id").is_in(keep.implode()))
 
 
+class _Attrition:
+    """The attrition steps so far, and the error that carries them when the cohort fails."""
+
+    def __init__(self, n_all: int, horizon_days: int) -> None:
+        horizon_end = pl.col("index_time") + pl.duration(days=horizon_days)
+        self.died_in_window = (
+            pl.col("death_time").is_not_null()
+            & (pl.col("death_time") > pl.col("index_time"))
+            & (pl.col("death_time") <= horizon_end)
+        )
+        first = {"step": "subjects in the data", "n_subjects": n_all}
+        self.steps: list[dict[str, Any]] = [first | {"n_cases": None, "n_noncases": None}]
+
+    def record(self, step: str, frame: pl.DataFrame, labelled: bool) -> None:
+        n_cases = int(frame["label"].sum()) if labelled else None
+        died = int(frame.select(self.died_in_window.sum()).item()) if labelled else None
+        self.steps.append(
+            {
+                "step": step,
+                "n_subjects": frame.height,
+                "n_cases": n_cases,
+                "n_noncases": frame.height - n_cases if labelled else None,
+                "n_died_in_window": died,
+            }
+        )
+
+    def fail(self, message: str) -> CohortError:
+        return CohortError(message, self.table())
+
+    def table(self) -> pl.DataFrame:
+        return _attrition_table(self.steps)
+
+
 def build_cohort(
     events: pl.LazyFrame | pl.DataFrame,
     cfg: Mapping[str, Any],
@@ -513,60 +558,59 @@ def build_cohort(
     Attrition: one row per step, the first row is the input, counts never increase.
     """
     defn = resolve_definition(cfg)
+    events = _cohort_events(events)
+    summary = subject_summary(events).collect()
+    if summary.height == 0:
+        raise CohortError("events: the data holds no subjects; check the input path.")
+    attrition = _Attrition(summary.height, defn["horizon_days"])
+    known = _with_birth_and_sex(summary, attrition)
+    labelled = _indexed_and_labelled(events, known, defn, codes, attrition)
+    eligible = _exclusions_applied(events, labelled, defn, codes, attrition)
+    followed = _followup_applied(eligible, defn, attrition)
+    if check_splits and followed["label"].sum() == 0:
+        raise _no_case_error(events, defn, codes, attrition)
+    cohort = _split_and_sampled(followed, defn, attrition)
+    if check_splits:
+        _check_every_split(cohort, attrition)
+    return cohort, attrition.table()
+
+
+def _cohort_events(events: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
+    """The events the cohort reads: checked, microsecond times, canonical codes."""
     events = events.lazy()
     check_events_schema(events, "events")
-    events = canonical_codes(
+    return canonical_codes(
         events.select("subject_id", pl.col("time").cast(pl.Datetime("us")), "code")
     )
-    summary = subject_summary(events).collect()
-    n_all = summary.height
-    if n_all == 0:
-        raise CohortError("events: the data holds no subjects; check the input path.")
 
-    horizon_end = pl.col("index_time") + pl.duration(days=defn["horizon_days"])
-    died_in_window = (
-        pl.col("death_time").is_not_null()
-        & (pl.col("death_time") > pl.col("index_time"))
-        & (pl.col("death_time") <= horizon_end)
-    )
-    steps: list[dict[str, Any]] = [
-        {"step": "subjects in the data", "n_subjects": n_all, "n_cases": None, "n_noncases": None}
-    ]
 
-    def record(step: str, frame: pl.DataFrame, labelled: bool) -> None:
-        n_cases = int(frame["label"].sum()) if labelled else None
-        steps.append(
-            {
-                "step": step,
-                "n_subjects": frame.height,
-                "n_cases": n_cases,
-                "n_noncases": frame.height - n_cases if labelled else None,
-                "n_died_in_window": int(frame.select(died_in_window.sum()).item())
-                if labelled
-                else None,
-            }
-        )
-
-    def fail(message: str) -> CohortError:
-        return CohortError(message, _attrition_table(steps))
-
-    unknown_date = unknown_date_expr(defn, codes)
+def _with_birth_and_sex(summary: pl.DataFrame, attrition: _Attrition) -> pl.DataFrame:
     known = summary.filter(pl.col("birth_time").is_not_null() & pl.col("sex").is_not_null())
-    record("birth date and sex recorded", known, labelled=False)
+    attrition.record("birth date and sex recorded", known, labelled=False)
     if known.height == 0:
-        raise fail(
+        raise attrition.fail(
             "cohort: no subject has both a birth date (MEDS_BIRTH) and a sex (SEX/F or SEX/M); "
             "all were lost at step 'birth date and sex recorded'. See data_quality.csv for "
             "'subject without birth' / 'subject without sex' / 'unknown sex value' and map the "
             "codes at ingest (data.sex_values)."
         )
+    return known
 
+
+def _indexed_and_labelled(
+    events: pl.LazyFrame,
+    known: pl.DataFrame,
+    defn: Mapping[str, Any],
+    codes: pl.DataFrame | None,
+    attrition: _Attrition,
+) -> pl.DataFrame:
+    """Subjects with an index time, labelled by the outcome window (plausible ages only)."""
     index_times = find_index_times(events, known.lazy(), defn)
     indexed = known.lazy().join(index_times, on="subject_id")
     labelled = _outcome_in_window(events, indexed, defn, codes).collect()
-    record(index_step_name(defn), labelled, labelled=True)
+    attrition.record(index_step_name(defn), labelled, labelled=True)
     if labelled.height == 0:
-        raise fail(
+        raise attrition.fail(
             f"cohort: no subject passes the index step under cohort.index.strategy "
             f"'{defn['index']['strategy']}' ({index_step_name(defn)}); check the index codes "
             "are in the data, cohort.min_age and cohort.min_prior_observation_days."
@@ -574,56 +618,89 @@ def build_cohort(
     age_at_index = (pl.col("index_time") - pl.col("birth_time")).dt.total_days() / DAYS_PER_YEAR
     plausible = labelled.filter(age_at_index <= defn["max_age_at_index"])
     if plausible.height < labelled.height:
-        record(
+        attrition.record(
             f"age at index at most {defn['max_age_at_index']} years "
             "(implausible ages, cohort.max_age_at_index, dropped)",
             plausible,
             labelled=True,
         )
+    return plausible
 
-    step = plausible.filter(~pl.col("prior_outcome"))
-    record("no outcome code at or before index", step, labelled=True)
+
+def _exclusions_applied(
+    events: pl.LazyFrame,
+    labelled: pl.DataFrame,
+    defn: Mapping[str, Any],
+    codes: pl.DataFrame | None,
+    attrition: _Attrition,
+) -> pl.DataFrame:
+    """No outcome or anti-dementia drug at or before index, nor one of unknown date."""
+    step = labelled.filter(~pl.col("prior_outcome"))
+    attrition.record("no outcome code at or before index", step, labelled=True)
     step = step.filter(~pl.col("prior_drug"))
-    record("no anti-dementia drug at or before index", step, labelled=True)
+    attrition.record("no anti-dementia drug at or before index", step, labelled=True)
+    unknown_date = unknown_date_expr(defn, codes)
     undated = events.filter(unknown_date).select("subject_id").unique().collect()
     if undated.height:
         step = step.filter(~pl.col("subject_id").is_in(undated["subject_id"].implode()))
-        record(
+        attrition.record(
             "no outcome code or anti-dementia drug of unknown date (timing unknown: excluded, "
             "not kept as a control)",
             step,
             labelled=True,
         )
+    return step
 
+
+def _followup_applied(
+    step: pl.DataFrame, defn: Mapping[str, Any], attrition: _Attrition
+) -> pl.DataFrame:
+    """Follow-up in days; cases are kept whatever their follow-up, a non-case needs the whole
+    horizon observed and lived."""
+    horizon_end = pl.col("index_time") + pl.duration(days=defn["horizon_days"])
     observed_until = pl.min_horizontal(pl.col("observation_end"), pl.col("death_time"))
     step = step.with_columns(
         followup_days=(observed_until - pl.col("index_time")).dt.total_days().cast(pl.Int32)
     )
-    # Cases are kept whatever their follow-up; a non-case needs the whole horizon observed.
     died_early = pl.col("death_time").is_not_null() & (pl.col("death_time") <= horizon_end)
     step = step.filter(pl.col("label") | ~died_early)
-    record("non-cases alive through the horizon (deaths before it dropped)", step, labelled=True)
+    attrition.record(
+        "non-cases alive through the horizon (deaths before it dropped)", step, labelled=True
+    )
     step = step.filter(pl.col("label") | (pl.col("observation_end") >= horizon_end))
-    record("non-cases observed through the horizon", step, labelled=True)
-
+    attrition.record("non-cases observed through the horizon", step, labelled=True)
     if step.height == 0:
-        raise fail(
+        raise attrition.fail(
             "cohort: no subject passes the cohort definition; "
-            f"{_where_lost(steps, 'n_subjects')}. The attrition table (results/cohort/"
+            f"{_where_lost(attrition.steps, 'n_subjects')}. The attrition table (results/cohort/"
             "attrition.csv) shows every step. Check cohort.min_age, min_prior_observation_days "
             "and horizon_days."
         )
-    if check_splits and step["label"].sum() == 0:
-        any_outcome = outcome_code_expr(defn, codes) | unknown_date
-        if events.filter(any_outcome).head(1).collect().height == 0:
-            raise fail(outcome_absent_message(events, defn))
-        raise fail(
-            f"cohort: no case is left; {_where_lost(steps, 'n_cases')}. Outcome codes exist in "
-            "the data but none falls in the window (index, index + cohort.horizon_days]: check "
-            "the index strategy and horizon, or whether the outcome codes only appear before "
-            "index (prior outcomes are excluded)."
-        )
+    return step
 
+
+def _no_case_error(
+    events: pl.LazyFrame,
+    defn: Mapping[str, Any],
+    codes: pl.DataFrame | None,
+    attrition: _Attrition,
+) -> CohortError:
+    """Why no case is left: no outcome code in the data at all, or none in the window."""
+    any_outcome = outcome_code_expr(defn, codes) | unknown_date_expr(defn, codes)
+    if events.filter(any_outcome).head(1).collect().height == 0:
+        return attrition.fail(outcome_absent_message(events, defn))
+    return attrition.fail(
+        f"cohort: no case is left; {_where_lost(attrition.steps, 'n_cases')}. Outcome codes "
+        "exist in the data but none falls in the window (index, index + cohort.horizon_days]: "
+        "check the index strategy and horizon, or whether the outcome codes only appear before "
+        "index (prior outcomes are excluded)."
+    )
+
+
+def _split_and_sampled(
+    step: pl.DataFrame, defn: Mapping[str, Any], attrition: _Attrition
+) -> pl.DataFrame:
+    """Input end, age and split per subject; training non-cases sampled when asked."""
     split_cfg = defn["split"]
     step = step.with_columns(
         input_end_time=pl.col("index_time") - pl.duration(days=defn["blackout_days"]),
@@ -643,33 +720,25 @@ def build_cohort(
     ratio = defn["case_control"]["controls_per_case"]
     if ratio is not None:
         step = _sample_train_controls(step, ratio, defn["case_control"]["seed"])
-        record(
+        attrition.record(
             f"train split only: non-cases sampled to {ratio} per case "
             f"(seed {defn['case_control']['seed']}); tuning and held_out untouched",
             step,
             labelled=True,
         )
-    cohort = step.select(
-        "subject_id",
-        "index_time",
-        "input_end_time",
-        "label",
-        "age",
-        "sex",
-        "followup_days",
-        "outcome_time",
-        "split",
-    ).sort("subject_id")
-    for split in SPLITS if check_splits else ():
+    return step.select(*COHORT_COLUMNS).sort("subject_id")
+
+
+def _check_every_split(cohort: pl.DataFrame, attrition: _Attrition) -> None:
+    for split in SPLITS:
         part = cohort.filter(pl.col("split") == split)
         if part.height == 0 or part["label"].sum() == 0 or part["label"].all():
-            raise fail(
+            raise attrition.fail(
                 f"cohort: split '{split}' has {part.height} subjects and "
                 f"{int(part['label'].sum()) if part.height else 0} cases (the cohort has "
                 f"{cohort.height} subjects, {int(cohort['label'].sum())} cases); every split needs "
                 "cases and non-cases. Use more subjects or change cohort.split fractions."
             )
-    return cohort, _attrition_table(steps)
 
 
 def _where_lost(steps: list[dict[str, Any]], column: str) -> str:
@@ -860,6 +929,30 @@ def table_one(
     unused slots (fewer categories in the data) are null.
     """
     extra = risk_factor_codes or {}
+    table, factor_cols = _with_risk_factors(cohort, history_codes, extra)
+    table, condition_cols = _with_top_conditions(table, cohort, history_codes)
+    return (
+        table.group_by("split", "label")
+        .agg(
+            pl.len().alias("n"),
+            pl.col("age").mean().round(1).alias("age mean"),
+            pl.col("age").std().round(1).alias("age sd"),
+            (pl.col("sex") == "F").mean().mul(100).round(1).alias("% female"),
+            pl.col("followup_days").median().alias("follow-up days median"),
+            *factor_cols,
+            *condition_cols,
+        )
+        .with_columns(pl.col("split").cast(pl.Enum(list(SPLITS))))
+        .sort("split", "label")
+        .with_columns(pl.col("split").cast(pl.String))
+    )
+
+
+def _with_risk_factors(
+    cohort: pl.DataFrame, history_codes: pl.DataFrame, extra: Mapping[str, Sequence[str]]
+) -> tuple[pl.DataFrame, list[pl.Expr]]:
+    """The cohort with a flag per risk factor, and each factor's % column (null when these
+    data cannot show the factor)."""
     unknown = sorted(set(extra) - set(RISK_FACTORS))
     if unknown:
         raise CohortError(
@@ -868,7 +961,7 @@ def table_one(
         )
     has_icd10 = bool(history_codes["code"].str.starts_with("ICD10/").any())
     mappable = {name: has_icd10 or bool(extra.get(name)) for name in RISK_FACTORS}
-    flags = []
+    table = cohort
     for name, factor in RISK_FACTORS.items():
         prefixes = [*factor.prefixes, *extra.get(name, [])]
         has = (
@@ -877,10 +970,23 @@ def table_one(
             .unique()
             .with_columns(pl.lit(True).alias(name))
         )
-        flags.append(has)
-    table = cohort
-    for flag in flags:
-        table = table.join(flag, on="subject_id", how="left")
+        table = table.join(has, on="subject_id", how="left")
+    factor_cols = [
+        (
+            pl.col(name).fill_null(False).mean().mul(100).round(1)
+            if mappable[name]
+            else pl.lit(None, dtype=pl.Float64)
+        ).alias(f"% {RISK_FACTORS[name].label}")
+        for name in RISK_FACTORS
+    ]
+    return table, factor_cols
+
+
+def _with_top_conditions(
+    table: pl.DataFrame, cohort: pl.DataFrame, history_codes: pl.DataFrame
+) -> tuple[pl.DataFrame, list[pl.Expr]]:
+    """``table`` with a flag per top condition, and the name, n and % columns of each slot
+    (null in the slots the data cannot fill)."""
     top = top_conditions(cohort, history_codes)
     condition_cols: list[pl.Expr] = []
     for k in range(1, TOP_CONDITIONS + 1):
@@ -905,29 +1011,7 @@ def table_one(
             flag.sum().cast(pl.Int64).alias(f"n condition {k}"),
             flag.mean().mul(100).round(1).alias(f"% condition {k}"),
         ]
-    factor_cols = [
-        (
-            pl.col(name).fill_null(False).mean().mul(100).round(1)
-            if mappable[name]
-            else pl.lit(None, dtype=pl.Float64)
-        ).alias(f"% {RISK_FACTORS[name].label}")
-        for name in RISK_FACTORS
-    ]
-    return (
-        table.group_by("split", "label")
-        .agg(
-            pl.len().alias("n"),
-            pl.col("age").mean().round(1).alias("age mean"),
-            pl.col("age").std().round(1).alias("age sd"),
-            (pl.col("sex") == "F").mean().mul(100).round(1).alias("% female"),
-            pl.col("followup_days").median().alias("follow-up days median"),
-            *factor_cols,
-            *condition_cols,
-        )
-        .with_columns(pl.col("split").cast(pl.Enum(list(SPLITS))))
-        .sort("split", "label")
-        .with_columns(pl.col("split").cast(pl.String))
-    )
+    return table, condition_cols
 
 
 def suppress_table_one(table: pl.DataFrame, threshold: int | None) -> pl.DataFrame:
