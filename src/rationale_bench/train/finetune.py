@@ -947,7 +947,12 @@ class Optimization:
 
     @classmethod
     def create(
-        cls, model: Any, cfg: Mapping[str, Any], total_steps: int, precision: str, device: Any
+        cls,
+        model: Any,
+        cfg: Mapping[str, Any],
+        total_steps: int,
+        precision: str,
+        device: torch.device,
     ) -> Optimization:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
