@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import polars as pl
@@ -13,11 +14,13 @@ from rationale_bench.teacher.generate import generate_rationales, teacher_inputs
 from rationale_bench.text import formats
 from rationale_bench.text.serialize import build_prompts
 from rationale_bench.train.finetune import (
+    StepTotals,
     TrainingError,
     TrainingJob,
     batch_schedule,
     build_examples,
-    segment_losses,
+    lr_lambda,
+    segment_sums,
     train,
 )
 
@@ -74,22 +77,74 @@ def make_job(tmp_path, model_dir, fmt, name="run", **overrides):
     )
 
 
-def test_segment_losses_split_the_completion_loss():
+def step_totals(logits, labels, segments, label_loss_weight):
+    """The totals the training loop logs, for one batch (no padding)."""
+    sums = segment_sums(logits, labels, segments, label_loss_weight)
+    return sums, StepTotals.from_vector(StepTotals.as_vector(sums, torch.ones_like(labels)))
+
+
+def test_the_loss_has_the_rationale_and_label_tokens_and_the_log_splits_it():
     torch.manual_seed(0)
     logits = torch.randn(1, 6, 11)
     labels = torch.tensor([[-100, -100, 3, 4, 5, 6]])
-    segments = torch.tensor([[0, 0, 1, 1, 3, 4]])
-    parts = segment_losses(logits, labels, segments, label_loss_weight=1.0)
+    p, r, a = formats.PROMPT, formats.RATIONALE, formats.LABEL
+    segments = torch.tensor([[p, p, r, r, a, formats.EOS]])
+    sums, totals = step_totals(logits, labels, segments, label_loss_weight=1.0)
     ce = torch.nn.functional.cross_entropy(
         logits[0, :-1], torch.tensor([-100, 3, 4, 5, 6]), reduction="none", ignore_index=-100
     )
-    assert torch.isclose(parts["loss"], ce[1:].mean())
+    # Completion tokens only: two rationale tokens, the label token and the end token.
+    assert (totals.n_loss_tokens, totals.n_rationale, totals.n_label) == (4, 2, 1)
+    assert torch.isclose(sums["weighted"] / sums["weight"], ce[1:].mean())
+    assert totals.loss == pytest.approx(float(ce[1:].mean()), rel=1e-6)
+    assert totals.completion_loss == pytest.approx(float(ce[1:].mean()), rel=1e-6)
     # Targets shift by one: position 3 predicts token 4 (segment of token 4 = label).
-    assert torch.isclose(parts["label_loss"], ce[3])
-    assert torch.isclose(parts["label_share"], ce[3] / ce[1:].sum())
-    heavy = segment_losses(logits, labels, segments, label_loss_weight=5.0)
+    assert totals.label_loss == pytest.approx(float(ce[3]), rel=1e-6)
+    assert totals.rationale_loss == pytest.approx(float(ce[1:3].mean()), rel=1e-6)
+    assert totals.label_loss_share == pytest.approx(float(ce[3] / ce[1:].sum()), rel=1e-6)
+    assert (totals.tokens, totals.padding) == (6, 0)
+    heavy, heavy_totals = step_totals(logits, labels, segments, label_loss_weight=5.0)
     weights = torch.tensor([1.0, 1.0, 5.0, 1.0])
-    assert torch.isclose(heavy["loss"], (ce[1:] * weights).sum() / weights.sum())
+    expected = (ce[1:] * weights).sum() / weights.sum()
+    assert torch.isclose(heavy["weighted"] / heavy["weight"], expected)
+    assert heavy_totals.loss == pytest.approx(float(expected), rel=1e-6)
+
+
+def hand_written_cosine(total_steps, warmup_steps):
+    """The schedule as first written in the training loop: the reference for lr_lambda."""
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@pytest.mark.parametrize("warmup,total", [(0, 4), (0, 6), (1, 10), (3, 20), (5, 100), (10, 10)])
+def test_learning_rates_match_the_reference_and_transformers_after_warmup(warmup, total):
+    from transformers import get_cosine_schedule_with_warmup
+
+    def rates(make_scheduler):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.002)
+        scheduler = make_scheduler(optimizer)
+        out = []
+        for _ in range(total):
+            out.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    ours = rates(lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(total, warmup)))
+    reference = [0.002 * hand_written_cosine(total, warmup)(k) for k in range(total)]
+    hf = rates(lambda o: get_cosine_schedule_with_warmup(o, warmup, total))
+    assert ours == reference
+    # transformers' warm-up is one step behind (its first step has learning rate 0); after the
+    # warm-up it is the same number. So training keeps its own schedule.
+    assert ours[warmup:] == hf[warmup:]
+    assert ours[:warmup] == [0.002 * ((k + 1) / warmup) for k in range(warmup)]
+    assert hf[:warmup] == [0.002 * (k / warmup) for k in range(warmup)]
 
 
 def test_every_format_gets_the_same_subjects_and_steps(prompts, synthetic_cohort, rationales):
@@ -230,8 +285,11 @@ def test_resume_after_sigterm_gives_identical_weights(
     assert resumed["resumed_from_step"] == 4
     assert not job.checkpoint_dir.exists()
     assert not (tmp_path / "interrupted" / "checkpoint.tmp").exists()
-    log = [json.loads(x)["step"] for x in job.log_path.read_text().splitlines()]
-    assert log == list(range(1, 7))
+    log = [json.loads(x) for x in job.log_path.read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7))
+    # The schedule resumes where it stopped (the checkpoint holds the scheduler's state).
+    uninterrupted = [json.loads(x) for x in (tmp_path / "full" / "train_log.jsonl").open()]
+    assert [r["learning_rate"] for r in log] == [r["learning_rate"] for r in uninterrupted]
     from safetensors.torch import load_file
 
     a = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
@@ -351,7 +409,8 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(
         layer = model.base_model.model.model.layers[0].self_attn
         layer.register_forward_hook(lambda *_, c=calls: c.update(n=c["n"] + 1))
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss = segment_losses(out.logits, batch["labels"], batch["segments"], 1.0)["loss"]
+        sums = segment_sums(out.logits, batch["labels"], batch["segments"], 1.0)
+        loss = sums["weighted"] / sums["weight"]
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         results[checkpointing] = (float(loss.detach()), grads, calls["n"])

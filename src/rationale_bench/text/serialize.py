@@ -619,92 +619,135 @@ def _fit_prompts(
     from the prompts that are over, batch by batch, and giving lines back where the sum
     overestimated.
     """
-    question = question_block(cfg["question"])
-    add_special = template.add_special_tokens
     counter = TokenCounter(tokenizer)
-    prompt_counter = TokenCounter(tokenizer, add_special_tokens=add_special)
-    overhead = int(prompt_counter.uncached([template.render("")])[0])
-    n = histories.height
-    variants = (
-        histories["variant"].to_list()
-        if "variant" in histories.columns
-        else ["timeline_recent"] * n
-    )
-    markdown = [v == "markdown_recent" for v in variants]
-    fixed = counter((histories["header"] + question).to_list()) + overhead
-    # markdown_recent adds one heading per section shown; count them all up front.
-    headings = dict(
-        zip(SECTION_TITLES, counter([f"## {t}\n" for t in SECTION_TITLES.values()]), strict=True)
-    )
-    sections_col = histories["sections"] if "sections" in histories.columns else pl.Series([[]] * n)
-    heading_tokens = np.array(
-        [
-            sum(int(headings[s]) for s in set(secs)) if md else 0
-            for secs, md in zip(sections_col.to_list(), markdown, strict=True)
-        ],
-        dtype=np.int64,
-    )
-    budget = max_prompt_tokens - fixed - heading_tokens
+    prompts = _Prompts(histories, tokenizer, question_block(cfg["question"]), template)
+    fixed = _fixed_tokens(prompts, counter)
+    budget = max_prompt_tokens - fixed
     over = np.flatnonzero(budget < 0)
     if over.size:
         i = int(over[0])
         raise SerializationError(
             f"{over.size} subjects (first: {histories['subject_id'][i]}): header and question "
-            f"alone take {int(fixed[i] + heading_tokens[i])} tokens, more than "
+            f"alone take {int(fixed[i])} tokens, more than "
             f"max_prompt_tokens={max_prompt_tokens}. "
             "Raise the model's max_seq_len or shorten serialization.question."
         )
     keep, line_tokens, starts = _kept_lines(histories, counter, budget)
     n_lines = histories["lines"].list.len().to_numpy().astype(np.int64)
-
-    rows = histories.select(
-        "header",
-        "lines",
-        "sections" if "sections" in histories.columns else pl.lit(None).alias("sections"),
-    ).rows()
-
-    def render(i: int, n_kept: int) -> tuple[str, str]:
-        header, lines, sections = rows[i]
-        kept = list(lines[:n_kept])
-        shown = list(sections[:n_kept]) if sections else None
-        history = history_text(header, kept, shown, variants[i])
-        return history, history + question
-
-    def count(texts: list[str]) -> np.ndarray:
-        return prompt_counter.uncached(texts)
-
-    rendered = [render(i, int(keep[i])) for i in range(n)]
-    n_tokens = np.zeros(n, dtype=np.int64)
-    todo = np.arange(n)
-    while todo.size:  # drop one more line from the prompts that are over, batch by batch
-        n_tokens[todo] = count([template.render(rendered[i][1]) for i in todo])
-        over = todo[n_tokens[todo] > max_prompt_tokens]
-        stuck = over[keep[over] == 0]
-        if stuck.size:
-            i = int(stuck[0])
-            raise SerializationError(
-                f"subject {histories['subject_id'][i]}: the prompt without history takes "
-                f"{int(n_tokens[i])} tokens > max_prompt_tokens={max_prompt_tokens}."
-            )
-        keep[over] -= 1
-        for i in over:
-            rendered[i] = render(int(i), int(keep[i]))
-        todo = over
+    rendered, n_tokens = _drop_lines_until_prompts_fit(prompts, keep, max_prompt_tokens)
     # The sum can also overestimate (headings of markdown sections the kept lines no longer
     # reach, merges across line breaks in tokenizers without pre-tokenization): where it did for
     # a prompt, give lines back while the exact prompt still fits. Where the sum was exact, the
     # next line did not fit by it, and is not tried.
     summed = np.array(
+        [fixed[i] + line_tokens[starts[i] : starts[i] + keep[i]].sum() for i in range(prompts.n)],
+        dtype=np.int64,
+    )
+    markdown = np.array(prompts.markdown, dtype=bool)
+    todo = np.flatnonzero((keep < n_lines) & ((summed > n_tokens) | markdown))
+    _give_lines_back(prompts, todo, keep, n_lines, rendered, n_tokens, max_prompt_tokens)
+    return _prompt_frame(histories, rendered, n_tokens, keep, n_lines)
+
+
+class _Prompts:
+    """Renders and counts the prompts of one chunk of histories with a given number of lines."""
+
+    def __init__(
+        self, histories: pl.DataFrame, tokenizer: Any, question: str, template: PromptTemplate
+    ) -> None:
+        self.histories, self.question, self.template = histories, question, template
+        self.n = histories.height
+        self.counter = TokenCounter(tokenizer, add_special_tokens=template.add_special_tokens)
+        self.overhead = int(self.counter.uncached([template.render("")])[0])
+        self.variants = (
+            histories["variant"].to_list()
+            if "variant" in histories.columns
+            else ["timeline_recent"] * self.n
+        )
+        self.markdown = [v == "markdown_recent" for v in self.variants]
+        self.rows = histories.select(
+            "header",
+            "lines",
+            "sections" if "sections" in histories.columns else pl.lit(None).alias("sections"),
+        ).rows()
+
+    def render(self, i: int, n_kept: int) -> tuple[str, str]:
+        """(history text, prompt) of subject ``i`` with its ``n_kept`` newest lines."""
+        header, lines, sections = self.rows[i]
+        kept = list(lines[:n_kept])
+        shown = list(sections[:n_kept]) if sections else None
+        history = history_text(header, kept, shown, self.variants[i])
+        return history, history + self.question
+
+    def count(self, prompts: Sequence[str]) -> np.ndarray:
+        """Exact token counts of prompts as the model reads them (in the template)."""
+        return self.counter.uncached([self.template.render(p) for p in prompts])
+
+
+def _fixed_tokens(prompts: _Prompts, counter: TokenCounter) -> np.ndarray:
+    """Tokens of each prompt without its lines: template, header, question, markdown headings."""
+    histories = prompts.histories
+    fixed = counter((histories["header"] + prompts.question).to_list()) + prompts.overhead
+    # markdown_recent adds one heading per section shown; count them all up front.
+    headings = dict(
+        zip(SECTION_TITLES, counter([f"## {t}\n" for t in SECTION_TITLES.values()]), strict=True)
+    )
+    sections_col = (
+        histories["sections"] if "sections" in histories.columns else pl.Series([[]] * prompts.n)
+    )
+    heading_tokens = np.array(
         [
-            fixed[i] + heading_tokens[i] + line_tokens[starts[i] : starts[i] + keep[i]].sum()
-            for i in range(n)
+            sum(int(headings[s]) for s in set(secs)) if md else 0
+            for secs, md in zip(sections_col.to_list(), prompts.markdown, strict=True)
         ],
         dtype=np.int64,
     )
-    todo = np.flatnonzero((keep < n_lines) & ((summed > n_tokens) | np.array(markdown, dtype=bool)))
+    return fixed + heading_tokens
+
+
+def _drop_lines_until_prompts_fit(
+    prompts: _Prompts, keep: np.ndarray, max_prompt_tokens: int
+) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Count every prompt exactly; drop one more line from those that are over, batch by batch.
+
+    Lowers ``keep`` in place; returns the rendered (history, prompt) pairs and their counts.
+    """
+    rendered = [prompts.render(i, int(keep[i])) for i in range(prompts.n)]
+    n_tokens = np.zeros(prompts.n, dtype=np.int64)
+    todo = np.arange(prompts.n)
     while todo.size:
-        trials = [render(int(i), int(keep[i]) + 1) for i in todo]
-        counts = count([template.render(t[1]) for t in trials])
+        n_tokens[todo] = prompts.count([rendered[i][1] for i in todo])
+        over = todo[n_tokens[todo] > max_prompt_tokens]
+        stuck = over[keep[over] == 0]
+        if stuck.size:
+            i = int(stuck[0])
+            raise SerializationError(
+                f"subject {prompts.histories['subject_id'][i]}: the prompt without history "
+                f"takes {int(n_tokens[i])} tokens > max_prompt_tokens={max_prompt_tokens}."
+            )
+        keep[over] -= 1
+        for i in over:
+            rendered[i] = prompts.render(int(i), int(keep[i]))
+        todo = over
+    return rendered, n_tokens
+
+
+def _give_lines_back(
+    prompts: _Prompts,
+    todo: np.ndarray,
+    keep: np.ndarray,
+    n_lines: np.ndarray,
+    rendered: list[tuple[str, str]],
+    n_tokens: np.ndarray,
+    max_prompt_tokens: int,
+) -> None:
+    """Add lines back to the ``todo`` prompts one at a time while the exact prompt fits.
+
+    Updates ``keep``, ``rendered`` and ``n_tokens`` in place.
+    """
+    while todo.size:
+        trials = [prompts.render(int(i), int(keep[i]) + 1) for i in todo]
+        counts = prompts.count([t[1] for t in trials])
         fits = counts <= max_prompt_tokens
         for j in np.flatnonzero(fits):
             i = todo[j]
@@ -713,6 +756,16 @@ def _fit_prompts(
             n_tokens[i] = counts[j]
         todo = todo[fits]
         todo = todo[keep[todo] < n_lines[todo]]
+
+
+def _prompt_frame(
+    histories: pl.DataFrame,
+    rendered: Sequence[tuple[str, str]],
+    n_tokens: np.ndarray,
+    keep: np.ndarray,
+    n_lines: np.ndarray,
+) -> pl.DataFrame:
+    """The prompts table: subject columns, texts, token counts and what truncation dropped."""
     extra = pl.DataFrame(
         {
             "history_text": [r[0] for r in rendered],

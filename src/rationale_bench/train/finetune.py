@@ -23,7 +23,7 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +269,13 @@ def shard(micro_batch: Sequence[int], rank: int, world_size: int) -> list[int]:
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
+    """Learning-rate factor of each step: linear warm-up, then cosine decay to zero.
+
+    Not ``transformers.get_cosine_schedule_with_warmup``: that one starts the warm-up at 0
+    (step k gets k / warmup_steps), so its first step would not learn; here step k gets
+    (k + 1) / warmup_steps. After the warm-up the two are the same number (a test checks both).
+    """
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
@@ -312,19 +319,6 @@ def segment_sums(
     }
 
 
-# The parts of segment_sums that a step adds up over micro-batches and processes.
-SUM_KEYS = (
-    "weighted",
-    "weight",
-    "summed",
-    "label",
-    "n_label",
-    "rationale",
-    "n_rationale",
-    "n_loss_tokens",
-)
-
-
 def loss_weight_total(
     examples: Sequence[formats.EncodedExample], label_loss_weight: float
 ) -> float:
@@ -338,19 +332,61 @@ def loss_weight_total(
     return total
 
 
-def segment_losses(
-    logits: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor, label_loss_weight: float
-) -> dict[str, torch.Tensor]:
-    """Completion-only loss of one batch and its parts (means over the batch's tokens)."""
-    sums = segment_sums(logits, labels, segments, label_loss_weight)
-    return {
-        "loss": sums["weighted"] / sums["weight"],
-        "label_loss": sums["label"] / sums["n_label"].clamp(min=1),
-        "rationale_loss": sums["rationale"] / sums["n_rationale"].clamp(min=1),
-        "label_share": sums["label"] / sums["summed"].clamp(min=1e-12),
-        "n_loss_tokens": sums["n_loss_tokens"],
-        "n_label_tokens": sums["n_label"],
-    }
+@dataclass
+class StepTotals:
+    """Sums over a step's micro-batches (and processes), and the losses the step log reports.
+
+    Summed on the device as one float64 vector (``as_vector``, in field order) so that a step
+    needs one all_reduce and no host sync per micro-batch; read back with ``from_vector``.
+    """
+
+    weighted: float = 0.0  # token losses, the answer token's weighted by label_loss_weight
+    weight: float = 0.0  # the weights: the loss denominator
+    summed: float = 0.0  # unweighted completion-token losses
+    label: float = 0.0  # answer-token losses
+    n_label: float = 0.0
+    rationale: float = 0.0  # rationale-token losses
+    n_rationale: float = 0.0
+    n_loss_tokens: float = 0.0
+    tokens: float = 0.0  # real tokens in the padded batches
+    padding: float = 0.0  # padding slots
+
+    @staticmethod
+    def as_vector(sums: Mapping[str, torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
+        """One batch's totals (``segment_sums`` and its padding), in field order."""
+        real = attention_mask.sum()
+        values = {**sums, "tokens": real, "padding": attention_mask.numel() - real}
+        return torch.stack([values[f.name].detach().double() for f in fields(StepTotals)])
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> torch.Tensor:
+        return torch.zeros(len(fields(cls)), dtype=torch.float64, device=device)
+
+    @classmethod
+    def from_vector(cls, vector: torch.Tensor) -> StepTotals:
+        return cls(*vector.cpu().tolist())
+
+    @property
+    def loss(self) -> float:
+        """What the optimizer minimises: the weighted mean over completion tokens."""
+        return self.weighted / max(self.weight, 1e-12)
+
+    @property
+    def completion_loss(self) -> float:
+        return self.summed / max(self.n_loss_tokens, 1.0)
+
+    @property
+    def label_loss(self) -> float:
+        return self.label / max(self.n_label, 1.0)
+
+    @property
+    def rationale_loss(self) -> float:
+        return self.rationale / max(self.n_rationale, 1.0)
+
+    @property
+    def label_loss_share(self) -> float:
+        """The answer tokens' share of the summed loss (token dilution)."""
+        return self.label / max(self.summed, 1e-12)
 
 
 @torch.no_grad()
@@ -368,7 +404,7 @@ def completion_losses(
         return None, None
     was_training = model.training
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64)
+    vector = StepTotals.zeros(device)
     for i in range(0, len(flat), batch_size):
         batch = {
             k: v.to(device)
@@ -377,11 +413,10 @@ def completion_losses(
         with autocast(precision, device):
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         sums = segment_sums(out.logits, batch["labels"], batch["segments"], 1.0)
-        keys = ("summed", "n_loss_tokens", "label", "n_label")
-        totals += torch.stack([sums[k].detach().double().cpu() for k in keys])
+        vector += StepTotals.as_vector(sums, batch["attention_mask"])
     model.train(was_training)
-    summed, n, label, n_label = totals.tolist()
-    return summed / max(n, 1.0), label / max(n_label, 1.0)
+    totals = StepTotals.from_vector(vector)
+    return totals.completion_loss, totals.label_loss
 
 
 @dataclass
@@ -678,9 +713,7 @@ def fingerprint(job: TrainingJob, subject_ids: Sequence[int], examples_digest: s
 def _save_checkpoint(
     path: Path,
     model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    scaler: Any,
+    optimization: Optimization,
     step: int,
     fp: str,
     history: Sequence[Mapping[str, Any]],
@@ -698,9 +731,7 @@ def _save_checkpoint(
     torch.save(
         {
             "model": trainable,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
+            **optimization.state_dict(),
             "step": step,
             "fingerprint": fp,
             "torch_rng": torch.get_rng_state(),
@@ -778,22 +809,59 @@ def _train(
     precision = resolve_precision(cfg.get("precision", "auto"), device)
     model, tokenizer = load_model(job.model_path, cfg)
     model.to(device)
-    frame = build_examples(prompts, cohort, rationales, job.fmt, job.n_train, job.seed)
+    data = prepare_data(job, prompts, cohort, rationales, tokenizer, dp)
+    optimization = Optimization.create(model, cfg, data.total_steps, precision, device)
+    run = TrainingRun(job, dp, device, precision, model, tokenizer.pad_token_id, data, optimization)
+    run.restore()
+    run.train_steps()
+    return run.finish(t_start)
+
+
+@dataclass
+class TrainingData:
+    """What the subjects and settings fix before the first step (the same in every process)."""
+
+    frame: pl.DataFrame  # training subjects: subject_id, prompt, label, rationale
     # One entry per subject: batches are drawn over subjects, so every format of a matched
     # configuration takes the same steps (a multitask subject brings its two examples along).
+    examples: list[list[formats.EncodedExample]]
+    tuning: list[list[formats.EncodedExample]]
+    tuning_dropped: int
+    fingerprint: str
+    budget: str
+    stopping: Mapping[str, Any]
+    epochs: int
+    micro_batches: list[list[int]]
+    accum: int
+    padding: float
+    padding_ungrouped: float
+
+    @property
+    def flat(self) -> list[formats.EncodedExample]:
+        return [e for subject in self.examples for e in subject]
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(len(self.micro_batches) / self.accum)
+
+
+def prepare_data(
+    job: TrainingJob,
+    prompts: pl.DataFrame,
+    cohort: pl.DataFrame,
+    rationales: pl.DataFrame | None,
+    tokenizer: Any,
+    dp: DataParallel,
+) -> TrainingData:
+    """Encoded training and tuning examples, the budget and the micro-batch schedule."""
+    cfg = job.training
+    frame = build_examples(prompts, cohort, rationales, job.fmt, job.n_train, job.seed)
     template = template_for_model(tokenizer, job.prompt_settings)
     examples = encode_examples(frame, job.fmt, tokenizer, job.max_seq_len, template)
     flat = [e for subject in examples for e in subject]
     digest = hashlib.sha256(json.dumps([e.input_ids for e in flat]).encode()).hexdigest()
     fp = fingerprint(job, frame["subject_id"].to_list(), digest)
-
-    budget = cfg.get("budget", "equal_steps")
-    if budget not in BUDGETS:
-        raise TrainingError(f"training.budget '{budget}' is unknown; use one of {BUDGETS}.")
-    stopping = cfg.get("early_stopping", {})
-    # Under early stopping the schedule spans the maximum number of epochs; every format sees
-    # the same batches in the same order and stops wherever its own tuning loss says.
-    epochs = stopping["max_epochs"] if budget == "early_stopping" else cfg["epochs"]
+    budget, stopping, epochs = training_budget(cfg)
     tuning_frame, tuning_dropped = build_tuning_examples(
         prompts, cohort, rationales, job.fmt, job.seed, cfg.get("tuning_eval_subjects", 256)
     )
@@ -804,19 +872,57 @@ def _train(
             f"({tuning_dropped} left out for a missing prompt or rationale); the tuning split "
             "must have subjects (cohort.split.tuning_fraction) with rationales."
         )
+    micro_batches, padding, padding_ungrouped = micro_batch_schedule(
+        examples, cfg, epochs, job.seed, dp
+    )
+    return TrainingData(
+        frame=frame,
+        examples=examples,
+        tuning=tuning,
+        tuning_dropped=tuning_dropped,
+        fingerprint=fp,
+        budget=budget,
+        stopping=stopping,
+        epochs=epochs,
+        micro_batches=micro_batches,
+        accum=cfg["gradient_accumulation_steps"],
+        padding=padding,
+        padding_ungrouped=padding_ungrouped,
+    )
 
+
+def training_budget(cfg: Mapping[str, Any]) -> tuple[str, Mapping[str, Any], int]:
+    """(budget, early-stopping settings, epochs of the batch schedule)."""
+    budget = cfg.get("budget", "equal_steps")
+    if budget not in BUDGETS:
+        raise TrainingError(f"training.budget '{budget}' is unknown; use one of {BUDGETS}.")
+    stopping = cfg.get("early_stopping", {})
+    # Under early stopping the schedule spans the maximum number of epochs; every format sees
+    # the same batches in the same order and stops wherever its own tuning loss says.
+    epochs = stopping["max_epochs"] if budget == "early_stopping" else cfg["epochs"]
+    return budget, stopping, epochs
+
+
+def micro_batch_schedule(
+    examples: Sequence[Sequence[formats.EncodedExample]],
+    cfg: Mapping[str, Any],
+    epochs: int,
+    seed: int,
+    dp: DataParallel,
+) -> tuple[list[list[int]], float, float]:
+    """The micro-batches of the whole run, their padding and the padding without grouping."""
     prompt_lengths = grouping_lengths(examples)
     example_lengths = [[len(e.input_ids) for e in subject] for subject in examples]
     micro_batches = batch_schedule(
         len(examples),
         cfg["batch_size"],
         epochs,
-        job.seed,
+        seed,
         prompt_lengths if cfg.get("group_by_length") else None,
     )
     padding = padding_fraction(micro_batches, example_lengths, dp.world_size)
     padding_ungrouped = padding_fraction(
-        batch_schedule(len(examples), cfg["batch_size"], epochs, job.seed),
+        batch_schedule(len(examples), cfg["batch_size"], epochs, seed),
         example_lengths,
         dp.world_size,
     )
@@ -827,289 +933,399 @@ def _train(
             100 * padding_ungrouped,
             100 * (padding_ungrouped - padding),
         )
-    accum = cfg["gradient_accumulation_steps"]
-    total_steps = math.ceil(len(micro_batches) / accum)
-    label_weight = cfg["label_loss_weight"]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, int(cfg["warmup_ratio"] * total_steps))
-    )
-    # fp16 needs loss scaling (its range is too small for small gradients); bf16 does not.
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    return micro_batches, padding, padding_ungrouped
 
-    start_step = 0
-    early = EarlyStopping(stopping["patience"]) if budget == "early_stopping" else None
-    evaluate_at = epoch_end_steps(len(examples), cfg["batch_size"], accum, epochs)
-    state = _load_checkpoint(job.checkpoint_dir, fp)
-    if state is not None:
-        model.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        start_step = state["step"]
-        if state.get("early_stopping") is not None:
-            early = EarlyStopping(**state["early_stopping"])
-        if dp.is_main:
-            log.info("resuming from checkpoint at step %d/%d", start_step, total_steps)
 
-    forward_model = model
-    if dp.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
+@dataclass
+class Optimization:
+    """AdamW on the trainable parameters, its schedule and (under fp16) the loss scaler."""
 
-        forward_model = DistributedDataParallel(
-            model, device_ids=[dp.local_rank] if device.type == "cuda" else None
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def create(
+        cls,
+        model: Any,
+        cfg: Mapping[str, Any],
+        total_steps: int,
+        precision: str,
+        device: torch.device,
+    ) -> Optimization:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"]
         )
-
-    # The step log lives in memory and in the checkpoint, never read back from the output
-    # path: Snakemake deletes a failed job's outputs as soon as SIGTERM arrives.
-    history = _checkpoint_history(job.checkpoint_dir, start_step) if start_step else []
-    if dp.is_main:
-        job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_log(job.log_path, history)
-    trackers = (
-        Trackers(
-            cfg.get("report_to", []),
-            job.run_path.parent / "tracking",
-            f"{job.fmt}-n{job.n_train}-s{job.seed}",
-            cfg,
-            cfg.get("tracking_project", "rationale-bench"),
-            cfg.get("tracking_offline", True),
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(total_steps, int(cfg["warmup_ratio"] * total_steps))
         )
-        if dp.is_main
-        else None
-    )
-    stop = {"sigterm": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
-    # Each subject's share of a step's loss denominator, known before any forward pass.
-    subject_weights = [loss_weight_total(subject, label_weight) for subject in examples]
-    examples_seen = 0
-    steps_taken = start_step
-    model.train()
-    log_file = None
-    try:
-        log_file = job.log_path.open("a") if dp.is_main else None
-        for step in range(start_step, total_steps):
-            t0 = time.time()
-            step_batches = micro_batches[step * accum : (step + 1) * accum]
-            # The step's loss is the token mean over all its micro-batches and processes.
-            total_weight = sum(subject_weights[i] for micro in step_batches for i in micro)
-            # Sums of the step's parts, then tokens and padded slots.
-            totals = torch.zeros(10, dtype=torch.float64, device=device)
-            for k, micro in enumerate(step_batches):
-                mine = shard(micro, dp.rank, dp.world_size)
-                # A process with no subject in this micro-batch (the last one of an epoch
-                # can be smaller than the world) still takes part in DDP's gradient
-                # exchange, with a zero-weighted copy of an example.
-                weight = 1.0 if mine else 0.0
-                batch_examples = [e for i in (mine or micro[:1]) for e in examples[i]]
-                batch = {
-                    key: value.to(device)
-                    for key, value in formats.collate(
-                        batch_examples, tokenizer.pad_token_id
-                    ).items()
-                }
-                last = k == len(step_batches) - 1
-                sync = (
-                    forward_model.no_sync()
-                    if dp.world_size > 1 and not last
-                    else contextlib.nullcontext()
-                )
-                with sync:
-                    with autocast(precision, device):
-                        out = forward_model(
-                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                        )
-                    sums = segment_sums(
-                        out.logits, batch["labels"], batch["segments"], label_weight
-                    )
-                    # DDP averages gradients over processes; scale so they add up instead.
-                    loss = sums["weighted"] * (weight * dp.world_size / total_weight)
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                mask = batch["attention_mask"]
-                parts = [sums[key].detach().double() for key in SUM_KEYS]
-                parts += [mask.sum().double(), (mask.numel() - mask.sum()).double()]
-                totals += weight * torch.stack(parts)
-                examples_seen += len(batch_examples) if mine else 0
-            totals = dp.all_sum(totals)
-            totals = totals.cpu()
-            weighted, weight_sum, summed, label, n_label, rationale, n_rationale = totals[
-                :7
-            ].tolist()
-            step_loss = weighted / max(weight_sum, 1e-12)
-            check_finite(torch.tensor(step_loss), step + 1)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"]))
-            # Under fp16 an infinite norm is an overflow: the scaler skips the step and lowers
-            # its scale. Otherwise it means the training exploded.
-            overflow = scaler is not None and not math.isfinite(grad_norm)
-            if not overflow and (
-                not math.isfinite(grad_norm) or grad_norm > cfg["max_grad_norm_abort"]
-            ):
-                raise TrainingError(
-                    f"gradient norm {grad_norm:.3g} at step {step + 1} exceeds "
-                    f"training.max_grad_norm_abort={cfg['max_grad_norm_abort']}: "
-                    "training exploded."
-                )
-            lr = scheduler.get_last_lr()[0]
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            elapsed = max(time.time() - t0, 1e-9)
-            n_tokens, n_padding = int(totals[8]), int(totals[9])
-            done = steps_taken = step + 1
-            if dp.is_main:
-                record = {
-                    "step": done,
-                    "loss": step_loss,
-                    "completion_loss": summed / max(float(totals[7]), 1.0),
-                    "label_loss": label / max(n_label, 1.0),
-                    "rationale_loss": rationale / max(n_rationale, 1.0),
-                    "label_loss_share": label / max(summed, 1e-12),
-                    "learning_rate": lr,
-                    "grad_norm": grad_norm,
-                    "tokens": n_tokens,
-                    "tokens_per_s": n_tokens / elapsed,
-                    "padding_fraction": n_padding / max(1, n_tokens + n_padding),
-                }
-                if scaler is not None:
-                    record["loss_scale"] = scaler.get_scale()
-                    record["overflow"] = overflow
-                history.append(record)
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                trackers.log(record, done)
-            if early is not None and done in evaluate_at:
-                loss, _ = completion_losses(
-                    model,
-                    tuning if dp.is_main else [],
-                    tokenizer.pad_token_id,
-                    device,
-                    precision,
-                    cfg["batch_size"],
-                )
-                # Rank 0's loss decides for every process (they must stop at the same step).
-                shared = dp.all_sum(torch.tensor([loss or 0.0], dtype=torch.float64, device=device))
-                if early.update(model, done, float(shared.item())):
-                    break
-            # Every process must stop at the same step, whichever got the signal.
-            flag = torch.tensor([float(stop["sigterm"])], device=device)
-            preempted = bool(dp.all_sum(flag).item() > 0)
-            if preempted or (
-                cfg["checkpoint_every"]
-                and done % cfg["checkpoint_every"] == 0
-                and done < total_steps
-            ):
-                if dp.is_main:
-                    _save_checkpoint(
-                        job.checkpoint_dir,
-                        model,
-                        optimizer,
-                        scheduler,
-                        scaler,
-                        done,
-                        fp,
-                        history,
-                        early,
-                    )
-                dp.barrier()
-            if preempted:
-                raise Preempted(
-                    f"SIGTERM at step {done}/{total_steps}; checkpoint saved, rerun to resume."
-                )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if log_file is not None:
-            log_file.close()
-        if trackers is not None:
-            trackers.close()
+        # fp16 needs loss scaling (its range is too small for small gradients); bf16 does not.
+        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        return cls(params, optimizer, scheduler, scaler)
 
-    seen = dp.all_sum(torch.tensor([float(examples_seen)], dtype=torch.float64, device=device))
-    weights_step = steps_taken
-    if early is not None and early.best_state is not None:
-        early.restore_best(model)
-        weights_step = early.best_step
-    run: dict[str, Any] = {
-        "model_path": job.model_path,
-        "format": job.fmt,
-        "n_train": job.n_train,
-        "seed": job.seed,
-        "method": cfg["method"],
-        "training": dict(cfg),
-        "precision": precision,
-        "world_size": dp.world_size,
-        "n_subjects": len(examples),
-        "n_examples": len(flat),
-        "n_cases": int(frame["label"].sum()),
-        "optimizer_steps": total_steps,
-        "budget": budget,
-        # Steps actually taken, and the step whose weights were saved (the best tuning loss
-        # under early stopping).
-        "steps_taken": steps_taken,
-        "weights_step": weights_step,
-        "early_stopping": (
-            {"evaluations": early.evaluations, "best_step": early.best_step, **stopping}
-            if early is not None
-            else None
-        ),
-        "batch_order_sha256": batch_order_digest(
-            micro_batches, accum, frame["subject_id"].to_list()
-        ),
-        "resumed_from_step": start_step,
-        # Examples the processes trained on in this run (since the resumed step), summed: an
-        # epoch's worth each epoch, whatever the number of processes (disjoint, covering shards).
-        "examples_trained": int(seen.item()),
-        "subjects_sha256": hashlib.sha256(
-            json.dumps(frame["subject_id"].to_list()).encode()
-        ).hexdigest(),
-        "mean_completion_tokens": float(np.mean([e.n_completion_tokens for e in flat])),
-        "padding_fraction": padding,
-        "padding_fraction_ungrouped": padding_ungrouped,
-    }
-    if not dp.is_main:
-        return run
-    model.eval()
-    job.out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(job.out_dir)
-    log.info("saved the trained weights to %s (%d process(es))", job.out_dir, dp.world_size)
-    # Rewritten from memory: complete even if something removed the file while training ran.
-    _write_log(job.log_path, history)
-    final = history
-    tuning_loss, tuning_answer = completion_losses(
-        model, tuning, tokenizer.pad_token_id, device, precision, cfg["batch_size"]
-    )
-    steps_per_epoch = max(1, math.ceil(total_steps / epochs))
-    run.update(
-        {
-            **final_losses(history, weights_step, steps_per_epoch),
-            # One no-grad pass over tuning subjects of this format (null without any).
-            "tuning_completion_loss": tuning_loss,
-            "tuning_answer_loss": tuning_answer,
-            "n_tuning_subjects": len(tuning),
-            "tuning_subjects_left_out": tuning_dropped,
-            "tokens_trained": int(sum(r["tokens"] for r in final)),
-            "final_loss": final[-1]["loss"],
-            "mean_label_loss_share": float(np.mean([r["label_loss_share"] for r in final])),
-            "wall_s": time.time() - t_start,
-            # Where it ran: the devices SLURM granted (gres/--gpus) and the job id.
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            "device": device.type,
-            "versions": library_versions(),
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, cfg: Mapping[str, Any], step: int) -> tuple[float, float, bool]:
+        """Clip, step, advance the schedule, zero the gradients: (lr used, grad norm, overflow)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg["max_grad_norm"]))
+        # Under fp16 an infinite norm is an overflow: the scaler skips the step and lowers
+        # its scale. Otherwise it means the training exploded.
+        overflow = self.scaler is not None and not math.isfinite(grad_norm)
+        if not overflow and (
+            not math.isfinite(grad_norm) or grad_norm > cfg["max_grad_norm_abort"]
+        ):
+            raise TrainingError(
+                f"gradient norm {grad_norm:.3g} at step {step + 1} exceeds "
+                f"training.max_grad_norm_abort={cfg['max_grad_norm_abort']}: "
+                "training exploded."
+            )
+        lr = self.scheduler.get_last_lr()[0]
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr, grad_norm, overflow
+
+
+def step_record(
+    done: int,
+    totals: StepTotals,
+    lr: float,
+    grad_norm: float,
+    elapsed: float,
+    scaler: torch.amp.GradScaler | None,
+    overflow: bool,
+) -> dict[str, Any]:
+    """One line of train_log.jsonl."""
+    n_tokens, n_padding = int(totals.tokens), int(totals.padding)
+    record = {
+        "step": done,
+        "loss": totals.loss,
+        "completion_loss": totals.completion_loss,
+        "label_loss": totals.label_loss,
+        "rationale_loss": totals.rationale_loss,
+        "label_loss_share": totals.label_loss_share,
+        "learning_rate": lr,
+        "grad_norm": grad_norm,
+        "tokens": n_tokens,
+        "tokens_per_s": n_tokens / elapsed,
+        "padding_fraction": n_padding / max(1, n_tokens + n_padding),
+    }
+    if scaler is not None:
+        record["loss_scale"] = scaler.get_scale()
+        record["overflow"] = overflow
+    return record
+
+
+class TrainingRun:
+    """The loop of one job, in nanoGPT's order: restore, then for each optimizer step its
+    micro-steps, the optimizer step, a log line, early stopping and a checkpoint; then save."""
+
+    def __init__(
+        self,
+        job: TrainingJob,
+        dp: DataParallel,
+        device: torch.device,
+        precision: str,
+        model: Any,
+        pad_token_id: int,
+        data: TrainingData,
+        optimization: Optimization,
+    ) -> None:
+        self.job, self.cfg, self.dp, self.device = job, job.training, dp, device
+        self.precision, self.model, self.pad_token_id = precision, model, pad_token_id
+        self.data, self.opt = data, optimization
+        self.early = (
+            EarlyStopping(data.stopping["patience"]) if data.budget == "early_stopping" else None
+        )
+        self.evaluate_at = epoch_end_steps(
+            len(data.examples), self.cfg["batch_size"], data.accum, data.epochs
+        )
+        # Each subject's share of a step's loss denominator, known before any forward pass.
+        label_weight = self.cfg["label_loss_weight"]
+        self.subject_weights = [loss_weight_total(s, label_weight) for s in data.examples]
+        self.forward_model = model
+        self.start_step = self.steps_taken = self.examples_seen = 0
+        self.history: list[dict[str, Any]] = []
+        self.sigterm = False
+
+    def restore(self) -> None:
+        """Resume from this configuration's checkpoint, if any; start the step log."""
+        state = _load_checkpoint(self.job.checkpoint_dir, self.data.fingerprint)
+        if state is not None:
+            self.model.load_state_dict(state["model"], strict=False)
+            self.opt.load_state_dict(state)
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            self.start_step = self.steps_taken = state["step"]
+            if state.get("early_stopping") is not None:
+                self.early = EarlyStopping(**state["early_stopping"])
+            if self.dp.is_main:
+                log.info(
+                    "resuming from checkpoint at step %d/%d",
+                    self.start_step,
+                    self.data.total_steps,
+                )
+        # Wrapped after the restore: DDP copies rank 0's weights to every process.
+        if self.dp.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[self.dp.local_rank] if self.device.type == "cuda" else None
+            )
+        # The step log lives in memory and in the checkpoint, never read back from the output
+        # path: Snakemake deletes a failed job's outputs as soon as SIGTERM arrives.
+        if self.start_step:
+            self.history = _checkpoint_history(self.job.checkpoint_dir, self.start_step)
+        if self.dp.is_main:
+            self.job.log_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_log(self.job.log_path, self.history)
+
+    def train_steps(self) -> None:
+        """Every optimizer step from the resumed one, until the end, early stopping or SIGTERM."""
+        trackers = _trackers(self.job) if self.dp.is_main else None
+        previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "sigterm", True))
+        self.model.train()
+        log_file = None
+        try:
+            log_file = self.job.log_path.open("a") if self.dp.is_main else None
+            for step in range(self.start_step, self.data.total_steps):
+                t0 = time.time()
+                totals = self.micro_steps(step)
+                check_finite(torch.tensor(totals.loss), step + 1)
+                lr, grad_norm, overflow = self.opt.step(self.cfg, step)
+                elapsed = max(time.time() - t0, 1e-9)
+                done = self.steps_taken = step + 1
+                if self.dp.is_main:
+                    record = step_record(
+                        done, totals, lr, grad_norm, elapsed, self.opt.scaler, overflow
+                    )
+                    self.history.append(record)
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                    trackers.log(record, done)
+                if self.stops_early(done):
+                    break
+                self.checkpoint(done)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if log_file is not None:
+                log_file.close()
+            if trackers is not None:
+                trackers.close()
+
+    def micro_steps(self, step: int) -> StepTotals:
+        """Forward and backward of every micro-batch of one step; totals over all processes."""
+        accum = self.data.accum
+        step_batches = self.data.micro_batches[step * accum : (step + 1) * accum]
+        # The step's loss is the token mean over all its micro-batches and processes.
+        total_weight = sum(self.subject_weights[i] for micro in step_batches for i in micro)
+        vector = StepTotals.zeros(self.device)
+        for k, micro in enumerate(step_batches):
+            vector += self.micro_step(micro, total_weight, last=k == len(step_batches) - 1)
+        return StepTotals.from_vector(self.dp.all_sum(vector))
+
+    def micro_step(self, micro: Sequence[int], total_weight: float, last: bool) -> torch.Tensor:
+        """This process's shard of one micro-batch: loss, backward; its totals as a vector."""
+        mine = shard(micro, self.dp.rank, self.dp.world_size)
+        # A process with no subject in this micro-batch (the last one of an epoch can be smaller
+        # than the world) still takes part in DDP's gradient exchange, with a zero-weighted copy
+        # of an example.
+        weight = 1.0 if mine else 0.0
+        batch_examples = [e for i in (mine or micro[:1]) for e in self.data.examples[i]]
+        batch = {
+            key: value.to(self.device)
+            for key, value in formats.collate(batch_examples, self.pad_token_id).items()
+        }
+        # Gradients are exchanged once per step, on its last micro-batch.
+        sync = (
+            self.forward_model.no_sync()
+            if self.dp.world_size > 1 and not last
+            else contextlib.nullcontext()
+        )
+        with sync:
+            with autocast(self.precision, self.device):
+                out = self.forward_model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                )
+            sums = segment_sums(
+                out.logits, batch["labels"], batch["segments"], self.cfg["label_loss_weight"]
+            )
+            # DDP averages gradients over processes; scale so they add up instead.
+            loss = sums["weighted"] * (weight * self.dp.world_size / total_weight)
+            self.opt.backward(loss)
+        self.examples_seen += len(batch_examples) if mine else 0
+        return weight * StepTotals.as_vector(sums, batch["attention_mask"])
+
+    def stops_early(self, done: int) -> bool:
+        """At an epoch's end under early stopping: evaluate; True when training should stop."""
+        if self.early is None or done not in self.evaluate_at:
+            return False
+        loss, _ = completion_losses(
+            self.model,
+            self.data.tuning if self.dp.is_main else [],
+            self.pad_token_id,
+            self.device,
+            self.precision,
+            self.cfg["batch_size"],
+        )
+        # Rank 0's loss decides for every process (they must stop at the same step).
+        shared = self.dp.all_sum(
+            torch.tensor([loss or 0.0], dtype=torch.float64, device=self.device)
+        )
+        return self.early.update(self.model, done, float(shared.item()))
+
+    def checkpoint(self, done: int) -> None:
+        """Save every ``checkpoint_every`` steps and on SIGTERM; after SIGTERM, stop."""
+        # Every process must stop at the same step, whichever got the signal.
+        flag = torch.tensor([float(self.sigterm)], device=self.device)
+        preempted = bool(self.dp.all_sum(flag).item() > 0)
+        every, total_steps = self.cfg["checkpoint_every"], self.data.total_steps
+        if preempted or (every and done % every == 0 and done < total_steps):
+            if self.dp.is_main:
+                _save_checkpoint(
+                    self.job.checkpoint_dir,
+                    self.model,
+                    self.opt,
+                    done,
+                    self.data.fingerprint,
+                    self.history,
+                    self.early,
+                )
+            self.dp.barrier()
+        if preempted:
+            raise Preempted(
+                f"SIGTERM at step {done}/{total_steps}; checkpoint saved, rerun to resume."
+            )
+
+    def finish(self, t_start: float) -> dict[str, Any]:
+        """Restore the best weights under early stopping; rank 0 saves weights, log, run card."""
+        seen = self.dp.all_sum(
+            torch.tensor([float(self.examples_seen)], dtype=torch.float64, device=self.device)
+        )
+        weights_step = self.steps_taken
+        if self.early is not None and self.early.best_state is not None:
+            self.early.restore_best(self.model)
+            weights_step = self.early.best_step
+        run = self.run_card(weights_step, int(seen.item()))
+        if self.dp.is_main:
+            self.save(run, weights_step, t_start)
+        return run
+
+    def run_card(self, weights_step: int, examples_trained: int) -> dict[str, Any]:
+        """run.json's fields that every process knows (rank 0 adds the rest when it saves)."""
+        data, early, flat = self.data, self.early, self.data.flat
+        subject_ids = data.frame["subject_id"].to_list()
+        return {
+            "model_path": self.job.model_path,
+            "format": self.job.fmt,
+            "n_train": self.job.n_train,
+            "seed": self.job.seed,
+            "method": self.cfg["method"],
+            "training": dict(self.cfg),
+            "precision": self.precision,
+            "world_size": self.dp.world_size,
+            "n_subjects": len(data.examples),
+            "n_examples": len(flat),
+            "n_cases": int(data.frame["label"].sum()),
+            "optimizer_steps": data.total_steps,
+            "budget": data.budget,
+            # Steps actually taken, and the step whose weights were saved (the best tuning loss
+            # under early stopping).
+            "steps_taken": self.steps_taken,
+            "weights_step": weights_step,
+            "early_stopping": (
+                {"evaluations": early.evaluations, "best_step": early.best_step, **data.stopping}
+                if early is not None
+                else None
+            ),
+            "batch_order_sha256": batch_order_digest(data.micro_batches, data.accum, subject_ids),
+            "resumed_from_step": self.start_step,
+            # Examples the processes trained on in this run (since the resumed step), summed: an
+            # epoch's worth each epoch, whatever the number of processes (disjoint, covering
+            # shards).
+            "examples_trained": examples_trained,
+            "subjects_sha256": hashlib.sha256(json.dumps(subject_ids).encode()).hexdigest(),
+            "mean_completion_tokens": float(np.mean([e.n_completion_tokens for e in flat])),
+            "padding_fraction": data.padding,
+            "padding_fraction_ungrouped": data.padding_ungrouped,
+        }
+
+    def save(self, run: dict[str, Any], weights_step: int, t_start: float) -> None:
+        """Weights, the complete step log and run.json; then the checkpoint goes."""
+        job, history = self.job, self.history
+        self.model.eval()
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(job.out_dir)
+        log.info(
+            "saved the trained weights to %s (%d process(es))", job.out_dir, self.dp.world_size
+        )
+        # Rewritten from memory: complete even if something removed the file while training ran.
+        _write_log(job.log_path, history)
+        tuning_loss, tuning_answer = completion_losses(
+            self.model,
+            self.data.tuning,
+            self.pad_token_id,
+            self.device,
+            self.precision,
+            self.cfg["batch_size"],
+        )
+        steps_per_epoch = max(1, math.ceil(self.data.total_steps / self.data.epochs))
+        run.update(
+            {
+                **final_losses(history, weights_step, steps_per_epoch),
+                # One no-grad pass over tuning subjects of this format (null without any).
+                "tuning_completion_loss": tuning_loss,
+                "tuning_answer_loss": tuning_answer,
+                "n_tuning_subjects": len(self.data.tuning),
+                "tuning_subjects_left_out": self.data.tuning_dropped,
+                "tokens_trained": int(sum(r["tokens"] for r in history)),
+                "final_loss": history[-1]["loss"],
+                "mean_label_loss_share": float(np.mean([r["label_loss_share"] for r in history])),
+                "wall_s": time.time() - t_start,
+                # Where it ran: the devices SLURM granted (gres/--gpus) and the job id.
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                "device": self.device.type,
+                "versions": library_versions(),
+            }
+        )
+        job.run_path.write_text(json.dumps(run, indent=2, default=str))
+        remove_checkpoints(job.checkpoint_dir)
+
+
+def _trackers(job: TrainingJob) -> Trackers:
+    cfg = job.training
+    return Trackers(
+        cfg.get("report_to", []),
+        job.run_path.parent / "tracking",
+        f"{job.fmt}-n{job.n_train}-s{job.seed}",
+        cfg,
+        cfg.get("tracking_project", "rationale-bench"),
+        cfg.get("tracking_offline", True),
     )
-    job.run_path.write_text(json.dumps(run, indent=2, default=str))
-    remove_checkpoints(job.checkpoint_dir)
-    return run
 
 
 def library_versions() -> dict[str, str]:

@@ -37,7 +37,10 @@ class ModelSourceError(ValueError):
 
 def source_kind(source: str) -> str:
     """``built``, ``gguf`` (converted by a rule), ``local`` (an existing folder) or ``hub`` (a
-    Hugging Face id). Only the form is checked: where a GGUF file is, ``gguf_file`` finds out."""
+    Hugging Face id). Only the form is checked: where a GGUF file is, ``gguf_file`` finds out.
+
+    ``built`` is the kind of source ``build_tiny``: the tiny Llama of ``train/tiny_model.py``,
+    made by the rule ``build_tiny_model``."""
     if source in BUILT_SOURCES:
         return "built"
     if source.startswith(GGUF_PREFIX):
