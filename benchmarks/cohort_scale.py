@@ -169,7 +169,7 @@ def print_stage(n_subjects: int, stage: str, r: dict) -> None:
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=1_000_000)
     parser.add_argument("--baseline-divisor", type=int, default=10)
@@ -182,19 +182,11 @@ def main() -> None:
     )
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--config-json", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    if args.stage:  # child process: one stage, JSON on stdout
-        config = json.loads(args.config_json.read_text())
-        result = run_stage(
-            args.stage, args.subjects, args.workdir, args.seed, args.chunk_size, config
-        )
-        print(json.dumps(result))
-        return
 
-    if args.smoke:
-        args.subjects, args.baseline_divisor = 1000, 2
-    base_n = max(args.subjects // args.baseline_divisor, 500 if args.smoke else 1000)
+def run_both_sizes(args: argparse.Namespace, base_n: int) -> tuple[dict, dict]:
+    """Every stage at the baseline size, then at the full size, each in its own process."""
     with tempfile.TemporaryDirectory(prefix="cohort_scale_") as tmp:
         root = args.workdir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -207,9 +199,12 @@ def main() -> None:
         )
         base = run_pipeline(base_n, args, root / f"n{base_n}")
         big = run_pipeline(args.subjects, args, root / f"n{args.subjects}")
+    args.config_json = None
+    return base, big
 
-    size_ratio = args.subjects / base_n
-    print(f"\nratio vs baseline ({args.subjects:,} / {base_n:,} subjects = {size_ratio:.0f}x):")
+
+def print_ratios(base: dict, big: dict, n: int, base_n: int) -> None:
+    print(f"\nratio vs baseline ({n:,} / {base_n:,} subjects = {n / base_n:.0f}x):")
     for stage in STAGES:
         b, r = base[stage], big[stage]
         print(
@@ -217,17 +212,21 @@ def main() -> None:
             f"events/s x{(r['events'] / r['seconds']) / (b['events'] / b['seconds']):4.2f}  "
             f"peak RSS x{r['peak_rss_mb'] / b['peak_rss_mb']:5.2f}"
         )
+
+
+def scale_figures(base: dict, big: dict, n: int, base_n: int) -> dict[str, object]:
+    """The stored figures (totals at N, per stage time, memory and time ratio), printed."""
     total = sum(big[s]["seconds"] for s in STAGES)
     peak = max(big[s]["peak_rss_mb"] for s in STAGES) / 1024
     cohort = big["cohort"]
     print(
-        f"\n{args.subjects:,} subjects: {big['generate']['events']:,} events; total "
+        f"\n{n:,} subjects: {big['generate']['events']:,} events; total "
         f"{total / 60:.1f} min; max peak RSS {peak:.2f} GB (target < 10 min, < 8 GB); "
         f"cohort {cohort['rows_out']:,} subjects, {cohort['cases']:,} cases "
         f"({cohort['cases'] / cohort['rows_out']:.1%}), {cohort['held_out_cases']:,} in held_out"
     )
     figures: dict[str, object] = {
-        "subjects": args.subjects,
+        "subjects": n,
         "baseline_subjects": base_n,
         "events": big["generate"]["events"],
         "total_minutes": round(total / 60, 2),
@@ -240,11 +239,27 @@ def main() -> None:
         figures[f"{stage}_seconds"] = round(r["seconds"], 2)
         figures[f"{stage}_peak_rss_gb"] = round(r["peak_rss_mb"] / 1024, 2)
         figures[f"{stage}_time_ratio_vs_baseline"] = round(r["seconds"] / b["seconds"], 2)
-    args.config_json = None
+    return figures
+
+
+def main() -> None:
+    args = parse_args()
+    if args.stage:  # child process: one stage, JSON on stdout
+        config = json.loads(args.config_json.read_text())
+        result = run_stage(
+            args.stage, args.subjects, args.workdir, args.seed, args.chunk_size, config
+        )
+        print(json.dumps(result))
+        return
+    if args.smoke:
+        args.subjects, args.baseline_divisor = 1000, 2
+    base_n = max(args.subjects // args.baseline_divisor, 500 if args.smoke else 1000)
+    base, big = run_both_sizes(args, base_n)
+    print_ratios(base, big, args.subjects, base_n)
     path = write_result(
         "cohort_scale",
         vars(args),
-        figures,
+        scale_figures(base, big, args.subjects, base_n),
         f"the same stages at {base_n:,} subjects (N / {args.baseline_divisor})",
         smoke=args.smoke,
         packages=("polars", "pyarrow", "tokenizers", "numpy"),

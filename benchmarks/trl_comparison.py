@@ -182,22 +182,16 @@ def run_ours(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
     }
 
 
-def run_trl(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
-    import torch
+def trl_dataset(workdir: Path, prep: dict, args: argparse.Namespace, tokenizer):
+    """Our examples in our batch order, laid out for TRL's sequential sampler."""
     from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
     from rationale_bench.text import formats
     from rationale_bench.train.finetune import batch_schedule, build_examples, encode_examples
 
     prompts, cohort, rationales = load_inputs(workdir)
-    tokenizer = AutoTokenizer.from_pretrained(prep["model_dir"])
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     frame = build_examples(prompts, cohort, rationales, QUESTION_STYLE, args.n_train, args.seed)
     examples = encode_examples(frame, QUESTION_STYLE, tokenizer, prep["max_seq_len"])
-    # Our batch order, laid out for a sequential sampler: the same examples in the same batches.
     order = [
         i for b in batch_schedule(len(examples), args.batch_size, args.epochs, args.seed) for i in b
     ]
@@ -208,13 +202,20 @@ def run_trl(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
             "completion_mask": [[int(k != formats.PROMPT) for k in e.segments] for e in rows],
         }
     )
+    return dataset, sum(len(e.input_ids) for e in rows)
+
+
+def trl_config(workdir: Path, args: argparse.Namespace, n_rows: int):
+    """SFTConfig with our optimizer, schedule, clipping and precision; and our LoRA, if any."""
+    import torch
+    from trl import SFTConfig
+
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
     config = SFTConfig(
         output_dir=str(workdir / "trl"),
         per_device_train_batch_size=args.batch_size,
         num_train_epochs=1,
-        max_steps=math.ceil(len(rows) / args.batch_size),
+        max_steps=math.ceil(n_rows / args.batch_size),
         learning_rate=args.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0,
@@ -224,7 +225,7 @@ def run_trl(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
         train_sampling_strategy="sequential",
         completion_only_loss=True,
         max_length=None,
-        bf16=bf16,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
         logging_steps=1,
         save_strategy="no",
@@ -233,18 +234,30 @@ def run_trl(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    peft_config = None
-    if args.method == "lora":
-        from peft import LoraConfig
+    if args.method != "lora":
+        return config, None
+    from peft import LoraConfig
 
-        lora = training_settings(args)["lora"]
-        peft_config = LoraConfig(
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            target_modules=lora["target_modules"],
-            task_type="CAUSAL_LM",
-        )
+    lora = training_settings(args)["lora"]
+    peft_config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        task_type="CAUSAL_LM",
+    )
+    return config, peft_config
+
+
+def run_trl(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(prep["model_dir"])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dataset, tokens = trl_dataset(workdir, prep, args, tokenizer)
+    config, peft_config = trl_config(workdir, args, len(dataset))
     start, cpu = time.perf_counter(), time.process_time()
     trainer = SFTTrainer(
         model=prep["model_dir"],
@@ -256,15 +269,14 @@ def run_trl(workdir: Path, prep: dict, args: argparse.Namespace) -> dict:
     trainer.train()
     trainer.save_model(str(workdir / "trl" / "final"))
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return {
         "seconds": elapsed,
         "cpu_seconds": cpu,
-        "tokens": sum(len(e.input_ids) for e in rows),
-        "losses": losses,
+        "tokens": tokens,
+        "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r],
         "steps": trainer.state.global_step,
         "peak_mb": peak_memory_mb(),
-        "precision": "bf16" if bf16 else "fp32",
+        "precision": "bf16" if config.bf16 else "fp32",
     }
 
 
@@ -282,7 +294,7 @@ def mfu_line(params: int, tokens_per_s: float) -> str | None:
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["tiny", "smollm2-arch"], default="tiny")
     parser.add_argument("--method", choices=["full", "lora"], default="full")
@@ -298,6 +310,92 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke and not args.which:
         args.subjects, args.n_train, args.epochs = 600, 16, 1
+    if args.n_train % args.batch_size:
+        parser.error("--n-train must be a multiple of --batch-size (full batches in both).")
+    return args
+
+
+def run_side(which: str, workdir: Path, args: argparse.Namespace) -> dict:
+    """One side (ours or TRL) in its own process, so that each has its own peak memory."""
+    cmd = [sys.executable, __file__, "--which", which, "--workdir", str(workdir)]
+    for key in ("model", "method", "n_train", "batch_size", "epochs", "learning_rate", "seed"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{which} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT="))
+    return json.loads(line[len("RESULT=") :])
+
+
+def run_both(args: argparse.Namespace) -> tuple[dict, int]:
+    """Both sides on the same prepared data; their results and the model's parameter count."""
+    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        prep = prepare(workdir, args.subjects, args.model)
+        (workdir / "prep.json").write_text(json.dumps(prep))
+        results = {which: run_side(which, workdir, args) for which in ("trl", "ours")}
+        model = AutoModelForCausalLM.from_pretrained(prep["model_dir"])
+        return results, sum(p.numel() for p in model.parameters())
+
+
+def loss_agreement(ours: list[float], trl: list[float]) -> dict:
+    """Per-step relative differences and the tail means (last quarter, at least 2 steps) with
+    their standard errors; the tails agree within two combined standard errors."""
+    per_step = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours, trl, strict=True)]
+    k = max(2, len(ours) // 4)
+
+    def tail(xs: list[float]) -> tuple[float, float]:
+        last = xs[-k:]
+        mean = sum(last) / k
+        sd = math.sqrt(sum((x - mean) ** 2 for x in last) / (k - 1))
+        return mean, sd / math.sqrt(k)
+
+    (m_o, se_o), (m_b, se_b) = tail(ours), tail(trl)
+    agree = abs(m_o - m_b) <= 2 * math.sqrt(se_o**2 + se_b**2) + 1e-4
+    print(
+        f"loss, mean of the last {k} steps: ours {m_o:.4f} +- {se_o:.4f}, TRL {m_b:.4f} +- "
+        f"{se_b:.4f}: {'agree' if agree else 'DISAGREE'} within noise; largest per-step "
+        f"relative difference {max(per_step):.2e} (same batches)"
+    )
+    return {
+        "max_step_loss_relative_difference": float(f"{max(per_step):.3g}"),
+        "tail_loss_ours": round(m_o, 5),
+        "tail_loss_trl": round(m_b, 5),
+        "tail_losses_agree": agree,
+    }
+
+
+def throughput(results: dict, args: argparse.Namespace, n_params: int) -> dict:
+    """Tokens per second (wall and CPU) of both sides, printed and as figures."""
+    ours, base = results["ours"], results["trl"]
+    rate = {k: r["tokens"] / r["seconds"] for k, r in results.items()}
+    cpu_rate = {k: r["tokens"] / r["cpu_seconds"] for k, r in results.items()}
+    for name, key in (("TRL SFTTrainer", "trl"), ("rationale_bench", "ours")):
+        r = results[key]
+        print(
+            f"{name:16s} {rate[key]:10.0f} tokens/s, {r['seconds']:.1f} s, "
+            f"peak {r['peak_mb']:.0f} MB"
+        )
+    print(f"ratio ours / TRL: {rate['ours'] / rate['trl']:.2f}x tokens/s (target >= 1.0)")
+    line = mfu_line(n_params, rate["ours"])
+    if line:
+        print(line.replace("MFU", "MFU ours"))
+        print(mfu_line(n_params, rate["trl"]).replace("MFU", "MFU TRL"))
+    print(f"ratio ours / TRL in CPU time: {cpu_rate['ours'] / cpu_rate['trl']:.2f}x tokens/CPU-s")
+    return {
+        "ours_tokens_per_s": round(rate["ours"], 1),
+        "trl_tokens_per_s": round(rate["trl"], 1),
+        "ratio_tokens_per_s": round(rate["ours"] / rate["trl"], 3),
+        "ratio_tokens_per_cpu_s": round(cpu_rate["ours"] / cpu_rate["trl"], 3),
+        "ours_peak_mb": round(ours["peak_mb"]),
+        "trl_peak_mb": round(base["peak_mb"]),
+    }
+
+
+def main() -> None:
+    args = parse_args()
     if args.which:
         prep = json.loads((args.workdir / "prep.json").read_text())
         run = run_ours if args.which == "ours" else run_trl
@@ -312,85 +410,19 @@ def main() -> None:
             "(pip install trl==1.16.0 datasets==5.2.0) to compare against SFTTrainer."
         )
         return
-    if args.n_train % args.batch_size:
-        parser.error("--n-train must be a multiple of --batch-size (full batches in both).")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        prep = prepare(workdir, args.subjects, args.model)
-        (workdir / "prep.json").write_text(json.dumps(prep))
-        results = {}
-        for which in ("trl", "ours"):
-            cmd = [sys.executable, __file__, "--which", which, "--workdir", str(workdir)]
-            for key in ("model", "method", "n_train", "batch_size", "epochs", "learning_rate"):
-                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-            cmd += ["--seed", str(args.seed)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"{which} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-            line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT="))
-            results[which] = json.loads(line[len("RESULT=") :])
-        from transformers import AutoModelForCausalLM
-
-        n_params = sum(
-            p.numel() for p in AutoModelForCausalLM.from_pretrained(prep["model_dir"]).parameters()
-        )
-
+    results, n_params = run_both(args)
     ours, base = results["ours"], results["trl"]
     if ours["steps"] != base["steps"] or ours["tokens"] != base["tokens"]:
         sys.exit(f"not the same work: ours {ours}, trl {base}")
-    rate = {k: r["tokens"] / r["seconds"] for k, r in results.items()}
     print(
         f"{args.model} ({n_params:,} parameters), {args.method} fine-tuning, {args.n_train} "
         f"subjects x {args.epochs} epochs, batch {args.batch_size}, {ours['steps']} steps, "
         f"{ours['tokens']:,} tokens, precision {ours['precision']} / {base['precision']}, "
         f"trl {trl.__version__}"
     )
-    for name, r in (("TRL SFTTrainer", base), ("rationale_bench", ours)):
-        print(
-            f"{name:16s} {rate['trl' if r is base else 'ours']:10.0f} tokens/s, "
-            f"{r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB"
-        )
-    print(f"ratio ours / TRL: {rate['ours'] / rate['trl']:.2f}x tokens/s (target >= 1.0)")
-    pairs = zip(ours["losses"], base["losses"], strict=True)
-    per_step = [abs(a - b) / max(abs(b), 1e-12) for a, b in pairs]
-    k = max(2, len(ours["losses"]) // 4)
-
-    def tail(xs: list[float]) -> tuple[float, float]:
-        last = xs[-k:]
-        mean = sum(last) / k
-        sd = math.sqrt(sum((x - mean) ** 2 for x in last) / (k - 1))
-        return mean, sd / math.sqrt(k)
-
-    (m_o, se_o), (m_b, se_b) = tail(ours["losses"]), tail(base["losses"])
-    agree = abs(m_o - m_b) <= 2 * math.sqrt(se_o**2 + se_b**2) + 1e-4
-    print(
-        f"loss, mean of the last {k} steps: ours {m_o:.4f} +- {se_o:.4f}, TRL {m_b:.4f} +- "
-        f"{se_b:.4f}: {'agree' if agree else 'DISAGREE'} within noise; largest per-step "
-        f"relative difference {max(per_step):.2e} (same batches)"
-    )
-    line = mfu_line(n_params, rate["ours"])
-    if line:
-        print(line.replace("MFU", "MFU ours"))
-        print(mfu_line(n_params, rate["trl"]).replace("MFU", "MFU TRL"))
-    cpu_rate = {k: r["tokens"] / r["cpu_seconds"] for k, r in results.items()}
-    print(f"ratio ours / TRL in CPU time: {cpu_rate['ours'] / cpu_rate['trl']:.2f}x tokens/CPU-s")
-    figures = {
-        "parameters": n_params,
-        "steps": ours["steps"],
-        "tokens": ours["tokens"],
-        "precision": ours["precision"],
-        "ours_tokens_per_s": round(rate["ours"], 1),
-        "trl_tokens_per_s": round(rate["trl"], 1),
-        "ratio_tokens_per_s": round(rate["ours"] / rate["trl"], 3),
-        "ratio_tokens_per_cpu_s": round(cpu_rate["ours"] / cpu_rate["trl"], 3),
-        "ours_peak_mb": round(ours["peak_mb"]),
-        "trl_peak_mb": round(base["peak_mb"]),
-        "max_step_loss_relative_difference": float(f"{max(per_step):.3g}"),
-        "tail_loss_ours": round(m_o, 5),
-        "tail_loss_trl": round(m_b, 5),
-        "tail_losses_agree": agree,
-    }
+    figures = {"parameters": n_params, "steps": ours["steps"], "tokens": ours["tokens"]}
+    figures |= {"precision": ours["precision"], **throughput(results, args, n_params)}
+    figures |= loss_agreement(ours["losses"], base["losses"])
     path = write_result(
         f"trl_comparison_{args.model.replace('-', '_')}_{args.method}",
         {k: v for k, v in vars(args).items() if k not in ("workdir", "which")},
