@@ -202,6 +202,7 @@ def test_early_stopping_restores_the_best_weights(
     from safetensors.torch import load_file
 
     from rationale_bench.train import finetune
+    from rationale_bench.train.checkpoint import trainable_state
 
     cohort, _ = synthetic_cohort
     real = finetune.completion_losses
@@ -210,7 +211,7 @@ def test_early_stopping_restores_the_best_weights(
 
     def scripted(model, examples, *args):
         if len(seen) < len(planned):  # evaluations during training
-            seen.append({k: v.clone() for k, v in finetune.trainable_state(model).items()})
+            seen.append({k: v.clone() for k, v in trainable_state(model).items()})
             return planned[len(seen) - 1], None
         return real(model, examples, *args)  # the final pass on the restored weights
 

@@ -19,11 +19,10 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,36 +30,42 @@ import numpy as np
 import polars as pl
 import torch
 
-from rationale_bench.cohort.build import training_subset
 from rationale_bench.text import formats
-from rationale_bench.text.templates import PLAIN, PromptTemplate, template_for_model
-from rationale_bench.train.launch import REPORTING_KEYS
+from rationale_bench.text.templates import template_for_model
+from rationale_bench.train.checkpoint import (
+    EarlyStopping,
+    _checkpoint_history,
+    _load_checkpoint,
+    _save_checkpoint,
+    _write_log,
+    fingerprint,
+    remove_checkpoints,
+)
+from rationale_bench.train.distributed import DataParallel, data_parallel_from_env
+from rationale_bench.train.examples import (
+    batch_order_digest,
+    batch_schedule,
+    build_examples,
+    build_tuning_examples,
+    encode_examples,
+    epoch_end_steps,
+    grouping_lengths,
+    padding_fraction,
+    shard,
+)
+from rationale_bench.train.job import Preempted, TrainingError, TrainingJob
+from rationale_bench.train.losses import (
+    StepTotals,
+    check_finite,
+    completion_losses,
+    final_losses,
+    loss_weight_total,
+    segment_sums,
+)
+from rationale_bench.train.precision import autocast, resolve_precision
+from rationale_bench.train.tracking import Trackers, check_trackers
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, or its inputs are inconsistent)."""
-
-
-class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint was written and a rerun will resume."""
-
-
-@dataclass
-class TrainingJob:
-    model_path: str
-    fmt: str
-    n_train: int
-    seed: int
-    training: Mapping[str, Any]
-    max_seq_len: int
-    out_dir: Path
-    log_path: Path
-    run_path: Path
-    checkpoint_dir: Path
-    # The model's prompt template settings (chat_template, system_prompt); see templates.py.
-    prompt_settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def remove_stale_evaluation(paths: Sequence[str | Path]) -> None:
@@ -77,195 +82,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_examples(
-    prompts: pl.DataFrame,
-    cohort: pl.DataFrame,
-    rationales: pl.DataFrame | None,
-    fmt: str,
-    n_train: int,
-    seed: int,
-) -> pl.DataFrame:
-    """The training subjects of this configuration with prompt, label and (if needed) rationale.
-
-    The subject list depends only on (n_train, seed), never on the format. For the shuffled
-    control the rationale column already holds another same-label subject's rationale.
-    """
-    subset = training_subset(cohort, n_train, seed).select("subject_id")
-    return _with_targets(subset, prompts, rationales, fmt, seed, "training")
-
-
-def _with_targets(
-    subset: pl.DataFrame,
-    prompts: pl.DataFrame,
-    rationales: pl.DataFrame | None,
-    fmt: str,
-    seed: int,
-    which: str,
-) -> pl.DataFrame:
-    """Prompt, label and (if the format needs one) rationale of each subject in ``subset``."""
-    frame = subset.join(
-        prompts.select("subject_id", "prompt", "label"),
-        on="subject_id",
-        how="left",
-        maintain_order="left",
-    )
-    if frame["prompt"].null_count():
-        raise TrainingError(
-            f"{frame['prompt'].null_count()} {which} subjects have no prompt; rerun serialization."
-        )
-    spec = formats.format_spec(fmt)
-    if spec.target is None:
-        return frame.with_columns(rationale=pl.lit(None, dtype=pl.String))
-    if rationales is None:
-        raise TrainingError(f"format '{fmt}' needs rationales, none were given.")
-    frame = frame.join(
-        rationales.select("subject_id", "rationale"),
-        on="subject_id",
-        how="left",
-        maintain_order="left",
-    )
-    missing = frame["rationale"].null_count()
-    if missing:
-        raise TrainingError(
-            f"{missing} {which} subjects have no '{fmt}' rationale; rerun the teacher."
-        )
-    if spec.target == "shuffled":
-        shuffled = formats.shuffled_rationales(
-            frame["subject_id"].to_list(),
-            frame["label"].to_list(),
-            frame["rationale"].to_list(),
-            seed,
-        )
-        frame = frame.with_columns(rationale=pl.Series(shuffled, dtype=pl.String))
-    return frame
-
-
-def build_tuning_examples(
-    prompts: pl.DataFrame,
-    cohort: pl.DataFrame,
-    rationales: pl.DataFrame | None,
-    fmt: str,
-    seed: int,
-    limit: int,
-) -> tuple[pl.DataFrame, int]:
-    """Tuning-split subjects in this format, for the loss on unseen subjects (and early stopping).
-
-    At most ``limit`` subjects, drawn by the seed alone (the same for every format). Subjects
-    without a prompt or, for a rationale format, without a rationale are left out and counted.
-    """
-    tuning = cohort.filter(pl.col("split") == "tuning").select("subject_id").sort("subject_id")
-    if tuning.height > limit:
-        tuning = tuning.sample(n=limit, seed=seed).sort("subject_id")
-    usable = tuning.join(prompts.select("subject_id"), on="subject_id", how="semi")
-    if formats.format_spec(fmt).target is not None and rationales is not None:
-        usable = usable.join(rationales.select("subject_id"), on="subject_id", how="semi")
-    elif formats.format_spec(fmt).target is not None:
-        usable = usable.clear()
-    return _with_targets(
-        usable, prompts, rationales, fmt, seed, "tuning"
-    ), tuning.height - usable.height
-
-
-def encode_examples(
-    frame: pl.DataFrame,
-    fmt: str,
-    tokenizer: Any,
-    max_seq_len: int,
-    template: PromptTemplate = PLAIN,
-) -> list[list[formats.EncodedExample]]:
-    """Token-level examples per subject (several for multitask), with filler made to measure."""
-    spec = formats.format_spec(fmt)
-    words = template.answer_words
-    per_subject = []
-    for row in frame.iter_rows(named=True):
-        text = row["rationale"]
-        if spec.target == "filler":
-            n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-            text = formats.filler_text(tokenizer, n)
-        per_subject.append(
-            [
-                formats.encode_example(tokenizer, prompt, segments, max_seq_len, template)
-                for prompt, segments in formats.training_examples(
-                    fmt, row["prompt"], row["label"], text, words
-                )
-            ]
-        )
-    return per_subject
-
-
-def batch_schedule(
-    n_subjects: int,
-    batch_size: int,
-    epochs: int,
-    seed: int,
-    lengths: Sequence[int] | None = None,
-) -> list[list[int]]:
-    """Subject indices of every micro-batch, seeded by the configuration seed only.
-
-    With ``lengths`` (one per subject), each epoch's shuffled order is cut into groups of
-    ``GROUP_BATCHES`` micro-batches, each group sorted by length (longest first), then the
-    micro-batches of the epoch are shuffled: batches of similar length, less padding. Every
-    epoch still visits every subject once, and the number of micro-batches is the same as
-    without grouping (groups hold a whole number of micro-batches).
-    """
-    rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(epochs):
-        order = rng.permutation(n_subjects)
-        if lengths is not None:
-            group = batch_size * GROUP_BATCHES
-            order = np.concatenate(
-                [
-                    sorted(order[i : i + group], key=lambda k: -lengths[k])
-                    for i in range(0, n_subjects, group)
-                ]
-            ).astype(int)
-        epoch = [order[i : i + batch_size].tolist() for i in range(0, n_subjects, batch_size)]
-        if lengths is not None:
-            epoch = [epoch[k] for k in rng.permutation(len(epoch))]
-        batches += epoch
-    return batches
-
-
-def grouping_lengths(examples: Sequence[Sequence[formats.EncodedExample]]) -> list[int]:
-    """What length grouping sorts by: the prompt tokens of each subject's first example.
-
-    The prompt, unlike the completion, is the same in every format, so all formats of a matched
-    configuration still get the same subjects in the same batches.
-    """
-    return [sum(1 for k in subject[0].segments if k == formats.PROMPT) for subject in examples]
-
-
-# Micro-batches per length group: large enough to find similar lengths, small enough that the
-# order stays random at the scale of an epoch (the choice of Hugging Face's length grouping).
-GROUP_BATCHES = 50
-
-
-def padding_fraction(
-    batches: Sequence[Sequence[int]],
-    example_lengths: Sequence[Sequence[int]],
-    world_size: int = 1,
-) -> float:
-    """Share of the right-padded token slots that are padding, over a whole schedule.
-
-    ``example_lengths`` holds the token lengths of each subject's examples; under data
-    parallelism each process pads only its own shard of a micro-batch.
-    """
-    slots = real = 0
-    for batch in batches:
-        for rank in range(world_size):
-            lens = [n for i in shard(batch, rank, world_size) for n in example_lengths[i]]
-            if lens:
-                slots += len(lens) * max(lens)
-                real += sum(lens)
-    return (slots - real) / max(1, slots)
-
-
-def shard(micro_batch: Sequence[int], rank: int, world_size: int) -> list[int]:
-    """This process's part of a micro-batch under data parallelism (disjoint, covering)."""
-    return list(micro_batch[rank::world_size])
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
@@ -285,211 +101,7 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
-def segment_sums(
-    logits: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor, label_loss_weight: float
-) -> dict[str, torch.Tensor]:
-    """Summed token losses of one batch by part, and their token counts.
-
-    Sums, not means, so that a step's loss can be normalised over all its micro-batches (and
-    processes) at once: 2 micro-batches of 8 then give the same step as 1 of 16. Shifted so
-    position t predicts token t+1.
-    """
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
-    kinds = segments[:, 1:]
-    token_loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)),
-        targets.reshape(-1),
-        ignore_index=formats.IGNORE_INDEX,
-        reduction="none",
-    ).view_as(targets)
-    in_loss = targets != formats.IGNORE_INDEX
-    is_label = in_loss & (kinds == formats.LABEL)
-    is_rationale = in_loss & (kinds == formats.RATIONALE)
-    weights = in_loss.float() + is_label.float() * (label_loss_weight - 1.0)
-    return {
-        "weighted": (token_loss * weights).sum(),
-        "weight": weights.sum(),
-        "summed": (token_loss * in_loss).sum(),
-        "label": (token_loss * is_label).sum(),
-        "n_label": is_label.sum().float(),
-        "rationale": (token_loss * is_rationale).sum(),
-        "n_rationale": is_rationale.sum().float(),
-        "n_loss_tokens": in_loss.sum().float(),
-    }
-
-
-def loss_weight_total(
-    examples: Sequence[formats.EncodedExample], label_loss_weight: float
-) -> float:
-    """The denominator of a step's loss, known before any forward pass (same in every process)."""
-    total = 0.0
-    for e in examples:
-        # Position t predicts token t+1: the first token is never a target.
-        for label, kind in zip(e.labels[1:], e.segments[1:], strict=True):
-            if label != formats.IGNORE_INDEX:
-                total += label_loss_weight if kind == formats.LABEL else 1.0
-    return total
-
-
-@dataclass
-class StepTotals:
-    """Sums over a step's micro-batches (and processes), and the losses the step log reports.
-
-    Summed on the device as one float64 vector (``as_vector``, in field order) so that a step
-    needs one all_reduce and no host sync per micro-batch; read back with ``from_vector``.
-    """
-
-    weighted: float = 0.0  # token losses, the answer token's weighted by label_loss_weight
-    weight: float = 0.0  # the weights: the loss denominator
-    summed: float = 0.0  # unweighted completion-token losses
-    label: float = 0.0  # answer-token losses
-    n_label: float = 0.0
-    rationale: float = 0.0  # rationale-token losses
-    n_rationale: float = 0.0
-    n_loss_tokens: float = 0.0
-    tokens: float = 0.0  # real tokens in the padded batches
-    padding: float = 0.0  # padding slots
-
-    @staticmethod
-    def as_vector(sums: Mapping[str, torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
-        """One batch's totals (``segment_sums`` and its padding), in field order."""
-        real = attention_mask.sum()
-        values = {**sums, "tokens": real, "padding": attention_mask.numel() - real}
-        return torch.stack([values[f.name].detach().double() for f in fields(StepTotals)])
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> torch.Tensor:
-        return torch.zeros(len(fields(cls)), dtype=torch.float64, device=device)
-
-    @classmethod
-    def from_vector(cls, vector: torch.Tensor) -> StepTotals:
-        return cls(*vector.cpu().tolist())
-
-    @property
-    def loss(self) -> float:
-        """What the optimizer minimises: the weighted mean over completion tokens."""
-        return self.weighted / max(self.weight, 1e-12)
-
-    @property
-    def completion_loss(self) -> float:
-        return self.summed / max(self.n_loss_tokens, 1.0)
-
-    @property
-    def label_loss(self) -> float:
-        return self.label / max(self.n_label, 1.0)
-
-    @property
-    def rationale_loss(self) -> float:
-        return self.rationale / max(self.n_rationale, 1.0)
-
-    @property
-    def label_loss_share(self) -> float:
-        """The answer tokens' share of the summed loss (token dilution)."""
-        return self.label / max(self.summed, 1e-12)
-
-
-@torch.no_grad()
-def completion_losses(
-    model: Any,
-    examples: Sequence[Sequence[formats.EncodedExample]],
-    pad_token_id: int,
-    device: torch.device,
-    precision: str,
-    batch_size: int,
-) -> tuple[float | None, float | None]:
-    """(completion-token loss, answer-token loss) of one no-grad pass; (None, None) if empty."""
-    flat = [e for subject in examples for e in subject]
-    if not flat:
-        return None, None
-    was_training = model.training
-    model.eval()
-    vector = StepTotals.zeros(device)
-    for i in range(0, len(flat), batch_size):
-        batch = {
-            k: v.to(device)
-            for k, v in formats.collate(flat[i : i + batch_size], pad_token_id).items()
-        }
-        with autocast(precision, device):
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        sums = segment_sums(out.logits, batch["labels"], batch["segments"], 1.0)
-        vector += StepTotals.as_vector(sums, batch["attention_mask"])
-    model.train(was_training)
-    totals = StepTotals.from_vector(vector)
-    return totals.completion_loss, totals.label_loss
-
-
-@dataclass
-class EarlyStopping:
-    """Stop when the tuning completion loss has not improved for ``patience`` evaluations (one
-    per epoch), then restore the weights of the best evaluation."""
-
-    patience: int
-    best_loss: float = math.inf
-    best_step: int = 0
-    bad: int = 0
-    evaluations: list[dict[str, float]] = field(default_factory=list)
-    best_state: dict[str, torch.Tensor] | None = None
-
-    def update(self, model: Any, step: int, loss: float) -> bool:
-        """Record an evaluation; True when training should stop."""
-        self.evaluations.append({"step": step, "tuning_completion_loss": loss})
-        if loss < self.best_loss:
-            self.best_loss, self.best_step, self.bad = loss, step, 0
-            self.best_state = {
-                k: v.detach().cpu().clone() for k, v in trainable_state(model).items()
-            }
-        else:
-            self.bad += 1
-        return self.bad >= self.patience
-
-    def restore_best(self, model: Any) -> None:
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state, strict=False)
-
-
-def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v for k, v in model.state_dict().items() if k in names}
-
-
-def epoch_end_steps(n_subjects: int, batch_size: int, accum: int, epochs: int) -> set[int]:
-    """The optimizer steps that complete an epoch (where early stopping evaluates)."""
-    per_epoch = math.ceil(n_subjects / batch_size)
-    return {math.ceil(e * per_epoch / accum) for e in range(1, epochs + 1)}
-
-
-def batch_order_digest(
-    micro_batches: Sequence[Sequence[int]], accum: int, subject_ids: Sequence[int]
-) -> str:
-    """SHA-256 of the ordered subject ids of every optimizer step: equal for matched formats."""
-    steps = [
-        [int(subject_ids[i]) for micro in micro_batches[k : k + accum] for i in micro]
-        for k in range(0, len(micro_batches), accum)
-    ]
-    return hashlib.sha256(json.dumps(steps).encode()).hexdigest()
-
-
-def final_losses(history: Sequence[Mapping[str, Any]], last_step: int, window: int) -> dict:
-    """Mean completion and answer-token loss over the ``window`` steps up to ``last_step``
-    (one epoch's worth: every training subject once)."""
-    steps = [r for r in history if last_step - window < r["step"] <= last_step]
-    return {
-        "final_completion_loss": float(np.mean([r["completion_loss"] for r in steps])),
-        "final_answer_loss": float(np.mean([r["label_loss"] for r in steps])),
-    }
-
-
 BUDGETS = ("equal_steps", "early_stopping")
-
-
-def check_finite(loss: torch.Tensor, step: int) -> None:
-    """Stop on a NaN or infinite loss rather than save a useless adapter."""
-    if not torch.isfinite(loss):
-        raise TrainingError(
-            f"loss is {float(loss)} at step {step}: training diverged. "
-            "Lower training.learning_rate or check the data."
-        )
 
 
 def load_model(model_path: str, training: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -528,253 +140,6 @@ def load_model(model_path: str, training: Mapping[str, Any]) -> tuple[Any, Any]:
             f"training.method '{training['method']}' is unknown; use 'lora' or 'full'."
         )
     return model, tokenizer
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision a job really uses: 'auto' is bf16 on a GPU that has it, else fp32."""
-    if precision not in PRECISIONS:
-        raise TrainingError(
-            f"training.precision '{precision}' is unknown; use one of {', '.join(PRECISIONS)}."
-        )
-    if device.type == "cuda":
-        has_bf16 = torch.cuda.is_bf16_supported()
-        if precision == "auto":
-            return "bf16" if has_bf16 else "fp32"
-        if precision == "bf16" and not has_bf16:
-            raise TrainingError(
-                f"training.precision is bf16 but {torch.cuda.get_device_name(device)} has no "
-                "bf16 support; use fp16 (with loss scaling) or fp32."
-            )
-        return precision
-    # CPU autocast supports bf16 and fp16; 'auto' keeps the exact, reproducible fp32 path.
-    return "fp32" if precision == "auto" else precision
-
-
-def autocast(precision: str, device: torch.device) -> Any:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-@dataclass
-class DataParallel:
-    """Where this process stands in a data-parallel job (torchrun / accelerate launch)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    started_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            torch.distributed.all_reduce(values)
-        return values
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.started_here and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-def data_parallel_from_env() -> DataParallel:
-    """Join the process group a launcher set up (WORLD_SIZE > 1), else one process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DataParallel()
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    started = False
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        torch.distributed.init_process_group(backend=backend)
-        started = True
-    return DataParallel(rank, world_size, local_rank, started)
-
-
-TRACKERS = ("tensorboard", "wandb", "mlflow")
-
-
-class Trackers:
-    """Optional experiment tracking next to train_log.jsonl (which is always written)."""
-
-    def __init__(
-        self,
-        report_to: Sequence[str],
-        log_dir: Path,
-        run_name: str,
-        config: Mapping[str, Any],
-        project: str,
-        offline: bool,
-    ) -> None:
-        self.sinks: list[tuple[str, Any]] = []
-        check_trackers(report_to)
-        for name in report_to:
-            module = _import_tracker(name)
-            if name == "tensorboard":
-                writer = module.SummaryWriter(log_dir=str(log_dir / "tensorboard"))
-                writer.add_text("config", json.dumps(config, default=str))
-                self.sinks.append((name, writer))
-            elif name == "wandb":
-                run = module.init(
-                    project=project,
-                    name=run_name,
-                    config=dict(config),
-                    dir=str(log_dir),
-                    mode="offline" if offline else "online",
-                    reinit=True,
-                )
-                self.sinks.append((name, run))
-            else:  # mlflow
-                if offline:
-                    # A local file store: nothing leaves the machine.
-                    module.set_tracking_uri((log_dir / "mlruns").resolve().as_uri())
-                module.set_experiment(project)
-                module.start_run(run_name=run_name)
-                module.log_params({k: json.dumps(v, default=str) for k, v in config.items()})
-                self.sinks.append((name, module))
-
-    def log(self, record: Mapping[str, float], step: int) -> None:
-        values = {k: float(v) for k, v in record.items() if k != "step"}
-        for name, sink in self.sinks:
-            if name == "tensorboard":
-                for key, value in values.items():
-                    sink.add_scalar(f"train/{key}", value, step)
-            elif name == "wandb":
-                sink.log({f"train/{k}": v for k, v in values.items()}, step=step)
-            else:
-                sink.log_metrics(values, step=step)
-
-    def close(self) -> None:
-        for name, sink in self.sinks:
-            if name == "tensorboard":
-                sink.close()
-            elif name == "wandb":
-                sink.finish()
-            else:
-                sink.end_run()
-        self.sinks = []
-
-
-def check_trackers(report_to: Sequence[str]) -> None:
-    for name in report_to:
-        if name not in TRACKERS:
-            raise TrainingError(
-                f"training.report_to '{name}' is unknown; use any of {', '.join(TRACKERS)}."
-            )
-        _import_tracker(name)
-
-
-def _import_tracker(name: str) -> Any:
-    import importlib
-
-    module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-    package = {"tensorboard": "tensorboard==2.21.0", "wandb": "wandb", "mlflow": "mlflow"}
-    try:
-        return importlib.import_module(module[name])
-    except ImportError as err:
-        raise TrainingError(
-            f"training.report_to includes '{name}' but its package is not installed ({err}). "
-            f"Install it (pip install {package[name]}; see the 'tracking' extra in "
-            f"pyproject.toml) or remove '{name}' from training.report_to."
-        ) from err
-
-
-def fingerprint(job: TrainingJob, subject_ids: Sequence[int], examples_digest: str) -> str:
-    """What a checkpoint must match to be resumed: settings, subjects and targets."""
-    payload = json.dumps(
-        {
-            "model": job.model_path,
-            "fmt": job.fmt,
-            "n_train": job.n_train,
-            "seed": job.seed,
-            "training": {k: v for k, v in job.training.items() if k not in REPORTING_KEYS},
-            "subjects": list(subject_ids),
-            "examples": examples_digest,
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _save_checkpoint(
-    path: Path,
-    model: Any,
-    optimization: Optimization,
-    step: int,
-    fp: str,
-    history: Sequence[Mapping[str, Any]],
-    early: EarlyStopping | None = None,
-) -> None:
-    """Trainable weights, optimizer, schedule, RNG and the step log so far, replaced atomically.
-
-    The step log comes from memory: Snakemake deletes a failed job's outputs (the output log
-    included) when SIGTERM arrives, and a resumed run must still report every step once.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trainable = trainable_state(model)
-    torch.save(
-        {
-            "model": trainable,
-            **optimization.state_dict(),
-            "step": step,
-            "fingerprint": fp,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-            "early_stopping": vars(early) if early is not None else None,
-        },
-        tmp / "state.pt",
-    )
-    _write_log(tmp / "train_log.jsonl", history)
-    # Replace atomically so a kill during the write never leaves a half checkpoint.
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-
-
-def _write_log(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
-    """The step log as JSON lines, replaced atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
-    os.replace(tmp, path)
-
-
-def _checkpoint_history(path: Path, start_step: int) -> list[dict[str, Any]]:
-    """The steps logged up to the checkpoint (later ones are redone, so each appears once)."""
-    saved = (path / "train_log.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, saved) if r["step"] <= start_step]
-
-
-def remove_checkpoints(path: Path) -> None:
-    """The checkpoint and a half-written one (``.tmp``): after success neither is needed, and
-    for a full fine-tune each holds the weights and the optimizer state."""
-    for folder in (path, path.with_name(path.name + ".tmp")):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _load_checkpoint(path: Path, fp: str) -> dict[str, Any] | None:
-    state_file = path / "state.pt"
-    if not state_file.exists():
-        return None
-    state = torch.load(state_file, weights_only=False)
-    if state.get("fingerprint") != fp:
-        log.info("checkpoint at %s belongs to other settings; starting fresh", path)
-        return None
-    return state
 
 
 def train(
