@@ -7,7 +7,8 @@ and number of steps. Ours: `rationale_bench.train.finetune.train`. Baseline: `tr
 pre-tokenised dataset (`input_ids` + `completion_mask`, `completion_only_loss=True`), fed in our
 batch order (`train_sampling_strategy="sequential"`). Each method runs in its own process, so
 peak memory (max RSS; on a GPU, peak allocated) is its own; both times include loading the model
-and saving the result (ours also tokenising the examples, which TRL is handed ready-made). The
+and saving the result (ours also tokenising the examples, which TRL is handed ready-made), and
+neither scores the tuning subjects (ours does in a study, for run.json's tuning loss). The
 batches are identical and, with the same seed, so are the starting weights (LoRA adapters
 included, as measured), so the per-step losses should agree to float rounding; the verdict
 compares the mean loss of the last quarter of the steps against the steps' noise.
@@ -129,6 +130,9 @@ def training_settings(args: argparse.Namespace) -> dict:
         "precision": "auto",
         "gradient_checkpointing": False,
         "group_by_length": False,
+        # Ours scores the tuning subjects once after training (run.json's tuning loss); TRL
+        # does no such pass, so ours is given none to score: both only train and save.
+        "tuning_eval_subjects": 0,
     }
 
 
