@@ -50,10 +50,11 @@ COHORT_NAME = "task"
 def study_config() -> dict[str, Any]:
     """config.yaml with the schema's defaults filled in (what the workflow's jobs receive)."""
     import yaml
-    from snakemake.utils import validate
+
+    from rationale_bench.config_check import validate_config
 
     config = yaml.safe_load(CONFIG.read_text())
-    validate(config, str(SCHEMA))
+    validate_config(config, SCHEMA)
     return config
 
 

@@ -6,7 +6,6 @@ import re
 import sys
 
 from snakemake.logging import logger
-from snakemake.utils import validate
 
 # The library lives in src/: importable here, and by the scripts inside conda envs and on
 # cluster nodes (they inherit PYTHONPATH), whether or not the package is pip-installed.
@@ -31,11 +30,13 @@ try:
 except config_check.ConfigError as error:
     raise WorkflowError(str(error)) from None
 try:
-    validate(config, "../schemas/config.schema.yaml")
-except WorkflowError:
-    # The validator's message prints the whole schema; one line with the key path instead.
-    schema_file = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
-    raise WorkflowError(config_check.short_schema_error(config, schema_file)) from None
+    # Like snakemake.utils.validate (defaults filled), but one line with the key path instead
+    # of the whole schema, and the schema parsed by libyaml.
+    config_check.validate_config(
+        config, Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+    )
+except config_check.ConfigError as error:
+    raise WorkflowError(str(error)) from None
 try:
     config_check.check_config(config, "results/cohort/cohort.parquet")
     config["serialization"]["question"] = config_check.fill_horizon(

@@ -11,7 +11,8 @@ from snakemake.utils import validate
 
 from rationale_bench import config_check, study
 
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "schemas" / "config.schema.yaml"
 
 
 def validated(config: dict) -> dict:
@@ -224,3 +225,22 @@ def test_shipped_configs_use_no_renamed_key():
     files += (repo / "tests" / "configs").glob("*.yaml")
     for path in files:
         assert config_check.apply_renames(yaml.safe_load(path.read_text()) or {}) == [], path
+
+
+@pytest.mark.parametrize(
+    "study", ["config.yaml", *sorted(p.name for p in (REPO / "configs").glob("*.yaml"))]
+)
+def test_validate_config_fills_what_snakemake_validate_fills(study):
+    """The Snakefile's own validation equals snakemake.utils.validate: same defaults, same
+    config; and it refuses what Snakemake refuses, with one short line."""
+    path = REPO / study if study == "config.yaml" else REPO / "configs" / study
+    ours, theirs = (yaml.safe_load(path.read_text()) for _ in range(2))
+    config_check.apply_renames(ours)
+    config_check.apply_renames(theirs)
+    config_check.validate_config(ours, SCHEMA)
+    validate(theirs, str(SCHEMA))
+    assert ours == theirs
+    bad = {**yaml.safe_load(path.read_text()), "grid": {"model": "tiny"}}
+    with pytest.raises(config_check.ConfigError, match=r"^config: grid") as error:
+        config_check.validate_config(bad, SCHEMA)
+    assert "\n" not in str(error.value)

@@ -120,12 +120,10 @@ def estimate(
 
 def load_config(configfile: Path) -> dict[str, Any]:
     """The study config with the schema's defaults filled in and validated."""
-    from snakemake.utils import validate
-
     config = yaml.safe_load(configfile.read_text())
     for message in config_check.apply_renames(config):
         print(message, file=sys.stderr)
-    validate(config, str(REPO / "schemas" / "config.schema.yaml"))
+    config_check.validate_config(config, REPO / "schemas" / "config.schema.yaml")
     config_check.check_grid(config)
     return config
 

@@ -1,11 +1,12 @@
 """Config checks at parse time, with short messages: the first problem and its key path.
 
 The Snakefile first moves renamed keys to their new names (:func:`apply_renames`, with a
-deprecation message), then validates the config against schemas/config.schema.yaml (which also
-fills the defaults); when that fails, :func:`short_schema_error` replaces the validator's dump
-of the schema with one line. :func:`check_config` then runs every check that spans several
-keys, before any job runs, so that a setting that cannot work stops now rather than hours later
-in a training job. No polars here: the Snakefile imports this module on every start.
+deprecation message), then validates the config against schemas/config.schema.yaml and fills
+the defaults (:func:`validate_config`); when that fails, :func:`short_schema_error` gives one
+line instead of the validator's dump of the schema. :func:`check_config` then runs every check
+that spans several keys, before any job runs, so that a setting that cannot work stops now
+rather than hours later in a training job. No polars here: the Snakefile imports this module on
+every start.
 """
 
 from __future__ import annotations
@@ -130,15 +131,53 @@ def _subschema(schema: Mapping[str, Any], path: Any) -> Mapping[str, Any]:
     return node
 
 
-def short_schema_error(config: Mapping[str, Any], schema_path: str | Path) -> str:
+def load_schema(schema_path: str | Path) -> dict[str, Any]:
+    """The config schema, parsed by libyaml where PyYAML has it (10x faster than pure Python;
+    the schema is read on every Snakemake start)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(Path(schema_path).read_text(), Loader=loader)  # noqa: S506 (a safe loader)
+
+
+def _with_defaults(validate_properties: Callable) -> Callable:
+    """A ``properties`` check that first fills each absent key's default (jsonschema's FAQ
+    recipe, the one snakemake.utils.validate uses), so nested defaults are filled too."""
+
+    def fill_then_check(validator: Any, properties: Any, instance: Any, schema: Any) -> Any:
+        if isinstance(instance, MutableMapping):
+            for key, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(key, subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return fill_then_check
+
+
+def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -> None:
+    """Check ``config`` against the schema and fill every default, in place, as
+    ``snakemake.utils.validate`` does (tests/test_study.py compares the two), but with the
+    schema read once by libyaml; raises :class:`ConfigError` with :func:`short_schema_error`."""
+    import jsonschema
+
+    schema = load_schema(schema_path)
+    base = jsonschema.Draft202012Validator
+    filling = jsonschema.validators.extend(
+        base, {"properties": _with_defaults(base.VALIDATORS["properties"])}
+    )
+    if next(filling(schema).iter_errors(config), None) is not None:
+        raise ConfigError(short_schema_error(config, schema))
+
+
+def short_schema_error(config: Mapping[str, Any], schema: str | Path | Mapping[str, Any]) -> str:
     """One line for the most relevant schema violation of ``config``: where and what.
 
     An unknown key gets the closest known keys; other errors say the expected type, value
     range or choices as JSON Schema words them, and the description of the key if it has one.
+    ``schema`` is the schema or the path of its file.
     """
     import jsonschema
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    if not isinstance(schema, Mapping):
+        schema = load_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(dict(config)))
     if error is None:
