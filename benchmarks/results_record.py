@@ -31,13 +31,15 @@ DEFAULT_PACKAGES = ("torch", "transformers", "peft", "polars", "snakemake", "num
 
 
 def git_commit(repo: Path = RESULTS_DIR.parent.parent) -> str:
-    """The checked-out commit, with '+dirty' when the tree has uncommitted changes."""
+    """The checked-out commit, with '+dirty' when the tree has uncommitted changes (other than
+    result files: a run of several benchmarks must not mark the later ones dirty)."""
     try:
         head = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--"]
+            + [".", ":(exclude)benchmarks/results"],
             capture_output=True,
             text=True,
         ).stdout.strip()
