@@ -106,7 +106,7 @@ def _pretrain(
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             log.info("pretrain step %d/%d loss %.3f", step + 1, steps, losses[-1])
     model.eval()
