@@ -1,7 +1,7 @@
 """Teacher client throughput against the fake OpenAI server at a fixed simulated latency.
 
 Named baseline: the ideal rate concurrency / latency (every slot always busy). Prints, for our
-client (`teacher_client.run_chat_requests`: retries, cache with fsync, progress bar) and for a
+client (`teacher.client.run_chat_requests`: retries, cache with fsync, progress bar) and for a
 bare client (the same openai SDK and semaphore, nothing else), achieved requests/s and its ratio
 to the ideal (target >= 0.9), then the rerun's requests (target 0: everything cached).
 

@@ -34,7 +34,7 @@ def test_loss_mask_covers_completion_only(tiny_tokenizer, fmt, label):
     label_ids = [t for t, k in zip(ex.input_ids, ex.segments, strict=True) if k == formats.LABEL]
     assert (
         label_ids
-        == tiny_tokenizer(formats.ANSWER_WORDS[label], add_special_tokens=False)["input_ids"]
+        == tiny_tokenizer(formats.answer_words()[label], add_special_tokens=False)["input_ids"]
     )
     rationale_ids = [
         t for t, k in zip(ex.input_ids, ex.segments, strict=True) if k == formats.RATIONALE

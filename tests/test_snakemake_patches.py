@@ -53,13 +53,14 @@ def test_remembered_signatures_answer_like_inspect():
         assert common.get_function_params(func) == expected  # the remembered answer
 
 
-def run_dry(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
+def run_dry(tmp_path: Path, script: str, params: str = "1") -> subprocess.CompletedProcess:
     (tmp_path / "Snakefile").write_text(
         f"import sys\nsys.path.insert(0, {str(SRC)!r})\n"
         "from rationale_bench.snakemake_patches import speed_up_dry_runs\n"
         "speed_up_dry_runs()\n\n"
         "rule all:\n    input: expand('out/{i}.txt', i=range(3))\n\n"
-        f"rule make:\n    output: 'out/{{i}}.txt'\n    script: {script!r}\n"
+        f"rule make:\n    output: 'out/{{i}}.txt'\n    params: p={params}\n"
+        f"    script: {script!r}\n"
     )
     cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--quiet", "rules"]
     return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -78,3 +79,12 @@ def test_a_present_script_plans_every_job(tmp_path):
     result = run_dry(tmp_path, "make.py")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "make 3" in " ".join((result.stdout + result.stderr).split())
+
+
+def test_a_failing_params_function_of_a_later_job_still_stops_the_dry_run(tmp_path):
+    """The script is checked once per rule, but every job's params are still evaluated, as
+    Snakemake's own check does: the third job's failing params function is reported."""
+    (tmp_path / "make.py").write_text("")
+    result = run_dry(tmp_path, "make.py", params="lambda w: 1 // (int(w.i) - 2)")
+    assert result.returncode != 0
+    assert "ZeroDivisionError" in result.stdout + result.stderr

@@ -244,3 +244,15 @@ def test_validate_config_fills_what_snakemake_validate_fills(study):
     with pytest.raises(config_check.ConfigError, match=r"^config: grid") as error:
         config_check.validate_config(bad, SCHEMA)
     assert "\n" not in str(error.value)
+
+
+def test_a_rename_within_one_mapping_keeps_the_key_in_place():
+    """The new key takes the old one's place, so the mapping (and any params holding it) keeps
+    the order the old config gave: renaming reruns nothing."""
+    config = {"teacher": {"qc": {"on_failure": "drop", "max_attempts": 4, "min_words": 5}}}
+    config_check.apply_renames(config)
+    assert list(config["teacher"]["qc"].items()) == [
+        ("on_failure", "drop"),
+        ("regenerations", 3),
+        ("min_words", 5),
+    ]

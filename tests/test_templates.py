@@ -159,7 +159,7 @@ def test_loss_covers_completion_and_end_of_turn_and_scores_the_answer_word(famil
     rationale = [t for t, k in zip(example.input_ids, kinds, strict=True) if k == formats.RATIONALE]
     assert RATIONALE in tokenizer.decode(rationale)
     word = [t for t, k in zip(example.input_ids, kinds, strict=True) if k == formats.LABEL]
-    assert tokenizer.decode(word) == formats.ANSWER_WORDS[label]
+    assert tokenizer.decode(word) == formats.answer_words()[label]
     assert len(word) == 1 and word[0] in formats.answer_token_ids(tokenizer)[label]
     end = [t for t, k in zip(example.input_ids, kinds, strict=True) if k == formats.EOS]
     assert end == template.end_token_ids(tokenizer) and end

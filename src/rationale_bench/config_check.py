@@ -90,6 +90,24 @@ def _set_key(config: MutableMapping[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _move_key(config: MutableMapping[str, Any], rename: Rename) -> None:
+    """Move the old key's (converted) value to the new key. Within the same mapping the new
+    key takes the old one's place, so the mapping's order, and with it any job's params that
+    hold it, stays what the old config gave."""
+    *old_parents, old_leaf = rename.old.split(".")
+    *new_parents, new_leaf = rename.new.split(".")
+    convert = rename.convert or (lambda value: value)
+    if old_parents != new_parents:
+        _set_key(config, rename.new, convert(_pop_key(config, rename.old)))
+        return
+    parent: Any = config
+    for part in old_parents:
+        parent = parent[part]
+    items = [(new_leaf, convert(v)) if k == old_leaf else (k, v) for k, v in parent.items()]
+    parent.clear()
+    parent.update(items)
+
+
 def apply_renames(config: MutableMapping[str, Any]) -> list[str]:
     """Move every old key of :data:`RENAMES` present in ``config`` to its new key (in place);
     return one deprecation message per key moved. Giving both the old and the new key is an
@@ -103,8 +121,7 @@ def apply_renames(config: MutableMapping[str, Any]) -> list[str]:
                 f"config sets both {rename.old} (deprecated) and {rename.new}, its new name: "
                 f"remove {rename.old}."
             )
-        value = _pop_key(config, rename.old)
-        _set_key(config, rename.new, rename.convert(value) if rename.convert else value)
+        _move_key(config, rename)
         meaning = f"; {rename.meaning}" if rename.meaning else ""
         messages.append(
             f"config: {rename.old} is deprecated and will be refused from version "

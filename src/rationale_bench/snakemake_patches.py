@@ -32,7 +32,9 @@ def check_each_script_once() -> bool:
 
     Snakemake's DAG check reads the script through its source cache for every job (1,000 reads
     of the same eight files in the paper grid's dry run). A script path without wildcards is the
-    same file for every job of its rule, so one check per rule says the same. Paths with
+    same file for every job of its rule, so one check per rule says the same. The check also
+    evaluated each job's params; Snakemake evaluates them again later in the same dry run, so a
+    failing params function still stops it (tests/test_snakemake_patches.py). Paths with
     wildcards are still checked job by job. Returns whether the patch applied.
     """
     import snakemake.api  # noqa: F401  (imports snakemake.dag the way snakemake does)

@@ -204,7 +204,6 @@ OPERATIONAL_OPENAI_KEYS = (
     "retry_rounds",
     "round_backoff_s",
 )
-TEACHER_VIEWS = ("student_prompt", "full_history")
 
 
 def rationale_settings(config: Mapping[str, Any], style: str) -> dict[str, Any]:

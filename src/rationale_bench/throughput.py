@@ -36,10 +36,6 @@ ASSUMED = {
 SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?|\d+p\d+)\s*([bBmM])(?![a-zA-Z])")
 
 
-class PlanError(ValueError):
-    """A plan cannot be computed as configured."""
-
-
 @dataclass(frozen=True)
 class Rate:
     """Tokens per second of one kind of work for one model, and where the figure comes from."""

@@ -98,11 +98,6 @@ def _cohort_defaults() -> dict[str, Any]:
     return schema_defaults(schema["properties"]["cohort"])
 
 
-def cohort_defaults() -> dict[str, Any]:
-    """The cohort section's defaults, as schemas/config.schema.yaml writes them (a copy)."""
-    return copy.deepcopy(_cohort_defaults())
-
-
 def canonical_codes(events: pl.LazyFrame) -> pl.LazyFrame:
     """Events with every code in canonical form (:func:`codes.normalize_code`). Ingest already
     writes canonical codes; this makes a cohort built from other events match the same way.

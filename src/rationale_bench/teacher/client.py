@@ -399,10 +399,6 @@ class ResponseCache:
         rec = self._records.get(key)
         return dict(rec) if rec is not None else None
 
-    def put(self, result: ChatResult) -> None:
-        """Append one record, flush and fsync before returning."""
-        self.put_many([result])
-
     def put_many(self, results: Sequence[ChatResult]) -> None:
         """Append records, flush and fsync once before returning (group commit)."""
         records = [self._record(r) for r in results]

@@ -33,7 +33,6 @@ OUTCOME_TEXT = {
     True: "ADRD diagnosis within 5 years",
     False: "no ADRD diagnosis within 5 years",
 }
-SHEET_COLUMNS = ("item_id", "outcome", "history_excerpt", "rationale", *CRITERIA, "comments")
 KEY_COLUMNS = ("item_id", "subject_id", "teacher", "style", "label")
 
 

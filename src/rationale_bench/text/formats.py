@@ -27,21 +27,10 @@ def answer_words(words: Sequence[str] = DEFAULT_ANSWER_WORDS) -> dict[bool, str]
     return {True: f" {yes}", False: f" {no}"}
 
 
-# The default answer words as trained: " Yes" / " No".
-ANSWER_WORDS = answer_words()
-
-
 RATIONALE_PREFIX = "Reasoning: "
 
 # Segment kinds; the ids appear in the per-token segment tensor of an encoded example.
 PROMPT, RATIONALE, ANSWER_SLOT, LABEL, EOS = 0, 1, 2, 3, 4
-SEGMENT_NAMES = {
-    PROMPT: "prompt",
-    RATIONALE: "rationale",
-    ANSWER_SLOT: "answer_slot",
-    LABEL: "label",
-    EOS: "eos",
-}
 IGNORE_INDEX = -100
 
 

@@ -24,7 +24,6 @@ from typing import Any
 DEFAULT_ANSWER_WORDS: tuple[str, str] = ("Yes", "No")
 USER_SENTINEL = "\u2063USER\u2063"
 ASSISTANT_SENTINEL = "\u2063ASSISTANT\u2063"
-CHAT_TEMPLATE_SETTINGS = ("auto", "none")
 # Llama-3.1/3.2 templates write "Today Date: <date>" into the system turn, Llama-3.2's from the
 # clock (strftime_now) when no date is passed: a job run on another day would score a prompt
 # the model was not trained on. Every rendering passes this date (Llama-3.1's own default).
