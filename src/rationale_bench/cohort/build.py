@@ -94,6 +94,11 @@ def schema_defaults(node: Mapping[str, Any]) -> Any:
 
 @functools.cache
 def _cohort_defaults() -> dict[str, Any]:
+    if not SCHEMA_FILE.is_file():
+        raise CohortError(
+            f"{SCHEMA_FILE} is missing: the cohort's defaults are read from the repository's "
+            "schema, so the library runs from a checkout (pip install -e .), as the workflow does."
+        )
     schema = yaml.safe_load(SCHEMA_FILE.read_text())
     return schema_defaults(schema["properties"]["cohort"])
 
