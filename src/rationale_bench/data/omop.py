@@ -247,6 +247,16 @@ class TableSource:
             )
         return frame.rename({c: c.lower() for c in frame.columns})
 
+    def read_required(
+        self, table: str, required: list[str], what: str, columns: list[str] | None = None
+    ) -> tuple[str, pl.DataFrame]:
+        """Where ``table`` is read from (for messages) and the table, which must hold the
+        ``required`` columns (else :class:`MissingColumnsError` naming ``what``)."""
+        file = self.where(table)
+        frame = self.read(table, columns)
+        require_columns(frame.schema, required, file, what, OMOP_FIX)
+        return file, frame
+
 
 def _select_lower(scan: pl.LazyFrame, columns: list[str] | None) -> pl.LazyFrame:
     """The columns whose lower-case names are in ``columns`` (all when None)."""
@@ -338,14 +348,10 @@ def _concepts(source: TableSource, report: QualityReport) -> pl.DataFrame | None
             "no vocabulary: codes come from source values or stay OMOP/<concept_id>, unnamed",
         )
         return None
-    file = source.where("concept")
-    frame = source.read("concept")
-    require_columns(
-        frame.schema,
+    file, frame = source.read_required(
+        "concept",
         ["concept_id", "concept_name", "vocabulary_id", "concept_code"],
-        file,
         "the OMOP concept table",
-        OMOP_FIX,
     )
     return frame.select(
         concept_id=_integer(frame, "concept_id", file),
@@ -361,14 +367,10 @@ def _drug_atc(
     """Drug concept -> ATC code links from concept_relationship (both directions)."""
     if concepts is None or not source.has("concept_relationship"):
         return None
-    file = source.where("concept_relationship")
-    frame = source.read("concept_relationship")
-    require_columns(
-        frame.schema,
+    file, frame = source.read_required(
+        "concept_relationship",
         ["concept_id_1", "concept_id_2", "relationship_id"],
-        file,
         "the OMOP concept_relationship table",
-        OMOP_FIX,
     )
     links = frame.select(
         a=_integer(frame, "concept_id_1", file),
@@ -420,14 +422,8 @@ def _clinical_events(
     A link ties a written code to the standard concept of an event that carries it (for
     ``OMOP/<id>`` codes: the concept itself), for the parent_codes of codes.parquet.
     """
-    file = source.where(table.name)
-    frame = source.read(table.name)
-    require_columns(
-        frame.schema,
-        ["person_id", table.concept, table.date],
-        file,
-        f"OMOP {table.name}",
-        OMOP_FIX,
+    file, frame = source.read_required(
+        table.name, ["person_id", table.concept, table.date], f"OMOP {table.name}"
     )
     report.add("rows read", file, None, frame.height, "info")
     rows = _clinical_rows(frame, table, file, formats, report, rules)
@@ -667,10 +663,10 @@ def _ancestors(
             "(and codes mapped from them), not their descendants",
         )
         return None
-    file = source.where("concept_ancestor")
     wanted = ["ancestor_concept_id", "descendant_concept_id"]
-    frame = source.read("concept_ancestor", wanted)
-    require_columns(frame.schema, wanted, file, "the OMOP concept_ancestor table", OMOP_FIX)
+    file, frame = source.read_required(
+        "concept_ancestor", wanted, "the OMOP concept_ancestor table", columns=wanted
+    )
     pairs = (
         frame.select(
             concept_id=_integer(frame, "descendant_concept_id", file),
@@ -738,14 +734,8 @@ def _persons(
             f"{source.path}: the OMOP person table is missing (person.csv, person.parquet or "
             "a person table in the DuckDB file); every OMOP dataset needs one."
         )
-    file = source.where("person")
-    frame = source.read("person")
-    require_columns(
-        frame.schema,
-        ["person_id", "gender_concept_id", "year_of_birth"],
-        file,
-        "OMOP person",
-        OMOP_FIX,
+    file, frame = source.read_required(
+        "person", ["person_id", "gender_concept_id", "year_of_birth"], "OMOP person"
     )
     if frame.height == 0:
         raise DataError(f"{file}: the person table has no rows.")
@@ -864,12 +854,10 @@ def _simple_events(
     if not source.has(table):
         report.add("table absent", str(source.path), table, 0, "info", "no events of this kind")
         return pl.DataFrame(schema=EVENTS_SCHEMA), _empty_codes()
-    file = source.where(table)
-    frame = source.read(table)
     required = ["person_id", *(date for date, _, _ in columns)]
     if concept_column:
         required.append(concept_column)
-    require_columns(frame.schema, required, file, f"OMOP {table}", OMOP_FIX)
+    file, frame = source.read_required(table, required, f"OMOP {table}")
     report.add("rows read", file, None, frame.height, "info")
     ids = _integer(frame, "person_id", file)
     codes = _empty_codes()
