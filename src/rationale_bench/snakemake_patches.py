@@ -7,6 +7,7 @@ dryrun_overhead.py measures them (docs/benchmarks.md).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 
 def cache_source_path_parsing() -> bool:
@@ -20,11 +21,7 @@ def cache_source_path_parsing() -> bool:
     """
     from snakemake import sourcecache
 
-    parse_uri = getattr(sourcecache, "parse_uri", None)
-    if parse_uri is None or hasattr(parse_uri, "cache_info"):
-        return parse_uri is not None
-    sourcecache.parse_uri = functools.lru_cache(maxsize=4096)(parse_uri)
-    return True
+    return _remember_answers((sourcecache,), "parse_uri")
 
 
 def check_each_script_once() -> bool:
@@ -71,26 +68,34 @@ def cache_function_signatures() -> bool:
     """
     from snakemake import common, jobs, rules
 
-    get_params = getattr(common, "get_function_params", None)
-    if get_params is None:
+    return _remember_answers((common, rules, jobs), "get_function_params")
+
+
+def _remember_answers(modules: tuple, name: str) -> bool:
+    """Replace the one-argument function ``name`` of ``modules[0]``, in every module of
+    ``modules`` that holds it, by one that keeps its answer per argument (an unhashable
+    argument is answered afresh each time). True when the function exists, patched now or
+    before; False when this Snakemake has no such function."""
+    original = getattr(modules[0], name, None)
+    if original is None:
         return False
-    if getattr(get_params, "remembers_signatures", False):
+    if getattr(original, "remembers_answers", False):
         return True
     known: dict = {}
 
-    def remembered_params(func):
+    def remembered(argument: Any) -> Any:
         try:
-            return known[func]
+            return known[argument]
         except KeyError:
-            params = known[func] = get_params(func)
-            return params
+            answer = known[argument] = original(argument)
+            return answer
         except TypeError:
-            return get_params(func)
+            return original(argument)
 
-    remembered_params.remembers_signatures = True
-    for module in (common, rules, jobs):
-        if getattr(module, "get_function_params", None) is get_params:
-            module.get_function_params = remembered_params
+    remembered.remembers_answers = True
+    for module in modules:
+        if getattr(module, name, None) is original:
+            setattr(module, name, remembered)
     return True
 
 

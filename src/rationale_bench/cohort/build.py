@@ -517,8 +517,14 @@ class _Attrition:
             & (pl.col("death_time") > pl.col("index_time"))
             & (pl.col("death_time") <= horizon_end)
         )
-        first = {"step": "subjects in the data", "n_subjects": n_all}
-        self.steps: list[dict[str, Any]] = [first | {"n_cases": None, "n_noncases": None}]
+        self.steps: list[dict[str, Any]] = [
+            {
+                "step": "subjects in the data",
+                "n_subjects": n_all,
+                "n_cases": None,
+                "n_noncases": None,
+            }
+        ]
 
     def record(self, step: str, frame: pl.DataFrame, labelled: bool) -> None:
         n_cases = int(frame["label"].sum()) if labelled else None
