@@ -48,6 +48,7 @@ KINDS = {kinds!r}
 SIZES = {sizes!r}
 SEEDS = {seeds!r}
 RUNS = {runs!r}
+SHARDS = {shards!r}
 REFERENCE = "histories/{reference}.parquet"
 
 wildcard_constraints:
@@ -88,8 +89,18 @@ rule build_prompts:
     output: "prompts/{{model}}/{{serialization}}.parquet"
     shell: "touch {{output}}"
 
-rule generate_rationales:
+rule teacher_shard:
     input: REFERENCE
+    output: "shards/{{style}}/{{shard}}.json"
+    shell: "touch {{output}}"
+
+rule teacher_shards_done:
+    input: expand("shards/{{{{style}}}}/{{shard}}.json", shard=SHARDS)
+    output: "shards/{{style}}.json"
+    shell: "touch {{output}}"
+
+rule generate_rationales:
+    input: REFERENCE, "shards/{{style}}.json" if SHARDS else []
     output: "rationales/{{style}}.parquet"
     shell: "touch {{output}}"
 
@@ -175,6 +186,10 @@ def study_grid(config: dict[str, Any]) -> dict[str, list]:
         "seeds": grid["seed"],
         "styles": styles,
         "kinds": baselines.get("kinds", ["logistic_regression"]),
+        # An OpenAI-compatible teacher's requests are sent by shard jobs.
+        "shards": list(range(teacher.get("shards", 1)))
+        if teacher.get("backend") == "openai"
+        else [],
         "reference": serialization.get("reference_variant", grid["serialization"][0]),
     }
 

@@ -221,8 +221,13 @@ def model_source_input():
     if kinds <= {"built", "gguf"}:
         return "results/models/{model}"
     if kinds == {"hub"}:
-        return "results/hub/{model}.json"
+        return HUB_MANIFEST
     return get_model_source
+
+
+# A hub model's jobs wait for its fetch, but a new fetch of the same revision (into a moved
+# hub.cache_dir) changes no result: the manifest is read as ancient, so it reruns nothing.
+HUB_MANIFEST = ancient("results/hub/{model}.json")
 
 
 def get_model_source(wildcards):
@@ -234,7 +239,7 @@ def get_model_source(wildcards):
         return f"results/models/{wildcards.model}"
     if kind == "local":
         return source
-    return f"results/hub/{wildcards.model}.json"
+    return ancient(f"results/hub/{wildcards.model}.json")
 
 
 def get_model_settings(wildcards):
@@ -244,8 +249,7 @@ def get_model_settings(wildcards):
 @functools.cache
 def model_settings_of(model):
     """A model's settings for its jobs' params (computed once per model, not per job)."""
-    kind = models.source_kind(config["models"][model]["source"])
-    return study.model_settings(config, model, kind)
+    return study.model_settings(config, model)
 
 
 def get_models_pattern(kind):

@@ -38,7 +38,9 @@ rule build_tiny_model:
 
 rule fetch_model:
     """Download a Hugging Face model once into the shared cache (login node: compute nodes
-    may have no internet); every later job loads it offline."""
+    may have no internet); every later job loads it offline. Moving the cache (hub.cache_dir)
+    fetches again into the new one, and reruns nothing after: the later jobs read the
+    manifest as ancient, and the cache's place from the config."""
     output:
         "results/hub/{model}.json",
     log:
@@ -48,6 +50,7 @@ rule fetch_model:
         "../envs/train.yaml"
     params:
         model=get_model_settings,
+        cache_dir=config["hub"]["cache_dir"],
         token_env=config["hub"]["token_env"],
     script:
         "../workflow_scripts/fetch_model.py"

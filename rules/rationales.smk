@@ -2,9 +2,9 @@
 # predicts it first and explains its own answer (label-blind, STaR-style). It reads what the
 # student reads (teacher.view): the reference variant's prompt under the view model's budget.
 # Rationales failing quality control are regenerated, then kept flagged or dropped. Held-out
-# subjects never reach the teacher. With teacher.shards > 1 each style is written by several
-# jobs, merged after. How requests are sent (endpoint, concurrency, timeouts, retries, allowed
-# hosts) is read by the script from the config: it is no param, and editing it reruns nothing.
+# subjects never reach the teacher. How requests are sent (endpoint, concurrency, timeouts,
+# retries, allowed hosts, shard count) is read by the scripts from the config: it is no param,
+# and editing it reruns nothing downstream.
 
 import glob
 
@@ -12,11 +12,12 @@ from rationale_bench.study import drops_subjects, rationale_settings  # noqa: E4
 
 SHARDS = config["teacher"]["shards"]
 RATIONALES = "results/rationales/{teacher}"
-# What one generate_rationales job writes: with one shard, the style's own files; with several,
-# one shard's files, which merge_rationale_shards then merges into the style's.
-SHARD = f"{{style}}/{{shard}}-of-{SHARDS}"
-GENERATED = f"{RATIONALES}/{{style}}" if SHARDS == 1 else f"{RATIONALES}/shards/{SHARD}"
-GENERATION_LOG = "{style}" if SHARDS == 1 else SHARD
+# An OpenAI-compatible teacher is asked by shard jobs that fill the cache; each style's one
+# generate_rationales job then reads its rationales from that cache. It waits for the shards
+# through one summary whose path is the same for any shard count, marked ancient: a new count
+# runs the new shard jobs (every answer cached) and nothing after them.
+ASKS_ENDPOINT = config["teacher"]["backend"] == "openai"
+SHARDS_DONE = f"{RATIONALES}/shards/{{style}}.json"
 
 
 if config["execution"]["teacher_on_login_node"]:
@@ -25,57 +26,80 @@ if config["execution"]["teacher_on_login_node"]:
         generate_rationales,
 
 
+if ASKS_ENDPOINT:  # the template teacher sends nothing: no shard jobs
+
+    localrules:
+        teacher_shards_done,
+
+    if config["execution"]["teacher_on_login_node"]:
+
+        localrules:
+            teacher_shard,
+
+    rule teacher_shard:
+        """Asks the teacher for one shard of a style (every n-th subject), QC regenerations
+        included, into the shard's own cache file. Shards run as separate jobs, at most
+        `teacher_jobs` at once."""
+        input:
+            histories=REFERENCE_HISTORIES,
+            prompts=TEACHER_PROMPTS,
+        output:
+            f"{RATIONALES}/shards/{{style}}/{{shard}}-of-{SHARDS}.json",
+        log:
+            f"results/logs/teacher_shard/{{teacher}}/{{style}}/{{shard}}-of-{SHARDS}.log",
+        wildcard_constraints:
+            shard=r"\d+",
+        conda:
+            "../envs/teacher.yaml"
+        resources:
+            # Global cap (profiles/default): teacher jobs running at once share one endpoint.
+            teacher_jobs=1,
+        params:
+            teacher=lambda wildcards: rationale_settings(config, wildcards.style),
+            cache_dir=f"{RATIONALES}/cache",
+        script:
+            "../workflow_scripts/teacher_shard.py"
+
+    rule teacher_shards_done:
+        """The shards of a style summed (requests, retries, tokens): what the teacher was asked."""
+        input:
+            expand(
+                f"{RATIONALES}/shards/{{style}}/{{shard}}-of-{SHARDS}.json",
+                shard=range(SHARDS),
+                allow_missing=True,
+            ),
+        output:
+            SHARDS_DONE,
+        log:
+            "results/logs/teacher_shards_done/{teacher}/{style}.log",
+        conda:
+            "../envs/data.yaml"
+        script:
+            "../workflow_scripts/teacher_shards_done.py"
+
+
 rule generate_rationales:
-    """One rationale per training/tuning subject in the given style; with teacher.shards > 1,
-    those of one shard (every n-th subject): shards run as separate jobs, at most
-    `teacher_jobs` at once, each with its own cache file."""
+    """One rationale per training/tuning subject in the given style, near-duplicates flagged
+    over the whole style. An OpenAI-compatible teacher's answers come from the shards' cache.
+    """
     input:
         histories=REFERENCE_HISTORIES,
         prompts=TEACHER_PROMPTS,
+        shards=ancient(SHARDS_DONE) if ASKS_ENDPOINT else [],
     output:
-        rationales=f"{GENERATED}.parquet",
-        report=f"{GENERATED}.generation.json",
+        rationales=f"{RATIONALES}/{{style}}.parquet",
+        report=f"{RATIONALES}/{{style}}.generation.json",
     log:
-        f"results/logs/generate_rationales/{{teacher}}/{GENERATION_LOG}.log",
-    wildcard_constraints:
-        shard=r"\d+",
+        "results/logs/generate_rationales/{teacher}/{style}.log",
     conda:
         "../envs/teacher.yaml"
     resources:
-        # Global cap (profiles/default): teacher jobs running at once share one endpoint.
         teacher_jobs=1,
     params:
         teacher=lambda wildcards: rationale_settings(config, wildcards.style),
         cache_dir=f"{RATIONALES}/cache",
-        shard=lambda wildcards: int(wildcards.get("shard", 0)),
-        n_shards=SHARDS,
     script:
         "../workflow_scripts/generate_rationales.py"
-
-
-if SHARDS > 1:
-
-    rule merge_rationale_shards:
-        """A style's shards in one file and one generation report; refuses overlaps."""
-        input:
-            rationales=expand(
-                f"{GENERATED}.parquet", shard=range(SHARDS), allow_missing=True
-            ),
-            reports=expand(
-                f"{GENERATED}.generation.json", shard=range(SHARDS), allow_missing=True
-            ),
-        output:
-            rationales=f"{RATIONALES}/{{style}}.parquet",
-            report=f"{RATIONALES}/{{style}}.generation.json",
-        log:
-            "results/logs/merge_rationale_shards/{teacher}/{style}.log",
-        conda:
-            "../envs/data.yaml"
-        params:
-            # Near-duplicates are flagged on the merged style.
-            qc=study.qc_settings(config),
-        script:
-            "../workflow_scripts/merge_rationale_shards.py"
 
 
 rule rationale_qc:

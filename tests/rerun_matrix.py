@@ -216,17 +216,11 @@ ROWS: tuple[Row, ...] = (
     Row(
         ("teacher.shards",),
         {"teacher.shards": 2},
-        {
-            "generate_rationales": 4,
-            "merge_rationale_shards": 2,
-            "rationale_qc": 2,
-            **RATIONALE_RUNS,
-            **REPORT,
-        },
-        "No request is sent (every shard reads every cached answer), but the merged files "
-        "are rewritten.",
-        known_excess="Downstream of the merged files reruns although the rationales are the "
-        "same: choose teacher.shards before the first run.",
+        NOTHING,
+        "How the teacher's requests are cut into jobs. The template teacher sends none and has "
+        "no shard jobs. An OpenAI-compatible teacher's new count runs only the new layout's "
+        "shard jobs, which find every answer cached: no rationale file and nothing after it "
+        "(tests/test_teacher_workflow.py runs it).",
     ),
     Row(
         ("teacher.price_per_million_tokens.*",),
@@ -331,10 +325,9 @@ ROWS: tuple[Row, ...] = (
         ("hub.cache_dir",),
         {"hub.cache_dir": "/tmp/models"},
         NOTHING,
-        "Where hub weights are found: a built or converted model never reads it.",
-        known_excess="For a hub model (not in this study) the cache is in its jobs' params: "
-        "moving it refetches the weights and reruns that model's prompts, fine-tunes and "
-        "evaluations, although their results do not change.",
+        "Where hub weights are found, read by the scripts from the config. A built model "
+        "never reads it; for a hub model (not in this study) only fetch_model runs again, into "
+        "the new cache (tests/test_reruns.py runs it).",
     ),
     # ----------------------------------------------------------------------------- baselines
     Row(

@@ -33,6 +33,8 @@ def test_paper_grid_has_504_configurations_and_fetches_each_model_once(tmp_path,
         "build_histories": 1,
         "table_one": 1,
         "build_prompts": 7,
+        "teacher_shard": 2,  # an OpenAI-compatible teacher, one shard per style
+        "teacher_shards_done": 2,
         "generate_rationales": 2,
         "rationale_qc": 2,
         "baseline": 24,
@@ -62,7 +64,7 @@ def test_plan_prints_jobs_and_costs(tmp_path, paper_config, capsys):
     assert cli.main(["plan", "--configfile", str(paper_config), "--directory", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "504 configurations" in out
-    assert re.search(r"finetune\s+504", out) and re.search(r"total\s+1056", out)
+    assert re.search(r"finetune\s+504", out) and re.search(r"total\s+1060", out)
     config = cli.load_config(paper_config)
     cost = cli.estimate(config)
     assert f"{cost['gpu_hours_total']:,.1f}" in out

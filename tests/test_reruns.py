@@ -17,6 +17,9 @@ marked slow.
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -68,3 +71,68 @@ def test_each_edit_reruns_exactly_its_row(finished_study) -> None:
         if got != row.reruns
     }
     assert not wrong, yaml.safe_dump(wrong, sort_keys=False)
+
+
+def _hub_cache_with_tiny_model(cache: Path, repo_id: str) -> None:
+    """A Hugging Face cache holding a freshly built tiny Llama as ``repo_id``'s main revision,
+    laid out as the hub client writes it (refs/main naming a snapshot folder)."""
+    from rationale_bench.train.tiny_model import build_tiny_model
+
+    revision = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    words = [
+        "Age",
+        "sex",
+        "female",
+        "male",
+        "hypertension",
+        "diabetes",
+        "depression",
+        "visit",
+        "Yes",
+        "No",
+        "years",
+        "ago",
+    ]
+    texts = [" ".join(words[i % len(words) :] + words[: i % len(words)]) for i in range(64)]
+    build = {"seed": 0, "vocab_size": 300, "max_seq_len": 640, "hidden_size": 16}
+    build |= {"intermediate_size": 32, "num_layers": 1, "num_heads": 2, "pretrain_steps": 1}
+    build |= {
+        "pretrain_batch_size": 4,
+        "pretrain_learning_rate": 0.001,
+        "answer_words": ["Yes", "No"],
+    }
+    build_tiny_model(texts, build, repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+
+
+@pytest.mark.slow
+def test_moving_the_hub_cache_refetches_and_reruns_nothing_after(tmp_path, monkeypatch) -> None:
+    """A hub model's study, run offline from a prepared cache; then hub.cache_dir moves to a
+    copy: only fetch_model runs again (into the new cache), no prompt, fine-tune, evaluation or
+    report."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub client answers from the cache alone
+    _hub_cache_with_tiny_model(tmp_path / "cache_a", "org/tiny")
+    shutil.copytree(tmp_path / "cache_a", tmp_path / "cache_b")
+    study = yaml.safe_load(STUDY.read_text())
+    study["models"] = {
+        "hubtiny": {
+            "source": "org/tiny",
+            "max_seq_len": 640,
+            "max_prompt_tokens": 256,
+            "training": {"method": "full", "learning_rate": 0.001},
+        }
+    }
+    study["grid"].update(model=["hubtiny"], format=["label_only"])
+    study["hub"] = {"cache_dir": str(tmp_path / "cache_a")}
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    config = workdir / "study.yaml"
+    config.write_text(yaml.safe_dump(study))
+    snakemake(workdir, "--cores", "2", configfile=config)
+    study["hub"]["cache_dir"] = str(tmp_path / "cache_b")
+    config.write_text(yaml.safe_dump(study))
+    assert dict(job_counts(_dry_run(workdir, config.read_text(), "moved"))) == {"fetch_model": 1}
+    manifest = json.loads((workdir / "results/hub/hubtiny.json").read_text())
+    assert manifest["cache_dir"] == str(tmp_path / "cache_a")  # not yet fetched again

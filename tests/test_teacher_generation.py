@@ -24,9 +24,7 @@ from fake_openai_server import FakeOpenAIServer  # noqa: E402
 from rationale_bench.teacher.generate import (  # noqa: E402
     TeacherError,
     generate_rationales,
-    merge_shards,
     outcome_words,
-    shard_of,
     teacher_inputs,
 )
 from rationale_bench.teacher.qc import (  # noqa: E402
@@ -35,6 +33,14 @@ from rationale_bench.teacher.qc import (  # noqa: E402
     qc_failures,
     split_answer,
     usage_cost,
+)
+from rationale_bench.teacher.shards import (  # noqa: E402
+    ask_shard,
+    cache_files,
+    cache_path,
+    shard_of,
+    sum_shard_reports,
+    usage_with_shards,
 )
 
 FILLER = (
@@ -351,49 +357,58 @@ def test_label_blind_needs_a_predicting_teacher_and_a_blind_prompt(subjects, tmp
 # ---------------------------------------------------------------------------- shards
 
 
-def test_template_shards_merge_to_the_unsharded_result(synthetic_histories, tmp_path) -> None:
-    cfg = {"name": "template", "backend": "template", "seed": 0}
-    whole, whole_report = generate_rationales(
-        teacher_inputs(synthetic_histories), "step_by_step", cfg, tmp_path
-    )
-    parts = [
-        generate_rationales(
-            teacher_inputs(synthetic_histories), "step_by_step", cfg, tmp_path, shard=i, n_shards=3
-        )
-        for i in range(3)
-    ]
-    sizes = [t.height for t, _ in parts]
-    assert max(sizes) - min(sizes) <= 1  # balanced
-    merged, report = merge_shards([t for t, _ in parts], [r for _, r in parts])
-    assert merged.equals(whole.sort("subject_id"))
-    assert report["subjects"] == whole_report["subjects"] == whole.height
-    assert report["shards"] == 3
-    with pytest.raises(TeacherError, match="more than one shard"):
-        merge_shards([parts[0][0], parts[0][0]], [dict(parts[0][1], shards=2)] * 2)
-    with pytest.raises(TeacherError, match="shards"):
-        merge_shards([t for t, _ in parts[:2]], [r for _, r in parts[:2]])
+def test_shards_cut_the_subjects_into_balanced_disjoint_parts(synthetic_histories) -> None:
+    subjects = teacher_inputs(synthetic_histories)
+    parts = [shard_of(subjects, i, 3) for i in range(3)]
+    sizes = [p.height for p in parts]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == subjects.height
+    together = pl.concat([p.select("subject_id") for p in parts])
+    assert together["subject_id"].n_unique() == subjects.height
     with pytest.raises(TeacherError, match="does not exist"):
-        shard_of(synthetic_histories, 3, 3)
+        shard_of(subjects, 3, 3)
 
 
-def test_sharded_caches_are_reused_by_another_shard_layout(subjects, tmp_path) -> None:
-    """Shards write their own cache files; a run with another layout reads them all, so
-    nothing is paid twice."""
+def test_shard_jobs_fill_the_cache_the_style_job_reads(subjects, tmp_path) -> None:
+    """Two shard jobs ask every request; the style's own job then sends nothing, and its
+    rationales and counts equal those of one unsharded job. A three-shard layout afterwards
+    reads the two-shard caches: nothing is paid twice."""
     with FakeOpenAIServer(
         responder=lambda b: good_rationale(outcome_in(user_prompt(b)), prompt=user_prompt(b))
     ) as srv:
         cfg = config(srv.base_url)
-        caches = [tmp_path / f"cache.{i}.jsonl" for i in range(2)]
-        for i in range(2):
-            generate_rationales(subjects, "free_form", cfg, caches[i], shard=i, n_shards=2)
+        reports = [ask_shard(subjects, "free_form", cfg, tmp_path, i, 2) for i in range(2)]
         assert srv.requests_received == subjects.height
         srv.reset_counters()
-        _, report = generate_rationales(
-            subjects, "free_form", cfg, tmp_path / "cache.0of1.jsonl", cache_read_also=caches
+        table, report = generate_rationales(
+            subjects,
+            "free_form",
+            cfg,
+            cache_path(tmp_path, "free_form"),
+            cache_read_also=cache_files(tmp_path, "free_form"),
         )
         assert srv.requests_received == 0
-    assert report["usage"]["cache_hits"] == subjects.height
-    assert report["usage"]["total_completion_tokens"] > 0  # cached answers still count here
+        resharded = [ask_shard(subjects, "free_form", cfg, tmp_path, i, 3) for i in range(3)]
+        assert srv.requests_received == 0
+        alone, alone_report = generate_rationales(
+            subjects, "free_form", cfg, tmp_path / "elsewhere" / "alone.jsonl"
+        )
+    assert table.equals(alone)
+    summed = sum_shard_reports(reports)
+    assert summed["subjects"] == subjects.height and summed["shards"] == 2
+    assert summed["usage"]["requests_sent"] == subjects.height
+    usage = usage_with_shards(report["usage"], summed["usage"])
+    assert usage["requests_sent"] == subjects.height and usage["sent_by_style_job"] == 0
+    assert usage["cache_hits"] == 0  # the style job's own cache hits are not counted again
+    assert usage["total_completion_tokens"] == alone_report["usage"]["total_completion_tokens"]
+    assert sum_shard_reports(resharded)["usage"]["cache_hits"] == subjects.height
+
+
+def test_a_mixed_or_incomplete_shard_layout_is_refused() -> None:
+    shard = {"style": "free_form", "shards": 3, "subjects": 10}
+    with pytest.raises(TeacherError, match="shards 0..1"):
+        sum_shard_reports([{**shard, "shard": 0}, {**shard, "shard": 2}])
+    with pytest.raises(TeacherError, match="rerun the teacher's shard jobs"):
+        sum_shard_reports([{**shard, "shard": 0}, {**shard, "shard": 1, "shards": 2}])
 
 
 # ---------------------------------------------------------------------------- usage

@@ -1,5 +1,6 @@
 """The teacher stage as a workflow: sharded DAG, global resource, and a real sharded run
-against the fault-injecting fake server (resharding reuses every cached answer)."""
+against the fault-injecting fake server (resharding reuses every cached answer and reruns
+nothing after the shards)."""
 
 from __future__ import annotations
 
@@ -25,29 +26,38 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def endpoint_teacher(workdir: Path, shards: int) -> Path:
+    """The default study with an OpenAI-compatible teacher on loopback (dry runs send nothing)."""
+    openai = {"base_url": "http://127.0.0.1:9/v1", "model": "teacher"}
+    return write_config(workdir, name="llm", backend="openai", shards=shards, openai=openai)
+
+
 def test_shards_are_separate_jobs_under_the_global_teacher_resource(workdir: Path) -> None:
-    path = write_config(workdir, shards=3)
+    path = endpoint_teacher(workdir, shards=3)
     result = snakemake(workdir, "-n", configfile=path)
     out = result.stdout + result.stderr
     counts = dry_run(workdir, configfile=path)
-    assert counts["generate_rationales"] == 6  # 2 styles x 3 shards
-    assert counts["merge_rationale_shards"] == 2 and counts["rationale_qc"] == 2
-    assert counts["finetune"] == 12  # downstream unchanged
-    jobs = out.split("rule generate_rationales:")[1:]
-    outputs = sorted(j.split("output: ")[1].split(",")[0] for j in jobs)
+    assert counts["teacher_shard"] == 6  # 2 styles x 3 shards
+    assert counts["teacher_shards_done"] == counts["generate_rationales"] == 2
+    assert counts["rationale_qc"] == 2 and counts["finetune"] == 12  # downstream unchanged
+    jobs = out.split("rule teacher_shard:")[1:]
+    outputs = sorted(j.split("output: ")[1].split(",")[0].split("\n")[0] for j in jobs)
     assert outputs == sorted(
-        f"results/rationales/template/shards/{style}/{i}-of-3.parquet"
+        f"results/rationales/llm/shards/{style}/{i}-of-3.json"
         for style in ("free_form", "step_by_step")
         for i in range(3)
     )
-    # every shard job holds one unit of the global resource the profile caps (teacher_jobs: 1)
-    assert all("teacher_jobs=1" in j.split("resources:")[1].splitlines()[0] for j in jobs)
+    # every job that may ask the endpoint holds one unit of the global resource the profile
+    # caps (teacher_jobs: 1)
+    for rule in ("teacher_shard", "generate_rationales"):
+        for job in out.split(f"rule {rule}:")[1:]:
+            assert "teacher_jobs=1" in job.split("resources:")[1].splitlines()[0]
     assert "teacher_jobs: 1" in (REPO / "profiles/default/config.yaml").read_text()
 
 
-def test_one_shard_keeps_the_plain_dag(workdir: Path) -> None:
-    counts = dry_run(workdir, configfile=write_config(workdir, shards=1))
-    assert counts["generate_rationales"] == 2 and "merge_rationale_shards" not in counts
+def test_the_template_teacher_has_no_shard_jobs(workdir: Path) -> None:
+    counts = dry_run(workdir, configfile=write_config(workdir, shards=3))
+    assert counts["generate_rationales"] == 2 and "teacher_shard" not in counts
 
 
 def test_label_blind_template_is_refused_before_any_job(workdir: Path) -> None:
@@ -71,8 +81,8 @@ def test_sharded_run_with_faults_then_reshard_sends_nothing(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two shards against a faulty endpoint that wants an API key; QC report with counts and
-    cost; then three shards: every answer comes from the two-shard caches. The key appears in
-    no output, cache or log."""
+    cost; then three shards: every answer comes from the two-shard caches, and the rationales
+    and everything after them stay as they are. The key appears in no output, cache or log."""
     monkeypatch.setenv("RB_TEACHER_KEY", SECRET)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["data"]["synthetic"]["n_subjects"] = 400
@@ -107,13 +117,22 @@ def test_sharded_run_with_faults_then_reshard_sends_nothing(
         assert report["usage"]["requests_sent"] == sent  # retries included
         assert report["usage"]["cache_hits"] == 0 and report["usage"]["cost_total"] > 0
         srv.reset_counters()
+        before = {p: p.read_bytes() for p in (workdir / "results/rationales/fake").glob("*.*")}
         config["teacher"]["shards"] = 3
         path.write_text(yaml.safe_dump(config))
+        # A new shard count runs the new layout's shard jobs and nothing after them.
+        assert dry_run(workdir, target, configfile=path) == {
+            "teacher_shard": 3,
+            "teacher_shards_done": 1,
+        }
         snakemake(workdir, "-c2", target, configfile=path)
         assert srv.requests_received == 0
-    report = json.loads((workdir / target).read_text())
-    assert report["shards"] == 3 and report["usage"]["requests_sent"] == 0
-    assert report["usage"]["cache_hits"] == 2 * report["subjects"]
+    after = {p: p.read_bytes() for p in (workdir / "results/rationales/fake").glob("*.*")}
+    assert after == before  # the rationales, their reports and QC: untouched
+    shards = json.loads((workdir / "results/rationales/fake/shards/free_form.json").read_text())
+    assert shards["shards"] == 3 and shards["usage"]["requests_sent"] == 0
+    assert shards["usage"]["cache_hits"] == 2 * report["subjects"]  # first draw + regeneration
+    assert "Nothing to be done" in snakemake(workdir, "-n", target, configfile=path).stdout
     logs = "".join(p.read_text() for p in (workdir / "results/logs").rglob("*.log"))
     assert "HTTP Request" not in logs  # no per-request lines from the HTTP library
     assert "attempt 1" in logs and "req/s" in logs  # progress lines
@@ -166,5 +185,5 @@ def test_a_failed_teacher_job_says_why_in_one_console_line(workdir: Path) -> Non
         target = "results/rationales/fake/free_form.parquet"
         result = snakemake(workdir, "-c2", target, configfile=path, check=False)
     assert result.returncode != 0
-    lines = [x for x in result.stderr.splitlines() if x.startswith("generate_rationales failed:")]
+    lines = [x for x in result.stderr.splitlines() if x.startswith("teacher_shard failed:")]
     assert len(lines) == 1 and "401" in lines[0] and "every request" in lines[0]

@@ -8,7 +8,9 @@ from rationale_bench.workflow import start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 params = snakemake.params  # noqa: F821
-tokenizer = AutoTokenizer.from_pretrained(resolve_model(params.model))
+# Where a hub model's weights lie (hub.cache_dir) changes no result: read from the config.
+cache_dir = snakemake.config["hub"]["cache_dir"]  # noqa: F821
+tokenizer = AutoTokenizer.from_pretrained(resolve_model(params.model, cache_dir))
 histories = pl.read_parquet(snakemake.input.histories)  # noqa: F821
 template = template_for_model(tokenizer, params.model)
 log.info("prompt template: %s", template)

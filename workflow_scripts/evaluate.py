@@ -25,7 +25,8 @@ configuration = {
     "n_train": int(smk.wildcards.n_train),
     "seed": int(smk.wildcards.seed),
 }
-model_path = resolve_model(smk.params.model)
+# Where a hub model's weights lie (hub.cache_dir) changes no result: read from the config.
+model_path = resolve_model(smk.params.model, smk.config["hub"]["cache_dir"])
 # The batch size is operational (scores do not depend on it), read here so it reruns nothing.
 evaluation = {**smk.params.evaluation, "batch_size": smk.config["evaluation"]["batch_size"]}
 prompts = pl.read_parquet(smk.input.prompts)

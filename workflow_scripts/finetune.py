@@ -21,7 +21,8 @@ log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
 reporting, launch = job_runtime(smk.config, smk.wildcards.model)
 job = TrainingJob(
-    model_path=resolve_model(smk.params.model),
+    # Where a hub model's weights lie (hub.cache_dir) changes no result: read from the config.
+    model_path=resolve_model(smk.params.model, smk.config["hub"]["cache_dir"]),
     fmt=smk.wildcards.format,
     n_train=int(smk.wildcards.n_train),
     seed=int(smk.wildcards.seed),

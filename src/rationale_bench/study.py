@@ -103,14 +103,11 @@ def training_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     return canonical(deep_merge(config["training"], config["models"][model].get("training", {})))
 
 
-def model_settings(
-    config: Mapping[str, Any], model: str, source_kind: str | None = None
-) -> dict[str, Any]:
+def model_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     """What a job needs to load a model. Training overrides have their own slice; the cluster
     resources and the cost-planning assumptions change no result, so editing them reruns
-    nothing. ``source_kind`` (``train.models.source_kind`` of its source): only a ``hub``
-    model is read from the hub cache, so only its slice holds hub.cache_dir, and moving the
-    cache reruns no job of a built or converted model."""
+    nothing. Nor does the hub cache (hub.cache_dir): where the weights of a hub model lie is
+    read by the scripts from the config, since the same revision gives the same results."""
     settings = {
         k: v
         for k, v in config["models"][model].items()
@@ -121,8 +118,6 @@ def model_settings(
     serialization = config.get("serialization", {})
     settings["system_prompt"] = serialization.get("system_prompt")
     settings["answer_words"] = serialization.get("answer_words", list(DEFAULT_ANSWER_WORDS))
-    if source_kind == "hub":
-        settings["cache_dir"] = config["hub"]["cache_dir"]
     return canonical(settings)
 
 

@@ -497,30 +497,6 @@ def _draw(
     return drawn
 
 
-def cache_path(cache_dir: Path, style: str, shard: int, n_shards: int) -> Path:
-    """The cache file a shard appends to (unsharded runs keep the plain name)."""
-    name = f"{style}.jsonl" if n_shards == 1 else f"{style}.shard{shard}of{n_shards}.jsonl"
-    return Path(cache_dir) / name
-
-
-def cache_files(cache_dir: Path, style: str) -> list[Path]:
-    """Every cache file of one style, whatever shard layout wrote it (read by every shard,
-    so changing `teacher.shards` never pays for an answer twice)."""
-    return sorted(
-        p
-        for p in Path(cache_dir).glob(f"{style}*.jsonl")
-        if p.name == f"{style}.jsonl" or p.name.startswith(f"{style}.shard")
-    )
-
-
-def shard_of(subjects: pl.DataFrame, shard: int, n_shards: int) -> pl.DataFrame:
-    """Shard `shard` of `n_shards`: every n-th subject in subject order (balanced, stable)."""
-    if n_shards < 1 or not 0 <= shard < n_shards:
-        raise TeacherError(f"shard {shard} of {n_shards} does not exist (shards count from 0).")
-    ordered = subjects.sort("subject_id")
-    return ordered.filter(pl.int_range(pl.len()) % n_shards == shard)
-
-
 @dataclass(frozen=True)
 class _Plan:
     """What one generation job does, from its settings (checked before any draw)."""
@@ -717,7 +693,7 @@ def _generation_report(
     plan: _Plan,
     header: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The generation's counts; ``header``: teacher, style, mode, backend and shards."""
+    """The generation's counts; ``header``: teacher, style, mode and backend."""
     report: dict[str, Any] = {
         **header,
         "subjects": len(state),
@@ -762,11 +738,10 @@ def generate_rationales(
     cfg: Mapping[str, Any],
     cache_path: Path,
     *,
-    shard: int = 0,
-    n_shards: int = 1,
     cache_read_also: Sequence[Path] = (),
+    whole_style: bool = True,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Rationales of one style for the training and tuning subjects of one shard.
+    """Rationales of one style for the training and tuning subjects given.
 
     ``subjects``: training and tuning subjects only (:func:`teacher_view` or
     :func:`teacher_inputs`); any other split is refused with TeacherError. An optional
@@ -779,12 +754,15 @@ def generate_rationales(
     agrees with the label are kept, the rest are rationalized with the label as a hint (STaR)
     or dropped, per `teacher.label_blind.on_disagreement`.
 
+    Answers are appended to ``cache_path``, and read from it and from ``cache_read_also``. With
+    ``whole_style`` (the subjects are the whole style, not one shard of it), near-duplicates
+    are flagged too: a share of the style means nothing on part of it.
+
     Returns the rationale table and a report (counts per outcome and reason, usage) for the log
     and the QC report.
     """
     plan = _plan(style, cfg)
     _check_splits(subjects)
-    subjects = shard_of(subjects, shard, n_shards)
     backend = _backend(cfg, plan.qc, cache_path, cache_read_also)
     state = _subjects(subjects)
     first_failures = _generate(backend, state, plan)
@@ -796,11 +774,10 @@ def generate_rationales(
         "style": style,
         "mode": plan.mode,
         "backend": backend.name,
-        "shards": n_shards,
     }
     report = _generation_report(state, settled, first_failures, plan, header)
     report["usage"] = _usage(backend, state)
-    if n_shards == 1:  # sharded: on the merged file (merge_shards), where the style is whole
+    if whole_style:
         table, report = flag_near_duplicates(table, report, plan.qc)
     return table, report
 
@@ -850,41 +827,3 @@ def eligible_subjects(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
     for other in usable[1:]:
         common = common.join(other.select("subject_id"), on="subject_id", how="semi")
     return common.sort("subject_id")
-
-
-def merge_shards(
-    tables: Sequence[pl.DataFrame],
-    reports: Sequence[Mapping[str, Any]],
-    qc: QCSettings | None = None,
-) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """One style's rationales and report from its shards; refuses overlapping or missing ones.
-    Near-duplicates are flagged here, over the whole style (``qc``: the teacher's QC settings;
-    defaults when None)."""
-    if not tables or len(tables) != len(reports):
-        raise TeacherError(f"got {len(tables)} shard tables and {len(reports)} shard reports.")
-    shard_counts = {r.get("shards") for r in reports}
-    if shard_counts != {len(tables)}:
-        raise TeacherError(
-            f"the shard reports say {sorted(map(str, shard_counts))} shards but {len(tables)} "
-            "were given; rerun the rationale jobs so that every shard comes from one setting."
-        )
-    table = pl.concat(tables, how="vertical").sort("subject_id")
-    dupes = table.height - table["subject_id"].n_unique()
-    if dupes:
-        raise TeacherError(f"{dupes} subjects appear in more than one shard; rerun the shards.")
-    return flag_near_duplicates(table, _sum_reports(reports), qc or QCSettings())
-
-
-def _sum_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for rep in reports:
-        for key, value in rep.items():
-            if isinstance(value, Mapping):
-                out[key] = _sum_reports([out.get(key, {}), value])
-            elif isinstance(value, bool) or not isinstance(value, int | float) or key == "shards":
-                out.setdefault(key, value)  # a setting, the same in every shard
-            elif key == "requests_per_subject_max":
-                out[key] = max(out.get(key, 0), value)
-            else:
-                out[key] = out.get(key, 0) + value
-    return out

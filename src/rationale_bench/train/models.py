@@ -138,13 +138,13 @@ def resolve(source: str, revision: str | None = None, cache_dir: str | None = No
         ) from error
 
 
-def resolve_model(settings: Mapping[str, Any]) -> str:
+def resolve_model(settings: Mapping[str, Any], cache_dir: str | None = None) -> str:
     """What a job passes to ``from_pretrained``, from the model's registry entry (its params):
-    the built or converted folder, the local folder, or the cached snapshot of a hub id
-    (offline)."""
+    the built or converted folder, the local folder, or the cached snapshot of a hub id in
+    ``cache_dir`` (hub.cache_dir; offline)."""
     if source_kind(settings["source"]) in ("built", "gguf"):
         return f"results/models/{settings['name']}"
-    return resolve(settings["source"], settings.get("revision"), settings.get("cache_dir"))
+    return resolve(settings["source"], settings.get("revision"), cache_dir)
 
 
 def write_manifest(manifest: Mapping[str, Any], path: Path) -> None:
