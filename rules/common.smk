@@ -221,13 +221,13 @@ def model_source_input():
     if kinds <= {"built", "gguf"}:
         return "results/models/{model}"
     if kinds == {"hub"}:
-        return HUB_MANIFEST
+        return ancient(HUB_MANIFEST)
     return get_model_source
 
 
 # A hub model's jobs wait for its fetch, but a new fetch of the same revision (into a moved
 # hub.cache_dir) changes no result: the manifest is read as ancient, so it reruns nothing.
-HUB_MANIFEST = ancient("results/hub/{model}.json")
+HUB_MANIFEST = "results/hub/{model}.json"
 
 
 def get_model_source(wildcards):
@@ -239,7 +239,7 @@ def get_model_source(wildcards):
         return f"results/models/{wildcards.model}"
     if kind == "local":
         return source
-    return ancient(f"results/hub/{wildcards.model}.json")
+    return ancient(HUB_MANIFEST.format(model=wildcards.model))
 
 
 def get_model_settings(wildcards):

@@ -42,7 +42,7 @@ rule fetch_model:
     fetches again into the new one, and reruns nothing after: the later jobs read the
     manifest as ancient, and the cache's place from the config."""
     output:
-        "results/hub/{model}.json",
+        HUB_MANIFEST,
     log:
         "results/logs/fetch_model/{model}.log",
     localrule: True

@@ -17,6 +17,7 @@ RATIONALES = "results/rationales/{teacher}"
 # through one summary whose path is the same for any shard count, marked ancient: a new count
 # runs the new shard jobs (every answer cached) and nothing after them.
 ASKS_ENDPOINT = config["teacher"]["backend"] == "openai"
+SHARD_REPORT = f"{RATIONALES}/shards/{{style}}/{{shard}}-of-{SHARDS}.json"
 SHARDS_DONE = f"{RATIONALES}/shards/{{style}}.json"
 
 
@@ -44,7 +45,7 @@ if ASKS_ENDPOINT:  # the template teacher sends nothing: no shard jobs
             histories=REFERENCE_HISTORIES,
             prompts=TEACHER_PROMPTS,
         output:
-            f"{RATIONALES}/shards/{{style}}/{{shard}}-of-{SHARDS}.json",
+            SHARD_REPORT,
         log:
             f"results/logs/teacher_shard/{{teacher}}/{{style}}/{{shard}}-of-{SHARDS}.log",
         wildcard_constraints:
@@ -63,11 +64,7 @@ if ASKS_ENDPOINT:  # the template teacher sends nothing: no shard jobs
     rule teacher_shards_done:
         """The shards of a style summed (requests, retries, tokens): what the teacher was asked."""
         input:
-            expand(
-                f"{RATIONALES}/shards/{{style}}/{{shard}}-of-{SHARDS}.json",
-                shard=range(SHARDS),
-                allow_missing=True,
-            ),
+            expand(SHARD_REPORT, shard=range(SHARDS), allow_missing=True),
         output:
             SHARDS_DONE,
         log:

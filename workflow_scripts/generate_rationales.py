@@ -1,23 +1,19 @@
 import json
-import logging
 from pathlib import Path
-
-import polars as pl
 
 from rationale_bench.study import drops_subjects
 from rationale_bench.teacher.generate import (
     check_training_pool,
     generate_rationales,
+    quiet_request_logs,
+    read_teacher_view,
     run_settings,
-    teacher_view,
 )
 from rationale_bench.teacher.shards import cache_files, cache_path, usage_with_shards
 from rationale_bench.workflow import start, stop_on, write_json, write_parquet
 
 log = start(snakemake)  # noqa: F821
-# The HTTP library logs every request at INFO; the progress lines say what matters.
-for name in ("httpx2", "httpcore2"):
-    logging.getLogger(name).setLevel(logging.WARNING)
+quiet_request_logs()
 smk = snakemake  # noqa: F821
 cache_dir = Path(smk.params.cache_dir)
 style = smk.wildcards.style
@@ -25,11 +21,9 @@ style = smk.wildcards.style
 # config, not params: it changes no answer, so editing it must rerun nothing.
 cfg = run_settings(smk.params.teacher, smk.config)
 with stop_on(log, smk.rule):
-    prompts = pl.read_parquet(smk.input.prompts) if smk.input.prompts else None
-    subjects = teacher_view(pl.read_parquet(smk.input.histories), prompts)
     # An OpenAI-compatible teacher's answers are in the shards' caches: normally none is sent.
     table, report = generate_rationales(
-        subjects,
+        read_teacher_view(smk.input.histories, smk.input.prompts),
         style,
         cfg,
         cache_path(cache_dir, style),

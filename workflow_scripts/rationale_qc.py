@@ -3,17 +3,15 @@ from pathlib import Path
 
 import polars as pl
 
-from rationale_bench.teacher.generate import teacher_view
+from rationale_bench.teacher.generate import read_teacher_view
 from rationale_bench.teacher.qc import qc_report, quality_control
 from rationale_bench.workflow import start, write_json, write_parquet
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
 rationales = pl.read_parquet(smk.input.rationales)
-histories = pl.read_parquet(smk.input.histories)
-prompts = pl.read_parquet(smk.input.prompts) if smk.input.prompts else None
 # Grounding is checked against what the teacher was shown (its view), not the full record.
-qc = quality_control(rationales, teacher_view(histories, prompts))
+qc = quality_control(rationales, read_teacher_view(smk.input.histories, smk.input.prompts))
 generation = json.loads(Path(smk.input.report).read_text())
 report = qc_report(qc, generation, smk.params.price)
 log.info("QC report: %s", json.dumps(report))

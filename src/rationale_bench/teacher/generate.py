@@ -105,6 +105,21 @@ def visible_codes(codes: Sequence[str], shown: str) -> list[str]:
     return [c for c in codes if c in tokens or c.split("/")[-1] in tokens]
 
 
+def read_teacher_view(histories: str | Path, prompts: str | Path | None) -> pl.DataFrame:
+    """:func:`teacher_view` of a histories file and the prompts file (None or '' under
+    teacher.view 'full_history'): what every teacher job and the QC read."""
+    shown = pl.read_parquet(prompts) if prompts else None
+    return teacher_view(pl.read_parquet(histories), shown)
+
+
+def quiet_request_logs() -> None:
+    """The teacher client's HTTP library logs every request at INFO: tens of thousands of lines
+    in a job's log. The progress lines and the usage summary say what matters; its warnings
+    still get through."""
+    for name in ("httpx2", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def teacher_view(histories: pl.DataFrame, prompts: pl.DataFrame | None) -> pl.DataFrame:
     """The training and tuning subjects as the teacher sees them.
 
