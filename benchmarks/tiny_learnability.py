@@ -21,7 +21,7 @@ above chance that the tiny model reaches, (AUROC - 0.5) / (baseline AUROC - 0.5)
 Run: python benchmarks/tiny_learnability.py [--preset default|best] [--threads 2]
   default: config.yaml's tiny model and fine-tuning, unchanged (recipe `config`).
   best:    the best build measured for issue #13 (4 layers, 128 wide, 1000 pretraining steps;
-           about 9 minutes on 2 cores), fine-tuned by two recipes: `lr3e-4_prompt384`, the best
+           its build is the slow part), fine-tuned by two recipes: `lr3e-4_prompt384`, the best
            measured on the real label, and `lr1e-3_prompt192`, which learns a deterministic age
            threshold.
   --smoke: 1,500 subjects, a 5-step pretraining, one epoch of 100 subjects per label: does it

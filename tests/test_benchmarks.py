@@ -26,8 +26,12 @@ SMOKE_FIGURES = {
     "aces_crosscheck": ["ours_wall_s", "ours_peak_rss_mb"],
     "dryrun_overhead": ["jobs", "wall_ratio_vs_structured", "cpu_ratio_vs_plainest"],
     "trl_comparison": ["ratio_tokens_per_s", "max_step_loss_relative_difference"],
+    "tiny_learnability": ["real_gap_vs_baseline", "real_auroc", "real_baseline_auroc", "recipes"],
 }
-RESULT_NAME = {"trl_comparison": "trl_comparison_tiny_full"}
+RESULT_NAME = {
+    "trl_comparison": "trl_comparison_tiny_full",
+    "tiny_learnability": "tiny_learnability_default",
+}
 
 
 def run_smoke(name: str, results_dir: Path) -> dict:
@@ -69,6 +73,21 @@ def test_benchmark_smoke(name, tmp_path):
         assert figures["jobs"] == 44
     if name == "teacher_throughput":
         assert figures["rerun_requests_sent"] == 0
+    if name == "tiny_learnability":
+        check_label_ladder(figures["recipes"]["config"]["labels"])
+
+
+def check_label_ladder(labels: dict) -> None:
+    """The ladder holds every label, each scored for the tiny model and the baseline; the rare
+    age label is as rare as the real one, and a perfect reader of age ranks the age labels
+    perfectly."""
+    assert set(labels) == {"age_common", "age_rare", "age_noisy", "real"}
+    for row in labels.values():
+        assert 0 <= row["auroc"] <= 1 and 0 <= row["baseline_auroc"] <= 1
+    assert labels["age_common"]["prevalence"] == pytest.approx(0.2, abs=0.03)
+    assert labels["age_rare"]["prevalence"] == pytest.approx(labels["real"]["prevalence"], abs=0.02)
+    assert labels["age_common"]["oracle_auroc"] == labels["age_rare"]["oracle_auroc"] == 1.0
+    assert labels["real"]["oracle_auroc"] is None
 
 
 def test_trl_comparison_smoke(tmp_path):
