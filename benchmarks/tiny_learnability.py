@@ -2,8 +2,8 @@
 
 The default study asks its tiny, locally built model to come within 0.05 AUROC of logistic
 regression (issue #13). This benchmark measures why it does not, on the default study's own
-synthetic population, subjects and settings. It fine-tunes the tiny model label-only, exactly as
-the study's `finetune` and `evaluate` rules do, on a ladder of labels for the same subjects:
+synthetic population, subjects and settings. It fine-tunes the tiny model label-only with the
+library functions the study's `finetune` and `evaluate` rules call, on a ladder of labels:
 
   age_common  age >= the training split's 80th age percentile: deterministic, about 20% cases
   age_rare    age >= the quantile that gives the real label's prevalence: deterministic, rare
@@ -11,6 +11,8 @@ the study's `finetune` and `evaluate` rules do, on a ladder of labels for the sa
               the real label's age component, as rare and as noisy (a model that reads age
               perfectly reaches the printed `oracle_auroc`, not 1)
   real        the study's label: ADRD within five years
+(The age thresholds are deterministic in the exact age; the prompt states whole years, so the
+patients in the threshold's own year of age are ambiguous to a model that reads the prompt.)
 
 Baseline (named, measured in the same run, on the same training subjects and held-out
 patients): the study's logistic regression on bag-of-codes + age + sex, its regularisation
@@ -242,6 +244,7 @@ def baseline_auroc(config, data, cohort, args) -> float:
 
 
 def measure_label(config, data, args, workdir: Path, label: str) -> dict[str, Any]:
+    """One label: its cases, the oracle's, the baseline's and the tiny model's held-out AUROC."""
     import polars as pl
 
     cohort, oracle = relabelled(data["cohort"], label, args.seed)
