@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_BUILD
 from rerun_matrix import DOC, ROWS, STUDY, apply_edit, leaf_keys, render, row_of
 from workflow_helpers import run_study, snakemake
 
@@ -73,53 +74,31 @@ def test_each_edit_reruns_exactly_its_row(finished_study) -> None:
     assert not wrong, yaml.safe_dump(wrong, sort_keys=False)
 
 
-def _hub_cache_with_tiny_model(cache: Path, repo_id: str) -> None:
-    """A Hugging Face cache holding a freshly built tiny Llama as ``repo_id``'s main revision,
-    laid out as the hub client writes it (refs/main naming a snapshot folder)."""
-    from rationale_bench.train.tiny_model import build_tiny_model
-
+def _hub_cache_with_model(cache: Path, repo_id: str, model_dir: Path) -> None:
+    """A Hugging Face cache holding ``model_dir`` as ``repo_id``'s main revision, laid out as
+    the hub client writes it (refs/main naming a snapshot folder)."""
     revision = "0" * 40
     repo = cache / f"models--{repo_id.replace('/', '--')}"
-    words = [
-        "Age",
-        "sex",
-        "female",
-        "male",
-        "hypertension",
-        "diabetes",
-        "depression",
-        "visit",
-        "Yes",
-        "No",
-        "years",
-        "ago",
-    ]
-    texts = [" ".join(words[i % len(words) :] + words[: i % len(words)]) for i in range(64)]
-    build = {"seed": 0, "vocab_size": 300, "max_seq_len": 640, "hidden_size": 16}
-    build |= {"intermediate_size": 32, "num_layers": 1, "num_heads": 2, "pretrain_steps": 1}
-    build |= {
-        "pretrain_batch_size": 4,
-        "pretrain_learning_rate": 0.001,
-        "answer_words": ["Yes", "No"],
-    }
-    build_tiny_model(texts, build, repo / "snapshots" / revision)
+    shutil.copytree(model_dir, repo / "snapshots" / revision)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(revision)
 
 
 @pytest.mark.slow
-def test_moving_the_hub_cache_refetches_and_reruns_nothing_after(tmp_path, monkeypatch) -> None:
+def test_moving_the_hub_cache_refetches_and_reruns_nothing_after(
+    tmp_path, monkeypatch, tiny_model_dir
+) -> None:
     """A hub model's study, run offline from a prepared cache; then hub.cache_dir moves to a
     copy: only fetch_model runs again (into the new cache), no prompt, fine-tune, evaluation or
     report."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub client answers from the cache alone
-    _hub_cache_with_tiny_model(tmp_path / "cache_a", "org/tiny")
+    _hub_cache_with_model(tmp_path / "cache_a", "org/tiny", tiny_model_dir)
     shutil.copytree(tmp_path / "cache_a", tmp_path / "cache_b")
     study = yaml.safe_load(STUDY.read_text())
     study["models"] = {
         "hubtiny": {
             "source": "org/tiny",
-            "max_seq_len": 640,
+            "max_seq_len": TINY_BUILD["max_seq_len"],
             "max_prompt_tokens": 256,
             "training": {"method": "full", "learning_rate": 0.001},
         }

@@ -3,14 +3,11 @@ from transformers import AutoTokenizer
 
 from rationale_bench.text.serialize import build_prompts
 from rationale_bench.text.templates import template_for_model
-from rationale_bench.train.models import resolve_model
-from rationale_bench.workflow import start, write_parquet
+from rationale_bench.workflow import job_model_path, start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 params = snakemake.params  # noqa: F821
-# Where a hub model's weights lie (hub.cache_dir) changes no result: read from the config.
-cache_dir = snakemake.config["hub"]["cache_dir"]  # noqa: F821
-tokenizer = AutoTokenizer.from_pretrained(resolve_model(params.model, cache_dir))
+tokenizer = AutoTokenizer.from_pretrained(job_model_path(snakemake))  # noqa: F821
 histories = pl.read_parquet(snakemake.input.histories)  # noqa: F821
 template = template_for_model(tokenizer, params.model)
 log.info("prompt template: %s", template)

@@ -9,8 +9,7 @@ from rationale_bench.evaluate.evaluation import (
     write_metrics,
 )
 from rationale_bench.train.joblock import hold_until_exit
-from rationale_bench.train.models import resolve_model
-from rationale_bench.workflow import read_cohort, start, write_parquet
+from rationale_bench.workflow import job_model_path, read_cohort, start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
@@ -25,8 +24,7 @@ configuration = {
     "n_train": int(smk.wildcards.n_train),
     "seed": int(smk.wildcards.seed),
 }
-# Where a hub model's weights lie (hub.cache_dir) changes no result: read from the config.
-model_path = resolve_model(smk.params.model, smk.config["hub"]["cache_dir"])
+model_path = job_model_path(smk)
 # The batch size is operational (scores do not depend on it), read here so it reruns nothing.
 evaluation = {**smk.params.evaluation, "batch_size": smk.config["evaluation"]["batch_size"]}
 prompts = pl.read_parquet(smk.input.prompts)

@@ -14,15 +14,13 @@ from rationale_bench.train.finetune import (
 )
 from rationale_bench.train.joblock import hold_until_exit
 from rationale_bench.train.launch import job_runtime
-from rationale_bench.train.models import resolve_model
-from rationale_bench.workflow import read_cohort, start, write_parquet
+from rationale_bench.workflow import job_model_path, read_cohort, start, write_parquet
 
 log = start(snakemake)  # noqa: F821
 smk = snakemake  # noqa: F821
 reporting, launch = job_runtime(smk.config, smk.wildcards.model)
 job = TrainingJob(
-    # Where a hub model's weights lie (hub.cache_dir) changes no result: read from the config.
-    model_path=resolve_model(smk.params.model, smk.config["hub"]["cache_dir"]),
+    model_path=job_model_path(smk),
     fmt=smk.wildcards.format,
     n_train=int(smk.wildcards.n_train),
     seed=int(smk.wildcards.seed),

@@ -108,6 +108,15 @@ def write_json(obj: Any, path: str | Path) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, default=str))
 
 
+def job_model_path(snakemake: Any) -> str:
+    """What the job loads its model from: ``train.models.resolve_model`` of its params. Where a
+    hub model's weights lie (hub.cache_dir) changes no result, so it is read from the config,
+    not a param: moving the cache reruns no job."""
+    from rationale_bench.train.models import resolve_model
+
+    return resolve_model(snakemake.params.model, snakemake.config["hub"]["cache_dir"])
+
+
 def read_cohort(snakemake: Any, log: logging.Logger) -> pl.DataFrame:
     """The job's cohort; when the teacher dropped subjects (input ``eligible``), its train split
     keeps only those with a rationale in every style, for every format and baseline alike."""
