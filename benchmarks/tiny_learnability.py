@@ -243,21 +243,33 @@ def baseline_auroc(config, data, cohort, args) -> float:
     return held_out_auroc(held, fit.p_held)  # held: the held-out rows alone, each scored
 
 
-def measure_label(config, data, args, workdir: Path, label: str) -> dict[str, Any]:
-    """One label: its cases, the oracle's, the baseline's and the tiny model's held-out AUROC."""
+def label_ladder(config, data, args) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Each label's cohort and the figures that do not depend on the fine-tuning recipe: its
+    cases, the oracle's and the baseline's held-out AUROC (computed once, for every recipe)."""
     import polars as pl
 
-    cohort, oracle = relabelled(data["cohort"], label, args.seed)
-    train_cases = cohort.filter(pl.col("split") == "train")["label"]
-    held_cases = cohort.filter(pl.col("split") == "held_out")["label"]
-    row = {
-        "prevalence": float(train_cases.mean()),
-        "training_split_cases": int(train_cases.sum()),
-        "held_out_cases": int(held_cases.sum()),
-        "oracle_auroc": held_out_auroc(cohort, oracle),
-        "baseline_auroc": baseline_auroc(config, data, cohort, args),
-    }
-    row.update(tiny_model_run(config, data, cohort, args, workdir, label))
+    ladder = {}
+    for label in args.labels.split(","):
+        cohort, oracle = relabelled(data["cohort"], label, args.seed)
+        train_cases = cohort.filter(pl.col("split") == "train")["label"]
+        held_cases = cohort.filter(pl.col("split") == "held_out")["label"]
+        ladder[label] = (
+            cohort,
+            {
+                "prevalence": float(train_cases.mean()),
+                "training_split_cases": int(train_cases.sum()),
+                "held_out_cases": int(held_cases.sum()),
+                "oracle_auroc": held_out_auroc(cohort, oracle),
+                "baseline_auroc": baseline_auroc(config, data, cohort, args),
+            },
+        )
+    return ladder
+
+
+def measure_label(config, data, args, workdir: Path, label: str, rung) -> dict[str, Any]:
+    """One label under one recipe: the ladder's figures and the tiny model's held-out AUROC."""
+    cohort, figures = rung
+    row = {**figures, **tiny_model_run(config, data, cohort, args, workdir, label)}
     if row["auroc"] is not None and row["baseline_auroc"] is not None:
         row["gap_vs_baseline"] = row["baseline_auroc"] - row["auroc"]
         row["share_of_baseline_above_chance"] = (row["auroc"] - 0.5) / (row["baseline_auroc"] - 0.5)
@@ -279,7 +291,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def measure_recipe(config, data, args, workdir: Path, recipe: str) -> dict[str, Any]:
+def measure_recipe(config, data, args, workdir: Path, recipe: str, ladder) -> dict[str, Any]:
     """Every label of the ladder under one fine-tuning recipe, and its settings."""
     config = recipe_config(config, PRESETS[args.preset]["recipes"][recipe], args.smoke)
     data = dict(data, recipe=recipe, prompts=recipe_prompts(config, data["histories"], workdir))
@@ -289,8 +301,8 @@ def measure_recipe(config, data, args, workdir: Path, recipe: str) -> dict[str, 
         "max_prompt_tokens": tiny["max_prompt_tokens"],
         "labels": {},
     }
-    for label in args.labels.split(","):
-        row = measure_label(config, data, args, workdir, label)
+    for label, rung in ladder.items():
+        row = measure_label(config, data, args, workdir, label, rung)
         result["labels"][label] = row
         print(recipe, label, json.dumps({k: _rounded(v) for k, v in row.items()}), flush=True)
     return result
@@ -322,8 +334,9 @@ def main() -> None:
         workdir = Path(tmp)
         data = prepare(config, args, workdir)
         figures["build_s"] = data["build_s"]
+        ladder = label_ladder(config, data, args)
         for recipe in PRESETS[args.preset]["recipes"]:
-            figures["recipes"][recipe] = measure_recipe(config, data, args, workdir, recipe)
+            figures["recipes"][recipe] = measure_recipe(config, data, args, workdir, recipe, ladder)
     figures.update(headline(figures["recipes"]))
     arguments = dict(vars(args), build=config["models"]["tiny"]["build"])
     path = write_result(
